@@ -1,0 +1,214 @@
+"""In-memory materialised view: the latest state of every session and the transitions it went through.
+
+Memory is the constraint (a replica holds every session of every partition), so a session costs one
+dict entry and one ``bytes`` value: a 5-byte header (tenant index, type) followed by one 21-byte
+record per applied transition (status, partition, offset, updatedAt in ms). Status only moves
+forward, so a session holds at most three transitions; they are kept for resumption.
+
+Eviction never scans the whole store: sessions are appended to coarse time buckets (8 bytes per
+update) and old buckets are checked lazily against the session's real last update.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+
+from schemas import STATUS_RANK, SessionStatus, SessionStatusEvent, SessionType
+
+_STATUSES: tuple[SessionStatus, ...] = tuple(SessionStatus)
+_STATUS_CODE = {status: code for code, status in enumerate(_STATUSES)}
+_TERMINAL_CODES = frozenset(_STATUS_CODE[s] for s in _STATUSES if s.is_terminal)
+_RANK_BY_CODE = tuple(STATUS_RANK[s] for s in _STATUSES)
+_TYPES: tuple[SessionType | None, ...] = (None, *SessionType)
+_TYPE_CODE = {kind: code for code, kind in enumerate(_TYPES)}
+
+_HEADER = struct.Struct("<IB")  # tenant index, type code
+_TRANSITION = struct.Struct("<BIqq")  # status code, partition, offset, updatedAt ms
+_H = _HEADER.size
+_T = _TRANSITION.size
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    BACKWARD = "backward"
+    AFTER_TERMINAL = "after_terminal"
+    TENANT_CHANGED = "tenant_changed"
+    DELETED = "deleted"
+    UNKNOWN_DELETE = "unknown_delete"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    session_id: str
+    status: SessionStatus
+    updated_ms: int
+    partition: int
+    offset: int
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSnapshot:
+    session_id: str
+    tenant_id: str
+    type: SessionType | None
+    transitions: tuple[Transition, ...]
+
+    @property
+    def current(self) -> Transition:
+        return self.transitions[-1]
+
+
+class _Buckets:
+    """Session ids grouped by the coarse time of their update; entries may be stale (checked lazily)."""
+
+    __slots__ = ("_queue", "_width_ms")
+
+    def __init__(self, width_ms: int) -> None:
+        self._width_ms = max(1, width_ms)
+        self._queue: deque[tuple[int, deque[str]]] = deque()
+
+    def add(self, session_id: str, at_ms: int) -> None:
+        slot = at_ms // self._width_ms
+        if self._queue and self._queue[-1][0] >= slot:
+            self._queue[-1][1].append(session_id)
+        else:
+            self._queue.append((slot, deque((session_id,))))
+
+    def pop_older_than(self, cutoff_ms: int) -> Iterator[str]:
+        """Yields ids of every bucket that ended before ``cutoff_ms`` and forgets those buckets."""
+        queue = self._queue
+        while queue and (queue[0][0] + 1) * self._width_ms <= cutoff_ms:
+            yield from queue.popleft()[1]
+
+    def pop_oldest(self) -> tuple[str, int] | None:
+        """The oldest entry and the end of its bucket in ms."""
+        queue = self._queue
+        while queue:
+            slot, ids = queue[0]
+            if ids:
+                return ids.popleft(), (slot + 1) * self._width_ms
+            queue.popleft()
+        return None
+
+    def clear(self) -> None:
+        self._queue.clear()
+
+
+class SessionStore:
+    def __init__(self, terminal_retention_ms: int, session_ttl_ms: int, max_sessions: int) -> None:
+        self.terminal_retention_ms = terminal_retention_ms
+        self.session_ttl_ms = session_ttl_ms
+        self.max_sessions = max_sessions
+        self._sessions: dict[str, bytes] = {}
+        self._tenants: list[str] = []
+        self._tenant_codes: dict[str, int] = {}
+        self._by_update = _Buckets(max(1000, session_ttl_ms // 64))
+        self._terminal = _Buckets(max(1000, terminal_retention_ms // 16))
+        self.evicted = {"terminal_retention": 0, "ttl": 0, "max_sessions": 0}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._sessions
+
+    def apply(
+        self, event: SessionStatusEvent, partition: int, offset: int
+    ) -> tuple[Outcome, Transition | None]:
+        """Applies one event; only a forward move of the status changes the store."""
+        code = _STATUS_CODE[event.status]
+        updated_ms = int(event.updatedAt.timestamp() * 1000)
+        session_id = event.id
+        record = _TRANSITION.pack(code, partition, offset, updated_ms)
+        data = self._sessions.get(session_id)
+        if data is None:
+            tenant = self._tenant_code(event.tenantId)
+            self._sessions[session_id] = _HEADER.pack(tenant, _TYPE_CODE[event.type]) + record
+            if len(self._sessions) > self.max_sessions:
+                self._evict_for_capacity(session_id)
+        else:
+            if self._tenants[_HEADER.unpack_from(data)[0]] != event.tenantId:
+                return Outcome.TENANT_CHANGED, None
+            last = data[-_T]
+            if last in _TERMINAL_CODES:
+                return Outcome.AFTER_TERMINAL, None
+            if last == code:
+                return Outcome.DUPLICATE, None
+            if _RANK_BY_CODE[code] < _RANK_BY_CODE[last]:
+                return Outcome.BACKWARD, None
+            self._sessions[session_id] = data + record
+        self._by_update.add(session_id, updated_ms)
+        if code in _TERMINAL_CODES:
+            self._terminal.add(session_id, updated_ms)
+        return Outcome.APPLIED, Transition(session_id, event.status, updated_ms, partition, offset)
+
+    def delete(self, session_id: str) -> Outcome:
+        if self._sessions.pop(session_id, None) is None:
+            return Outcome.UNKNOWN_DELETE
+        return Outcome.DELETED
+
+    def get(self, session_id: str) -> SessionSnapshot | None:
+        data = self._sessions.get(session_id)
+        if data is None:
+            return None
+        tenant, kind = _HEADER.unpack_from(data)
+        transitions = tuple(
+            Transition(session_id, _STATUSES[code], updated_ms, partition, offset)
+            for code, partition, offset, updated_ms in _TRANSITION.iter_unpack(data[_H:])
+        )
+        return SessionSnapshot(session_id, self._tenants[tenant], _TYPES[kind], transitions)
+
+    def evict_expired(self, now_ms: int) -> list[str]:
+        """Removes terminal sessions past their retention and idle sessions past the TTL."""
+        evicted: list[str] = []
+        cutoff = now_ms - self.terminal_retention_ms
+        for session_id in self._terminal.pop_older_than(cutoff):
+            data = self._sessions.get(session_id)
+            if data is not None and data[-_T] in _TERMINAL_CODES and self._last_ms(data) < cutoff:
+                del self._sessions[session_id]
+                self.evicted["terminal_retention"] += 1
+                evicted.append(session_id)
+        cutoff = now_ms - self.session_ttl_ms
+        for session_id in self._by_update.pop_older_than(cutoff):
+            data = self._sessions.get(session_id)
+            if data is not None and self._last_ms(data) < cutoff:
+                del self._sessions[session_id]
+                self.evicted["ttl"] += 1
+                evicted.append(session_id)
+        if not self._sessions:
+            self._by_update.clear()
+            self._terminal.clear()
+        return evicted
+
+    def _evict_for_capacity(self, keep: str) -> None:
+        while len(self._sessions) > self.max_sessions:
+            oldest = self._by_update.pop_oldest()
+            if oldest is None:
+                return
+            victim, bucket_end_ms = oldest
+            data = self._sessions.get(victim)
+            # A later update of the same session put it in a newer bucket too: this entry is stale.
+            if victim != keep and data is not None and self._last_ms(data) < bucket_end_ms:
+                del self._sessions[victim]
+                self.evicted["max_sessions"] += 1
+
+    def _tenant_code(self, tenant_id: str) -> int:
+        code = self._tenant_codes.get(tenant_id)
+        if code is None:
+            code = self._tenant_codes[tenant_id] = len(self._tenants)
+            self._tenants.append(tenant_id)
+        return code
+
+    @staticmethod
+    def _last_ms(data: bytes) -> int:
+        updated_ms: int = _TRANSITION.unpack_from(data, len(data) - _T)[3]
+        return updated_ms

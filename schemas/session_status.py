@@ -1,0 +1,84 @@
+"""Session-status event: the record value producers write, keyed by the session id (UTF-8).
+
+A null value (tombstone) means the session was deleted. The pydantic model is the source of
+truth; ``session-status.schema.json`` beside this file is generated from it
+(``python -m schemas``) and a test fails when the two drift apart.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+
+class SessionStatus(StrEnum):
+    ACTIVE = "active"
+    FETCHED = "fetched"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+class SessionType(StrEnum):
+    ISSUANCE = "issuance"
+    PRESENTATION = "presentation"
+
+
+TERMINAL_STATUSES = frozenset(
+    {SessionStatus.COMPLETED, SessionStatus.EXPIRED, SessionStatus.FAILED, SessionStatus.CANCELLED}
+)
+
+# Status only moves forward: active < fetched < any terminal status.
+STATUS_RANK: dict[SessionStatus, int] = {
+    SessionStatus.ACTIVE: 0,
+    SessionStatus.FETCHED: 1,
+    SessionStatus.COMPLETED: 2,
+    SessionStatus.EXPIRED: 2,
+    SessionStatus.FAILED: 2,
+    SessionStatus.CANCELLED: 2,
+}
+
+
+class SessionStatusEvent(BaseModel):
+    """One status change of a wallet session (credential issuance or presentation)."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        frozen=True,
+        title="SessionStatusEvent",
+        json_schema_extra={
+            "$id": "urn:session-events-gateway:session-status:1",
+            "additionalProperties": True,
+        },
+    )
+
+    id: str = Field(min_length=1, max_length=256, description="Session id; equals the record key.")
+    tenantId: str = Field(min_length=1, max_length=256, description="Tenant that owns the session.")
+    status: SessionStatus = Field(description="Current status of the session.")
+    updatedAt: AwareDatetime = Field(
+        strict=True,
+        description="RFC 3339 time of the change, with or without milliseconds, 'Z' or an offset.",
+    )
+    type: SessionType | None = Field(default=None, description="Kind of session, when the producer knows it.")
+
+    @property
+    def updated_ms(self) -> int:
+        return int(self.updatedAt.timestamp() * 1000)
+
+
+def json_schema() -> dict[str, Any]:
+    """The published JSON Schema (draft 2020-12) of a record value."""
+    schema = SessionStatusEvent.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["description"] = (
+        "Value of a record on the session-status topic. Key: the session id (UTF-8). "
+        "A null value (tombstone) deletes the session. Unknown fields are tolerated."
+    )
+    return dict(sorted(schema.items()))

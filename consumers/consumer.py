@@ -56,7 +56,7 @@ class SessionStatusConsumer:
             try:
                 await self._connect()
                 break
-            except (KafkaError, OSError, LookupError) as error:
+            except Exception as error:  # any start-up failure is retried, never fatal
                 self.progress.last_error = f"cannot start consuming: {error}"
                 metrics.BROKER_REACHABLE.set(0)
                 log.warning("kafka not available yet, retrying in %.1fs: %s", backoff, error)
@@ -89,10 +89,9 @@ class SessionStatusConsumer:
         )
         self._consumer = consumer
         await consumer.start()
-        topics = await consumer.topics()
-        if settings.kafka_topic not in topics:
+        partitions = await self._partitions_on_broker()
+        if not partitions:
             raise LookupError(f"topic {settings.kafka_topic!r} does not exist")
-        partitions = consumer.partitions_for_topic(settings.kafka_topic) or set()
         tps = [TopicPartition(settings.kafka_topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         self._partitions = set(partitions)
@@ -223,11 +222,20 @@ class SessionStatusConsumer:
         self.progress.broker_reachable = True
         self.progress.last_error = None
         metrics.BROKER_REACHABLE.set(1)
-        current = consumer.partitions_for_topic(topic) or set()
+        current = await self._partitions_on_broker()
         added = current - self._partitions - self._new_partitions
         if added:
             log.info("topic %s gained partitions %s", topic, sorted(added))
             self._new_partitions |= added
+
+    async def _partitions_on_broker(self) -> set[int]:
+        """Fresh partition list of the topic (aiokafka has no public call that refreshes it on demand)."""
+        consumer = self._consumer
+        assert consumer is not None
+        client = consumer._client
+        client.add_topic(self.settings.kafka_topic)
+        await client.force_metadata_update()
+        return set(consumer.partitions_for_topic(self.settings.kafka_topic) or ())
 
     async def _assign_new_partitions(self) -> None:
         consumer = self._consumer

@@ -1,0 +1,1 @@
+"""HTTP side: SSE endpoint, authentication, limits, health, metrics and the command line."""

@@ -1,0 +1,136 @@
+"""All open streams of this process: limits, the shared clock, token expiry and graceful drain.
+
+One clock task serves every connection: each tick it heartbeats one slice of the streams (so a
+heartbeat wave never wakes every connection at once), closes streams whose token expired, and
+during a drain closes the next share of streams so clients move to other replicas gradually.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+
+from gateway import metrics
+from gateway.errors import StreamRefused
+from gateway.settings import GatewaySettings
+from gateway.subscriber import StreamSubscriber
+
+log = logging.getLogger("gateway.connections")
+
+TICK_SECONDS = 0.25
+
+
+class ConnectionRegistry:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self._settings = settings
+        self._slot_count = max(1, math.ceil(settings.heartbeat_interval / TICK_SECONDS))
+        self._slots: list[set[StreamSubscriber]] = [set() for _ in range(self._slot_count)]
+        self._next_slot = 0
+        self._per_subject: dict[str, int] = {}
+        self._count = 0
+        self._tick = 0
+        self._clock: asyncio.Task[None] | None = None
+        self.draining = False
+        self.drained = asyncio.Event()
+        self._drain_deadline = 0.0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def admit(self, subject: str, streams_on_session: int) -> None:
+        """Raises ``StreamRefused`` when a limit is reached."""
+        settings = self._settings
+        if self.draining:
+            raise StreamRefused(503, "Server is shutting down", {"Retry-After": "1"}, reason="draining")
+        if self._count >= settings.max_connections:
+            metrics.LIMIT_REFUSALS.labels("max_connections").inc()
+            raise StreamRefused(503, "Too many open streams on this server", {"Retry-After": "5"}, "max_connections")
+        if self._per_subject.get(subject, 0) >= settings.max_connections_per_subject:
+            metrics.LIMIT_REFUSALS.labels("per_subject").inc()
+            raise StreamRefused(
+                429, "Too many open streams for this token subject", {"Retry-After": "10"}, "per_subject"
+            )
+        if streams_on_session >= settings.max_connections_per_session:
+            metrics.LIMIT_REFUSALS.labels("per_session").inc()
+            raise StreamRefused(429, "Too many open streams for this session", {"Retry-After": "10"}, "per_session")
+
+    def add(self, subscriber: StreamSubscriber) -> None:
+        subscriber.slot = self._next_slot
+        self._next_slot = (self._next_slot + 1) % self._slot_count
+        self._slots[subscriber.slot].add(subscriber)
+        self._per_subject[subscriber.subject] = self._per_subject.get(subscriber.subject, 0) + 1
+        self._count += 1
+        metrics.OPEN_STREAMS.inc()
+
+    def remove(self, subscriber: StreamSubscriber) -> None:
+        slot = self._slots[subscriber.slot]
+        if subscriber not in slot:
+            return
+        slot.discard(subscriber)
+        remaining = self._per_subject[subscriber.subject] - 1
+        if remaining:
+            self._per_subject[subscriber.subject] = remaining
+        else:
+            del self._per_subject[subscriber.subject]
+        self._count -= 1
+        metrics.OPEN_STREAMS.dec()
+        if self.draining and not self._count:
+            self.drained.set()
+
+    def start(self) -> None:
+        if self._clock is None:
+            self._clock = asyncio.create_task(self._run_clock(), name="stream-clock")
+
+    async def stop(self) -> None:
+        if self._clock is not None:
+            self._clock.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._clock
+            self._clock = None
+
+    def start_drain(self, seconds: float) -> None:
+        """Refuses new streams from now on and closes open ones spread over ``seconds``."""
+        if self.draining:
+            return
+        self.draining = True
+        self._drain_deadline = time.monotonic() + seconds
+        log.info("draining %d streams over %.1fs", self._count, seconds)
+        if not self._count:
+            self.drained.set()
+        self._drain_step()
+
+    def close_all(self, reason: str) -> None:
+        for slot in self._slots:
+            for subscriber in tuple(slot):
+                subscriber.close(reason)
+
+    async def _run_clock(self) -> None:
+        settings = self._settings
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            self._tick += 1
+            now = time.monotonic()
+            stale_before = now - settings.heartbeat_interval + TICK_SECONDS
+            for subscriber in self._slots[self._tick % self._slot_count]:
+                if subscriber.last_write <= stale_before:
+                    subscriber.heartbeat()
+            if settings.close_on_token_expiry and self._tick % 4 == 0:
+                wall = time.time()
+                for slot in self._slots:
+                    for subscriber in slot:
+                        if subscriber.expires_at <= wall:
+                            subscriber.close("token_expired")
+            if self.draining:
+                self._drain_step()
+
+    def _drain_step(self) -> None:
+        open_streams = [s for slot in self._slots for s in slot if s.close_reason is None]
+        if not open_streams:
+            return
+        ticks_left = max(1.0, (self._drain_deadline - time.monotonic()) / TICK_SECONDS)
+        share = math.ceil(len(open_streams) / ticks_left)
+        for subscriber in open_streams[:share]:
+            subscriber.close("draining")

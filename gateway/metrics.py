@@ -1,0 +1,23 @@
+"""Prometheus metrics of the serving side (streams, authentication, delivery)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+OPEN_STREAMS = Gauge("gateway_open_streams", "SSE streams currently open.")
+STREAMS_OPENED = Counter("gateway_streams_opened_total", "SSE streams started (status 200).")
+STREAMS_CLOSED = Counter("gateway_streams_closed_total", "SSE streams ended, by reason.", ["reason"])
+EVENTS_DELIVERED = Counter("gateway_events_delivered_total", "Session events written to clients.")
+REQUESTS_REFUSED = Counter(
+    "gateway_stream_requests_refused_total", "Stream requests answered with an error, by HTTP status.", ["status"]
+)
+AUTH_FAILURES = Counter("gateway_auth_failures_total", "Token verification failures, by reason.", ["reason"])
+JWKS_FETCHES = Counter("gateway_jwks_fetches_total", "JWKS (and OIDC discovery) fetches attempted.")
+JWKS_FAILURES = Counter("gateway_jwks_fetch_failures_total", "JWKS fetches that failed.")
+SLOW_CLIENT_DISCONNECTS = Counter(
+    "gateway_slow_client_disconnects_total", "Streams cut because the client did not read fast enough."
+)
+LIMIT_REFUSALS = Counter("gateway_limit_refusals_total", "Streams refused by a connection limit.", ["limit"])
+DELIVERY_DELAY = Histogram(
+    "gateway_delivery_delay_seconds",
+    "Delay from the Kafka record timestamp to the write of the event to the client.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)

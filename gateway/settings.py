@@ -1,0 +1,87 @@
+"""Gateway settings (environment prefix ``GATEWAY_``); Kafka and store settings live in ``consumers``."""
+
+from __future__ import annotations
+
+import socket
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ALLOWED_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    instance_id: str = Field(default_factory=socket.gethostname, description="Replica name, for logs.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    access_log: bool = True
+
+    # Authentication
+    jwks_url: str | None = None
+    oidc_issuer: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_algorithms: Annotated[list[str], NoDecode] = ["RS256", "PS256", "ES256", "EdDSA"]
+    jwt_leeway: float = Field(30.0, ge=0)
+    jwks_min_refresh: float = Field(30.0, ge=0)
+    jwks_cache_ttl: float = Field(300.0, gt=0, description="JWKS lifetime when the response has no max-age.")
+    jwks_cache_min_ttl: float = Field(60.0, ge=0)
+    jwks_cache_max_ttl: float = Field(86_400.0, gt=0)
+    jwks_timeout: float = Field(5.0, gt=0)
+    token_cookie: str | None = None
+    max_token_bytes: int = Field(8192, ge=256)
+
+    # Authorization
+    tenant_claim: str = "tenant_id"
+    session_claim: str = "session_id"
+    required_scope: str | None = None
+
+    # Streams
+    cors_origins: Annotated[list[str], NoDecode] = []
+    unknown_session_wait: float = Field(5.0, ge=0)
+    resume_wait: float = Field(5.0, ge=0)
+    heartbeat_interval: float = Field(15.0, gt=0)
+    retry_ms: int = Field(3000, ge=0)
+    retry_jitter: float = Field(0.5, ge=0, le=1, description="retry: varies by up to this fraction.")
+    max_buffered_bytes: int = Field(64 * 1024, ge=1024, description="Per-stream buffer before a slow client is cut.")
+    close_on_token_expiry: bool = True
+    max_connections: int = Field(20_000, ge=1)
+    max_connections_per_subject: int = Field(50, ge=1)
+    max_connections_per_session: int = Field(20, ge=1)
+    drain_seconds: float = Field(20.0, ge=0)
+    shutdown_grace_seconds: float = Field(5.0, ge=0)
+
+    # Development only
+    dev_mode: bool = False
+    dev_issuer_url: str = "http://127.0.0.1:8090"
+
+    @field_validator("jwt_algorithms", "cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        refused = [alg for alg in value if alg not in ALLOWED_ALGORITHMS]
+        if refused:
+            raise ValueError(
+                f"algorithms {refused} are not allowed; choose from {sorted(ALLOWED_ALGORITHMS)} "
+                "('none' and HMAC algorithms are always refused)"
+            )
+        if not value:
+            raise ValueError("at least one algorithm is required")
+        return value

@@ -1,0 +1,59 @@
+"""SSE wire format of a session transition, as the reference NestJS endpoint sends it.
+
+The event id encodes the Kafka position (``partition-offset``), so any replica can resume from it,
+and ends in ``-end`` for a terminal status, so a replica can answer a finished session's reconnect
+with 204 even after the session left its store.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+from sse_starlette import ServerSentEvent
+
+from consumers.store import Transition
+
+HEARTBEAT = b":\n\n"
+_EVENT_ID = re.compile(r"(\d{1,9})-(\d{1,19})(-end)?")
+
+
+@dataclass(frozen=True, slots=True)
+class EventPosition:
+    partition: int
+    offset: int
+    terminal: bool
+
+
+def event_id(transition: Transition) -> str:
+    suffix = "-end" if transition.is_terminal else ""
+    return f"{transition.partition}-{transition.offset}{suffix}"
+
+
+def parse_event_id(value: str | None) -> EventPosition | None:
+    """A malformed or foreign id is treated as absent."""
+    if not value:
+        return None
+    match = _EVENT_ID.fullmatch(value.strip())
+    if match is None:
+        return None
+    return EventPosition(int(match.group(1)), int(match.group(2)), match.group(3) is not None)
+
+
+def iso_millis(updated_ms: int) -> str:
+    """UTC with milliseconds and 'Z': JavaScript's ``Date.prototype.toISOString()`` form."""
+    moment = datetime.fromtimestamp(updated_ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{updated_ms % 1000:03d}Z"
+
+
+def encode_transition(transition: Transition) -> bytes:
+    data = orjson.dumps(
+        {"id": transition.session_id, "status": transition.status.value, "updatedAt": iso_millis(transition.updated_ms)}
+    ).decode()
+    return ServerSentEvent(data=data, event="message", id=event_id(transition), sep="\n").encode()
+
+
+def encode_retry(retry_ms: int) -> bytes:
+    return f"retry: {retry_ms}\n\n".encode()

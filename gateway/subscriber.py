@@ -1,0 +1,155 @@
+"""One open SSE stream: a bounded buffer of encoded events and the loop that writes it out.
+
+No task or timer of its own: the hub and the shared clock append to the buffer and wake the
+connection's request coroutine through a single future. A client that stops reading fills its
+buffer; past ``max_buffered_bytes`` the connection is aborted (it resumes with Last-Event-ID), so a
+stalled browser neither grows memory nor delays anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from starlette.types import Send
+
+from gateway import metrics
+from gateway.sse import HEARTBEAT
+
+# Reasons after which nothing more is written, not even what is buffered.
+_ABORT_REASONS = frozenset({"slow_client", "client_disconnected"})
+
+
+class StreamSubscriber:
+    __slots__ = (
+        "__weakref__",
+        "_buffer",
+        "_buffered",
+        "_send",
+        "_stamps",
+        "_task",
+        "_waiter",
+        "close_reason",
+        "end_after_flush",
+        "expires_at",
+        "last_write",
+        "max_buffered",
+        "session_id",
+        "slot",
+        "subject",
+        "writing",
+    )
+
+    def __init__(self, session_id: str, subject: str, expires_at: float, max_buffered: int, send: Send) -> None:
+        self.session_id = session_id
+        self.subject = subject
+        self.expires_at = expires_at
+        self.max_buffered = max_buffered
+        self._send = send
+        self._buffer: list[bytes] = []
+        self._stamps: list[int] = []
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[Any] | None = asyncio.current_task()
+        self.close_reason: str | None = None
+        self.end_after_flush = False
+        self.writing = False
+        self.last_write = time.monotonic()
+        self.slot = 0
+
+    # Called by the hub (consumers) -------------------------------------------------------------
+    def deliver(self, frame: bytes, record_timestamp_ms: int, terminal: bool) -> None:
+        if self.close_reason is not None:
+            return
+        self._buffer.append(frame)
+        self._stamps.append(record_timestamp_ms)
+        self._buffered += len(frame)
+        if terminal:
+            self.end_after_flush = True
+        if self._buffered > self.max_buffered:
+            metrics.SLOW_CLIENT_DISCONNECTS.inc()
+            self.close("slow_client")
+            if self.writing:
+                self._abort_connection()
+            return
+        self._wake()
+
+    def session_deleted(self) -> None:
+        self.close("session_deleted")
+
+    # Called by the gateway -----------------------------------------------------------------------
+    def queue(self, frame: bytes, is_event: bool = True) -> None:
+        """Queues a frame from the gateway itself: ``retry:``, initial state or resumed transitions."""
+        self._buffer.append(frame)
+        self._stamps.append(0 if is_event else -1)
+        self._buffered += len(frame)
+
+    def heartbeat(self) -> None:
+        if not self._buffer and not self.writing and self.close_reason is None:
+            self._buffer.append(HEARTBEAT)
+            self._stamps.append(-1)
+            self._wake()
+
+    def close(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+            self._wake()
+
+    async def run(self) -> str:
+        """Writes events until the stream ends; returns why it ended."""
+        send = self._send
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._buffer and self.close_reason is None:
+                waiter = self._waiter = loop.create_future()
+                await waiter
+                self._waiter = None
+            if self.close_reason in _ABORT_REASONS or (self.close_reason and not self._buffer):
+                return self.close_reason or "closed"
+            if not self._buffer:
+                continue
+            buffer, stamps = self._buffer, self._stamps
+            self._buffer, self._stamps, self._buffered = [], [], 0
+            self.writing = True
+            try:
+                await send({"type": "http.response.body", "body": b"".join(buffer), "more_body": True})
+            except asyncio.CancelledError:
+                # Fallback for servers whose transport we cannot abort: the task was cancelled instead.
+                if self.close_reason == "slow_client" and self._task is not None:
+                    self._task.uncancel()
+                    return self.close_reason
+                raise
+            finally:
+                self.writing = False
+            self.last_write = time.monotonic()
+            self._observe(stamps)
+            if self.end_after_flush and not self._buffer:
+                return "terminal"
+
+    @staticmethod
+    def _observe(stamps: list[int]) -> None:
+        """Counts written events; live ones (with a Kafka timestamp) also feed the delay histogram."""
+        now_ms = time.time() * 1000
+        events = 0
+        for stamp in stamps:
+            if stamp >= 0:
+                events += 1
+                if stamp:
+                    metrics.DELIVERY_DELAY.observe(max(0.0, now_ms - stamp) / 1000)
+        if events:
+            metrics.EVENTS_DELIVERED.inc(events)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _abort_connection(self) -> None:
+        """Drops a stalled connection at once (a close would wait for its full send buffer to drain)."""
+        # Under uvicorn, ``send`` is a bound method of the request cycle, which holds the transport.
+        transport = getattr(getattr(self._send, "__self__", None), "transport", None)
+        if transport is not None and hasattr(transport, "abort"):
+            transport.abort()
+        elif self._task is not None:
+            self._task.cancel()

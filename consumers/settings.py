@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +39,17 @@ class ConsumerSettings(BaseSettings):
     terminal_retention: timedelta = Field(timedelta(minutes=10))
     session_ttl: timedelta = Field(timedelta(hours=24))
     max_sessions: int = Field(1_000_000, ge=1)
+
+    @field_validator("replay_window", "terminal_retention", "session_ttl", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        """Plain numbers are seconds; ISO 8601 durations (``PT6H``) and ``HH:MM:SS`` work too."""
+        if isinstance(value, str):
+            try:
+                return timedelta(seconds=float(value))
+            except ValueError:
+                return value
+        return value
 
     def kafka_client_options(self) -> dict[str, Any]:
         """Keyword arguments shared by every aiokafka client this project makes."""

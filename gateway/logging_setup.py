@@ -30,6 +30,10 @@ def redact(text: str) -> str:
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, instance: str = "") -> None:
+        super().__init__()
+        self.instance = instance
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
@@ -37,6 +41,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": redact(record.getMessage()),
         }
+        if self.instance:
+            entry["instance"] = self.instance
         request_id = request_id_var.get()
         if request_id:
             entry["request_id"] = request_id
@@ -50,10 +56,10 @@ class TextFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> dict[str, Any]:
+def configure_logging(level: str = "INFO", fmt: str = "json", instance: str = "") -> dict[str, Any]:
     """Configures logging and returns the dict config, which uvicorn is given too."""
     formatter: dict[str, Any] = (
-        {"()": JsonFormatter}
+        {"()": JsonFormatter, "instance": instance}
         if fmt == "json"
         else {"()": TextFormatter, "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
     )

@@ -61,7 +61,7 @@ class GatewayServer(uvicorn.Server):
 
 
 def build_server(settings: GatewaySettings, consumer_settings: ConsumerSettings) -> GatewayServer:
-    log_config = configure_logging(settings.log_level, settings.log_format)
+    log_config = configure_logging(settings.log_level, settings.log_format, settings.instance_id)
     app = create_app(settings, consumer_settings)
     config = uvicorn.Config(
         app,

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The README's test command (`make test`): sets everything up, lints, type-checks, runs all tests.
+# Tests find a Kafka broker via KAFKA_BOOTSTRAP_SERVERS, else testcontainers (Docker), else scripts/kafka.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/venv.sh test
+
+command -v java >/dev/null || { echo "[test] Java 17+ is required for the local Kafka broker" >&2; exit 1; }
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "[test] installing Debian's chromium for the browser test" >&2
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+  else
+    echo "[test] chromium is missing and this user cannot apt-get install it: run 'sudo apt-get install chromium'" >&2
+    exit 1
+  fi
+fi
+
+echo "[test] ruff" >&2
+ruff check .
+ruff format --check .
+echo "[test] mypy" >&2
+mypy
+echo "[test] pytest" >&2
+exec pytest "$@"

@@ -1,0 +1,307 @@
+"""Real parts for gateway tests: a JWKS server over HTTP, token minting, a gateway process, an SSE client.
+
+Nothing here fakes Kafka or HTTP: the JWKS server is a real HTTP server on its own port, the
+gateway is a real ``session-gateway serve`` process (uvicorn on a socket), and the SSE client
+reads the bytes the server wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+from joserfc import jwt
+from joserfc.jwk import ECKey, OKPKey, RSAKey
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --- keys and tokens ----------------------------------------------------------------------------
+
+SigningKey = RSAKey | ECKey | OKPKey
+
+
+def rsa_key(kid: str) -> RSAKey:
+    return RSAKey.generate_key(2048, parameters={"kid": kid, "use": "sig"})
+
+
+def ec_key(kid: str) -> ECKey:
+    return ECKey.generate_key("P-256", parameters={"kid": kid, "use": "sig"})
+
+
+def ed_key(kid: str) -> OKPKey:
+    return OKPKey.generate_key("Ed25519", parameters={"kid": kid, "use": "sig"})
+
+
+ISSUER = "https://issuer.test"
+AUDIENCE = "session-events"
+
+
+def mint(
+    key: SigningKey,
+    *,
+    alg: str = "RS256",
+    tenant: str | None = "tenant-a",
+    session: str | None = None,
+    sub: str = "user-1",
+    ttl: float = 600,
+    kid: str | bool | None = True,
+    extra: dict[str, Any] | None = None,
+    iss: str | None = ISSUER,
+    aud: str | list[str] | None = AUDIENCE,
+) -> str:
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": sub, "iat": now, "exp": int(now + ttl)}
+    if iss is not None:
+        claims["iss"] = iss
+    if aud is not None:
+        claims["aud"] = aud
+    if tenant is not None:
+        claims["tenant_id"] = tenant
+    if session is not None:
+        claims["session_id"] = session
+    claims.update(extra or {})
+    header: dict[str, Any] = {"alg": alg, "typ": "JWT"}
+    if kid is True:
+        header["kid"] = key.kid
+    elif isinstance(kid, str):
+        header["kid"] = kid
+    return jwt.encode(header, claims, key, algorithms=[alg])
+
+
+# --- JWKS server --------------------------------------------------------------------------------
+
+
+@dataclass
+class JwksServer:
+    """A real HTTP JWKS endpoint on its own port; tests swap keys, fail it, and count fetches."""
+
+    keys: list[SigningKey] = field(default_factory=list)
+    cache_control: str | None = "max-age=300"
+    failing: bool = False
+    fetches: int = 0
+    port: int = 0
+    _server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/jwks.json"
+
+    @property
+    def issuer_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> JwksServer:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/.well-known/openid-configuration":
+                    body = json.dumps({"issuer": owner.issuer_url, "jwks_uri": owner.url}).encode()
+                elif self.path == "/jwks.json":
+                    owner.fetches += 1
+                    if owner.failing:
+                        self.send_response(503)
+                        self.end_headers()
+                        return
+                    body = json.dumps({"keys": [k.as_dict(private=False) for k in owner.keys]}).encode()
+                else:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                if owner.cache_control:
+                    self.send_header("cache-control", owner.cache_control)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+# --- gateway process ----------------------------------------------------------------------------
+
+
+@dataclass
+class GatewayProcess:
+    """``session-gateway serve`` in a subprocess; logs go to a file the test can read."""
+
+    env: dict[str, str]
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> GatewayProcess:
+        env = {**os.environ, **self.env, "GATEWAY_PORT": str(self.port), "GATEWAY_HOST": "127.0.0.1"}
+        self.log_file = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve"],
+            env=env,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        return self
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        await self.wait_status("/readyz", 200, timeout)
+
+    async def wait_status(self, path: str, status: int, timeout: float = 60.0) -> httpx.Response:
+        deadline = time.monotonic() + timeout
+        last: object = None
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise AssertionError(f"gateway exited with {self.process.returncode}:\n{self.logs()[-3000:]}")
+                try:
+                    response = await client.get(self.url + path)
+                    last = (response.status_code, response.text)
+                    if response.status_code == status:
+                        return response
+                except httpx.HTTPError as error:
+                    last = error
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"{path} never answered {status}; last: {last}\n{self.logs()[-3000:]}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log_file.close()
+        return self.process.returncode
+
+
+def gateway_env(bootstrap: str, topic: str, jwks: JwksServer, **overrides: str) -> dict[str, str]:
+    env = {
+        "GATEWAY_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "GATEWAY_KAFKA_TOPIC": topic,
+        "GATEWAY_JWKS_URL": jwks.url,
+        "GATEWAY_JWT_ISSUER": ISSUER,
+        "GATEWAY_JWT_AUDIENCE": AUDIENCE,
+        "GATEWAY_KAFKA_HEALTH_INTERVAL": "1",
+        "GATEWAY_JWKS_MIN_REFRESH": "1",
+        "GATEWAY_LOG_LEVEL": "INFO",
+    }
+    env.update(overrides)
+    return env
+
+
+# --- SSE client ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SseEvent:
+    id: str | None
+    event: str | None
+    data: str
+
+    def json(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.data)
+        return value
+
+
+@dataclass
+class SseStream:
+    status: int
+    headers: httpx.Headers
+    response: httpx.Response
+    retry: int | None = None
+    comments: int = 0
+    _lines: AsyncIterator[str] | None = None
+
+    async def next_event(self, timeout: float = 10.0) -> SseEvent | None:
+        """The next event, or None when the server ended the stream."""
+        return await asyncio.wait_for(self._next_event(), timeout)
+
+    async def _next_event(self) -> SseEvent | None:
+        assert self._lines is not None
+        fields: dict[str, str] = {}
+        data: list[str] = []
+        async for line in self._lines:
+            if line == "":
+                if data:
+                    return SseEvent(fields.get("id"), fields.get("event"), "\n".join(data))
+                fields = {}
+                continue
+            if line.startswith(":"):
+                self.comments += 1
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                data.append(value)
+            elif name == "retry":
+                self.retry = int(value)
+            else:
+                fields[name] = value
+        return None
+
+    async def events_until_end(self, timeout: float = 30.0) -> list[SseEvent]:
+        events: list[SseEvent] = []
+        deadline = time.monotonic() + timeout
+        while (event := await self.next_event(max(0.1, deadline - time.monotonic()))) is not None:
+            events.append(event)
+        return events
+
+
+@asynccontextmanager
+async def sse(
+    client: httpx.AsyncClient, url: str, params: dict[str, str] | None = None, headers: dict[str, str] | None = None
+) -> AsyncIterator[SseStream]:
+    async with client.stream("GET", url, params=params, headers=headers) as response:
+        stream = SseStream(response.status_code, response.headers, response)
+        if response.status_code == 200:
+            stream._lines = response.aiter_lines()
+        else:
+            await response.aread()
+        yield stream

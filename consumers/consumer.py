@@ -37,9 +37,7 @@ _MAX_BACKOFF_S = 10.0
 
 
 class SessionStatusConsumer:
-    def __init__(
-        self, settings: ConsumerSettings, store: SessionStore, hub: Hub, progress: PartitionProgress
-    ) -> None:
+    def __init__(self, settings: ConsumerSettings, store: SessionStore, hub: Hub, progress: PartitionProgress) -> None:
         self.settings = settings
         self.store = store
         self.hub = hub
@@ -48,6 +46,7 @@ class SessionStatusConsumer:
         self._partitions: set[int] = set()
         self._new_partitions: set[int] = set()
         self._stopping = False
+        self._stop_requested = asyncio.Event()
 
     async def run(self) -> None:
         """Connects (retrying), replays, then follows the topic until cancelled."""
@@ -61,8 +60,12 @@ class SessionStatusConsumer:
                 metrics.BROKER_REACHABLE.set(0)
                 log.warning("kafka not available yet, retrying in %.1fs: %s", backoff, error)
                 await self._close_consumer()
-                await asyncio.sleep(backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_requested.wait(), backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
+        if self._stopping:
+            await self._close_consumer()
+            return
         probe = asyncio.create_task(self._probe_loop(), name="kafka-probe")
         try:
             await self._consume_loop()
@@ -74,6 +77,7 @@ class SessionStatusConsumer:
 
     async def stop(self) -> None:
         self._stopping = True
+        self._stop_requested.set()
 
     async def _connect(self) -> None:
         settings = self.settings
@@ -214,6 +218,9 @@ class SessionStatusConsumer:
         tps = [TopicPartition(topic, p) for p in sorted(self._partitions)]
         end_offsets = await consumer.end_offsets(tps)
         self.progress.end_offsets = {tp.partition: offset for tp, offset in end_offsets.items()}
+        # A fetch of only aborted or control batches moves the position without returning records.
+        for tp in tps:
+            self.progress.advance(tp.partition, await consumer.position(tp))
         for partition, lag in self.progress.lag().items():
             metrics.CONSUMER_LAG.labels(str(partition)).set(lag)
             metrics.CONSUMER_POSITION.labels(str(partition)).set(self.progress.positions.get(partition, 0))

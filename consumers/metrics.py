@@ -2,30 +2,20 @@
 
 from prometheus_client import Counter, Gauge
 
-RECORDS_CONSUMED = Counter(
-    "gateway_records_consumed_total", "Kafka records read from the session-status topic."
-)
+RECORDS_CONSUMED = Counter("gateway_records_consumed_total", "Kafka records read from the session-status topic.")
 RECORDS_APPLIED = Counter("gateway_records_applied_total", "Records that changed a session's state.")
 RECORDS_IGNORED = Counter(
     "gateway_records_ignored_total", "Valid records that did not change the store, by reason.", ["reason"]
 )
-RECORDS_REJECTED = Counter(
-    "gateway_records_rejected_total", "Malformed records skipped, by reason.", ["reason"]
-)
+RECORDS_REJECTED = Counter("gateway_records_rejected_total", "Malformed records skipped, by reason.", ["reason"])
 SESSIONS_DELETED = Counter("gateway_sessions_deleted_total", "Sessions removed by a tombstone.")
-SESSIONS_EVICTED = Counter(
-    "gateway_sessions_evicted_total", "Sessions evicted from the store, by reason.", ["reason"]
-)
+SESSIONS_EVICTED = Counter("gateway_sessions_evicted_total", "Sessions evicted from the store, by reason.", ["reason"])
 STORE_SESSIONS = Gauge("gateway_store_sessions", "Sessions held in the in-memory store.")
 CONSUMER_LAG = Gauge(
     "gateway_consumer_lag_records",
     "Records between the consumer position and the partition end.",
     ["partition"],
 )
-CONSUMER_POSITION = Gauge(
-    "gateway_consumer_position", "Next offset the consumer reads, by partition.", ["partition"]
-)
+CONSUMER_POSITION = Gauge("gateway_consumer_position", "Next offset the consumer reads, by partition.", ["partition"])
 BROKER_REACHABLE = Gauge("gateway_broker_reachable", "1 while the last broker probe succeeded.")
-STORE_CAUGHT_UP = Gauge(
-    "gateway_store_caught_up", "1 once the replay reached the end offsets captured at start."
-)
+STORE_CAUGHT_UP = Gauge("gateway_store_caught_up", "1 once the replay reached the end offsets captured at start.")

@@ -50,11 +50,17 @@ class PartitionProgress:
         if self.reached(partition, offset):
             return True
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(partition, []).append((offset, future))
+        entry = (offset, future)
+        waiters = self._waiters.setdefault(partition, [])
+        waiters.append(entry)
         try:
             await asyncio.wait_for(future, timeout)
         except TimeoutError:
             return False
+        finally:
+            current = self._waiters.get(partition)
+            if current is not None and entry in current:
+                current.remove(entry)
         return True
 
     def lag(self) -> dict[int, int]:

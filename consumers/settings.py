@@ -15,9 +15,7 @@ class ConsumerSettings(BaseSettings):
 
     kafka_bootstrap_servers: str = Field("localhost:9092", description="Comma-separated host:port list.")
     kafka_topic: str = Field("session-status", description="Topic carrying session-status records.")
-    kafka_client_id: str = Field(
-        "session-events-gateway", description="Kafka client.id, visible in broker logs."
-    )
+    kafka_client_id: str = Field("session-events-gateway", description="Kafka client.id, visible in broker logs.")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None

@@ -5,14 +5,15 @@ dict entry and one ``bytes`` value: a 5-byte header (tenant index, type) followe
 record per applied transition (status, partition, offset, updatedAt in ms). Status only moves
 forward, so a session holds at most three transitions; they are kept for resumption.
 
-Eviction never scans the whole store: sessions are appended to coarse time buckets (8 bytes per
-update) and old buckets are checked lazily against the session's real last update.
+Eviction never scans the whole store: each update is appended to a coarse time bucket (16 bytes
+per update) and old buckets are checked lazily against the session's real last update.
 """
 
 from __future__ import annotations
 
+import heapq
 import struct
-from collections import deque
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -67,40 +68,59 @@ class SessionSnapshot:
         return self.transitions[-1]
 
 
-class _Buckets:
-    """Session ids grouped by the coarse time of their update; entries may be stale (checked lazily)."""
+class _Bucket:
+    __slots__ = ("cursor", "ids", "stamps")
 
-    __slots__ = ("_queue", "_width_ms")
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.stamps = array("q")  # update time of each entry, 8 bytes apiece
+        self.cursor = 0
+
+
+class _Buckets:
+    """Session ids grouped by the coarse time of their update (a heap of time slots).
+
+    Entries go stale when their session is updated again; readers check an entry against the
+    session's real last update instead of removing old entries eagerly.
+    """
+
+    __slots__ = ("_buckets", "_slots", "_width_ms")
 
     def __init__(self, width_ms: int) -> None:
         self._width_ms = max(1, width_ms)
-        self._queue: deque[tuple[int, deque[str]]] = deque()
+        self._buckets: dict[int, _Bucket] = {}
+        self._slots: list[int] = []
 
     def add(self, session_id: str, at_ms: int) -> None:
         slot = at_ms // self._width_ms
-        if self._queue and self._queue[-1][0] >= slot:
-            self._queue[-1][1].append(session_id)
-        else:
-            self._queue.append((slot, deque((session_id,))))
+        bucket = self._buckets.get(slot)
+        if bucket is None:
+            bucket = self._buckets[slot] = _Bucket()
+            heapq.heappush(self._slots, slot)
+        bucket.ids.append(session_id)
+        bucket.stamps.append(at_ms)
 
-    def pop_older_than(self, cutoff_ms: int) -> Iterator[str]:
-        """Yields ids of every bucket that ended before ``cutoff_ms`` and forgets those buckets."""
-        queue = self._queue
-        while queue and (queue[0][0] + 1) * self._width_ms <= cutoff_ms:
-            yield from queue.popleft()[1]
+    def pop_older_than(self, cutoff_ms: int) -> Iterator[tuple[str, int]]:
+        """Yields (id, update time) of every bucket that ended before ``cutoff_ms`` and forgets them."""
+        slots = self._slots
+        while slots and (slots[0] + 1) * self._width_ms <= cutoff_ms:
+            bucket = self._buckets.pop(heapq.heappop(slots))
+            yield from zip(bucket.ids[bucket.cursor :], bucket.stamps[bucket.cursor :], strict=True)
 
     def pop_oldest(self) -> tuple[str, int] | None:
-        """The oldest entry and the end of its bucket in ms."""
-        queue = self._queue
-        while queue:
-            slot, ids = queue[0]
-            if ids:
-                return ids.popleft(), (slot + 1) * self._width_ms
-            queue.popleft()
+        slots = self._slots
+        while slots:
+            bucket = self._buckets[slots[0]]
+            if bucket.cursor < len(bucket.ids):
+                index = bucket.cursor
+                bucket.cursor += 1
+                return bucket.ids[index], bucket.stamps[index]
+            del self._buckets[heapq.heappop(slots)]
         return None
 
     def clear(self) -> None:
-        self._queue.clear()
+        self._buckets.clear()
+        self._slots.clear()
 
 
 class SessionStore:
@@ -121,9 +141,7 @@ class SessionStore:
     def __contains__(self, session_id: object) -> bool:
         return session_id in self._sessions
 
-    def apply(
-        self, event: SessionStatusEvent, partition: int, offset: int
-    ) -> tuple[Outcome, Transition | None]:
+    def apply(self, event: SessionStatusEvent, partition: int, offset: int) -> tuple[Outcome, Transition | None]:
         """Applies one event; only a forward move of the status changes the store."""
         code = _STATUS_CODE[event.status]
         updated_ms = int(event.updatedAt.timestamp() * 1000)
@@ -171,14 +189,14 @@ class SessionStore:
         """Removes terminal sessions past their retention and idle sessions past the TTL."""
         evicted: list[str] = []
         cutoff = now_ms - self.terminal_retention_ms
-        for session_id in self._terminal.pop_older_than(cutoff):
+        for session_id, _ in self._terminal.pop_older_than(cutoff):
             data = self._sessions.get(session_id)
             if data is not None and data[-_T] in _TERMINAL_CODES and self._last_ms(data) < cutoff:
                 del self._sessions[session_id]
                 self.evicted["terminal_retention"] += 1
                 evicted.append(session_id)
         cutoff = now_ms - self.session_ttl_ms
-        for session_id in self._by_update.pop_older_than(cutoff):
+        for session_id, _ in self._by_update.pop_older_than(cutoff):
             data = self._sessions.get(session_id)
             if data is not None and self._last_ms(data) < cutoff:
                 del self._sessions[session_id]
@@ -194,10 +212,10 @@ class SessionStore:
             oldest = self._by_update.pop_oldest()
             if oldest is None:
                 return
-            victim, bucket_end_ms = oldest
+            victim, at_ms = oldest
             data = self._sessions.get(victim)
-            # A later update of the same session put it in a newer bucket too: this entry is stale.
-            if victim != keep and data is not None and self._last_ms(data) < bucket_end_ms:
+            # An entry is stale when its session was updated again since: that update has its own entry.
+            if victim != keep and data is not None and self._last_ms(data) == at_ms:
                 del self._sessions[victim]
                 self.evicted["max_sessions"] += 1
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,13 +127,13 @@ class GatewayApp:
         self.api = api
         self.events = events
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function returning the endpoint's coroutine: no frame of its own per open stream.
         if scope["type"] == "http" and scope["method"] == "GET":
             session_id = _events_session_id(scope["path"])
             if session_id is not None:
-                await self.events(scope, receive, send, session_id)
-                return
-        await self.api(scope, receive, send)
+                return self.events(scope, receive, send, session_id)
+        return self.api(scope, receive, send)
 
 
 def _events_session_id(path: str) -> str | None:

@@ -1,8 +1,9 @@
 """All open streams of this process: limits, the shared clock, token expiry and graceful drain.
 
 One clock task serves every connection: each tick it heartbeats one slice of the streams (so a
-heartbeat wave never wakes every connection at once), closes streams whose token expired, and
-during a drain closes the next share of streams so clients move to other replicas gradually.
+heartbeat wave never wakes every connection at once); once a second it closes streams whose
+client went away or whose token expired; during a drain it closes the next share of streams so
+clients move to other replicas gradually.
 """
 
 from __future__ import annotations
@@ -43,8 +44,6 @@ class ConnectionRegistry:
     def admit(self, subject: str, streams_on_session: int) -> None:
         """Raises ``StreamRefused`` when a limit is reached."""
         settings = self._settings
-        if self.draining:
-            raise StreamRefused(503, "Server is shutting down", {"Retry-After": "1"}, reason="draining")
         if self._count >= settings.max_connections:
             metrics.LIMIT_REFUSALS.labels("max_connections").inc()
             raise StreamRefused(503, "Too many open streams on this server", {"Retry-After": "5"}, "max_connections")
@@ -117,14 +116,20 @@ class ConnectionRegistry:
             for subscriber in self._slots[self._tick % self._slot_count]:
                 if subscriber.last_write <= stale_before:
                     subscriber.heartbeat()
-            if settings.close_on_token_expiry and self._tick % 4 == 0:
-                wall = time.time()
-                for slot in self._slots:
-                    for subscriber in slot:
-                        if subscriber.expires_at <= wall:
-                            subscriber.close("token_expired")
+            if self._tick % 4 == 0:
+                self._sweep(time.time())
             if self.draining:
                 self._drain_step()
+
+    def _sweep(self, wall: float) -> None:
+        """Once a second: streams whose client went away or whose token expired."""
+        close_on_expiry = self._settings.close_on_token_expiry
+        for slot in self._slots:
+            for subscriber in slot:
+                if subscriber.disconnected():
+                    subscriber.close("client_disconnected")
+                elif close_on_expiry and subscriber.expires_at <= wall:
+                    subscriber.close("token_expired")
 
     def _drain_step(self) -> None:
         open_streams = [s for slot in self._slots for s in slot if s.close_reason is None]

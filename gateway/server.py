@@ -71,10 +71,11 @@ def build_server(settings: GatewaySettings, consumer_settings: ConsumerSettings)
         http="httptools",
         ws="none",
         lifespan="on",
+        interface="asgi3",
         log_config=log_config,
         access_log=settings.access_log,
         timeout_graceful_shutdown=int(max(1, settings.shutdown_grace_seconds)),
-        timeout_keep_alive=5,
+        timeout_keep_alive=75,  # above common proxies' idle timeouts (nginx: 60 s)
         backlog=4096,
         server_header=False,
         proxy_headers=True,

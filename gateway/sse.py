@@ -17,7 +17,8 @@ from sse_starlette import ServerSentEvent
 from consumers.store import Transition
 
 HEARTBEAT = b":\n\n"
-_EVENT_ID = re.compile(r"(\d{1,9})-(\d{1,19})(-end)?")
+_EVENT_ID = re.compile(r"(\d{1,9})-(\d{1,19})(-end)?", re.ASCII)
+_MAX_OFFSET = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +38,7 @@ def parse_event_id(value: str | None) -> EventPosition | None:
     if not value:
         return None
     match = _EVENT_ID.fullmatch(value.strip())
-    if match is None:
+    if match is None or int(match.group(2)) > _MAX_OFFSET:
         return None
     return EventPosition(int(match.group(1)), int(match.group(2)), match.group(3) is not None)
 

@@ -80,6 +80,37 @@ class EventsEndpoint:
         self._cors = {origin.encode() for origin in settings.cors_origins}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, session_id: str) -> None:
+        # Everything before the stream runs in other frames, so what it parsed (headers, query with
+        # the token, claims, the session snapshot) is freed instead of living as long as the stream.
+        admitted = await self._admit(scope, send, session_id)
+        if admitted is None:
+            return
+        subscriber = await self._start_stream(session_id, *admitted, send)
+        del admitted
+        if self.connections.draining:
+            # A browser's EventSource gives up for good on any error status, so a client reaching a
+            # draining replica gets what it missed and a normal end of stream, then retries elsewhere.
+            subscriber.close("draining")
+        # Without uvicorn's transport (see gateway.subscriber), a task per stream watches for the disconnect.
+        watcher = None if subscriber.transport else asyncio.ensure_future(_watch_disconnect(receive, subscriber))
+        started = time.monotonic()
+        reason = "error"
+        try:
+            reason = await subscriber.run()
+            if reason not in ("slow_client", "client_disconnected"):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            self.hub.unsubscribe(session_id, subscriber)
+            self.connections.remove(subscriber)
+            metrics.STREAMS_CLOSED.labels(reason).inc()
+            log.debug("stream closed session=%s reason=%s after=%.1fs", session_id, reason, time.monotonic() - started)
+
+    async def _admit(
+        self, scope: Scope, send: Send, session_id: str
+    ) -> tuple[Principal, SessionSnapshot, EventPosition | None, list[tuple[bytes, bytes]]] | None:
+        """Checks everything before the stream starts; answers the error itself and returns None on refusal."""
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
         request_id = headers.get("x-request-id") or uuid.uuid4().hex
@@ -93,17 +124,15 @@ class EventsEndpoint:
             metrics.REQUESTS_REFUSED.labels(str(refused.status)).inc()
             log.info("stream refused session=%s status=%d reason=%s", session_id, refused.status, refused.reason)
             await send_error(send, refused, extra_headers)
-            return
+            return None
         except _NoContent:
             metrics.REQUESTS_REFUSED.labels("204").inc()
             await send({"type": "http.response.start", "status": 204, "headers": extra_headers})
             await send({"type": "http.response.body", "body": b""})
-            return
-        await self._stream(session_id, principal, snapshot, last_seen, receive, send, extra_headers)
+            return None
+        return principal, snapshot, last_seen, extra_headers
 
     async def _authenticate(self, query: dict[str, str], headers: dict[str, str]) -> Principal:
-        if self.connections.draining:
-            raise StreamRefused(503, "Server is shutting down", {"Retry-After": "1"}, reason="draining")
         token = find_token(query, headers, self.settings.token_cookie)
         if not token:
             metrics.AUTH_FAILURES.labels("missing").inc()
@@ -155,6 +184,8 @@ class EventsEndpoint:
                 snapshot = self.store.get(session_id) or snapshot
             if last_seen.offset >= snapshot.current.offset and snapshot.current.is_terminal:
                 raise _NoContent
+        # Checked again after the waits above: requests that waited must not overshoot the limits.
+        self.connections.admit(principal.subject, self.hub.count(session_id))
         return snapshot
 
     async def _await_arrival(self, session_id: str) -> SessionSnapshot | None:
@@ -167,16 +198,15 @@ class EventsEndpoint:
             self.hub.unsubscribe(session_id, arrival)
         return self.store.get(session_id)
 
-    async def _stream(
+    async def _start_stream(
         self,
         session_id: str,
         principal: Principal,
         snapshot: SessionSnapshot,
         last_seen: EventPosition | None,
-        receive: Receive,
-        send: Send,
         extra_headers: list[tuple[bytes, bytes]],
-    ) -> None:
+        send: Send,
+    ) -> StreamSubscriber:
         settings = self.settings
         expires_at = principal.expires_at if settings.close_on_token_expiry else float("inf")
         subscriber = StreamSubscriber(session_id, principal.subject, expires_at, settings.max_buffered_bytes, send)
@@ -186,28 +216,15 @@ class EventsEndpoint:
             subscriber.queue(encode_transition(transition))
             if transition.is_terminal:
                 subscriber.end_after_flush = True
-        if subscriber.end_after_flush is False:
+        if not subscriber.end_after_flush:
             self.hub.subscribe(session_id, subscriber)
             self.connections.add(subscriber)
         jitter = 1 + random.uniform(-settings.retry_jitter, settings.retry_jitter)
         await send({"type": "http.response.start", "status": 200, "headers": [*_STREAM_HEADERS, *extra_headers]})
-        await send(
-            {"type": "http.response.body", "body": encode_retry(int(settings.retry_ms * jitter)), "more_body": True}
-        )
+        retry = encode_retry(int(settings.retry_ms * jitter))
+        await send({"type": "http.response.body", "body": retry, "more_body": True})
         metrics.STREAMS_OPENED.inc()
-        watcher = asyncio.ensure_future(_watch_disconnect(receive, subscriber))
-        started = time.monotonic()
-        reason = "error"
-        try:
-            reason = await subscriber.run()
-            if reason not in ("slow_client", "client_disconnected"):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            watcher.cancel()
-            self.hub.unsubscribe(session_id, subscriber)
-            self.connections.remove(subscriber)
-            metrics.STREAMS_CLOSED.labels(reason).inc()
-            log.debug("stream closed session=%s reason=%s after=%.1fs", session_id, reason, time.monotonic() - started)
+        return subscriber
 
     def _cors_headers(self, headers: dict[str, str]) -> Iterable[tuple[bytes, bytes]]:
         origin = headers.get("origin")

@@ -4,6 +4,12 @@ No task or timer of its own: the hub and the shared clock append to the buffer a
 connection's request coroutine through a single future. A client that stops reading fills its
 buffer; past ``max_buffered_bytes`` the connection is aborted (it resumes with Last-Event-ID), so a
 stalled browser neither grows memory nor delays anyone else.
+
+Under uvicorn the connection's transport is reachable from ``send`` (a bound method of uvicorn's
+request cycle). Then a disconnect is noticed by the shared clock (``transport.is_closing()``), and
+a stalled client is cut with ``transport.abort()``. Portable ASGI would need a task per connection
+awaiting ``receive()``; that task costs about 2 KB per stream (measured with tracemalloc), a sixth
+of the whole budget, so it is only the fallback for other servers.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class StreamSubscriber:
         "session_id",
         "slot",
         "subject",
+        "transport",
         "writing",
     )
 
@@ -57,6 +64,7 @@ class StreamSubscriber:
         self.writing = False
         self.last_write = time.monotonic()
         self.slot = 0
+        self.transport: Any = transport_of(send)
 
     # Called by the hub (consumers) -------------------------------------------------------------
     def deliver(self, frame: bytes, record_timestamp_ms: int, terminal: bool) -> None:
@@ -94,6 +102,9 @@ class StreamSubscriber:
     def close(self, reason: str) -> None:
         if self.close_reason is None:
             self.close_reason = reason
+            if self.writing:
+                # uvicorn's send only yields while the transport is paused: the peer is not reading.
+                self._abort_connection()
             self._wake()
 
     async def run(self) -> str:
@@ -145,11 +156,21 @@ class StreamSubscriber:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def disconnected(self) -> bool:
+        transport = self.transport
+        return transport is not None and transport.is_closing()
+
     def _abort_connection(self) -> None:
         """Drops a stalled connection at once (a close would wait for its full send buffer to drain)."""
-        # Under uvicorn, ``send`` is a bound method of the request cycle, which holds the transport.
-        transport = getattr(getattr(self._send, "__self__", None), "transport", None)
-        if transport is not None and hasattr(transport, "abort"):
-            transport.abort()
+        if self.transport is not None:
+            self.transport.abort()
         elif self._task is not None:
             self._task.cancel()
+
+
+def transport_of(send: Send) -> Any:
+    """The asyncio transport behind uvicorn's ``send``, or None under another server."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is not None and hasattr(transport, "abort") and hasattr(transport, "is_closing"):
+        return transport
+    return None

@@ -7,10 +7,12 @@ truth; ``session-status.schema.json`` beside this file is generated from it
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 
 class SessionStatus(StrEnum):
@@ -46,6 +48,16 @@ STATUS_RANK: dict[SessionStatus, int] = {
 }
 
 
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
+
+
+def _rfc3339(value: object) -> object:
+    """Only RFC 3339 text (or a datetime) is a time here; pydantic alone would take epoch numbers too."""
+    if isinstance(value, datetime) or (isinstance(value, str) and _RFC3339.fullmatch(value)):
+        return value
+    raise ValueError("updatedAt must be an RFC 3339 date-time with a time zone, e.g. 2026-11-28T10:00:00.000Z")
+
+
 class SessionStatusEvent(BaseModel):
     """One status change of a wallet session (credential issuance or presentation)."""
 
@@ -62,8 +74,7 @@ class SessionStatusEvent(BaseModel):
     id: str = Field(min_length=1, max_length=256, description="Session id; equals the record key.")
     tenantId: str = Field(min_length=1, max_length=256, description="Tenant that owns the session.")
     status: SessionStatus = Field(description="Current status of the session.")
-    updatedAt: AwareDatetime = Field(
-        strict=True,
+    updatedAt: Annotated[AwareDatetime, BeforeValidator(_rfc3339)] = Field(
         description="RFC 3339 time of the change, with or without milliseconds, 'Z' or an offset.",
     )
     type: SessionType | None = Field(default=None, description="Kind of session, when the producer knows it.")

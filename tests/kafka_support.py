@@ -1,0 +1,521 @@
+"""Kafka test helpers: finding or starting a broker, topics, producing records, running the consumer.
+
+Plain functions and small classes, importable by any test module (``from tests.kafka_support import ...``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client import REGISTRY
+
+from consumers.consumer import SessionStatusConsumer
+from consumers.hub import Hub
+from consumers.progress import PartitionProgress
+from consumers.settings import ConsumerSettings
+from consumers.store import SessionStore, Transition
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+KAFKA_SCRIPT = REPO_ROOT / "scripts" / "kafka.sh"
+TESTCONTAINERS_IMAGE = "confluentinc/cp-kafka:7.6.0"
+
+
+# --------------------------------------------------------------------------------------------------
+# Brokers
+
+
+class BrokerError(RuntimeError):
+    """A broker could not be started; the message says why and where its logs are."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports that were free a moment ago (all bound at once, so they differ)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        content = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(content[-lines:])
+
+
+@dataclass
+class LocalBroker:
+    """A single-node KRaft broker run by ``scripts/kafka.sh`` on ports of its own, with its own state dir.
+
+    The script's progress lines go to stderr, which the subprocess inherits.
+    """
+
+    port: int
+    controller_port: int
+    state_dir: Path
+
+    @classmethod
+    def allocate(cls, state_dir: Path) -> LocalBroker:
+        port, controller_port = free_ports(2)
+        return cls(port=port, controller_port=controller_port, state_dir=state_dir)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "KAFKA_PORT": str(self.port),
+            "KAFKA_CONTROLLER_PORT": str(self.controller_port),
+            "KAFKA_STATE_DIR": str(self.state_dir),
+        }
+
+    def _run(self, command: str, timeout: float) -> int:
+        try:
+            completed = subprocess.run(
+                [str(KAFKA_SCRIPT), command],
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=sys.stderr,  # progress is wanted, and stdout of a test run belongs to pytest
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as error:
+            raise BrokerError(f"`scripts/kafka.sh {command}` did not finish within {timeout:.0f}s") from error
+        return completed.returncode
+
+    def start(self, timeout: float = 180.0) -> None:
+        code = self._run("start", timeout)
+        if code != 0:
+            raise BrokerError(
+                f"could not start a Kafka broker with scripts/kafka.sh on {self.bootstrap} "
+                f"(exit code {code}); state and logs in {self.state_dir}\n"
+                f"--- broker.log ---\n{_tail(self.state_dir / 'broker.log')}\n"
+                f"--- server.log ---\n{_tail(self.state_dir / 'server.log')}"
+            )
+
+    def stop(self, timeout: float = 60.0) -> None:
+        code = self._run("stop", timeout)
+        if code != 0:
+            raise BrokerError(f"`scripts/kafka.sh stop` failed for {self.bootstrap} (exit code {code})")
+
+    def is_running(self) -> bool:
+        pidfile = self.state_dir / "kafka.pid"
+        try:
+            pid = int(pidfile.read_text(encoding="utf-8").strip())
+        except (OSError, ValueError):
+            return False
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+
+
+def docker_available(timeout: float = 2.0) -> bool:
+    """True when a Docker engine answers a ping within ``timeout`` seconds."""
+    try:
+        docker = importlib.import_module("docker")
+        client = docker.from_env(timeout=timeout)
+    except Exception:
+        return False
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+@contextlib.contextmanager
+def testcontainers_broker() -> Iterator[str]:
+    """A KRaft broker in a container (only when a Docker engine is available)."""
+    from testcontainers.community.kafka import KafkaContainer
+
+    try:
+        container = (
+            KafkaContainer(TESTCONTAINERS_IMAGE)
+            .with_kraft()
+            .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
+            .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+            .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+            .with_env("KAFKA_LOG_CLEANER_BACKOFF_MS", "1000")
+        )
+        container.start()
+    except Exception as error:
+        raise BrokerError(f"could not start Kafka with testcontainers ({TESTCONTAINERS_IMAGE}): {error}") from error
+    try:
+        yield str(container.get_bootstrap_server())
+    finally:
+        container.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# Topics and records
+
+
+def unique_topic(prefix: str = "session-status") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def rfc3339(moment: datetime) -> str:
+    """RFC 3339 with milliseconds and 'Z'."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def event_bytes(
+    session_id: str,
+    tenant: str,
+    status: str,
+    updated_at: datetime | str | None = None,
+    **extra: Any,
+) -> bytes:
+    """A JSON record value; ``extra`` fields are added last, so they may also override ``id`` etc."""
+    if updated_at is None:
+        updated_at = datetime.now(UTC)
+    payload: dict[str, Any] = {
+        "id": session_id,
+        "tenantId": tenant,
+        "status": status,
+        "updatedAt": rfc3339(updated_at) if isinstance(updated_at, datetime) else updated_at,
+    }
+    payload.update(extra)
+    return json.dumps(payload).encode("utf-8")
+
+
+async def _with_admin(bootstrap: str) -> AIOKafkaAdminClient:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    await admin.start()
+    return admin
+
+
+async def topic_partitions(bootstrap: str, topic: str) -> dict[int, int]:
+    """Partition -> leader id, as the broker's metadata reports them now (empty if the topic is unknown)."""
+    admin = await _with_admin(bootstrap)
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    leaders: dict[int, int] = {}
+    for entry in described:
+        if entry["topic"] == topic and entry["error_code"] == 0:
+            for part in entry["partitions"]:
+                leaders[int(part["partition"])] = int(part["leader"])
+    return leaders
+
+
+async def wait_for_partitions(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> None:
+    """Waits until the topic has ``count`` partitions, each with a leader."""
+    deadline = time.monotonic() + timeout
+    leaders: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        leaders = await topic_partitions(bootstrap, topic)
+        if len(leaders) == count and all(leader >= 0 for leader in leaders.values()):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"topic {topic} has partitions {leaders}, expected {count} with leaders")
+
+
+async def create_topic(
+    bootstrap: str,
+    name: str,
+    partitions: int = 3,
+    compacted: bool = False,
+    configs: dict[str, str] | None = None,
+) -> None:
+    """Creates a topic (the brokers have auto.create.topics.enable=false) and waits for its leaders."""
+    topic_configs = dict(configs or {})
+    if compacted:
+        topic_configs.setdefault("cleanup.policy", "compact")
+    admin = await _with_admin(bootstrap)
+    try:
+        response = await admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1, topic_configs=topic_configs)]
+        )
+    finally:
+        await admin.close()
+    for entry in response.topic_errors:
+        if entry[1] != 0:
+            raise AssertionError(f"could not create topic {name}: {entry}")
+    await wait_for_partitions(bootstrap, name, partitions)
+
+
+async def add_partitions(bootstrap: str, topic: str, total: int) -> None:
+    from aiokafka.admin import NewPartitions
+
+    admin = await _with_admin(bootstrap)
+    try:
+        await admin.create_partitions({topic: NewPartitions(total_count=total)})
+    finally:
+        await admin.close()
+    await wait_for_partitions(bootstrap, topic, total)
+
+
+Record = tuple[bytes | None, bytes | None]
+
+
+async def produce(
+    bootstrap: str,
+    topic: str,
+    records: Sequence[Record],
+    partition: int | None = None,
+    *,
+    timestamp_ms: int | None = None,
+) -> list[tuple[int, int]]:
+    """Writes ``(key, value)`` records (partitioned by key unless ``partition`` is given).
+
+    Returns ``(partition, offset)`` of every record, in order. Records of one partition keep their order.
+    """
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, enable_idempotence=True)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, value=value, key=key, partition=partition, timestamp_ms=timestamp_ms)
+            for key, value in records
+        ]
+        metadata = await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return [(int(meta.partition), int(meta.offset)) for meta in metadata]
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+
+
+async def read_all(bootstrap: str, topic: str, *, read_committed: bool = True) -> list[StoredRecord]:
+    """Every record the topic holds now, in partition then offset order (reads up to the end offsets)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed" if read_committed else "read_uncommitted",
+    )
+    # aiokafka's partitions_for_topic() answers from a cache that topics() does not fill: ask the admin API.
+    partitions = sorted(await topic_partitions(bootstrap, topic))
+    if not partitions:
+        raise AssertionError(f"topic {topic} does not exist")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        records: list[StoredRecord] = []
+        deadline = time.monotonic() + 30
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in tps])
+
+        while await behind():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {topic} to its end offsets {ends}")
+            batches = await consumer.getmany(timeout_ms=200)
+            for tp_records in batches.values():
+                records.extend(StoredRecord(r.partition, r.offset, r.key, r.value, r.timestamp) for r in tp_records)
+    finally:
+        await consumer.stop()
+    records.sort(key=lambda r: (r.partition, r.offset))
+    return records
+
+
+async def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float,
+    message: str | Callable[[], str] = "",
+    interval: float = 0.05,
+) -> None:
+    """Polls ``predicate`` until it holds; fails the test (AssertionError) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            raise AssertionError(f"condition not met within {timeout}s{': ' + text if text else ''}")
+        await asyncio.sleep(interval)
+
+
+def metric(name: str, **labels: str) -> float:
+    """Current value of a sample of the default prometheus registry (0 when it does not exist yet)."""
+    value = REGISTRY.get_sample_value(name, labels)
+    return 0.0 if value is None else float(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Consumer
+
+
+def encode_frame(transition: Transition) -> bytes:
+    return f"{transition.session_id}:{transition.status}:{transition.offset}".encode()
+
+
+class RecordingSubscriber:
+    """A hub subscriber that remembers everything it was handed, in order."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.timestamps: list[int] = []
+        self.terminal: list[bool] = []
+        self.deleted = 0
+        self.on_deliver: Callable[[bytes], None] | None = None
+
+    def deliver(self, frame: bytes, record_timestamp_ms: int, terminal: bool) -> None:
+        self.frames.append(frame)
+        self.timestamps.append(record_timestamp_ms)
+        self.terminal.append(terminal)
+        if self.on_deliver is not None:
+            self.on_deliver(frame)
+
+    def session_deleted(self) -> None:
+        self.deleted += 1
+
+    @property
+    def statuses(self) -> list[str]:
+        return [frame.decode().split(":")[1] for frame in self.frames]
+
+    @property
+    def offsets(self) -> list[int]:
+        return [int(frame.decode().rsplit(":", 1)[1]) for frame in self.frames]
+
+
+@dataclass
+class RunningConsumer:
+    settings: ConsumerSettings
+    store: SessionStore
+    hub: Hub
+    progress: PartitionProgress
+    consumer: SessionStatusConsumer
+    task: asyncio.Task[None]
+    subscribers: dict[str, RecordingSubscriber] = field(default_factory=dict)
+
+    def check_alive(self) -> None:
+        """Fails when the consumer task ended (it must run until it is stopped)."""
+        if self.task.done():
+            error = None if self.task.cancelled() else self.task.exception()
+            raise AssertionError(f"the consumer task ended unexpectedly: {error!r}") from error
+
+    def subscribe(self, session_id: str) -> RecordingSubscriber:
+        subscriber = RecordingSubscriber()
+        self.hub.subscribe(session_id, subscriber)
+        self.subscribers[session_id] = subscriber
+        return subscriber
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float, message: str = "") -> None:
+        def check() -> bool:
+            self.check_alive()
+            return predicate()
+
+        await wait_until(check, timeout, lambda: f"{message} (progress: {self.describe()})")
+
+    async def wait_caught_up(self, timeout: float = 30.0) -> None:
+        await self.wait_until(self.progress.caught_up.is_set, timeout, "store never caught up")
+
+    def describe(self) -> str:
+        p = self.progress
+        return (
+            f"positions={dict(sorted(p.positions.items()))} targets={dict(sorted(p.targets.items()))} "
+            f"caught_up={p.caught_up.is_set()} reachable={p.broker_reachable} error={p.last_error!r} "
+            f"sessions={len(self.store)}"
+        )
+
+
+def make_settings(bootstrap: str, topic: str, **overrides: Any) -> ConsumerSettings:
+    values: dict[str, Any] = {
+        "kafka_bootstrap_servers": bootstrap,
+        "kafka_topic": topic,
+        "kafka_health_interval": 0.5,
+        "kafka_request_timeout_ms": 5_000,
+    }
+    values.update(overrides)
+    return ConsumerSettings(**values)
+
+
+def make_store(settings: ConsumerSettings) -> SessionStore:
+    return SessionStore(
+        terminal_retention_ms=int(settings.terminal_retention.total_seconds() * 1000),
+        session_ttl_ms=int(settings.session_ttl.total_seconds() * 1000),
+        max_sessions=settings.max_sessions,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_consumer(
+    bootstrap: str,
+    topic: str,
+    *,
+    subscribe: list[str] | tuple[str, ...] = (),
+    **settings_overrides: Any,
+) -> AsyncIterator[RunningConsumer]:
+    """Runs a ``SessionStatusConsumer`` on ``topic`` in a task; stops it (and checks it ended cleanly) on exit.
+
+    ``subscribe`` lists sessions that get a ``RecordingSubscriber`` before consumption starts. The task
+    is created but has not run yet when the context is entered, so anything attached before the first
+    ``await`` in the ``async with`` body also sees every record.
+    """
+    settings = make_settings(bootstrap, topic, **settings_overrides)
+    store = make_store(settings)
+    hub = Hub(encode=encode_frame)
+    progress = PartitionProgress()
+    consumer = SessionStatusConsumer(settings, store, hub, progress)
+    subscribers: dict[str, RecordingSubscriber] = {}
+    for session_id in subscribe:
+        subscribers[session_id] = RecordingSubscriber()
+        hub.subscribe(session_id, subscribers[session_id])
+    task = asyncio.create_task(consumer.run(), name=f"consumer-{topic}")
+    running = RunningConsumer(settings, store, hub, progress, consumer, task, subscribers)
+    failed = False
+    try:
+        yield running
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        await consumer.stop()
+        done, _ = await asyncio.wait({task}, timeout=10.0)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if not failed:
+                raise AssertionError("the consumer did not stop within 10s of stop()")
+        elif not failed and not task.cancelled() and task.exception() is not None:
+            raise AssertionError("the consumer task failed") from task.exception()

@@ -1,0 +1,393 @@
+"""SessionStore: forward-only status, transition history, deletion and the three kinds of eviction."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from consumers.store import Outcome, SessionStore, Transition
+from schemas import SessionStatus, SessionStatusEvent, SessionType
+
+T0 = 1_714_564_800_000  # 2024-05-01T12:00:00Z in ms
+SECOND = 1000
+MINUTE = 60 * SECOND
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+
+def ev(
+    session_id: str, status: str, at_ms: int = T0, tenant: str = "tenant-a", kind: str | None = None
+) -> SessionStatusEvent:
+    return SessionStatusEvent(
+        id=session_id,
+        tenantId=tenant,
+        status=SessionStatus(status),
+        updatedAt=datetime.fromtimestamp(at_ms / 1000, UTC),
+        type=SessionType(kind) if kind else None,
+    )
+
+
+def make_store(retention_ms: int = 10 * MINUTE, ttl_ms: int = DAY, max_sessions: int = 1_000_000) -> SessionStore:
+    return SessionStore(terminal_retention_ms=retention_ms, session_ttl_ms=ttl_ms, max_sessions=max_sessions)
+
+
+class Feeder:
+    """Applies events with increasing offsets, like a partition would deliver them."""
+
+    def __init__(self, store: SessionStore, partition: int = 0) -> None:
+        self.store = store
+        self.partition = partition
+        self.offset = 0
+
+    def __call__(self, event: SessionStatusEvent) -> tuple[Outcome, Transition | None]:
+        result = self.store.apply(event, self.partition, self.offset)
+        self.offset += 1
+        return result
+
+
+def statuses(store: SessionStore, session_id: str) -> list[str]:
+    snapshot = store.get(session_id)
+    assert snapshot is not None, f"{session_id} is not in the store"
+    return [transition.status.value for transition in snapshot.transitions]
+
+
+# --------------------------------------------------------------------------------------------------
+# Forward-only
+
+
+def test_first_event_creates_the_session() -> None:
+    store = make_store()
+    outcome, transition = store.apply(ev("s1", "active", T0 + 123, kind="presentation"), 4, 77)
+    assert outcome is Outcome.APPLIED
+    assert transition == Transition("s1", SessionStatus.ACTIVE, T0 + 123, 4, 77)
+    assert not transition.is_terminal
+    assert len(store) == 1
+    assert "s1" in store
+    assert "s2" not in store
+    snapshot = store.get("s1")
+    assert snapshot is not None
+    assert snapshot.session_id == "s1"
+    assert snapshot.tenant_id == "tenant-a"
+    assert snapshot.type is SessionType.PRESENTATION
+    assert snapshot.transitions == (transition,)
+    assert snapshot.current == transition
+
+
+def test_unknown_session_is_none() -> None:
+    assert make_store().get("nope") is None
+
+
+def test_transitions_history_in_order() -> None:
+    store = make_store()
+    feed = Feeder(store, partition=2)
+    results = [
+        feed(ev("s1", "active", T0)),
+        feed(ev("s1", "fetched", T0 + 1500)),
+        feed(ev("s1", "completed", T0 + 4000)),
+    ]
+    assert [outcome for outcome, _ in results] == [Outcome.APPLIED] * 3
+    snapshot = store.get("s1")
+    assert snapshot is not None
+    assert snapshot.transitions == (
+        Transition("s1", SessionStatus.ACTIVE, T0, 2, 0),
+        Transition("s1", SessionStatus.FETCHED, T0 + 1500, 2, 1),
+        Transition("s1", SessionStatus.COMPLETED, T0 + 4000, 2, 2),
+    )
+    assert snapshot.current.is_terminal
+    assert [t for _, t in results] == list(snapshot.transitions)
+
+
+@pytest.mark.parametrize("terminal", ["completed", "expired", "failed", "cancelled"])
+def test_may_skip_statuses(terminal: str) -> None:
+    store = make_store()
+    feed = Feeder(store)
+    assert feed(ev("s1", "active"))[0] is Outcome.APPLIED
+    assert feed(ev("s1", terminal))[0] is Outcome.APPLIED
+    assert statuses(store, "s1") == ["active", terminal]
+
+
+def test_first_seen_status_need_not_be_active() -> None:
+    store = make_store()
+    feed = Feeder(store)
+    assert feed(ev("s1", "fetched"))[0] is Outcome.APPLIED
+    assert feed(ev("s2", "expired"))[0] is Outcome.APPLIED
+    assert statuses(store, "s1") == ["fetched"]
+    assert statuses(store, "s2") == ["expired"]
+
+
+@pytest.mark.parametrize("status", ["active", "fetched"])
+def test_duplicate_is_ignored(status: str) -> None:
+    store = make_store()
+    feed = Feeder(store)
+    feed(ev("s1", status, T0))
+    outcome, transition = feed(ev("s1", status, T0 + 10))
+    assert outcome is Outcome.DUPLICATE
+    assert transition is None
+    snapshot = store.get("s1")
+    assert snapshot is not None
+    assert snapshot.transitions == (Transition("s1", SessionStatus(status), T0, 0, 0),)
+
+
+def test_backward_is_ignored() -> None:
+    store = make_store()
+    feed = Feeder(store)
+    feed(ev("s1", "active"))
+    feed(ev("s1", "fetched"))
+    assert feed(ev("s1", "active")) == (Outcome.BACKWARD, None)
+    assert statuses(store, "s1") == ["active", "fetched"]
+    assert feed(ev("s1", "completed"))[0] is Outcome.APPLIED
+
+
+@pytest.mark.parametrize("terminal", ["completed", "expired", "failed", "cancelled"])
+@pytest.mark.parametrize("later", ["active", "fetched", "completed", "expired", "failed", "cancelled"])
+def test_nothing_moves_after_a_terminal_status(terminal: str, later: str) -> None:
+    store = make_store()
+    feed = Feeder(store)
+    feed(ev("s1", "active", T0))
+    feed(ev("s1", terminal, T0 + 1))
+    assert feed(ev("s1", later, T0 + 2)) == (Outcome.AFTER_TERMINAL, None)
+    assert statuses(store, "s1") == ["active", terminal]
+
+
+def test_tenant_change_is_ignored() -> None:
+    store = make_store()
+    feed = Feeder(store)
+    feed(ev("s1", "active", tenant="tenant-a"))
+    assert feed(ev("s1", "fetched", tenant="tenant-b")) == (Outcome.TENANT_CHANGED, None)
+    snapshot = store.get("s1")
+    assert snapshot is not None
+    assert snapshot.tenant_id == "tenant-a"
+    assert statuses(store, "s1") == ["active"]
+    # the rightful tenant can still move it on
+    assert feed(ev("s1", "fetched", tenant="tenant-a"))[0] is Outcome.APPLIED
+
+
+def test_tenants_are_kept_apart() -> None:
+    store = make_store()
+    feed = Feeder(store)
+    for i in range(30):
+        feed(ev(f"s{i}", "active", tenant=f"tenant-{i % 4}", kind=("issuance", "presentation", None)[i % 3]))
+    for i in range(30):
+        snapshot = store.get(f"s{i}")
+        assert snapshot is not None
+        assert snapshot.tenant_id == f"tenant-{i % 4}"
+        assert snapshot.type == (SessionType.ISSUANCE, SessionType.PRESENTATION, None)[i % 3]
+
+
+def test_large_positions_round_trip() -> None:
+    store = make_store()
+    store.apply(ev("s1", "active", T0), 1023, 2**40 + 5)
+    snapshot = store.get("s1")
+    assert snapshot is not None
+    assert (snapshot.current.partition, snapshot.current.offset, snapshot.current.updated_ms) == (1023, 2**40 + 5, T0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Delete
+
+
+def test_delete() -> None:
+    store = make_store()
+    feed = Feeder(store)
+    feed(ev("s1", "fetched"))
+    feed(ev("s2", "active"))
+    assert store.delete("s1") is Outcome.DELETED
+    assert "s1" not in store
+    assert store.get("s1") is None
+    assert len(store) == 1
+    assert store.delete("s1") is Outcome.UNKNOWN_DELETE
+    assert store.delete("never") is Outcome.UNKNOWN_DELETE
+    assert statuses(store, "s2") == ["active"]
+
+
+def test_session_starts_over_after_delete() -> None:
+    store = make_store()
+    feed = Feeder(store)
+    feed(ev("s1", "completed", T0, tenant="tenant-a"))
+    store.delete("s1")
+    assert feed(ev("s1", "active", T0 + 5, tenant="tenant-b"))[0] is Outcome.APPLIED
+    snapshot = store.get("s1")
+    assert snapshot is not None
+    assert snapshot.tenant_id == "tenant-b"
+    assert statuses(store, "s1") == ["active"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Eviction: terminal retention and TTL
+
+
+def test_terminal_sessions_are_evicted_after_retention() -> None:
+    store = make_store(retention_ms=MINUTE, ttl_ms=DAY)
+    feed = Feeder(store)
+    feed(ev("old-done", "active", T0 - 3 * MINUTE))
+    feed(ev("old-done", "completed", T0 - 2 * MINUTE))
+    feed(ev("recent-done", "failed", T0 - 10 * SECOND))
+    feed(ev("old-active", "active", T0 - 2 * MINUTE))
+    feed(ev("old-fetched", "fetched", T0 - 2 * MINUTE))
+
+    assert store.evict_expired(T0) == ["old-done"]
+    assert store.evicted == {"terminal_retention": 1, "ttl": 0, "max_sessions": 0}
+    assert "old-done" not in store
+    assert all(s in store for s in ("recent-done", "old-active", "old-fetched"))
+    assert len(store) == 3
+
+    # once its retention passed (plus one bucket of slack), the recent one goes too
+    assert store.evict_expired(T0 + 2 * MINUTE) == ["recent-done"]
+    assert store.evicted["terminal_retention"] == 2
+    assert len(store) == 2
+
+
+def test_terminal_session_inside_retention_is_kept() -> None:
+    store = make_store(retention_ms=MINUTE)
+    feed = Feeder(store)
+    feed(ev("s1", "completed", T0))
+    for now in (T0, T0 + 30 * SECOND, T0 + MINUTE - 1):
+        assert store.evict_expired(now) == []
+        assert "s1" in store
+
+
+def test_recreated_session_is_not_evicted_by_an_old_terminal_entry() -> None:
+    store = make_store(retention_ms=MINUTE)
+    feed = Feeder(store)
+    feed(ev("s1", "completed", T0 - 5 * MINUTE))
+    store.delete("s1")
+    feed(ev("s1", "active", T0))
+    assert store.evict_expired(T0) == []
+    assert statuses(store, "s1") == ["active"]
+
+
+def test_idle_sessions_are_evicted_after_ttl() -> None:
+    store = make_store(retention_ms=HOUR, ttl_ms=10 * MINUTE)
+    feed = Feeder(store)
+    feed(ev("idle", "active", T0 - 20 * MINUTE))
+    feed(ev("idle-fetched", "fetched", T0 - 15 * MINUTE))
+    feed(ev("busy", "active", T0 - 20 * MINUTE))
+    feed(ev("fresh", "active", T0 - MINUTE))
+    feed(ev("busy", "fetched", T0 - 30 * SECOND))  # its old bucket entry is now stale
+
+    evicted = store.evict_expired(T0)
+    assert sorted(evicted) == ["idle", "idle-fetched"]
+    assert store.evicted == {"terminal_retention": 0, "ttl": 2, "max_sessions": 0}
+    assert statuses(store, "busy") == ["active", "fetched"]
+    assert "fresh" in store
+
+    assert sorted(store.evict_expired(T0 + 11 * MINUTE)) == ["busy", "fresh"]
+    assert len(store) == 0
+    assert store.evicted["ttl"] == 4
+
+
+def test_eviction_is_idempotent_and_cheap_when_nothing_expired() -> None:
+    store = make_store(retention_ms=MINUTE, ttl_ms=HOUR)
+    feed = Feeder(store)
+    for i in range(100):
+        feed(ev(f"s{i}", "active", T0 + i))
+    assert store.evict_expired(T0 + 1000) == []
+    assert store.evict_expired(T0 + 1000) == []
+    assert len(store) == 100
+    assert sorted(store.evict_expired(T0 + 2 * HOUR)) == sorted(f"s{i}" for i in range(100))
+    assert store.evict_expired(T0 + 3 * HOUR) == []
+    # the store keeps working after it was emptied
+    assert feed(ev("s0", "active", T0 + 3 * HOUR))[0] is Outcome.APPLIED
+    assert len(store) == 1
+
+
+def test_ttl_eviction_does_not_depend_on_arrival_order() -> None:
+    """A replay interleaves partitions, so an old update often arrives after a newer one."""
+    store = make_store(retention_ms=HOUR, ttl_ms=30 * MINUTE)
+    feed = Feeder(store)
+    feed(ev("fresh", "active", T0))
+    feed(ev("stale", "active", T0 - 2 * HOUR))  # arrives later, happened earlier
+    assert store.evict_expired(T0 + SECOND) == ["stale"]
+    assert store.evicted["ttl"] == 1
+    assert "fresh" in store
+
+
+def test_terminal_retention_does_not_depend_on_arrival_order() -> None:
+    store = make_store(retention_ms=10 * MINUTE, ttl_ms=DAY)
+    feed = Feeder(store)
+    feed(ev("done-now", "completed", T0))
+    feed(ev("done-long-ago", "completed", T0 - HOUR))  # arrives later, happened earlier
+    assert store.evict_expired(T0 + SECOND) == ["done-long-ago"]
+    assert store.evicted["terminal_retention"] == 1
+    assert "done-now" in store
+
+
+# --------------------------------------------------------------------------------------------------
+# Eviction: capacity
+
+
+def test_capacity_evicts_the_oldest_first() -> None:
+    store = make_store(max_sessions=3)
+    feed = Feeder(store)
+    for i in range(3):
+        feed(ev(f"s{i}", "active", T0 + i * SECOND))
+    assert store.evicted["max_sessions"] == 0
+    outcome, transition = feed(ev("s3", "active", T0 + 3 * SECOND))
+    assert outcome is Outcome.APPLIED
+    assert transition is not None
+    assert len(store) == 3
+    assert "s0" not in store
+    assert all(f"s{i}" in store for i in (1, 2, 3))
+    assert store.evicted["max_sessions"] == 1
+
+    for i in range(4, 10):
+        feed(ev(f"s{i}", "active", T0 + i * SECOND))
+    assert len(store) == 3
+    assert [s for s in (f"s{i}" for i in range(10)) if s in store] == ["s7", "s8", "s9"]
+    assert store.evicted["max_sessions"] == 7
+
+
+def test_capacity_of_one_keeps_the_newest() -> None:
+    store = make_store(max_sessions=1)
+    feed = Feeder(store)
+    feed(ev("a", "active", T0))
+    feed(ev("b", "active", T0 + 1))
+    assert "b" in store
+    assert "a" not in store
+    assert len(store) == 1
+
+
+def test_updates_of_existing_sessions_do_not_evict() -> None:
+    store = make_store(max_sessions=2)
+    feed = Feeder(store)
+    feed(ev("a", "active", T0))
+    feed(ev("b", "active", T0 + 1))
+    feed(ev("a", "fetched", T0 + 2))
+    feed(ev("b", "completed", T0 + 3))
+    assert len(store) == 2
+    assert store.evicted["max_sessions"] == 0
+
+
+@pytest.mark.parametrize(
+    "ttl_ms",
+    [
+        pytest.param(64 * SECOND, id="updates-in-different-buckets"),
+        pytest.param(DAY, id="updates-in-the-same-bucket"),  # the default TTL: buckets of 22.5 minutes
+    ],
+)
+def test_capacity_never_evicts_a_recently_updated_session_before_an_older_one(ttl_ms: int) -> None:
+    store = make_store(ttl_ms=ttl_ms, max_sessions=2)
+    feed = Feeder(store)
+    feed(ev("a", "active", T0))
+    feed(ev("b", "active", T0 + 5 * SECOND))
+    feed(ev("a", "fetched", T0 + 10 * SECOND))  # "a" is now the most recently updated session
+    feed(ev("c", "active", T0 + 15 * SECOND))
+    assert store.evicted["max_sessions"] == 1
+    assert "b" not in store, "the least recently updated session should have been evicted"
+    assert statuses(store, "a") == ["active", "fetched"]
+    assert "c" in store
+
+
+def test_capacity_skips_deleted_sessions() -> None:
+    store = make_store(max_sessions=2)
+    feed = Feeder(store)
+    feed(ev("a", "active", T0))
+    feed(ev("b", "active", T0 + SECOND))
+    store.delete("a")
+    feed(ev("c", "active", T0 + 2 * SECOND))
+    assert len(store) == 2
+    assert store.evicted["max_sessions"] == 0
+    feed(ev("d", "active", T0 + 3 * SECOND))
+    assert [s for s in "abcd" if s in store] == ["c", "d"]
+    assert store.evicted["max_sessions"] == 1

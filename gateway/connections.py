@@ -113,8 +113,10 @@ class ConnectionRegistry:
             self._tick += 1
             now = time.monotonic()
             stale_before = now - settings.heartbeat_interval + TICK_SECONDS
-            for subscriber in self._slots[self._tick % self._slot_count]:
-                if subscriber.last_write <= stale_before:
+            for subscriber in tuple(self._slots[self._tick % self._slot_count]):
+                if subscriber.stalled():
+                    subscriber.cut_slow_client()
+                elif subscriber.last_write <= stale_before:
                     subscriber.heartbeat()
             if self._tick % 4 == 0:
                 self._sweep(time.time())

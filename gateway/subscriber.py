@@ -1,9 +1,13 @@
 """One open SSE stream: a bounded buffer of encoded events and the loop that writes it out.
 
 No task or timer of its own: the hub and the shared clock append to the buffer and wake the
-connection's request coroutine through a single future. A client that stops reading fills its
-buffer; past ``max_buffered_bytes`` the connection is aborted (it resumes with Last-Event-ID), so a
-stalled browser neither grows memory nor delays anyone else.
+connection's request coroutine through a single future. A client that stops reading is cut (it
+resumes with Last-Event-ID), so a stalled browser neither grows memory nor delays anyone else:
+- when more than ``max_buffered_bytes`` wait in our buffer while uvicorn's transport is paused;
+- or, since a status stream carries a few hundred bytes and the kernel would absorb megabytes
+  before uvicorn ever pauses, when bytes are pending towards the peer (transport buffer plus the
+  socket's unsent/unacknowledged queue) at two heartbeat checks in a row and none of them drained
+  in between: the peer's receive window is closed, or the peer is gone without a FIN.
 
 Under uvicorn the connection's transport is reachable from ``send`` (a bound method of uvicorn's
 request cycle). Then a disconnect is noticed by the shared clock (``transport.is_closing()``), and
@@ -15,8 +19,18 @@ of the whole budget, so it is only the fallback for other servers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import struct
 import time
 from typing import Any
+
+try:  # Linux: bytes in a socket's send queue not yet acknowledged by the peer
+    import fcntl
+    import termios
+
+    _OUTQ: int | None = termios.TIOCOUTQ
+except (ImportError, AttributeError):  # pragma: no cover - other platforms rely on the buffer bound
+    _OUTQ = None
 
 from starlette.types import Send
 
@@ -32,6 +46,8 @@ class StreamSubscriber:
         "__weakref__",
         "_buffer",
         "_buffered",
+        "_seen_pending",
+        "_seen_written",
         "_send",
         "_stamps",
         "_task",
@@ -46,6 +62,7 @@ class StreamSubscriber:
         "subject",
         "transport",
         "writing",
+        "written",
     )
 
     def __init__(self, session_id: str, subject: str, expires_at: float, max_buffered: int, send: Send) -> None:
@@ -65,6 +82,9 @@ class StreamSubscriber:
         self.last_write = time.monotonic()
         self.slot = 0
         self.transport: Any = transport_of(send)
+        self.written = 0
+        self._seen_pending = 0
+        self._seen_written = 0
 
     # Called by the hub (consumers) -------------------------------------------------------------
     def deliver(self, frame: bytes, record_timestamp_ms: int, terminal: bool) -> None:
@@ -76,10 +96,7 @@ class StreamSubscriber:
         if terminal:
             self.end_after_flush = True
         if self._buffered > self.max_buffered:
-            metrics.SLOW_CLIENT_DISCONNECTS.inc()
-            self.close("slow_client")
-            if self.writing:
-                self._abort_connection()
+            self.cut_slow_client()
             return
         self._wake()
 
@@ -122,9 +139,11 @@ class StreamSubscriber:
                 continue
             buffer, stamps = self._buffer, self._stamps
             self._buffer, self._stamps, self._buffered = [], [], 0
+            body = b"".join(buffer)
+            self.written += len(body)
             self.writing = True
             try:
-                await send({"type": "http.response.body", "body": b"".join(buffer), "more_body": True})
+                await send({"type": "http.response.body", "body": body, "more_body": True})
             except asyncio.CancelledError:
                 # Fallback for servers whose transport we cannot abort: the task was cancelled instead.
                 if self.close_reason == "slow_client" and self._task is not None:
@@ -156,6 +175,20 @@ class StreamSubscriber:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def cut_slow_client(self) -> None:
+        if self.close_reason is None:
+            metrics.SLOW_CLIENT_DISCONNECTS.inc()
+            self.close("slow_client")
+            self._abort_connection()
+
+    def stalled(self) -> bool:
+        """True when bytes were pending at the previous check and none drained since (see module doc)."""
+        pending = pending_bytes(self.transport)
+        drained = self._seen_pending + (self.written - self._seen_written) - pending
+        stalled = pending > 0 and self._seen_pending > 0 and drained <= 0
+        self._seen_pending, self._seen_written = pending, self.written
+        return stalled or pending + self._buffered > self.max_buffered
+
     def disconnected(self) -> bool:
         transport = self.transport
         return transport is not None and transport.is_closing()
@@ -166,6 +199,18 @@ class StreamSubscriber:
             self.transport.abort()
         elif self._task is not None:
             self._task.cancel()
+
+
+def pending_bytes(transport: Any) -> int:
+    """Bytes written but not yet taken by the peer: transport buffer plus the socket's send queue."""
+    if transport is None:
+        return 0
+    pending: int = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None and _OUTQ is not None:
+        with contextlib.suppress(OSError, ValueError):
+            pending += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
+    return pending
 
 
 def transport_of(send: Send) -> Any:

@@ -83,6 +83,27 @@ def build_server(settings: GatewaySettings, consumer_settings: ConsumerSettings)
     return GatewayServer(config, app)
 
 
+def raise_open_files_limit() -> int:
+    """Each stream is a socket: lift the soft open-files limit to the hard one (often 1024 vs 1M)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
+
+
 def serve(settings: GatewaySettings, consumer_settings: ConsumerSettings) -> None:
     server = build_server(settings, consumer_settings)
+    limit = raise_open_files_limit()
+    if 0 <= limit < settings.max_connections + 100:
+        log.warning(
+            "open-files limit %d is below GATEWAY_MAX_CONNECTIONS=%d: streams will fail with EMFILE first",
+            limit,
+            settings.max_connections,
+        )
     server.run()

@@ -32,13 +32,12 @@ from gateway.errors import INVALID_TOKEN, MISSING_TOKEN
 from gateway.jwks import JwksCache
 from gateway.settings import GatewaySettings
 from gateway.sse import encode_transition
-from gateway.subscribe import EventsEndpoint
+from gateway.subscribe import MAX_SESSION_ID_LENGTH, EventsEndpoint
 
 log = logging.getLogger("gateway.app")
 
 _EVENTS_PREFIX = "/session/"
 _EVENTS_SUFFIX = "/events"
-_MAX_SESSION_ID = 256
 
 
 @dataclass
@@ -78,7 +77,7 @@ class Runtime:
             http=http,
             jwks=jwks,
             verifier=TokenVerifier(settings, jwks),
-            connections=ConnectionRegistry(settings),
+            connections=ConnectionRegistry(settings, hub),
         )
 
     def readiness(self) -> dict[str, Any]:
@@ -139,7 +138,7 @@ class GatewayApp:
 def _events_session_id(path: str) -> str | None:
     if path.startswith(_EVENTS_PREFIX) and path.endswith(_EVENTS_SUFFIX):
         session_id = path[len(_EVENTS_PREFIX) : -len(_EVENTS_SUFFIX)]
-        if session_id and "/" not in session_id and len(session_id) <= _MAX_SESSION_ID:
+        if session_id and "/" not in session_id:
             return session_id
     return None
 
@@ -237,7 +236,7 @@ def create_app(
         },
     )
     async def session_events(
-        id: str = Path(description="Session ID to subscribe to", max_length=_MAX_SESSION_ID),
+        id: str = Path(description="Session ID to subscribe to", max_length=MAX_SESSION_ID_LENGTH),
         token: str | None = Query(None, description="JWT access token for authentication"),
         access_token: str | None = Query(None, description="Alternative name for the token parameter"),
         lastEventId: str | None = Query(

@@ -14,6 +14,7 @@ import logging
 import math
 import time
 
+from consumers.hub import Hub
 from gateway import metrics
 from gateway.errors import StreamRefused
 from gateway.settings import GatewaySettings
@@ -25,8 +26,9 @@ TICK_SECONDS = 0.25
 
 
 class ConnectionRegistry:
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, hub: Hub) -> None:
         self._settings = settings
+        self._hub = hub
         self._slot_count = max(1, math.ceil(settings.heartbeat_interval / TICK_SECONDS))
         self._slots: list[set[StreamSubscriber]] = [set() for _ in range(self._slot_count)]
         self._next_slot = 0
@@ -41,20 +43,38 @@ class ConnectionRegistry:
     def __len__(self) -> int:
         return self._count
 
-    def admit(self, subject: str, streams_on_session: int) -> None:
-        """Raises ``StreamRefused`` when a limit is reached."""
+    def admit(self, subject: str, session_id: str | None = None) -> None:
+        """Raises ``StreamRefused`` when a limit is reached; ``session_id`` adds the per-session limit.
+
+        Hang-ups are noticed by the once-a-second sweep; before refusing, streams whose client is
+        already gone are dropped, so a page reload right after closing tabs is not refused.
+        """
+        refusal = self._refusal(subject, session_id)
+        if refusal is not None and self._drop_disconnected():
+            refusal = self._refusal(subject, session_id)
+        if refusal is not None:
+            metrics.LIMIT_REFUSALS.labels(refusal.reason).inc()
+            raise refusal
+
+    def _refusal(self, subject: str, session_id: str | None) -> StreamRefused | None:
         settings = self._settings
         if self._count >= settings.max_connections:
-            metrics.LIMIT_REFUSALS.labels("max_connections").inc()
-            raise StreamRefused(503, "Too many open streams on this server", {"Retry-After": "5"}, "max_connections")
+            return StreamRefused(503, "Too many open streams on this server", {"Retry-After": "5"}, "max_connections")
         if self._per_subject.get(subject, 0) >= settings.max_connections_per_subject:
-            metrics.LIMIT_REFUSALS.labels("per_subject").inc()
-            raise StreamRefused(
+            return StreamRefused(
                 429, "Too many open streams for this token subject", {"Retry-After": "10"}, "per_subject"
             )
-        if streams_on_session >= settings.max_connections_per_session:
-            metrics.LIMIT_REFUSALS.labels("per_session").inc()
-            raise StreamRefused(429, "Too many open streams for this session", {"Retry-After": "10"}, "per_session")
+        if session_id is not None and self._hub.count(session_id) >= settings.max_connections_per_session:
+            return StreamRefused(429, "Too many open streams for this session", {"Retry-After": "10"}, "per_session")
+        return None
+
+    def _drop_disconnected(self) -> int:
+        gone = [s for slot in self._slots for s in slot if s.disconnected()]
+        for subscriber in gone:
+            subscriber.close("client_disconnected")
+            self.remove(subscriber)
+            self._hub.unsubscribe(subscriber.session_id, subscriber)
+        return len(gone)
 
     def add(self, subscriber: StreamSubscriber) -> None:
         subscriber.slot = self._next_slot

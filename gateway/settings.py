@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ALLOWED_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"}
 )
 
 
@@ -34,7 +34,7 @@ class GatewaySettings(BaseSettings):
     oidc_issuer: str | None = None
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
-    jwt_algorithms: Annotated[list[str], NoDecode] = ["RS256", "PS256", "ES256", "EdDSA"]
+    jwt_algorithms: Annotated[list[str], NoDecode] = ["RS256", "PS256", "ES256", "EdDSA", "Ed25519"]
     jwt_leeway: float = Field(30.0, ge=0)
     jwks_min_refresh: float = Field(30.0, ge=0)
     jwks_cache_ttl: float = Field(300.0, gt=0, description="JWKS lifetime when the response has no max-age.")

@@ -32,6 +32,8 @@ from gateway.subscriber import StreamSubscriber
 
 log = logging.getLogger("gateway.stream")
 
+MAX_SESSION_ID_LENGTH = 256  # the record contract's limit
+
 _STREAM_HEADERS = [
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-store"),
@@ -161,19 +163,20 @@ class EventsEndpoint:
         settings = self.settings
         if not self.progress.caught_up.is_set():
             raise StreamRefused(503, "Session state is still loading", {"Retry-After": "5"}, reason="replaying")
-        self.connections.admit(principal.subject, self.hub.count(session_id))
+        self.connections.admit(principal.subject)
         if settings.session_claim and principal.session is not None and principal.session != session_id:
             raise StreamRefused(404, not_found_message(session_id), reason="session_claim_mismatch")
-        snapshot = self.store.get(session_id)
+        if len(session_id) > MAX_SESSION_ID_LENGTH:
+            raise StreamRefused(404, not_found_message(session_id), reason="unknown_session")
+        # Another tenant's session is treated exactly like an unknown one (same wait, same answers),
+        # so neither the status, the timing nor a 204 reveals that it exists.
+        snapshot = self._visible(self.store.get(session_id), principal)
         if snapshot is None and last_seen is not None and last_seen.terminal:
             raise _NoContent
         if snapshot is None and settings.unknown_session_wait > 0:
-            snapshot = await self._await_arrival(session_id)
+            snapshot = self._visible(await self._await_arrival(session_id), principal)
         if snapshot is None:
             raise StreamRefused(404, not_found_message(session_id), reason="unknown_session")
-        if settings.tenant_claim and principal.tenant != snapshot.tenant_id:
-            # Indistinguishable from an unknown session: never reveal that it exists.
-            raise StreamRefused(404, not_found_message(session_id), reason="tenant_mismatch")
         if last_seen is not None and last_seen.partition == snapshot.current.partition:
             if not self.progress.reached(last_seen.partition, last_seen.offset):
                 caught_up = await self.progress.wait_for(last_seen.partition, last_seen.offset, settings.resume_wait)
@@ -185,7 +188,12 @@ class EventsEndpoint:
             if last_seen.offset >= snapshot.current.offset and snapshot.current.is_terminal:
                 raise _NoContent
         # Checked again after the waits above: requests that waited must not overshoot the limits.
-        self.connections.admit(principal.subject, self.hub.count(session_id))
+        self.connections.admit(principal.subject, session_id)
+        return snapshot
+
+    def _visible(self, snapshot: SessionSnapshot | None, principal: Principal) -> SessionSnapshot | None:
+        if snapshot is not None and self.settings.tenant_claim and principal.tenant != snapshot.tenant_id:
+            return None
         return snapshot
 
     async def _await_arrival(self, session_id: str) -> SessionSnapshot | None:
@@ -208,7 +216,9 @@ class EventsEndpoint:
         send: Send,
     ) -> StreamSubscriber:
         settings = self.settings
-        expires_at = principal.expires_at if settings.close_on_token_expiry else float("inf")
+        # Closed when the token stops being accepted (exp plus leeway): closing at exp itself would let
+        # EventSource reconnect at once with the same, still accepted, token, in a loop.
+        expires_at = principal.expires_at + settings.jwt_leeway if settings.close_on_token_expiry else float("inf")
         subscriber = StreamSubscriber(session_id, principal.subject, expires_at, settings.max_buffered_bytes, send)
         # Re-read and register without awaiting in between, so no transition slips past.
         current = self.store.get(session_id) or snapshot

@@ -382,6 +382,7 @@ async def pair(kafka_bootstrap: str, jwks: JwksServer, logs: Path) -> AsyncItera
         "GATEWAY_MAX_BUFFERED_BYTES": "1024",
         "GATEWAY_RETRY_MS": str(RETRY_MS),
         "GATEWAY_RETRY_JITTER": str(RETRY_JITTER),
+        "GATEWAY_JWT_LEEWAY": "0",  # streams close at exp + leeway: 0 makes that exp itself
     }
     first = GatewayProcess(gateway_env(kafka_bootstrap, topic, jwks, **common), logs / "pair-first.log")
     second = GatewayProcess(

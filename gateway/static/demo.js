@@ -1,0 +1,291 @@
+// Demo page of session-events-gateway (development mode only). Plain browser JavaScript, no build step.
+"use strict";
+
+(() => {
+  const TERMINAL = new Set(["completed", "expired", "failed", "cancelled"]);
+  const METRICS_INTERVAL_MS = 2000;
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    tenant: $("tenant"),
+    create: $("create"),
+    sessionId: $("session-id"),
+    current: $("current-status"),
+    connection: $("connection"),
+    connectionText: $("connection-text"),
+    events: $("events"),
+    message: $("message"),
+    snippet: $("snippet"),
+    copy: $("copy"),
+    statusButtons: Array.from(document.querySelectorAll(".status-btn")),
+    metricsState: $("metrics-state"),
+  };
+
+  let session = null; // {id, tenant, token, eventsUrl}
+  let source = null; // the EventSource of the current session
+  let finished = false;
+
+  // --- helpers ---------------------------------------------------------------------------------
+
+  function setConnection(state, text) {
+    ui.connection.dataset.state = state;
+    ui.connectionText.textContent = text;
+  }
+
+  function showMessage(text) {
+    ui.message.textContent = text;
+    ui.message.hidden = !text;
+  }
+
+  function setStatusButtons(enabled) {
+    for (const button of ui.statusButtons) button.disabled = !enabled;
+  }
+
+  async function postJson(url, body) {
+    const response = await fetch(url, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    let payload = null;
+    try {
+      payload = await response.json();
+    } catch (_) {
+      payload = null;
+    }
+    if (!response.ok) {
+      const detail = payload && (payload.detail || payload.message);
+      const text = typeof detail === "string" ? detail : JSON.stringify(detail || payload);
+      throw new Error(`HTTP ${response.status}: ${text}`);
+    }
+    return payload;
+  }
+
+  function timeOfDay(date) {
+    const pad = (n, w = 2) => String(n).padStart(w, "0");
+    return `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}.${pad(date.getMilliseconds(), 3)}`;
+  }
+
+  function cell(text, className) {
+    const td = document.createElement("td");
+    if (className) td.className = className;
+    td.textContent = text;
+    return td;
+  }
+
+  // --- the stream ------------------------------------------------------------------------------
+
+  function addTransition(data, eventId) {
+    const empty = ui.events.querySelector("tr.empty");
+    if (empty) empty.remove();
+    const row = document.createElement("tr");
+    row.className = "fresh";
+    row.dataset.status = data.status;
+    row.appendChild(cell(timeOfDay(new Date())));
+    const statusCell = document.createElement("td");
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    badge.dataset.status = data.status;
+    badge.textContent = data.status;
+    statusCell.appendChild(badge);
+    row.appendChild(statusCell);
+    row.appendChild(cell(data.updatedAt || "", "mono"));
+    row.appendChild(cell(eventId || "", "mono"));
+    ui.events.appendChild(row);
+
+    ui.current.textContent = data.status;
+    ui.current.dataset.status = data.status;
+  }
+
+  function openStream(eventsUrl) {
+    if (source) source.close();
+    finished = false;
+    setConnection("connecting", "connecting…");
+    source = new EventSource(eventsUrl);
+    const mine = source;
+
+    mine.onopen = () => {
+      if (mine === source) setConnection("open", "stream open");
+    };
+    mine.onmessage = (event) => {
+      if (mine !== source) return;
+      let data;
+      try {
+        data = JSON.parse(event.data);
+      } catch (_) {
+        return;
+      }
+      addTransition(data, event.lastEventId);
+      if (TERMINAL.has(data.status)) {
+        // The gateway ends the stream after a terminal status; stop EventSource from reconnecting.
+        finished = true;
+        mine.close();
+        setConnection("ended", `stream closed: session ${data.status}`);
+        setStatusButtons(false);
+      }
+    };
+    mine.onerror = () => {
+      if (mine !== source || finished) return;
+      if (mine.readyState === EventSource.CLOSED) {
+        setConnection("ended", "stream closed by the server");
+      } else {
+        setConnection("reconnecting", "reconnecting (resumes with Last-Event-ID)…");
+      }
+    };
+  }
+
+  async function createSession() {
+    showMessage("");
+    ui.create.disabled = true;
+    try {
+      const tenant = ui.tenant.value.trim() || "demo-tenant";
+      session = await postJson("/dev/sessions", { tenant });
+      ui.sessionId.textContent = session.id;
+      ui.current.textContent = "–";
+      ui.current.dataset.status = "none";
+      ui.events.replaceChildren();
+      renderSnippet();
+      openStream(session.eventsUrl);
+      setStatusButtons(true);
+    } catch (error) {
+      showMessage(`Could not create a session: ${error.message}`);
+    } finally {
+      ui.create.disabled = false;
+    }
+  }
+
+  async function publishStatus(status) {
+    if (!session) return;
+    showMessage("");
+    setStatusButtons(false);
+    try {
+      await postJson(`/dev/sessions/${encodeURIComponent(session.id)}/status`, { status });
+    } catch (error) {
+      showMessage(`Could not publish "${status}": ${error.message}`);
+    } finally {
+      if (!finished) setStatusButtons(true);
+    }
+  }
+
+  // --- metrics ---------------------------------------------------------------------------------
+
+  // Parses the Prometheus text format into {name: [{labels, value}]}.
+  function parseMetrics(text) {
+    const samples = {};
+    for (const line of text.split("\n")) {
+      if (!line || line.startsWith("#")) continue;
+      const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
+      if (!match) continue;
+      const labels = {};
+      if (match[2]) {
+        for (const pair of match[2].slice(1, -1).matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) {
+          labels[pair[1]] = pair[2];
+        }
+      }
+      (samples[match[1]] = samples[match[1]] || []).push({ labels, value: Number(match[3]) });
+    }
+    return samples;
+  }
+
+  function sum(samples, name) {
+    const list = samples[name];
+    if (!list) return null;
+    return list.reduce((total, sample) => total + sample.value, 0);
+  }
+
+  // The upper bound of the histogram bucket holding the median.
+  function medianBucket(samples, name) {
+    const buckets = (samples[`${name}_bucket`] || [])
+      .map((s) => ({ le: s.labels.le === "+Inf" ? Infinity : Number(s.labels.le), count: s.value }))
+      .sort((a, b) => a.le - b.le);
+    const total = sum(samples, `${name}_count`);
+    if (!buckets.length || !total) return null;
+    const bucket = buckets.find((b) => b.count >= total / 2);
+    return bucket ? bucket.le : null;
+  }
+
+  function formatCount(value) {
+    return value === null ? "–" : Math.round(value).toLocaleString("en-US");
+  }
+
+  function formatSeconds(value) {
+    if (value === null) return "–";
+    if (value === Infinity) return "> 10 s";
+    return value < 1 ? `≤ ${Math.round(value * 1000 * 10) / 10} ms` : `≤ ${value} s`;
+  }
+
+  async function pollMetrics() {
+    try {
+      const response = await fetch("/metrics", { cache: "no-store" });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const samples = parseMetrics(await response.text());
+      $("m-open-streams").textContent = formatCount(sum(samples, "gateway_open_streams"));
+      $("m-delivered").textContent = formatCount(sum(samples, "gateway_events_delivered_total"));
+      $("m-consumed").textContent = formatCount(sum(samples, "gateway_records_consumed_total"));
+      $("m-sessions").textContent = formatCount(sum(samples, "gateway_store_sessions"));
+      $("m-lag").textContent = formatCount(sum(samples, "gateway_consumer_lag_records"));
+      $("m-delay").textContent = formatSeconds(medianBucket(samples, "gateway_delivery_delay_seconds"));
+      ui.metricsState.textContent = `updated ${timeOfDay(new Date())}`;
+    } catch (error) {
+      ui.metricsState.textContent = `metrics unavailable (${error.message})`;
+    }
+  }
+
+  // --- the copy-paste snippet ------------------------------------------------------------------
+
+  function renderSnippet() {
+    const origin = window.location.origin;
+    const sessionId = session ? session.id : "SESSION_ID";
+    ui.snippet.textContent = [
+      "// sessionId and token come from your backend (the token is scoped to the tenant and session).",
+      `const sessionId = "${sessionId}";`,
+      'const token = "…";',
+      "const url = `" + origin + "/session/${encodeURIComponent(sessionId)}/events?token=${encodeURIComponent(token)}`;",
+      "const source = new EventSource(url);",
+      "",
+      "source.onmessage = (event) => {",
+      "  const { id, status, updatedAt } = JSON.parse(event.data);",
+      "  console.log(id, status, updatedAt); // active → fetched → completed | failed | expired | cancelled",
+      '  if (["completed", "failed", "expired", "cancelled"].includes(status)) source.close();',
+      "};",
+      "source.onerror = () => {",
+      "  // Network blip or redeploy: EventSource reconnects by itself and resumes with Last-Event-ID.",
+      "  // It gives up for good on an HTTP error (401 bad token, 404 unknown session, 429/503 limits).",
+      "  if (source.readyState === EventSource.CLOSED) console.warn(\"stream closed\");",
+      "};",
+    ].join("\n");
+  }
+
+  async function copySnippet() {
+    try {
+      await navigator.clipboard.writeText(ui.snippet.textContent);
+      ui.copy.textContent = "Copied";
+    } catch (_) {
+      const range = document.createRange();
+      range.selectNodeContents(ui.snippet);
+      const selection = window.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(range);
+      ui.copy.textContent = "Press Ctrl+C";
+    }
+    setTimeout(() => { ui.copy.textContent = "Copy"; }, 1500);
+  }
+
+  // --- wiring ----------------------------------------------------------------------------------
+
+  ui.create.addEventListener("click", createSession);
+  for (const button of ui.statusButtons) {
+    button.addEventListener("click", () => publishStatus(button.dataset.status));
+  }
+  ui.copy.addEventListener("click", copySnippet);
+  ui.tenant.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") createSession();
+  });
+  window.addEventListener("beforeunload", () => {
+    if (source) source.close();
+  });
+
+  renderSnippet();
+  pollMetrics();
+  setInterval(pollMetrics, METRICS_INTERVAL_MS);
+})();

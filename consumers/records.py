@@ -1,17 +1,54 @@
-"""Turns a raw Kafka record into a session-status event, a tombstone, or a rejection reason.
+"""Turns a raw Kafka record into a status update, a tombstone, or a rejection reason.
 
 Never raises: a bad record is classified and skipped by the caller, never allowed to stop
 the consumer. The payload itself is never put into an error, so it cannot reach a log line.
+
+The pydantic model in ``schemas`` is the contract. Replay speed is a budget (100,000 records/s),
+and the model costs about 10 us a record, so well-formed records take a fast path (orjson and
+plain checks, about 2 us) that accepts only values the model accepts; anything else, including
+every malformed record, goes through the model, which decides and explains. A test checks the
+two agree on a corpus of edge cases.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import NamedTuple
 
+import orjson
 from pydantic import ValidationError
 
-from schemas import SessionStatusEvent
+from schemas import SessionStatus, SessionStatusEvent, SessionType
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+_STATUS_BY_NAME = {status.value: status for status in SessionStatus}
+_TYPE_BY_NAME = {kind.value: kind for kind in SessionType}
+_MAX_ID = 256
+# The common RFC 3339 shapes; rarer ones (lower-case separators, 7+ fraction digits) go to the model.
+_FAST_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})", re.ASCII)
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Exact milliseconds since the epoch (floor), without float rounding."""
+    return (moment - _EPOCH) // _MILLISECOND
+
+
+class StatusUpdate(NamedTuple):
+    """A validated record value, reduced to what the store keeps."""
+
+    session_id: str
+    tenant_id: str
+    status: SessionStatus
+    updated_ms: int
+    type: SessionType | None
+
+    @classmethod
+    def from_event(cls, event: SessionStatusEvent) -> StatusUpdate:
+        return cls(event.id, event.tenantId, event.status, epoch_ms(event.updatedAt), event.type)
 
 
 class RejectReason(StrEnum):
@@ -34,7 +71,7 @@ class Rejected:
     detail: str
 
 
-Decoded = SessionStatusEvent | Tombstone | Rejected
+Decoded = StatusUpdate | Tombstone | Rejected
 
 
 def decode_record(key: bytes | None, value: bytes | None, max_value_bytes: int) -> Decoded:
@@ -48,13 +85,53 @@ def decode_record(key: bytes | None, value: bytes | None, max_value_bytes: int) 
         return Tombstone(session_id)
     if len(value) > max_value_bytes:
         return Rejected(RejectReason.TOO_LARGE, f"value is {len(value)} bytes, limit {max_value_bytes}")
-    try:
-        event = SessionStatusEvent.model_validate_json(value)
-    except ValidationError as error:
-        return _classify(value, error)
-    if event.id != session_id:
+    update = fast_decode(value)
+    if update is None:
+        try:
+            update = StatusUpdate.from_event(SessionStatusEvent.model_validate_json(value))
+        except ValidationError as error:
+            return _classify(value, error)
+    if update.session_id != session_id:
         return Rejected(RejectReason.KEY_MISMATCH, "record key differs from the value's id")
-    return event
+    return update
+
+
+def fast_decode(value: bytes) -> StatusUpdate | None:
+    """The common well-formed value, or None to let the pydantic model decide."""
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if type(data) is not dict:
+        return None
+    session_id = data.get("id")
+    tenant_id = data.get("tenantId")
+    status = data.get("status")
+    updated_at = data.get("updatedAt")
+    kind = data.get("type")
+    if not (
+        type(session_id) is str
+        and 0 < len(session_id) <= _MAX_ID
+        and type(tenant_id) is str
+        and 0 < len(tenant_id) <= _MAX_ID
+        and type(status) is str
+        and status in _STATUS_BY_NAME
+        and type(updated_at) is str
+        and _FAST_TIME.fullmatch(updated_at)
+        and (kind is None or (type(kind) is str and kind in _TYPE_BY_NAME))
+    ):
+        return None
+    try:
+        moment = datetime.fromisoformat(updated_at)
+    except ValueError:
+        return None
+    return StatusUpdate(
+        session_id,
+        tenant_id,
+        _STATUS_BY_NAME[status],
+        epoch_ms(moment),
+        None if kind is None else _TYPE_BY_NAME[kind],
+    )
 
 
 def _classify(value: bytes, error: ValidationError) -> Rejected:

@@ -17,8 +17,10 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
-from schemas import STATUS_RANK, SessionStatus, SessionStatusEvent, SessionType
+from consumers.records import StatusUpdate
+from schemas import STATUS_RANK, TERMINAL_STATUSES, SessionStatus, SessionType
 
 _STATUSES: tuple[SessionStatus, ...] = tuple(SessionStatus)
 _STATUS_CODE = {status: code for code, status in enumerate(_STATUSES)}
@@ -43,8 +45,7 @@ class Outcome(StrEnum):
     UNKNOWN_DELETE = "unknown_delete"
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
+class Transition(NamedTuple):
     session_id: str
     status: SessionStatus
     updated_ms: int
@@ -53,7 +54,10 @@ class Transition:
 
     @property
     def is_terminal(self) -> bool:
-        return self.status.is_terminal
+        return self.status in TERMINAL_STATUSES
+
+
+APPLIED = Outcome.APPLIED
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,20 +145,19 @@ class SessionStore:
     def __contains__(self, session_id: object) -> bool:
         return session_id in self._sessions
 
-    def apply(self, event: SessionStatusEvent, partition: int, offset: int) -> tuple[Outcome, Transition | None]:
-        """Applies one event; only a forward move of the status changes the store."""
-        code = _STATUS_CODE[event.status]
-        updated_ms = int(event.updatedAt.timestamp() * 1000)
-        session_id = event.id
+    def apply(self, update: StatusUpdate, partition: int, offset: int) -> tuple[Outcome, Transition | None]:
+        """Applies one update; only a forward move of the status changes the store."""
+        session_id, tenant_id, status, updated_ms, kind = update
+        code = _STATUS_CODE[status]
         record = _TRANSITION.pack(code, partition, offset, updated_ms)
         data = self._sessions.get(session_id)
         if data is None:
-            tenant = self._tenant_code(event.tenantId)
-            self._sessions[session_id] = _HEADER.pack(tenant, _TYPE_CODE[event.type]) + record
+            tenant = self._tenant_code(tenant_id)
+            self._sessions[session_id] = _HEADER.pack(tenant, _TYPE_CODE[kind]) + record
             if len(self._sessions) > self.max_sessions:
                 self._evict_for_capacity(session_id)
         else:
-            if self._tenants[_HEADER.unpack_from(data)[0]] != event.tenantId:
+            if self._tenants[_HEADER.unpack_from(data)[0]] != tenant_id:
                 return Outcome.TENANT_CHANGED, None
             last = data[-_T]
             if last in _TERMINAL_CODES:
@@ -167,7 +170,7 @@ class SessionStore:
         self._by_update.add(session_id, updated_ms)
         if code in _TERMINAL_CODES:
             self._terminal.add(session_id, updated_ms)
-        return Outcome.APPLIED, Transition(session_id, event.status, updated_ms, partition, offset)
+        return APPLIED, Transition(session_id, status, updated_ms, partition, offset)
 
     def delete(self, session_id: str) -> Outcome:
         if self._sessions.pop(session_id, None) is None:

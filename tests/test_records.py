@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 
-from consumers.records import Rejected, RejectReason, Tombstone, decode_record
+from consumers.records import Rejected, RejectReason, StatusUpdate, Tombstone, decode_record, fast_decode
 from schemas import SessionStatus, SessionStatusEvent, SessionType
 from tests.kafka_support import event_bytes
 
@@ -23,9 +24,9 @@ def rejected(key: bytes | None, value: bytes | None, limit: int = LIMIT) -> Reje
 
 def test_valid_record_becomes_an_event() -> None:
     decoded = decode_record(KEY, GOOD, LIMIT)
-    assert isinstance(decoded, SessionStatusEvent)
-    assert decoded.id == "sess-1"
-    assert decoded.tenantId == "tenant-a"
+    assert isinstance(decoded, StatusUpdate)
+    assert decoded.session_id == "sess-1"
+    assert decoded.tenant_id == "tenant-a"
     assert decoded.status is SessionStatus.FETCHED
     assert decoded.type is SessionType.ISSUANCE
     assert decoded.updated_ms == 1_714_564_800_123
@@ -34,8 +35,8 @@ def test_valid_record_becomes_an_event() -> None:
 def test_unicode_key_equal_to_id_is_accepted() -> None:
     session_id = "sessión-ü-✓"
     decoded = decode_record(session_id.encode(), event_bytes(session_id, "t", "active"), LIMIT)
-    assert isinstance(decoded, SessionStatusEvent)
-    assert decoded.id == session_id
+    assert isinstance(decoded, StatusUpdate)
+    assert decoded.session_id == session_id
 
 
 def test_null_value_is_a_tombstone() -> None:
@@ -87,7 +88,7 @@ def test_exactly_at_the_limit_is_accepted() -> None:
     base = event_bytes("sess-1", "tenant-a", "active", padding="")
     value = event_bytes("sess-1", "tenant-a", "active", padding="x" * (LIMIT - len(base)))
     assert len(value) == LIMIT
-    assert isinstance(decode_record(KEY, value, LIMIT), SessionStatusEvent)
+    assert isinstance(decode_record(KEY, value, LIMIT), StatusUpdate)
     assert rejected(KEY, value, LIMIT - 1).reason is RejectReason.TOO_LARGE
 
 
@@ -159,4 +160,81 @@ def test_reasons_are_stable_metric_labels() -> None:
     ],
 )
 def test_never_raises(key: bytes, value: bytes) -> None:
-    assert isinstance(decode_record(key, value, LIMIT), Rejected | SessionStatusEvent | Tombstone)
+    assert isinstance(decode_record(key, value, LIMIT), Rejected | StatusUpdate | Tombstone)
+
+
+# --------------------------------------------------------------------------------------------------
+# The fast path accepts only what the pydantic model accepts, with the same result
+
+
+EDGE_VALUES: list[object] = [
+    {"updatedAt": "2026-11-28T10:00:00Z"},
+    {"updatedAt": "2026-11-28T10:00:00.123Z"},
+    {"updatedAt": "2026-11-28T10:00:00.123456Z"},
+    {"updatedAt": "2026-11-28T10:00:00.1234567Z"},
+    {"updatedAt": "2026-11-28T10:00:00.999999+14:00"},
+    {"updatedAt": "2026-11-28T10:00:00-23:59"},
+    {"updatedAt": "2026-11-28T10:00:00+24:00"},
+    {"updatedAt": "2026-11-28t10:00:00z"},
+    {"updatedAt": "2026-11-28 10:00:00Z"},
+    {"updatedAt": "2026-02-30T10:00:00Z"},
+    {"updatedAt": "2026-11-28T24:00:00Z"},
+    {"updatedAt": "2026-11-28T10:00:60Z"},
+    {"updatedAt": "2026-11-28T10:00:00"},
+    {"updatedAt": "2026-11-28"},
+    {"updatedAt": "1764324000"},
+    {"updatedAt": 1764324000},
+    {"updatedAt": None},
+    {"updatedAt": "0001-01-01T00:00:00Z"},
+    {"updatedAt": "9999-12-31T23:59:59.999Z"},
+    {"updatedAt": "2026-11-28T10:00:00.Z"},
+    {"updatedAt": "\uff12\uff10\uff12\uff16-11-28T10:00:00Z"},
+    {"status": "ACTIVE"},
+    {"status": "completed "},
+    {"status": ["active"]},
+    {"status": None},
+    {"type": "issuance"},
+    {"type": "presentation"},
+    {"type": None},
+    {"type": "other"},
+    {"type": ["issuance"]},
+    {"id": ""},
+    {"id": "x" * 256},
+    {"id": "x" * 257},
+    {"id": 7},
+    {"tenantId": ""},
+    {"tenantId": "t" * 257},
+    {"tenantId": {"a": 1}},
+    {"extra": [1, 2, {"deep": True}]},
+]
+
+
+@pytest.mark.parametrize("change", EDGE_VALUES, ids=repr)
+def test_fast_path_agrees_with_the_model(change: dict[str, object]) -> None:
+    data: dict[str, object] = {
+        "id": "sess-1",
+        "tenantId": "tenant-a",
+        "status": "active",
+        "updatedAt": "2026-11-28T10:00:00.000Z",
+    }
+    data.update(change)
+    value = json.dumps(data, ensure_ascii=False).encode()
+    fast = fast_decode(value)
+    try:
+        model: StatusUpdate | None = StatusUpdate.from_event(SessionStatusEvent.model_validate_json(value))
+    except ValidationError:
+        model = None
+    if fast is not None:
+        assert model == fast, "the fast path accepted a value the model rejects, or read it differently"
+    decoded = decode_record(str(data["id"]).encode() if isinstance(data["id"], str) else b"k", value, 1 << 20)
+    assert (isinstance(decoded, StatusUpdate) and decoded == model) or (
+        model is None or decoded == Rejected(RejectReason.KEY_MISMATCH, "record key differs from the value's id")
+    )
+
+
+def test_fast_path_takes_the_common_shape() -> None:
+    value = (
+        b'{"id":"s","tenantId":"t","status":"fetched","updatedAt":"2026-11-28T10:00:00.123+01:00","type":"issuance"}'
+    )
+    update = fast_decode(value)
+    assert update == StatusUpdate("s", "t", SessionStatus.FETCHED, 1_795_856_400_123, SessionType.ISSUANCE)

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from consumers.records import StatusUpdate
 from consumers.store import Outcome, SessionStore, Transition
 from schemas import SessionStatus, SessionStatusEvent, SessionType
 
@@ -18,14 +19,15 @@ DAY = 24 * HOUR
 
 def ev(
     session_id: str, status: str, at_ms: int = T0, tenant: str = "tenant-a", kind: str | None = None
-) -> SessionStatusEvent:
-    return SessionStatusEvent(
+) -> StatusUpdate:
+    event = SessionStatusEvent(
         id=session_id,
         tenantId=tenant,
         status=SessionStatus(status),
         updatedAt=datetime.fromtimestamp(at_ms / 1000, UTC),
         type=SessionType(kind) if kind else None,
     )
+    return StatusUpdate.from_event(event)
 
 
 def make_store(retention_ms: int = 10 * MINUTE, ttl_ms: int = DAY, max_sessions: int = 1_000_000) -> SessionStore:
@@ -40,7 +42,7 @@ class Feeder:
         self.partition = partition
         self.offset = 0
 
-    def __call__(self, event: SessionStatusEvent) -> tuple[Outcome, Transition | None]:
+    def __call__(self, event: StatusUpdate) -> tuple[Outcome, Transition | None]:
         result = self.store.apply(event, self.partition, self.offset)
         self.offset += 1
         return result

@@ -47,6 +47,8 @@ class SessionStatusConsumer:
         self._new_partitions: set[int] = set()
         self._stopping = False
         self._stop_requested = asyncio.Event()
+        self._reported_caught_up = False
+        progress.on_caught_up = lambda: metrics.STORE_CAUGHT_UP.set(1)
 
     async def run(self) -> None:
         """Connects (retrying), replays, then follows the topic until cancelled."""
@@ -152,8 +154,8 @@ class SessionStatusConsumer:
                 for partition in self._partitions:
                     tp = TopicPartition(topic, partition)
                     self.progress.advance(partition, await consumer.position(tp))
-            if self.progress.caught_up.is_set() and not metrics.STORE_CAUGHT_UP._value.get():
-                metrics.STORE_CAUGHT_UP.set(1)
+            if self.progress.caught_up.is_set() and not self._reported_caught_up:
+                self._reported_caught_up = True
                 log.info("store caught up: %d sessions", len(self.store))
 
     def _handle_batch(self, topic: str, records: list[Any]) -> None:
@@ -206,9 +208,9 @@ class SessionStatusConsumer:
                 await asyncio.wait_for(self._probe(), timeout=max(interval, 2.0))
             except (KafkaError, OSError, TimeoutError) as error:
                 if self.progress.broker_reachable:
-                    log.warning("kafka broker unreachable: %s", error or type(error).__name__)
+                    log.warning("kafka broker unreachable: %s", str(error) or type(error).__name__)
                 self.progress.broker_reachable = False
-                self.progress.last_error = f"broker unreachable: {error or type(error).__name__}"
+                self.progress.last_error = f"broker unreachable: {str(error) or type(error).__name__}"
                 metrics.BROKER_REACHABLE.set(0)
 
     async def _probe(self) -> None:

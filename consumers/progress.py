@@ -8,6 +8,7 @@ transaction markers leave gaps (the last record of a partition is often not at e
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 
 class PartitionProgress:
@@ -19,6 +20,7 @@ class PartitionProgress:
         self.broker_reachable = False
         self.last_error: str | None = None
         self._waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = {}
+        self.on_caught_up: Callable[[], None] | None = None
 
     def set_targets(self, targets: dict[int, int]) -> None:
         """End offsets captured at start; readiness waits for them."""
@@ -69,3 +71,5 @@ class PartitionProgress:
     def _check_caught_up(self) -> None:
         if self.targets and all(self.positions.get(p, 0) >= end for p, end in self.targets.items()):
             self.caught_up.set()
+            if self.on_caught_up is not None:
+                self.on_caught_up()

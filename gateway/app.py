@@ -91,7 +91,8 @@ class Runtime:
         if not checks["store_caught_up"]:
             reasons.append("session store is still replaying the topic")
         if not checks["broker_reachable"]:
-            reasons.append(self.progress.last_error or "Kafka broker not reachable")
+            detail = self.progress.last_error
+            reasons.append(f"Kafka broker not reachable: {detail}" if detail else "Kafka broker not reachable")
         if not checks["signing_keys_loaded"]:
             reasons.append(self.jwks.last_error or "signing keys not loaded yet")
         if not checks["accepting_streams"]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Awaitable, Sequence
 from typing import TypeVar
@@ -60,6 +61,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
     async def run() -> tuple[int, int]:
         async with StatusPublisher(settings) as publisher:
+            await publisher.check_topic()
             return await publisher.publish(event)
 
     partition, offset = asyncio.run(_kafka_call(run(), settings))
@@ -93,10 +95,15 @@ def _cmd_dev_issuer(args: argparse.Namespace) -> int:
 
 
 async def _kafka_call(call: Awaitable[T], settings: ConsumerSettings) -> T:
-    from aiokafka.errors import KafkaError
+    from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
     try:
         return await call
+    except UnknownTopicOrPartitionError:
+        raise UserError(
+            f"topic {settings.kafka_topic!r} does not exist at {settings.kafka_bootstrap_servers}; "
+            "create it with `session-gateway create-topic`"
+        ) from None
     except KafkaError as error:
         raise UserError(f"Kafka at {settings.kafka_bootstrap_servers}: {error}") from None
 
@@ -171,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("publish", "create-topic"):
+        # The one error line below says it all; aiokafka's own retry chatter would bury it.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         code: int = args.func(args)
     except UserError as error:

@@ -115,11 +115,12 @@ class _Publisher:
                 publisher.publish(build_event(session_id, status, tenant, kind)), _KAFKA_TIMEOUT_S
             )
         except Exception as error:  # broker down, topic missing, timeout: all the same to a demo user
-            log.warning("dev publish to %s failed: %s", settings.kafka_topic, error or type(error).__name__)
+            reason = str(error) or type(error).__name__
+            log.warning("dev publish to %s failed: %s", settings.kafka_topic, reason)
             raise HTTPException(
                 503,
                 f"could not publish to Kafka topic {settings.kafka_topic!r} at {settings.kafka_bootstrap_servers}: "
-                f"{error or type(error).__name__}",
+                f"{reason}",
             ) from None
         # Let our own consumer see the record first, so a stream opened right away finds the session.
         await self._runtime.progress.wait_for(partition, offset, _CONSUMED_WAIT_S)
@@ -131,6 +132,7 @@ class _Publisher:
         if publisher is not None:
             with contextlib.suppress(Exception):
                 await publisher.__aexit__(None, None, None)
+            log.info("dev: Kafka producer stopped")
 
 
 def dev_router(runtime: Runtime) -> APIRouter:
@@ -184,13 +186,17 @@ def dev_router(runtime: Runtime) -> APIRouter:
         ),
         response_model=CreatedSession,
         status_code=201,
-        responses={502: {"description": "The dev issuer did not answer."}, 503: {"description": "Kafka failed."}},
+        responses={
+            502: {"description": "The dev issuer did not answer."},
+            503: {"description": "Kafka failed, or the gateway does not read the topic yet."},
+        },
     )
     async def create_session(body: Annotated[CreateSession | None, Body()] = None) -> CreatedSession:
         request = body or CreateSession()
         tenant = request.tenant.strip()
         if not tenant:
             raise HTTPException(422, "tenant must not be blank")
+        _require_consuming(runtime)
         session_id = str(uuid.uuid4())
         token = await _mint_token(runtime, tenant, session_id)
         await publisher.publish(session_id, SessionStatus.ACTIVE, tenant, request.type)
@@ -207,12 +213,16 @@ def dev_router(runtime: Runtime) -> APIRouter:
             "tenant defaults to the one the session was created with (or the one the store knows)."
         ),
         response_model=PublishedStatus,
-        responses={404: {"description": "Unknown session and no tenant given."}, 503: {"description": "Kafka failed."}},
+        responses={
+            404: {"description": "Unknown session and no tenant given."},
+            503: {"description": "Kafka failed, or the gateway does not read the topic yet."},
+        },
     )
     async def change_status(
         body: ChangeStatus,
         id: str = Path(description="Session ID", min_length=1, max_length=256),
     ) -> PublishedStatus:
+        _require_consuming(runtime)
         tenant = body.tenant or tenants.get(id)
         if tenant is None:
             snapshot = runtime.store.get(id)
@@ -225,6 +235,17 @@ def dev_router(runtime: Runtime) -> APIRouter:
         return published
 
     return router
+
+
+def _require_consuming(runtime: Runtime) -> None:
+    """Publishing is pointless until the gateway's own consumer reads the topic (and would only time out)."""
+    if not runtime.progress.targets:
+        settings = runtime.consumer_settings
+        raise HTTPException(
+            503,
+            f"the gateway is not reading topic {settings.kafka_topic!r} at {settings.kafka_bootstrap_servers} yet: "
+            f"{runtime.progress.last_error or 'still connecting'} (see /readyz)",
+        )
 
 
 async def _mint_token(runtime: Runtime, tenant: str, session_id: str) -> str:

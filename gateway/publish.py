@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import UnknownTopicOrPartitionError
 
 from consumers.settings import ConsumerSettings
 from schemas import SessionStatus, SessionStatusEvent, SessionType
@@ -38,8 +39,18 @@ class StatusPublisher:
         self._producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **settings.kafka_client_options())
 
     async def __aenter__(self) -> StatusPublisher:
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except BaseException:
+            await self._producer.stop()
+            raise
         return self
+
+    async def check_topic(self) -> None:
+        """Fails fast on a missing topic (a send would retry until the request timeout)."""
+        metadata = await self._producer.client.fetch_all_metadata()
+        if self._settings.kafka_topic not in metadata.topics():
+            raise UnknownTopicOrPartitionError(f"topic {self._settings.kafka_topic!r} does not exist")
 
     async def __aexit__(self, *exc: object) -> None:
         await self._producer.stop()

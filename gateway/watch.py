@@ -21,6 +21,7 @@ async def watch(base_url: str, session_id: str, token: str, last_event_id: str |
     url = f"{base_url.rstrip('/')}/session/{session_id}/events"
     retry_s = 3.0
     failures = 0
+    connected = False
     async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as client:
         while True:
             headers = {"accept": "text/event-stream"}
@@ -36,6 +37,7 @@ async def watch(base_url: str, session_id: str, token: str, last_event_id: str |
                         print(f"session-gateway: error: HTTP {response.status_code}: {_message(body)}", file=sys.stderr)
                         return 1
                     failures = 0
+                    connected = True
                     event: dict[str, str] = {}
                     async for line in response.aiter_lines():
                         if line == "":
@@ -55,9 +57,12 @@ async def watch(base_url: str, session_id: str, token: str, last_event_id: str |
                                 event[field] = value
             except httpx.HTTPError as error:
                 failures += 1
-                if failures > _MAX_RECONNECTS:
+                if not connected or failures > _MAX_RECONNECTS:
                     print(f"session-gateway: error: cannot reach {base_url}: {error}", file=sys.stderr)
                     return 1
+                print(f"(connection lost: {error}; reconnecting in {retry_s:.1f}s)", file=sys.stderr)
+                await asyncio.sleep(retry_s)
+                continue
             print(f"(stream ended; reconnecting in {retry_s:.1f}s)", file=sys.stderr)
             await asyncio.sleep(retry_s)
 

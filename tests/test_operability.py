@@ -1,0 +1,557 @@
+"""What an operator relies on: /metrics, /readyz, /livez, logs without tokens, dev mode only when asked.
+
+Real parts only: ``session-gateway serve`` processes, a real JWKS server, the shared broker, and for
+the outage test a second broker of our own (``scripts/kafka.sh`` on free ports with its own state
+dir) that the test stops and starts again. Metrics are read over HTTP and parsed with
+``prometheus_client``'s parser; counters are compared as deltas around known traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.gateway_support import (
+    GatewayProcess,
+    JwksServer,
+    SigningKey,
+    gateway_env,
+    mint,
+    rsa_key,
+    sse,
+)
+from tests.kafka_support import LocalBroker, Record, create_topic, event_bytes, produce, unique_topic
+from tests.test_cli import DevIssuerProcess, dev_issuer_gateway_env, stopping
+
+pytestmark = pytest.mark.timeout(240)
+
+TENANT = "tenant-a"
+PARTITIONS = 3
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics over HTTP
+
+Labels = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """One scrape of /metrics: every sample by (name, labels), plus the family types."""
+
+    samples: dict[tuple[str, Labels], float]
+    types: dict[str, str]
+
+    @classmethod
+    def parse(cls, text: str) -> Metrics:
+        samples: dict[tuple[str, Labels], float] = {}
+        types: dict[str, str] = {}
+        for family in text_string_to_metric_families(text):
+            types[family.name] = family.type
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = float(sample.value)
+        return cls(samples, types)
+
+    def get(self, name: str, **labels: str) -> float:
+        """The sample's value; 0 when it was never set (a labelled counter appears on first use)."""
+        return self.samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def labelled(self, name: str, label: str) -> dict[str, float]:
+        return {dict(key)[label]: value for (sample, key), value in self.samples.items() if sample == name}
+
+    def delta(self, before: Metrics, name: str, **labels: str) -> float:
+        return self.get(name, **labels) - before.get(name, **labels)
+
+
+async def scrape(client: httpx.AsyncClient, gateway: GatewayProcess) -> Metrics:
+    response = await client.get(f"{gateway.url}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return Metrics.parse(response.text)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float, describe: Callable[[], Awaitable[str]] | str = ""
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            text = describe if isinstance(describe, str) else await describe()
+            raise AssertionError(f"not within {timeout}s: {text}")
+        await asyncio.sleep(0.1)
+
+
+async def readyz(client: httpx.AsyncClient, gateway: GatewayProcess) -> tuple[int, dict[str, Any]]:
+    response = await client.get(f"{gateway.url}/readyz")
+    body: dict[str, Any] = response.json()
+    return response.status_code, body
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@dataclass
+class World:
+    key: SigningKey
+    jwks: JwksServer
+    topic: str
+    gateway: GatewayProcess
+
+
+@pytest_asyncio.fixture(scope="module")
+async def world(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+    """One gateway (dev mode off, JSON logs) on a topic of its own, with a JWKS server of its own."""
+    key = rsa_key("ops-key")
+    jwks = JwksServer(keys=[key]).start()
+    topic = unique_topic("operability")
+    # Not compacted: a compacted topic refuses keyless records, and the metrics test writes one on purpose.
+    await create_topic(kafka_bootstrap, topic, partitions=PARTITIONS)
+    logs = tmp_path_factory.mktemp("operability")
+    gateway = GatewayProcess(
+        gateway_env(kafka_bootstrap, topic, jwks, GATEWAY_UNKNOWN_SESSION_WAIT="0.5"), logs / "gateway.log"
+    ).start()
+    try:
+        await gateway.wait_ready()
+        yield World(key, jwks, topic, gateway)
+    finally:
+        gateway.stop()
+        jwks.stop()
+
+
+@pytest_asyncio.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(15.0)) as http:
+        yield http
+
+
+def new_session(label: str) -> str:
+    return f"{label}-{uuid.uuid4().hex[:10]}"
+
+
+# --------------------------------------------------------------------------------------------------
+# /livez and /metrics
+
+
+async def test_livez(world: World, client: httpx.AsyncClient) -> None:
+    response = await client.get(f"{world.gateway.url}/livez")
+    assert response.status_code == 200
+    assert response.json() == {"status": "alive"}
+
+
+async def test_metrics_follow_known_traffic(kafka_bootstrap: str, world: World, client: httpx.AsyncClient) -> None:
+    gateway, topic = world.gateway, world.topic
+
+    async def steady() -> bool:
+        # The gauges follow readiness within one consumer poll (about 200 ms).
+        now = await scrape(client, gateway)
+        return now.get("gateway_store_caught_up") == 1 and now.get("gateway_broker_reachable") == 1
+
+    await eventually(steady, 10, "gateway_store_caught_up and gateway_broker_reachable never became 1")
+    before = await scrape(client, gateway)
+    assert before.types["gateway_records_consumed"] == "counter"
+    assert before.types["gateway_delivery_delay_seconds"] == "histogram"
+    assert before.types["gateway_open_streams"] == "gauge"
+    assert before.get("gateway_store_caught_up") == 1
+    assert before.get("gateway_broker_reachable") == 1
+
+    a, b, c = new_session("a"), new_session("b"), new_session("c")
+    # Everything on partition 0, so the order of outcomes is the order written here.
+    phase_one: list[Record] = [
+        (a.encode(), event_bytes(a, TENANT, "active")),  # applied
+        (a.encode(), event_bytes(a, TENANT, "active")),  # ignored: duplicate
+        (b.encode(), event_bytes(b, TENANT, "completed")),  # applied
+        (b.encode(), event_bytes(b, TENANT, "fetched")),  # ignored: after_terminal
+        (c.encode(), event_bytes(c, TENANT, "active")),  # applied
+        (c.encode(), event_bytes(c, "tenant-b", "fetched")),  # ignored: tenant_changed
+        (new_session("gone").encode(), None),  # ignored: unknown_delete
+        (None, event_bytes("no-key", TENANT, "active")),  # rejected: missing_key
+        (b"e", b"{not json"),  # rejected: not_json
+        (b"f", event_bytes("g", TENANT, "active")),  # rejected: key_mismatch
+        (b"h", json.dumps({"id": "h"}).encode()),  # rejected: schema
+        (b"\xff\xfe", event_bytes("x", TENANT, "active")),  # rejected: invalid_utf8
+    ]
+    await produce(kafka_bootstrap, topic, phase_one, partition=0)
+
+    async def consumed(count: int) -> bool:
+        return (await scrape(client, gateway)).delta(before, "gateway_records_consumed_total") >= count
+
+    await eventually(lambda: consumed(len(phase_one)), 20, "the gateway did not consume phase one")
+
+    # A stream: open while it is open, then one live event (through the delay histogram) and the end.
+    token = mint(world.key, tenant=TENANT, session=a)
+    async with sse(client, f"{gateway.url}/session/{a}/events", params={"token": token}) as stream:
+        assert stream.status == 200
+        first = await stream.next_event()
+        assert first is not None and first.json()["status"] == "active"
+        during = await scrape(client, gateway)
+        assert during.delta(before, "gateway_open_streams") == 1
+        assert during.delta(before, "gateway_streams_opened_total") == 1
+        phase_two: list[Record] = [
+            (a.encode(), event_bytes(a, TENANT, "fetched")),  # applied, delivered live
+            (a.encode(), event_bytes(a, TENANT, "active")),  # ignored: backward
+            (a.encode(), event_bytes(a, TENANT, "completed")),  # applied, delivered live, ends the stream
+        ]
+        await produce(kafka_bootstrap, topic, phase_two, partition=0)
+        rest = await stream.events_until_end(20)
+        assert [event.json()["status"] for event in rest] == ["fetched", "completed"]
+
+    # Refused streams, one per authentication failure reason.
+    stranger = rsa_key("not-in-the-jwks")
+    refusals = {
+        "missing": {},
+        "malformed": {"token": "not-a-jwt"},
+        "expired": {"token": mint(world.key, tenant=TENANT, ttl=-3600)},
+        "unknown_key": {"token": mint(stranger, tenant=TENANT)},
+    }
+    fetches_before = world.jwks.fetches
+    await asyncio.sleep(1.1)  # past GATEWAY_JWKS_MIN_REFRESH=1, so the unknown kid refetches the JWKS once
+    for params in refusals.values():
+        response = await client.get(f"{gateway.url}/session/{a}/events", params=params)
+        assert response.status_code == 401, response.text
+
+    total = len(phase_one) + len(phase_two)
+
+    async def settled() -> bool:
+        now = await scrape(client, gateway)
+        return (
+            now.delta(before, "gateway_records_consumed_total") >= total
+            and now.get("gateway_open_streams") == before.get("gateway_open_streams")
+            and all(value == 0 for value in now.labelled("gateway_consumer_lag_records", "partition").values())
+        )
+
+    await eventually(settled, 20, "the gateway never settled after the traffic")
+    after = await scrape(client, gateway)
+
+    def delta(name: str, **labels: str) -> float:
+        return after.delta(before, name, **labels)
+
+    assert delta("gateway_records_consumed_total") == total
+    assert delta("gateway_records_applied_total") == 5
+    for reason in ("duplicate", "after_terminal", "tenant_changed", "unknown_delete", "backward"):
+        assert delta("gateway_records_ignored_total", reason=reason) == 1, reason
+    for reason in ("missing_key", "not_json", "key_mismatch", "schema", "invalid_utf8"):
+        assert delta("gateway_records_rejected_total", reason=reason) == 1, reason
+    assert delta("gateway_records_rejected_total", reason="too_large") == 0
+
+    assert delta("gateway_events_delivered_total") == 3  # the current state, then two live transitions
+    assert delta("gateway_delivery_delay_seconds_count") == 2  # live events only
+    assert delta("gateway_delivery_delay_seconds_sum") >= 0
+    assert after.get("gateway_delivery_delay_seconds_bucket", le="+Inf") == after.get(
+        "gateway_delivery_delay_seconds_count"
+    )
+    assert delta("gateway_streams_opened_total") == 1
+    assert delta("gateway_streams_closed_total", reason="terminal") == 1
+    assert after.get("gateway_open_streams") == before.get("gateway_open_streams")
+
+    for reason in refusals:
+        assert delta("gateway_auth_failures_total", reason=reason) == 1, reason
+    assert delta("gateway_stream_requests_refused_total", status="401") == len(refusals)
+
+    assert world.jwks.fetches - fetches_before == 1
+    assert delta("gateway_jwks_fetches_total") == 1
+    assert after.get("gateway_jwks_fetches_total") == world.jwks.fetches  # every fetch is counted
+    assert after.get("gateway_jwks_fetch_failures_total") == 0
+
+    assert delta("gateway_store_sessions") == 3  # a, b, c
+    lag = after.labelled("gateway_consumer_lag_records", "partition")
+    assert sorted(lag) == [str(p) for p in range(PARTITIONS)]
+    positions = after.labelled("gateway_consumer_position", "partition")
+    assert sorted(positions) == [str(p) for p in range(PARTITIONS)]
+    assert positions["0"] >= total
+
+
+# --------------------------------------------------------------------------------------------------
+# /readyz
+
+
+async def test_readyz_waits_for_the_store_to_catch_up(
+    kafka_bootstrap: str, world: World, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A gateway whose topic does not exist yet is alive but not ready; once it can replay, it is."""
+    topic = unique_topic("late-topic")
+    gateway = GatewayProcess(gateway_env(kafka_bootstrap, topic, world.jwks), tmp_path / "gateway.log").start()
+    with stopping(gateway):
+        response = await gateway.wait_status("/livez", 200, 30)
+        assert response.json() == {"status": "alive"}
+        status, body = await readyz(client, gateway)
+        assert status == 503, body
+        assert body["status"] == "not ready"
+        assert body["checks"]["store_caught_up"] is False
+        assert "session store is still replaying the topic" in body["reasons"]
+
+        async def reports_missing_topic() -> bool:
+            return any(topic in reason for reason in (await readyz(client, gateway))[1]["reasons"])
+
+        await eventually(reports_missing_topic, 20, lambda: _describe_readyz(client, gateway))
+
+        session = new_session("late")
+        await create_topic(kafka_bootstrap, topic, partitions=2, compacted=True)
+        await produce(kafka_bootstrap, topic, [(session.encode(), event_bytes(session, TENANT, "active"))])
+        await gateway.wait_ready(45)
+        status, body = await readyz(client, gateway)
+        assert status == 200
+        assert body == {
+            "status": "ready",
+            "checks": {
+                "store_caught_up": True,
+                "broker_reachable": True,
+                "signing_keys_loaded": True,
+                "accepting_streams": True,
+            },
+            "reasons": [],
+        }
+        token = mint(world.key, tenant=TENANT)
+        async with sse(client, f"{gateway.url}/session/{session}/events", params={"token": token}) as stream:
+            assert stream.status == 200
+            event = await stream.next_event()
+            assert event is not None and event.json()["status"] == "active"
+
+
+async def test_readyz_during_a_broker_outage(world: World, client: httpx.AsyncClient, tmp_path: Path) -> None:
+    """A second broker of our own is stopped under a ready gateway, then started again."""
+    broker = LocalBroker.allocate(tmp_path / "kafka-state")
+    broker.start()
+    gateway: GatewayProcess | None = None
+    try:
+        topic = unique_topic("outage")
+        await create_topic(broker.bootstrap, topic, partitions=2, compacted=True)
+        session = new_session("outage")
+        await produce(broker.bootstrap, topic, [(session.encode(), event_bytes(session, TENANT, "active"))])
+        gateway = GatewayProcess(
+            gateway_env(broker.bootstrap, topic, world.jwks, GATEWAY_KAFKA_REQUEST_TIMEOUT_MS="3000"),
+            tmp_path / "gateway.log",
+        ).start()
+        await gateway.wait_ready(60)
+        assert (await scrape(client, gateway)).get("gateway_broker_reachable") == 1
+
+        await asyncio.to_thread(broker.stop)
+        response = await gateway.wait_status("/readyz", 503, 60)
+        body = response.json()
+        assert body["checks"]["broker_reachable"] is False, body
+        assert body["checks"]["store_caught_up"] is True, body
+        assert any("broker" in reason.lower() for reason in body["reasons"]), body
+        assert (await scrape(client, gateway)).get("gateway_broker_reachable") == 0
+        # Alive all along: an outage is no reason to restart the process.
+        assert (await client.get(f"{gateway.url}/livez")).status_code == 200
+        # Sessions already in the store keep streaming from memory during the outage.
+        token = mint(world.key, tenant=TENANT)
+        async with sse(client, f"{gateway.url}/session/{session}/events", params={"token": token}) as stream:
+            assert stream.status == 200
+            event = await stream.next_event()
+            assert event is not None and event.json()["status"] == "active"
+
+        await asyncio.to_thread(broker.start)
+        await gateway.wait_ready(90)
+        status, body = await readyz(client, gateway)
+        assert status == 200 and body["reasons"] == [], body
+        assert (await scrape(client, gateway)).get("gateway_broker_reachable") == 1
+        # And it follows the topic again.
+        await produce(broker.bootstrap, topic, [(session.encode(), event_bytes(session, TENANT, "fetched"))])
+        async with sse(client, f"{gateway.url}/session/{session}/events", params={"token": token}) as stream:
+            assert stream.status == 200
+
+            async def fetched() -> bool:
+                event = await stream.next_event(20)
+                return event is not None and event.json()["status"] == "fetched"
+
+            await eventually(fetched, 30, "the gateway did not deliver the record written after the outage")
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        if broker.is_running():
+            await asyncio.to_thread(broker.stop)
+
+
+async def _describe_readyz(client: httpx.AsyncClient, gateway: GatewayProcess) -> str:
+    status, body = await readyz(client, gateway)
+    return f"{status} {body}\n{gateway.logs()[-2000:]}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Logs never hold a token
+
+
+async def test_logs_never_contain_tokens(kafka_bootstrap: str, world: World, client: httpx.AsyncClient) -> None:
+    gateway = world.gateway
+    session = new_session("redact")
+    await produce(kafka_bootstrap, world.topic, [(session.encode(), event_bytes(session, TENANT, "active"))])
+    url = f"{gateway.url}/session/{session}/events"
+    in_query = mint(world.key, tenant=TENANT, session=session)
+    alt_query = mint(world.key, tenant=TENANT, sub="user-alt")
+    in_header = mint(world.key, tenant=TENANT, sub="user-header")
+    forged = mint(rsa_key("forger"), tenant=TENANT, sub="user-forged")
+    expired = mint(world.key, tenant=TENANT, ttl=-3600, sub="user-expired")
+    tokens = [in_query, alt_query, in_header, forged, expired]
+
+    for params, headers in [
+        ({"token": in_query}, {}),
+        ({"access_token": alt_query}, {}),
+        ({}, {"authorization": f"Bearer {in_header}"}),
+    ]:
+        async with sse(client, url, params=params, headers=headers) as stream:
+            assert stream.status == 200
+            assert await stream.next_event() is not None
+    for params, headers in [
+        ({"token": forged}, {}),
+        ({"token": expired, "lastEventId": "0-1"}, {}),
+        ({}, {"authorization": f"Bearer {forged}"}),
+    ]:
+        response = await client.get(url, params=params, headers=headers)
+        assert response.status_code == 401
+
+    await asyncio.sleep(0.5)  # let the process flush its last lines
+    logs = gateway.logs()
+    for token in tokens:
+        header, payload, signature = token.split(".")
+        assert token not in logs
+        assert signature not in logs
+        assert f"{header}.{payload}" not in logs
+    access = [json.loads(line) for line in logs.splitlines() if '"uvicorn.access"' in line]
+    stream_lines = [entry["message"] for entry in access if f"/session/{session}/events" in entry["message"]]
+    assert len(stream_lines) >= 5, stream_lines
+    assert any("?token=[REDACTED]" in line for line in stream_lines), stream_lines
+    assert any("access_token=[REDACTED]" in line for line in stream_lines), stream_lines
+    assert all("eyJ" not in line for line in stream_lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Dev mode
+
+
+DEV_ROUTES = [
+    ("GET", "/"),
+    ("GET", "/demo"),
+    ("GET", "/demo/static/demo.js"),
+    ("POST", "/dev/sessions"),
+    ("POST", "/dev/sessions/some-session/status"),
+]
+
+
+async def test_dev_endpoints_are_absent_without_dev_mode(world: World, client: httpx.AsyncClient) -> None:
+    for method, path in DEV_ROUTES:
+        response = await client.request(method, f"{world.gateway.url}{path}", json={"status": "fetched"})
+        assert response.status_code == 404, (method, path, response.status_code)
+    openapi = (await client.get(f"{world.gateway.url}/openapi.json")).json()
+    assert not any(path.startswith(("/dev", "/demo")) for path in openapi["paths"])
+    assert "Development only" not in json.dumps(openapi)
+    assert "DEV MODE" not in world.gateway.logs()
+
+
+@dataclass
+class DevWorld:
+    issuer: DevIssuerProcess
+    gateway: GatewayProcess
+    topic: str
+
+
+@pytest_asyncio.fixture
+async def dev_world(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[DevWorld]:
+    topic = unique_topic("operability-dev")
+    await create_topic(kafka_bootstrap, topic, partitions=PARTITIONS, compacted=True)
+    issuer = DevIssuerProcess(tmp_path / "issuer.log").start()
+    gateway = GatewayProcess(
+        dev_issuer_gateway_env(kafka_bootstrap, topic, issuer, GATEWAY_DEV_MODE="true", GATEWAY_LOG_FORMAT="text"),
+        tmp_path / "gateway.log",
+    )
+    with stopping(gateway, issuer):
+        await issuer.wait_ready()
+        gateway.start()
+        await gateway.wait_ready()
+        yield DevWorld(issuer, gateway, topic)
+
+
+async def test_dev_mode_serves_the_demo_and_publishes(dev_world: DevWorld, client: httpx.AsyncClient) -> None:
+    base = dev_world.gateway.url
+    root = await client.get(f"{base}/")
+    assert root.status_code in (302, 307) and root.headers["location"] == "/demo"
+    page = await client.get(f"{base}/demo")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "Create session" in page.text and "/demo/static/demo.js" in page.text
+    for asset, media in [("demo.js", "text/javascript"), ("demo.css", "text/css")]:
+        response = await client.get(f"{base}/demo/static/{asset}")
+        assert response.status_code == 200 and response.headers["content-type"].startswith(media)
+    for bad in ["nope.js", "..%2Fdev.py", "demo.html.bak", ".hidden.js"]:
+        assert (await client.get(f"{base}/demo/static/{bad}")).status_code == 404, bad
+
+    openapi = (await client.get(f"{base}/openapi.json")).json()
+    for path in ("/dev/sessions", "/dev/sessions/{id}/status"):
+        operation = openapi["paths"][path]["post"]
+        assert operation["tags"] == ["Development only"], operation
+        assert "DEV MODE ONLY" in operation["summary"]
+
+    created = await client.post(f"{base}/dev/sessions", json={"tenant": "acme"})
+    assert created.status_code == 201, created.text
+    body = created.json()
+    session, token, events_url = body["id"], body["token"], body["eventsUrl"]
+    assert uuid.UUID(session).version == 4
+    assert events_url.startswith(f"/session/{session}/events?token=")
+    async with sse(client, base + events_url) as stream:
+        assert stream.status == 200, stream.response.text
+        first = await stream.next_event()
+        assert first is not None and first.json()["status"] == "active"
+        for status in ("fetched", "completed"):
+            changed = await client.post(f"{base}/dev/sessions/{session}/status", json={"status": status})
+            assert changed.status_code == 200, changed.text
+            assert changed.json()["status"] == status and changed.json()["tenant"] == "acme"
+        rest = await stream.events_until_end(20)
+        assert [event.json()["status"] for event in rest] == ["fetched", "completed"]
+    assert rest[-1].id is not None and rest[-1].id.endswith("-end")
+
+    # The default tenant, and a session-scoped token: it opens this session only.
+    default = (await client.post(f"{base}/dev/sessions")).json()
+    assert default["tenant"] == "demo-tenant"
+    async with sse(client, f"{base}/session/{default['id']}/events", params={"token": token}) as stream:
+        assert stream.status == 404
+
+    bad_status = await client.post(f"{base}/dev/sessions/{session}/status", json={"status": "bogus"})
+    assert bad_status.status_code == 422
+    unknown = await client.post(f"{base}/dev/sessions/{uuid.uuid4()}/status", json={"status": "fetched"})
+    assert unknown.status_code == 404 and "tenant" in unknown.json()["detail"]
+    # With its tenant, any session can be moved (e.g. one published by another tool).
+    other = str(uuid.uuid4())
+    given = await client.post(f"{base}/dev/sessions/{other}/status", json={"status": "active", "tenant": "acme"})
+    assert given.status_code == 200, given.text
+
+    logs = dev_world.gateway.logs()
+    assert "DEV MODE" in logs
+    assert token not in logs and token.split(".")[2] not in logs
+    assert f"/session/{session}/events?token=[REDACTED]" in logs  # text format access log
+
+
+async def test_dev_mode_explains_a_missing_topic_and_an_unreachable_issuer(
+    kafka_bootstrap: str, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    topic = unique_topic("operability-dev-late")
+    issuer = DevIssuerProcess(tmp_path / "never-started.log")  # its port stays closed
+    gateway = GatewayProcess(
+        dev_issuer_gateway_env(kafka_bootstrap, topic, issuer, GATEWAY_DEV_MODE="true"), tmp_path / "gateway.log"
+    ).start()
+    with stopping(gateway):
+        await gateway.wait_status("/livez", 200, 30)
+        response = await client.post(f"{gateway.url}/dev/sessions", json={})
+        assert response.status_code == 503
+        assert f"not reading topic '{topic}'" in response.json()["detail"], response.json()
+        changed = await client.post(f"{gateway.url}/dev/sessions/s-1/status", json={"status": "fetched", "tenant": "t"})
+        assert changed.status_code == 503
+
+        await create_topic(kafka_bootstrap, topic, partitions=1)
+
+        async def issuer_is_the_problem() -> bool:
+            response = await client.post(f"{gateway.url}/dev/sessions", json={})
+            return response.status_code == 502 and "dev issuer" in response.json()["detail"]
+
+        await eventually(issuer_is_the_problem, 30, lambda: _describe_readyz(client, gateway))
+    assert "Traceback" not in gateway.logs()

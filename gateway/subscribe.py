@@ -233,6 +233,7 @@ class EventsEndpoint:
         await send({"type": "http.response.start", "status": 200, "headers": [*_STREAM_HEADERS, *extra_headers]})
         retry = encode_retry(int(settings.retry_ms * jitter))
         await send({"type": "http.response.body", "body": retry, "more_body": True})
+        subscriber.enable_direct_writes()
         metrics.STREAMS_OPENED.inc()
         return subscriber
 

@@ -30,9 +30,8 @@ import pytest
 import pytest_asyncio
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.gateway_support import GatewayProcess
+from tests.gateway_support import DevIssuerProcess, GatewayProcess, dev_issuer_gateway_env, stopping
 from tests.kafka_support import create_topic, unique_topic
-from tests.test_cli import DevIssuerProcess, dev_issuer_gateway_env, stopping
 
 pytestmark = pytest.mark.timeout(180)
 

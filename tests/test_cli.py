@@ -9,18 +9,15 @@ plus its error line), a non-zero exit, and never a traceback.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -32,14 +29,18 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from tests.gateway_support import (
     AUDIENCE,
     REPO,
+    DevIssuerProcess,
     GatewayProcess,
     JwksServer,
     SigningKey,
+    clean_env,
+    dev_issuer_gateway_env,
     free_port,
     gateway_env,
     mint,
     rsa_key,
     sse,
+    stopping,
 )
 from tests.kafka_support import create_topic, event_bytes, produce, read_all, unique_topic
 
@@ -61,13 +62,6 @@ def cli_command() -> list[str]:
     found = shutil.which("session-gateway")
     assert found, "the session-gateway console script is not installed (pip install -e .)"
     return [found]
-
-
-def clean_env(**overrides: str) -> dict[str, str]:
-    """The test's environment without any GATEWAY_* setting a developer's shell may carry, plus ``overrides``."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("GATEWAY_")}
-    env.update(overrides)
-    return env
 
 
 @dataclass(frozen=True)
@@ -120,103 +114,6 @@ def assert_user_error(result: Completed, *fragments: str) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # The dev issuer as a process (also used by test_operability and test_browser)
-
-
-@dataclass
-class DevIssuerProcess:
-    """``python -m gateway dev-issuer`` in a subprocess, on a free loopback port; output goes to a file."""
-
-    log_path: Path
-    audience: str | None = None
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> DevIssuerProcess:
-        args = [sys.executable, "-m", "gateway", "dev-issuer", "--host", "127.0.0.1", "--port", str(self.port)]
-        if self.audience:
-            args += ["--audience", self.audience]
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            args, env=clean_env(), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO
-        )
-        return self
-
-    async def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        last: object = None
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    raise AssertionError(f"the dev issuer exited with {self.process.returncode}:\n{self.logs()}")
-                try:
-                    response = await client.get(f"{self.url}/jwks.json")
-                    if response.status_code == 200:
-                        return
-                    last = response.status_code
-                except httpx.HTTPError as error:
-                    last = error
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"the dev issuer never served its JWKS; last: {last}\n{self.logs()}")
-
-    async def token(self, tenant: str, session: str | None = None) -> str:
-        params = {"tenant": tenant}
-        if session:
-            params["session"] = session
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            response = await client.get(f"{self.url}/token", params=params)
-        assert response.status_code == 200, response.text
-        token: str = response.json()["access_token"]
-        return token
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process is not None:
-            self._log.close()
-
-
-def dev_issuer_gateway_env(bootstrap: str, topic: str, issuer: DevIssuerProcess, **overrides: str) -> dict[str, str]:
-    """Gateway settings that trust the dev issuer (as ``make run`` configures them)."""
-    env = {
-        **clean_env(),
-        "GATEWAY_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "GATEWAY_KAFKA_TOPIC": topic,
-        "GATEWAY_JWKS_URL": f"{issuer.url}/jwks.json",
-        "GATEWAY_JWT_ISSUER": issuer.url,
-        "GATEWAY_DEV_ISSUER_URL": issuer.url,
-        "GATEWAY_KAFKA_HEALTH_INTERVAL": "1",
-        "GATEWAY_LOG_LEVEL": "INFO",
-    }
-    if issuer.audience:
-        env["GATEWAY_JWT_AUDIENCE"] = issuer.audience
-    env.update(overrides)
-    return env
-
-
-@contextlib.contextmanager
-def stopping(*processes: GatewayProcess | DevIssuerProcess) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for process in processes:
-            process.stop()
-
-
-# --------------------------------------------------------------------------------------------------
-# Fixtures
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -23,16 +23,18 @@ import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway_support import (
+    DevIssuerProcess,
     GatewayProcess,
     JwksServer,
     SigningKey,
+    dev_issuer_gateway_env,
     gateway_env,
     mint,
     rsa_key,
     sse,
+    stopping,
 )
 from tests.kafka_support import LocalBroker, Record, create_topic, event_bytes, produce, unique_topic
-from tests.test_cli import DevIssuerProcess, dev_issuer_gateway_env, stopping
 
 pytestmark = pytest.mark.timeout(240)
 

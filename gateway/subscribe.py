@@ -89,6 +89,10 @@ class EventsEndpoint:
             return
         subscriber = await self._start_stream(session_id, *admitted, send)
         del admitted
+        # The access log line is written: the query and headers (the token, cookies, about 1 KB from
+        # a browser) need not stay in memory as long as the stream does.
+        scope["query_string"] = b""
+        scope["headers"] = []
         if self.connections.draining:
             # A browser's EventSource gives up for good on any error status, so a client reaching a
             # draining replica gets what it missed and a normal end of stream, then retries elsewhere.

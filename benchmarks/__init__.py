@@ -1,0 +1,1 @@
+"""Benchmarks of the gateway against a baseline; run with ``python -m benchmarks`` (see README.md)."""

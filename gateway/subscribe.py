@@ -111,7 +111,7 @@ class EventsEndpoint:
             self.hub.unsubscribe(session_id, subscriber)
             self.connections.remove(subscriber)
             metrics.STREAMS_CLOSED.labels(reason).inc()
-            log.debug("stream closed session=%s reason=%s after=%.1fs", session_id, reason, time.monotonic() - started)
+            log.info("stream closed session=%s reason=%s after=%.1fs", session_id, reason, time.monotonic() - started)
 
     async def _admit(
         self, scope: Scope, send: Send, session_id: str
@@ -224,6 +224,8 @@ class EventsEndpoint:
         # EventSource reconnect at once with the same, still accepted, token, in a loop.
         expires_at = principal.expires_at + settings.jwt_leeway if settings.close_on_token_expiry else float("inf")
         subscriber = StreamSubscriber(session_id, principal.subject, expires_at, settings.max_buffered_bytes, send)
+        jitter = 1 + random.uniform(-settings.retry_jitter, settings.retry_jitter)
+        subscriber.queue(encode_retry(int(settings.retry_ms * jitter)), is_event=False)
         # Re-read and register without awaiting in between, so no transition slips past.
         current = self.store.get(session_id) or snapshot
         for transition in _initial_transitions(current, last_seen):
@@ -233,10 +235,7 @@ class EventsEndpoint:
         if not subscriber.end_after_flush:
             self.hub.subscribe(session_id, subscriber)
             self.connections.add(subscriber)
-        jitter = 1 + random.uniform(-settings.retry_jitter, settings.retry_jitter)
         await send({"type": "http.response.start", "status": 200, "headers": [*_STREAM_HEADERS, *extra_headers]})
-        retry = encode_retry(int(settings.retry_ms * jitter))
-        await send({"type": "http.response.body", "body": retry, "more_body": True})
         subscriber.enable_direct_writes()
         metrics.STREAMS_OPENED.inc()
         return subscriber

@@ -246,7 +246,7 @@ def create_app(
             | {"description": "Unknown session, or one the token's tenant or session claim does not cover."},
             429: _error_example(429, "Too many open streams for this token subject", "Too Many Requests"),
             503: _error_example(503, "Session state is still loading", "Service Unavailable")
-            | {"description": "Replaying, shutting down or at the connection limit; see Retry-After."},
+            | {"description": "Replaying, at the connection limit, or behind a resumed position; see Retry-After."},
         },
     )
     async def session_events(

@@ -2,8 +2,9 @@
 
 uvicorn on its own stops listening at once and then waits for open responses, which for SSE
 never end by themselves (the known uvicorn/sse-starlette shutdown hang). Instead, the first
-SIGTERM fails readiness at once, refuses new streams with 503, and closes open streams spread
-over ``GATEWAY_DRAIN_SECONDS`` so clients reconnect to other replicas gradually; only then does
+SIGTERM fails readiness at once, ends new streams right after their first events, and closes
+open streams spread over ``GATEWAY_DRAIN_SECONDS`` so clients reconnect to other replicas
+gradually; only then does
 uvicorn shut down, bounded by ``GATEWAY_SHUTDOWN_GRACE_SECONDS``. SIGINT (Ctrl-C) drains at once;
 a second signal exits immediately.
 """

@@ -156,33 +156,23 @@ class JwksServer:
 # --- gateway process ----------------------------------------------------------------------------
 
 
-@dataclass
-class GatewayProcess:
-    """``session-gateway serve`` in a subprocess; logs go to a file the test can read."""
+class _ServedProcess:
+    """What the gateway and dev-issuer subprocesses share: a loopback port, a log file, readiness, stop."""
 
-    env: dict[str, str]
     log_path: Path
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    port: int
+    process: subprocess.Popen[bytes] | None
+    stop_signal: int = signal.SIGINT
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> GatewayProcess:
-        env = {**os.environ, **self.env, "GATEWAY_PORT": str(self.port), "GATEWAY_HOST": "127.0.0.1"}
-        self.log_file = self.log_path.open("ab")
+    def _spawn(self, args: list[str], env: dict[str, str]) -> None:
+        self._log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve"],
-            env=env,
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
+            args, env=env, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, cwd=REPO
         )
-        return self
-
-    async def wait_ready(self, timeout: float = 60.0) -> None:
-        await self.wait_status("/readyz", 200, timeout)
 
     async def wait_status(self, path: str, status: int, timeout: float = 60.0) -> httpx.Response:
         deadline = time.monotonic() + timeout
@@ -191,7 +181,8 @@ class GatewayProcess:
             while time.monotonic() < deadline:
                 assert self.process is not None
                 if self.process.poll() is not None:
-                    raise AssertionError(f"gateway exited with {self.process.returncode}:\n{self.logs()[-3000:]}")
+                    name = type(self).__name__
+                    raise AssertionError(f"{name} exited with {self.process.returncode}:\n{self.logs()[-3000:]}")
                 try:
                     response = await client.get(self.url + path)
                     last = (response.status_code, response.text)
@@ -210,16 +201,35 @@ class GatewayProcess:
         self.process.send_signal(sig)
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log_file.close()
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(self.stop_signal)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log_file.close()
         return self.process.returncode
+
+
+@dataclass
+class GatewayProcess(_ServedProcess):
+    """``session-gateway serve`` in a subprocess; logs go to a file the test can read."""
+
+    env: dict[str, str]
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> GatewayProcess:
+        env = {**os.environ, **self.env, "GATEWAY_PORT": str(self.port), "GATEWAY_HOST": "127.0.0.1"}
+        self._spawn([sys.executable, "-m", "gateway", "serve"], env)
+        return self
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        await self.wait_status("/readyz", 200, timeout)
 
 
 def gateway_env(bootstrap: str, topic: str, jwks: JwksServer, **overrides: str) -> dict[str, str]:
@@ -319,45 +329,24 @@ def clean_env(**overrides: str) -> dict[str, str]:
 
 
 @dataclass
-class DevIssuerProcess:
+class DevIssuerProcess(_ServedProcess):
     """``python -m gateway dev-issuer`` in a subprocess, on a free loopback port; output goes to a file."""
 
     log_path: Path
     audience: str | None = None
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    stop_signal: int = signal.SIGTERM
 
     def start(self) -> DevIssuerProcess:
         args = [sys.executable, "-m", "gateway", "dev-issuer", "--host", "127.0.0.1", "--port", str(self.port)]
         if self.audience:
             args += ["--audience", self.audience]
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            args, env=clean_env(), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO
-        )
+        self._spawn(args, clean_env())
         return self
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        last: object = None
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    raise AssertionError(f"the dev issuer exited with {self.process.returncode}:\n{self.logs()}")
-                try:
-                    response = await client.get(f"{self.url}/jwks.json")
-                    if response.status_code == 200:
-                        return
-                    last = response.status_code
-                except httpx.HTTPError as error:
-                    last = error
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"the dev issuer never served its JWKS; last: {last}\n{self.logs()}")
+        await self.wait_status("/jwks.json", 200, timeout)
 
     async def token(self, tenant: str, session: str | None = None) -> str:
         params = {"tenant": tenant}
@@ -368,20 +357,6 @@ class DevIssuerProcess:
         assert response.status_code == 200, response.text
         token: str = response.json()["access_token"]
         return token
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process is not None:
-            self._log.close()
 
 
 def dev_issuer_gateway_env(bootstrap: str, topic: str, issuer: DevIssuerProcess, **overrides: str) -> dict[str, str]:
@@ -400,6 +375,23 @@ def dev_issuer_gateway_env(bootstrap: str, topic: str, issuer: DevIssuerProcess,
         env["GATEWAY_JWT_AUDIENCE"] = issuer.audience
     env.update(overrides)
     return env
+
+
+@asynccontextmanager
+async def dev_mode_gateway(
+    bootstrap: str, topic: str, logs: Path
+) -> AsyncIterator[tuple[DevIssuerProcess, GatewayProcess]]:
+    """A dev issuer and a gateway in dev mode trusting it, as ``make run`` starts them; both ready."""
+    issuer = DevIssuerProcess(logs / "issuer.log").start()
+    gateway = GatewayProcess(
+        dev_issuer_gateway_env(bootstrap, topic, issuer, GATEWAY_DEV_MODE="true", GATEWAY_LOG_FORMAT="text"),
+        logs / "gateway.log",
+    )
+    with stopping(gateway, issuer):
+        await issuer.wait_ready()
+        gateway.start()
+        await gateway.wait_ready()
+        yield issuer, gateway
 
 
 @contextlib.contextmanager

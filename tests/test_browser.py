@@ -30,7 +30,7 @@ import pytest
 import pytest_asyncio
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.gateway_support import DevIssuerProcess, GatewayProcess, dev_issuer_gateway_env, stopping
+from tests.gateway_support import GatewayProcess, dev_mode_gateway
 from tests.kafka_support import create_topic, unique_topic
 
 pytestmark = pytest.mark.timeout(180)
@@ -247,15 +247,7 @@ async def _devtools_port(profile: Path, process: subprocess.Popen[bytes], log_pa
 async def dev_gateway(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[GatewayProcess]:
     topic = unique_topic("browser")
     await create_topic(kafka_bootstrap, topic, partitions=6, compacted=True)
-    issuer = DevIssuerProcess(tmp_path / "issuer.log").start()
-    gateway = GatewayProcess(
-        dev_issuer_gateway_env(kafka_bootstrap, topic, issuer, GATEWAY_DEV_MODE="true", GATEWAY_LOG_FORMAT="text"),
-        tmp_path / "gateway.log",
-    )
-    with stopping(gateway, issuer):
-        await issuer.wait_ready()
-        gateway.start()
-        await gateway.wait_ready()
+    async with dev_mode_gateway(kafka_bootstrap, topic, tmp_path) as (_, gateway):
         yield gateway
 
 

@@ -28,6 +28,7 @@ from tests.gateway_support import (
     JwksServer,
     SigningKey,
     dev_issuer_gateway_env,
+    dev_mode_gateway,
     gateway_env,
     mint,
     rsa_key,
@@ -462,15 +463,7 @@ class DevWorld:
 async def dev_world(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[DevWorld]:
     topic = unique_topic("operability-dev")
     await create_topic(kafka_bootstrap, topic, partitions=PARTITIONS, compacted=True)
-    issuer = DevIssuerProcess(tmp_path / "issuer.log").start()
-    gateway = GatewayProcess(
-        dev_issuer_gateway_env(kafka_bootstrap, topic, issuer, GATEWAY_DEV_MODE="true", GATEWAY_LOG_FORMAT="text"),
-        tmp_path / "gateway.log",
-    )
-    with stopping(gateway, issuer):
-        await issuer.wait_ready()
-        gateway.start()
-        await gateway.wait_ready()
+    async with dev_mode_gateway(kafka_bootstrap, topic, tmp_path) as (issuer, gateway):
         yield DevWorld(issuer, gateway, topic)
 
 

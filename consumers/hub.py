@@ -43,10 +43,6 @@ class Hub:
         subscribers = self._subscribers.get(session_id)
         return len(subscribers) if subscribers else 0
 
-    @property
-    def watched_sessions(self) -> int:
-        return len(self._subscribers)
-
     def publish(self, transition: Transition, record_timestamp_ms: int) -> int:
         """Delivers one transition; returns how many subscribers got it."""
         subscribers = self._subscribers.get(transition.session_id)

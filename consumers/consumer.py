@@ -10,6 +10,11 @@ partition assignment and no consumer group at all, rather than a per-replica gro
 - lag is exported per partition on /metrics (``gateway_consumer_lag_records``), which is where the
   SREs running the gateway look, instead of in ``kafka-consumer-groups``.
 New partitions are found by the periodic broker probe and read from their beginning.
+
+Failure boundaries: a record that cannot be handled is skipped, counted and logged by position
+(never by content), and the loop goes on; consumption, the broker probe and eviction are separate
+tasks (see ``tasks()``), each run under the ``Supervisor``, so one of them crashing neither stops nor
+silently freezes the others. A restarted consumer resumes from the positions it had reached.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import asyncio
 import contextlib
 import logging
 import time
+import traceback
 from collections import Counter as Tally
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -34,6 +41,16 @@ from consumers.store import Outcome, SessionStore
 log = logging.getLogger("gateway.consumer")
 
 _MAX_BACKOFF_S = 10.0
+HANDLER_ERROR = "handler_error"
+
+
+def _where(error: BaseException) -> str:
+    """Where an exception was raised (file:line in function), without its message, which may quote data."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return "?"
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"
 
 
 class SessionStatusConsumer:
@@ -48,7 +65,17 @@ class SessionStatusConsumer:
         self._stopping = False
         self._stop_requested = asyncio.Event()
         self._reported_caught_up = False
+        self._connected = asyncio.Event()
+        self.last_contact: float | None = None  # monotonic time the broker last answered a fetch or probe
         progress.on_caught_up = lambda: metrics.STORE_CAUGHT_UP.set(1)
+        metrics.KAFKA_LAST_FETCH_AGE.set_function(self.seconds_since_contact)
+
+    def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """The long-running tasks to supervise: consumption, the broker probe and store eviction."""
+        return {"kafka-consumer": self.run, "kafka-probe": self.probe_loop, "store-eviction": self.eviction_loop}
+
+    def seconds_since_contact(self) -> float:
+        return -1.0 if self.last_contact is None else time.monotonic() - self.last_contact
 
     async def run(self) -> None:
         """Connects (retrying), replays, then follows the topic until cancelled."""
@@ -68,13 +95,10 @@ class SessionStatusConsumer:
         if self._stopping:
             await self._close_consumer()
             return
-        probe = asyncio.create_task(self._probe_loop(), name="kafka-probe")
         try:
             await self._consume_loop()
         finally:
-            probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await probe
+            self._connected.clear()
             await self._close_consumer()
 
     async def stop(self) -> None:
@@ -102,11 +126,21 @@ class SessionStatusConsumer:
         consumer.assign(tps)
         self._partitions = set(partitions)
         end_offsets = await consumer.end_offsets(tps)
-        await self._seek_start(tps)
+        resumed = self.progress.positions
+        if resumed:  # a restart after a crash: the store already holds everything before these positions
+            for tp in tps:
+                consumer.seek(tp, resumed.get(tp.partition, 0))
+            if any(tp.partition not in resumed for tp in tps):
+                await consumer.seek_to_beginning(*(tp for tp in tps if tp.partition not in resumed))
+        else:
+            await self._seek_start(tps, end_offsets)
         self.progress.end_offsets = {tp.partition: offset for tp, offset in end_offsets.items()}
-        self.progress.set_targets(self.progress.end_offsets)
+        if not self.progress.targets:
+            self.progress.set_targets(self.progress.end_offsets)
         for tp in tps:
             self.progress.advance(tp.partition, await consumer.position(tp))
+        self.last_contact = time.monotonic()
+        self._connected.set()
         self.progress.broker_reachable = True
         self.progress.last_error = None
         metrics.BROKER_REACHABLE.set(1)
@@ -117,7 +151,13 @@ class SessionStatusConsumer:
             sum(max(0, end_offsets[tp] - self.progress.positions.get(tp.partition, 0)) for tp in tps),
         )
 
-    async def _seek_start(self, tps: list[TopicPartition]) -> None:
+    async def _seek_start(self, tps: list[TopicPartition], end_offsets: dict[TopicPartition, int]) -> None:
+        """Positions every partition explicitly (no lazy offset reset; see below).
+
+        ``seek_to_end`` only marks a partition for a reset to "latest", while the fetcher may already
+        be resolving the "earliest" reset that ``assign()`` started; whichever answer comes last wins,
+        so a partition sometimes started at 0. An explicit ``seek`` cancels any pending reset.
+        """
         consumer = self._consumer
         assert consumer is not None
         window = self.settings.replay_window
@@ -126,12 +166,10 @@ class SessionStatusConsumer:
             return
         since_ms = int((time.time() - window.total_seconds()) * 1000)
         found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
-        missing = [tp for tp, hit in found.items() if hit is None]
-        for tp, hit in found.items():
-            if hit is not None:
-                consumer.seek(tp, hit.offset)
-        if missing:
-            await consumer.seek_to_end(*missing)
+        for tp in tps:
+            hit = found.get(tp)
+            # No record at or after the window's start: start at the end offset captured before.
+            consumer.seek(tp, hit.offset if hit is not None else end_offsets[tp])
 
     async def _consume_loop(self) -> None:
         consumer = self._consumer
@@ -147,6 +185,8 @@ class SessionStatusConsumer:
                 log.warning("kafka fetch failed, retrying: %s", error)
                 await asyncio.sleep(1.0)
                 continue
+            if batches:
+                self.last_contact = time.monotonic()
             for tp, records in batches.items():
                 self._handle_batch(topic, records)
                 self.progress.advance(tp.partition, await consumer.position(tp))
@@ -160,36 +200,49 @@ class SessionStatusConsumer:
 
     def _handle_batch(self, topic: str, records: list[Any]) -> None:
         store, hub, max_bytes = self.store, self.hub, self.settings.max_record_bytes
+        now_ms = int(time.time() * 1000)
         applied = 0
         ignored: Tally[str] = Tally()
         rejected: Tally[str] = Tally()
         for record in records:
-            decoded = decode_record(record.key, record.value, max_bytes)
-            if isinstance(decoded, Rejected):
-                rejected[decoded.reason] += 1
-                log.warning(
-                    "skipped malformed record topic=%s partition=%d offset=%d reason=%s: %s",
+            try:
+                decoded = decode_record(record.key, record.value, max_bytes)
+                if isinstance(decoded, Rejected):
+                    rejected[decoded.reason] += 1
+                    log.warning(
+                        "skipped malformed record topic=%s partition=%d offset=%d reason=%s: %s",
+                        topic,
+                        record.partition,
+                        record.offset,
+                        decoded.reason.value,
+                        decoded.detail,
+                    )
+                    continue
+                if isinstance(decoded, Tombstone):
+                    outcome = store.delete(decoded.session_id)
+                    if outcome is Outcome.DELETED:
+                        metrics.SESSIONS_DELETED.inc()
+                        hub.session_deleted(decoded.session_id)
+                    else:
+                        ignored[outcome] += 1
+                    continue
+                outcome, transition = store.apply(decoded, record.partition, record.offset, now_ms)
+                if transition is None:
+                    ignored[outcome] += 1
+                    continue
+                applied += 1
+                hub.publish(transition, record.timestamp)
+            except Exception as error:  # one record must never stop the consumer of every replica
+                rejected[HANDLER_ERROR] += 1
+                log.error(
+                    "skipped record topic=%s partition=%d offset=%d reason=%s: %s raised at %s",
                     topic,
                     record.partition,
                     record.offset,
-                    decoded.reason.value,
-                    decoded.detail,
+                    HANDLER_ERROR,
+                    type(error).__name__,
+                    _where(error),
                 )
-                continue
-            if isinstance(decoded, Tombstone):
-                outcome = store.delete(decoded.session_id)
-                if outcome is Outcome.DELETED:
-                    metrics.SESSIONS_DELETED.inc()
-                    hub.session_deleted(decoded.session_id)
-                else:
-                    ignored[outcome] += 1
-                continue
-            outcome, transition = store.apply(decoded, record.partition, record.offset)
-            if transition is None:
-                ignored[outcome] += 1
-                continue
-            applied += 1
-            hub.publish(transition, record.timestamp)
         metrics.RECORDS_CONSUMED.inc(len(records))
         if applied:
             metrics.RECORDS_APPLIED.inc(applied)
@@ -198,12 +251,13 @@ class SessionStatusConsumer:
         for reason, count in rejected.items():
             metrics.RECORDS_REJECTED.labels(reason).inc(count)
 
-    async def _probe_loop(self) -> None:
-        """Broker reachability, lag, new partitions and store eviction, every health interval."""
+    async def probe_loop(self) -> None:
+        """Broker reachability, lag and new partitions, every health interval, once connected."""
         interval = self.settings.kafka_health_interval
         while True:
             await asyncio.sleep(interval)
-            self._evict()
+            if not self._connected.is_set():
+                continue
             try:
                 await asyncio.wait_for(self._probe(), timeout=max(interval, 2.0))
             except (KafkaError, OSError, TimeoutError) as error:
@@ -212,6 +266,12 @@ class SessionStatusConsumer:
                 self.progress.broker_reachable = False
                 self.progress.last_error = f"broker unreachable: {str(error) or type(error).__name__}"
                 metrics.BROKER_REACHABLE.set(0)
+
+    async def eviction_loop(self) -> None:
+        """Store eviction, every health interval; independent of the broker."""
+        while True:
+            await asyncio.sleep(self.settings.kafka_health_interval)
+            self._evict()
 
     async def _probe(self) -> None:
         consumer = self._consumer
@@ -228,6 +288,7 @@ class SessionStatusConsumer:
             metrics.CONSUMER_POSITION.labels(str(partition)).set(self.progress.positions.get(partition, 0))
         if not self.progress.broker_reachable:
             log.info("kafka broker reachable again")
+        self.last_contact = time.monotonic()
         self.progress.broker_reachable = True
         self.progress.last_error = None
         metrics.BROKER_REACHABLE.set(1)
@@ -267,6 +328,7 @@ class SessionStatusConsumer:
         metrics.STORE_SESSIONS.set(len(self.store))
 
     async def _close_consumer(self) -> None:
+        self._connected.clear()
         if self._consumer is not None:
             with contextlib.suppress(Exception):
                 await self._consumer.stop()

@@ -2,14 +2,22 @@
 
 Lookup is one dict access, a session nobody watches costs nothing beyond the store update, and
 each event is encoded once (by the injected encoder) however many subscribers receive it.
+
+A subscriber that raises is a failure of that subscriber only: it is unsubscribed and told to
+close, the error is logged and counted, and the others still get the event. An event that cannot be
+encoded ends its session's streams (their clients reconnect) instead of reaching the consumer.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from consumers import metrics
 from consumers.store import Transition
+
+log = logging.getLogger("gateway.hub")
 
 
 class Subscriber(Protocol):
@@ -18,6 +26,9 @@ class Subscriber(Protocol):
 
     def session_deleted(self) -> None:
         """The session was deleted (tombstone); the subscriber should end its stream."""
+
+    def close(self, reason: str) -> None:
+        """Ends the subscriber's stream (called when it failed)."""
 
 
 class Hub:
@@ -48,12 +59,47 @@ class Hub:
         subscribers = self._subscribers.get(transition.session_id)
         if not subscribers:
             return 0
-        frame = self._encode(transition)
+        try:
+            frame = self._encode(transition)
+        except Exception as error:
+            log.error(
+                "cannot encode an event of session %r: %s; closing its %d streams",
+                transition.session_id,
+                type(error).__name__,
+                len(subscribers),
+            )
+            self._fail_all(transition.session_id, "encode_error")
+            return 0
         terminal = transition.is_terminal
+        delivered = 0
         for subscriber in tuple(subscribers):
-            subscriber.deliver(frame, record_timestamp_ms, terminal)
-        return len(subscribers)
+            try:
+                subscriber.deliver(frame, record_timestamp_ms, terminal)
+                delivered += 1
+            except Exception as error:
+                self._fail(transition.session_id, subscriber, error)
+        return delivered
 
     def session_deleted(self, session_id: str) -> None:
         for subscriber in tuple(self._subscribers.get(session_id, ())):
-            subscriber.session_deleted()
+            try:
+                subscriber.session_deleted()
+            except Exception as error:
+                self._fail(session_id, subscriber, error)
+
+    def _fail(self, session_id: str, subscriber: Subscriber, error: Exception) -> None:
+        metrics.SUBSCRIBER_ERRORS.inc()
+        log.error("a subscriber of session %r raised %s; closing it", session_id, type(error).__name__, exc_info=error)
+        self.unsubscribe(session_id, subscriber)
+        try:
+            subscriber.close("subscriber_error")
+        except Exception:
+            log.exception("closing a failed subscriber of session %r raised too", session_id)
+
+    def _fail_all(self, session_id: str, reason: str) -> None:
+        for subscriber in tuple(self._subscribers.get(session_id, ())):
+            self.unsubscribe(session_id, subscriber)
+            try:
+                subscriber.close(reason)
+            except Exception:
+                log.exception("closing a subscriber of session %r raised", session_id)

@@ -19,3 +19,15 @@ CONSUMER_LAG = Gauge(
 CONSUMER_POSITION = Gauge("gateway_consumer_position", "Next offset the consumer reads, by partition.", ["partition"])
 BROKER_REACHABLE = Gauge("gateway_broker_reachable", "1 while the last broker probe succeeded.")
 STORE_CAUGHT_UP = Gauge("gateway_store_caught_up", "1 once the replay reached the end offsets captured at start.")
+TASK_RESTARTS = Counter(
+    "gateway_task_restarts_total", "Crashes of a supervised long-running task (each followed by a restart).", ["task"]
+)
+KAFKA_LAST_FETCH_AGE = Gauge(
+    "gateway_kafka_last_fetch_age_seconds", "Seconds since the last successful fetch from the broker."
+)
+KAFKA_LOG_SUPPRESSED = Counter(
+    "gateway_kafka_log_lines_suppressed_total", "Repeated Kafka client log lines folded into periodic summaries."
+)
+SUBSCRIBER_ERRORS = Counter(
+    "gateway_subscriber_errors_total", "Subscribers closed because they raised while receiving an event."
+)

@@ -22,6 +22,7 @@ import orjson
 from pydantic import ValidationError
 
 from schemas import SessionStatus, SessionStatusEvent, SessionType
+from schemas.session_status import EARLIEST_UPDATE, LATEST_UPDATE, TIME_OUT_OF_RANGE
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
@@ -35,6 +36,11 @@ _FAST_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]
 def epoch_ms(moment: datetime) -> int:
     """Exact milliseconds since the epoch (floor), without float rounding."""
     return (moment - _EPOCH) // _MILLISECOND
+
+
+# Every time the store accepts can be printed as a browser prints it (four-digit UTC years).
+MIN_UPDATED_MS = epoch_ms(EARLIEST_UPDATE)
+MAX_UPDATED_MS = epoch_ms(LATEST_UPDATE)
 
 
 class StatusUpdate(NamedTuple):
@@ -58,6 +64,7 @@ class RejectReason(StrEnum):
     NOT_JSON = "not_json"
     SCHEMA = "schema"
     KEY_MISMATCH = "key_mismatch"
+    TIME_OUT_OF_RANGE = TIME_OUT_OF_RANGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,14 +129,16 @@ def fast_decode(value: bytes) -> StatusUpdate | None:
     ):
         return None
     try:
-        moment = datetime.fromisoformat(updated_at)
-    except ValueError:
+        updated_ms = epoch_ms(datetime.fromisoformat(updated_at))
+    except (ValueError, OverflowError):
         return None
+    if not MIN_UPDATED_MS <= updated_ms <= MAX_UPDATED_MS:
+        return None  # the model explains why
     return StatusUpdate(
         session_id,
         tenant_id,
         _STATUS_BY_NAME[status],
-        epoch_ms(moment),
+        updated_ms,
         None if kind is None else _TYPE_BY_NAME[kind],
     )
 
@@ -142,5 +151,7 @@ def _classify(value: bytes, error: ValidationError) -> Rejected:
     first = error.errors(include_input=False, include_url=False)[0]
     if first["type"] == "json_invalid":
         return Rejected(RejectReason.NOT_JSON, "value is not JSON")
+    if first["type"] == TIME_OUT_OF_RANGE:
+        return Rejected(RejectReason.TIME_OUT_OF_RANGE, first["msg"])
     where = ".".join(str(part) for part in first["loc"]) or "value"
     return Rejected(RejectReason.SCHEMA, f"{where}: {first['msg']} ({error.error_count()} errors)")

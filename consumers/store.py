@@ -5,18 +5,23 @@ dict entry and one ``bytes`` value: a 5-byte header (tenant index, type) followe
 record per applied transition (status, partition, offset, updatedAt in ms). Status only moves
 forward, so a session holds at most three transitions; they are kept for resumption.
 
-Eviction never scans the whole store: each update is appended to a coarse time bucket (16 bytes
-per update) and old buckets are checked lazily against the session's real last update.
+Eviction keeps no per-update index: the session dict itself is kept in the order of the last applied
+update (an update re-inserts its session at the end), and terminal sessions are listed in the order
+they ended. A sweep reads both from the front and looks past live entries for a bounded distance, so
+an update that arrived out of order is found too. Whatever a sweep has not reached yet is never
+served: ``get`` checks the TTL and the terminal retention itself. Removing a session removes every
+trace of it (its entries and, with its last session, its tenant's code), and the dicts are rebuilt
+when they shrink a lot, so memory follows the live sessions down after a flood.
 """
 
 from __future__ import annotations
 
-import heapq
 import struct
-from array import array
-from collections.abc import Iterator
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import islice
 from typing import NamedTuple
 
 from consumers.records import StatusUpdate
@@ -34,6 +39,18 @@ _TRANSITION = struct.Struct("<BIqq")  # status code, partition, offset, updatedA
 _H = _HEADER.size
 _T = _TRANSITION.size
 
+# How many live entries a sweep reads past, looking for expired ones that arrived out of order.
+SWEEP_LOOKAHEAD = 1024
+# Sessions evicted at once when the store is over capacity (one pass over the dict's front).
+_CAPACITY_BATCH_DIVISOR = 1000
+# A dict is rebuilt (compacted) when it holds fewer than this fraction of its peak entries.
+_SHRINK_FACTOR = 4
+_SHRINK_MIN_PEAK = 4096
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
 
 class Outcome(StrEnum):
     APPLIED = "applied"
@@ -43,6 +60,7 @@ class Outcome(StrEnum):
     TENANT_CHANGED = "tenant_changed"
     DELETED = "deleted"
     UNKNOWN_DELETE = "unknown_delete"
+    STALE = "stale"  # a new session whose update is already past its TTL or retention
 
 
 class Transition(NamedTuple):
@@ -72,71 +90,26 @@ class SessionSnapshot:
         return self.transitions[-1]
 
 
-class _Bucket:
-    __slots__ = ("cursor", "ids", "stamps")
-
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-        self.stamps = array("q")  # update time of each entry, 8 bytes apiece
-        self.cursor = 0
-
-
-class _Buckets:
-    """Session ids grouped by the coarse time of their update (a heap of time slots).
-
-    Entries go stale when their session is updated again; readers check an entry against the
-    session's real last update instead of removing old entries eagerly.
-    """
-
-    __slots__ = ("_buckets", "_slots", "_width_ms")
-
-    def __init__(self, width_ms: int) -> None:
-        self._width_ms = max(1, width_ms)
-        self._buckets: dict[int, _Bucket] = {}
-        self._slots: list[int] = []
-
-    def add(self, session_id: str, at_ms: int) -> None:
-        slot = at_ms // self._width_ms
-        bucket = self._buckets.get(slot)
-        if bucket is None:
-            bucket = self._buckets[slot] = _Bucket()
-            heapq.heappush(self._slots, slot)
-        bucket.ids.append(session_id)
-        bucket.stamps.append(at_ms)
-
-    def pop_older_than(self, cutoff_ms: int) -> Iterator[tuple[str, int]]:
-        """Yields (id, update time) of every bucket that ended before ``cutoff_ms`` and forgets them."""
-        slots = self._slots
-        while slots and (slots[0] + 1) * self._width_ms <= cutoff_ms:
-            bucket = self._buckets.pop(heapq.heappop(slots))
-            yield from zip(bucket.ids[bucket.cursor :], bucket.stamps[bucket.cursor :], strict=True)
-
-    def pop_oldest(self) -> tuple[str, int] | None:
-        slots = self._slots
-        while slots:
-            bucket = self._buckets[slots[0]]
-            if bucket.cursor < len(bucket.ids):
-                index = bucket.cursor
-                bucket.cursor += 1
-                return bucket.ids[index], bucket.stamps[index]
-            del self._buckets[heapq.heappop(slots)]
-        return None
-
-    def clear(self) -> None:
-        self._buckets.clear()
-        self._slots.clear()
-
-
 class SessionStore:
-    def __init__(self, terminal_retention_ms: int, session_ttl_ms: int, max_sessions: int) -> None:
+    def __init__(
+        self,
+        terminal_retention_ms: int,
+        session_ttl_ms: int,
+        max_sessions: int,
+        clock: Callable[[], int] = wall_clock_ms,
+    ) -> None:
         self.terminal_retention_ms = terminal_retention_ms
         self.session_ttl_ms = session_ttl_ms
         self.max_sessions = max_sessions
-        self._sessions: dict[str, bytes] = {}
+        self.clock = clock
+        self._sessions: dict[str, bytes] = {}  # in the order of the last applied update
+        self._terminal: dict[str, None] = {}  # terminal sessions, in the order they ended
+        self._peak = 0
+        self._terminal_peak = 0
         self._tenants: list[str] = []
         self._tenant_codes: dict[str, int] = {}
-        self._by_update = _Buckets(max(1000, session_ttl_ms // 64))
-        self._terminal = _Buckets(max(1000, terminal_retention_ms // 16))
+        self._tenant_refs: list[int] = []
+        self._free_codes: list[int] = []
         self.evicted = {"terminal_retention": 0, "ttl": 0, "max_sessions": 0}
 
     def __len__(self) -> int:
@@ -145,16 +118,29 @@ class SessionStore:
     def __contains__(self, session_id: object) -> bool:
         return session_id in self._sessions
 
-    def apply(self, update: StatusUpdate, partition: int, offset: int) -> tuple[Outcome, Transition | None]:
+    @property
+    def tenant_count(self) -> int:
+        return len(self._tenant_codes)
+
+    def apply(
+        self, update: StatusUpdate, partition: int, offset: int, now_ms: int | None = None
+    ) -> tuple[Outcome, Transition | None]:
         """Applies one update; only a forward move of the status changes the store."""
         session_id, tenant_id, status, updated_ms, kind = update
         code = _STATUS_CODE[status]
-        record = _TRANSITION.pack(code, partition, offset, updated_ms)
-        data = self._sessions.get(session_id)
+        terminal = code in _TERMINAL_CODES
+        sessions = self._sessions
+        data = sessions.get(session_id)
         if data is None:
-            tenant = self._tenant_code(tenant_id)
-            self._sessions[session_id] = _HEADER.pack(tenant, _TYPE_CODE[kind]) + record
-            if len(self._sessions) > self.max_sessions:
+            if now_ms is None:
+                now_ms = self.clock()
+            if updated_ms < now_ms - (self.terminal_retention_ms if terminal else self.session_ttl_ms):
+                return Outcome.STALE, None
+            record = _TRANSITION.pack(code, partition, offset, updated_ms)
+            sessions[session_id] = _HEADER.pack(self._tenant_code(tenant_id), _TYPE_CODE[kind]) + record
+            count = len(sessions)
+            self._peak = max(self._peak, count)
+            if count > self.max_sessions:
                 self._evict_for_capacity(session_id)
         else:
             if self._tenants[_HEADER.unpack_from(data)[0]] != tenant_id:
@@ -166,20 +152,24 @@ class SessionStore:
                 return Outcome.DUPLICATE, None
             if _RANK_BY_CODE[code] < _RANK_BY_CODE[last]:
                 return Outcome.BACKWARD, None
-            self._sessions[session_id] = data + record
-        self._by_update.add(session_id, updated_ms)
-        if code in _TERMINAL_CODES:
-            self._terminal.add(session_id, updated_ms)
+            del sessions[session_id]  # re-inserted at the end: the dict stays in update order
+            sessions[session_id] = data + _TRANSITION.pack(code, partition, offset, updated_ms)
+        if terminal:
+            self._terminal[session_id] = None
+            self._terminal_peak = max(self._terminal_peak, len(self._terminal))
         return APPLIED, Transition(session_id, status, updated_ms, partition, offset)
 
     def delete(self, session_id: str) -> Outcome:
-        if self._sessions.pop(session_id, None) is None:
-            return Outcome.UNKNOWN_DELETE
-        return Outcome.DELETED
-
-    def get(self, session_id: str) -> SessionSnapshot | None:
         data = self._sessions.get(session_id)
         if data is None:
+            return Outcome.UNKNOWN_DELETE
+        self._remove(session_id, data)
+        return Outcome.DELETED
+
+    def get(self, session_id: str, now_ms: int | None = None) -> SessionSnapshot | None:
+        """The session as a client may see it; one past its TTL or retention is gone, swept or not."""
+        data = self._sessions.get(session_id)
+        if data is None or self._expired(data, self.clock() if now_ms is None else now_ms):
             return None
         tenant, kind = _HEADER.unpack_from(data)
         transitions = tuple(
@@ -191,42 +181,101 @@ class SessionStore:
     def evict_expired(self, now_ms: int) -> list[str]:
         """Removes terminal sessions past their retention and idle sessions past the TTL."""
         evicted: list[str] = []
+        sessions = self._sessions
         cutoff = now_ms - self.terminal_retention_ms
-        for session_id, _ in self._terminal.pop_older_than(cutoff):
-            data = self._sessions.get(session_id)
-            if data is not None and data[-_T] in _TERMINAL_CODES and self._last_ms(data) < cutoff:
-                del self._sessions[session_id]
-                self.evicted["terminal_retention"] += 1
-                evicted.append(session_id)
+        for session_id in self._expired_front(self._terminal, cutoff):
+            self._remove(session_id, sessions[session_id])
+            self.evicted["terminal_retention"] += 1
+            evicted.append(session_id)
         cutoff = now_ms - self.session_ttl_ms
-        for session_id, _ in self._by_update.pop_older_than(cutoff):
-            data = self._sessions.get(session_id)
-            if data is not None and self._last_ms(data) < cutoff:
-                del self._sessions[session_id]
-                self.evicted["ttl"] += 1
-                evicted.append(session_id)
-        if not self._sessions:
-            self._by_update.clear()
-            self._terminal.clear()
+        for session_id in self._expired_front(sessions, cutoff):
+            self._remove(session_id, sessions[session_id])
+            self.evicted["ttl"] += 1
+            evicted.append(session_id)
+        self._compact()
         return evicted
 
+    def _expired_front(self, ordered: dict[str, bytes] | dict[str, None], cutoff_ms: int) -> list[str]:
+        """Expired sessions near the front of ``ordered``, reading past at most SWEEP_LOOKAHEAD live ones."""
+        sessions = self._sessions
+        expired: list[str] = []
+        live = 0
+        for session_id in ordered:
+            if self._last_ms(sessions[session_id]) < cutoff_ms:
+                expired.append(session_id)
+            else:
+                live += 1
+                if live > SWEEP_LOOKAHEAD:
+                    break
+        return expired
+
+    def _expired(self, data: bytes, now_ms: int) -> bool:
+        ttl = self.terminal_retention_ms if data[-_T] in _TERMINAL_CODES else self.session_ttl_ms
+        return self._last_ms(data) < now_ms - ttl
+
     def _evict_for_capacity(self, keep: str) -> None:
-        while len(self._sessions) > self.max_sessions:
-            oldest = self._by_update.pop_oldest()
-            if oldest is None:
-                return
-            victim, at_ms = oldest
-            data = self._sessions.get(victim)
-            # An entry is stale when its session was updated again since: that update has its own entry.
-            if victim != keep and data is not None and self._last_ms(data) == at_ms:
-                del self._sessions[victim]
-                self.evicted["max_sessions"] += 1
+        """Evicts the least recently updated sessions, a batch per pass over the dict's front."""
+        sessions = self._sessions
+        excess = len(sessions) - self.max_sessions
+        batch = max(excess, self.max_sessions // _CAPACITY_BATCH_DIVISOR, 1)
+        victims = [s for s in islice(sessions, batch + 1) if s != keep][: min(batch, len(sessions) - 1)]
+        for victim in victims:
+            self._remove(victim, sessions[victim])
+            self.evicted["max_sessions"] += 1
+
+    def _remove(self, session_id: str, data: bytes) -> None:
+        del self._sessions[session_id]
+        if data[-_T] in _TERMINAL_CODES:
+            self._terminal.pop(session_id, None)
+        code = _HEADER.unpack_from(data)[0]
+        refs = self._tenant_refs[code] - 1
+        self._tenant_refs[code] = refs
+        if not refs:
+            del self._tenant_codes[self._tenants[code]]
+            self._tenants[code] = ""
+            self._free_codes.append(code)
+
+    def _compact(self) -> None:
+        """Rebuilds the dicts once they hold a fraction of their peak (a dict never shrinks by itself)."""
+        if self._peak >= _SHRINK_MIN_PEAK and len(self._sessions) * _SHRINK_FACTOR < self._peak:
+            self._sessions = dict(self._sessions.items())
+            self._peak = len(self._sessions)
+        if self._terminal_peak >= _SHRINK_MIN_PEAK and len(self._terminal) * _SHRINK_FACTOR < self._terminal_peak:
+            self._terminal = dict(self._terminal.items())
+            self._terminal_peak = len(self._terminal)
+        if len(self._tenants) >= _SHRINK_MIN_PEAK and len(self._tenant_codes) * _SHRINK_FACTOR < len(self._tenants):
+            self._renumber_tenants()
+
+    def _renumber_tenants(self) -> None:
+        """Gives the live tenants dense codes again; costs one pass over the live sessions."""
+        remap: dict[int, int] = {}
+        tenants: list[str] = []
+        refs: list[int] = []
+        for tenant, old in self._tenant_codes.items():
+            remap[old] = len(tenants)
+            tenants.append(tenant)
+            refs.append(self._tenant_refs[old])
+        sessions = self._sessions
+        for session_id, data in sessions.items():
+            old, kind = _HEADER.unpack_from(data)
+            if remap[old] != old:
+                sessions[session_id] = _HEADER.pack(remap[old], kind) + data[_H:]
+        self._tenants, self._tenant_refs, self._free_codes = tenants, refs, []
+        self._tenant_codes = {tenant: code for code, tenant in enumerate(tenants)}
 
     def _tenant_code(self, tenant_id: str) -> int:
         code = self._tenant_codes.get(tenant_id)
         if code is None:
-            code = self._tenant_codes[tenant_id] = len(self._tenants)
-            self._tenants.append(tenant_id)
+            if self._free_codes:
+                code = self._free_codes.pop()
+                self._tenants[code] = tenant_id
+                self._tenant_refs[code] = 0
+            else:
+                code = len(self._tenants)
+                self._tenants.append(tenant_id)
+                self._tenant_refs.append(0)
+            self._tenant_codes[tenant_id] = code
+        self._tenant_refs[code] += 1
         return code
 
     @staticmethod

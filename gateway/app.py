@@ -12,7 +12,7 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -22,11 +22,14 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
+from consumers import log_aggregation
 from consumers.consumer import SessionStatusConsumer
 from consumers.hub import Hub
 from consumers.progress import PartitionProgress
 from consumers.settings import ConsumerSettings
 from consumers.store import SessionStore
+from consumers.supervision import Supervisor
+from gateway import metrics
 from gateway.authentication import TokenVerifier
 from gateway.connections import ConnectionRegistry
 from gateway.errors import INVALID_TOKEN, MISSING_TOKEN
@@ -55,7 +58,7 @@ class Runtime:
     jwks: JwksCache
     verifier: TokenVerifier
     connections: ConnectionRegistry
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    supervisor: Supervisor
 
     @classmethod
     def build(cls, settings: GatewaySettings, consumer_settings: ConsumerSettings) -> Runtime:
@@ -79,26 +82,56 @@ class Runtime:
             jwks=jwks,
             verifier=TokenVerifier(settings, jwks),
             connections=ConnectionRegistry(settings, hub),
+            supervisor=Supervisor(settings.task_crash_limit, settings.task_crash_window),
         )
 
     def readiness(self) -> dict[str, Any]:
+        """Ready = can serve: the initial replay is done, keys were loaded once, not draining.
+
+        Losing the broker or the identity provider afterwards does not make a replica unready: the
+        store is current up to the outage and the cached keys still verify tokens, while an unready
+        fleet would answer 503 everywhere, and a browser's EventSource never retries after an error
+        status. Both show in the body and in metrics; ``GATEWAY_READINESS_STRICT`` makes them count.
+        """
+        strict = self.settings.readiness_strict
+        broker_reachable = self.progress.broker_reachable
+        keys_fresh = self.jwks.loaded and self.jwks.last_error is None
         checks = {
             "store_caught_up": self.progress.caught_up.is_set(),
-            "broker_reachable": self.progress.broker_reachable,
             "signing_keys_loaded": self.jwks.loaded,
             "accepting_streams": not self.connections.draining,
+            "broker_reachable": broker_reachable,
+            "signing_keys_fresh": keys_fresh,
         }
         reasons = []
         if not checks["store_caught_up"]:
             reasons.append("session store is still replaying the topic")
-        if not checks["broker_reachable"]:
-            detail = self.progress.last_error
-            reasons.append(f"Kafka broker not reachable: {detail}" if detail else "Kafka broker not reachable")
         if not checks["signing_keys_loaded"]:
-            reasons.append(self.jwks.last_error or "signing keys not loaded yet")
+            reasons.append("signing keys not loaded yet")
         if not checks["accepting_streams"]:
             reasons.append("shutting down")
-        return {"status": "ready" if not reasons else "not ready", "checks": checks, "reasons": reasons}
+        warnings = []
+        if not broker_reachable and self.progress.caught_up.is_set():
+            warnings.append("Kafka broker not reachable: serving from memory")
+        if self.jwks.loaded and not keys_fresh:
+            warnings.append("signing keys could not be refreshed: using the cached keys")
+        if strict:
+            reasons.extend(warnings)
+            warnings = []
+        report: dict[str, Any] = {"status": "ready" if not reasons else "not ready", "checks": checks}
+        report["reasons"] = reasons
+        if warnings:
+            report["warnings"] = warnings
+        report["seconds_since_broker_contact"] = round(self.consumer.seconds_since_contact(), 1)
+        report["seconds_since_keys_refreshed"] = round(self.jwks.seconds_since_refresh(), 1)
+        report["tasks"] = self.supervisor.report()
+        return report
+
+    def liveness(self) -> dict[str, Any]:
+        failing = self.supervisor.failing()
+        if failing:
+            return {"status": "failed", "reason": f"tasks keep crashing: {', '.join(failing)}"}
+        return {"status": "alive"}
 
     async def _freeze_after_replay(self) -> None:
         """Moves what start-up and the replay left alive out of the collector's reach.
@@ -111,24 +144,34 @@ class Runtime:
         gc.collect()
         gc.freeze()
 
-    def consumer_failed(self) -> bool:
-        return any(task.done() and not task.cancelled() and task.exception() for task in self.tasks)
+    async def _keep_keys_fresh(self) -> None:
+        """Loads the signing keys until it works, then refreshes them when due, ahead of any request."""
+        jwks = self.jwks
+        while True:
+            if not jwks.loaded or jwks.due:
+                await jwks.load()
+            await asyncio.sleep(1.0 if not jwks.loaded else 5.0)
+
+    async def _flush_kafka_logs(self) -> None:
+        aggregator = log_aggregation.install()
+        while True:
+            await asyncio.sleep(aggregator.interval / 4)
+            aggregator.flush()
 
     async def start(self) -> None:
-        self.tasks.append(asyncio.create_task(self.consumer.run(), name="kafka-consumer"))
-        self.tasks.append(asyncio.create_task(self._freeze_after_replay(), name="gc-freeze"))
-        self.tasks.append(asyncio.create_task(self.jwks.load(), name="jwks-load"))
-        self.connections.start()
+        metrics.JWKS_LAST_REFRESH_AGE.set_function(self.jwks.seconds_since_refresh)
+        supervisor = self.supervisor
+        for name, task in self.consumer.tasks().items():
+            supervisor.start(name, task)
+        supervisor.start("gc-freeze", self._freeze_after_replay, restart=False)
+        supervisor.start("jwks-refresh", self._keep_keys_fresh)
+        supervisor.start("stream-clock", self.connections.run_clock)
+        supervisor.start("kafka-log-summary", self._flush_kafka_logs)
 
     async def stop(self) -> None:
         self.connections.close_all("shutdown")
-        await self.connections.stop()
         await self.consumer.stop()
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self.supervisor.stop()
         await self.http.aclose()
 
 
@@ -197,13 +240,12 @@ def create_app(
             allow_headers=["Authorization", "Last-Event-ID"],
         )
 
-    @api.get("/livez", tags=["Health"], summary="Liveness: the process is healthy")
+    @api.get("/livez", tags=["Health"], summary="Liveness: no supervised task keeps crashing")
     async def livez() -> JSONResponse:
-        if runtime.consumer_failed():
-            return JSONResponse({"status": "failed", "reason": "Kafka consumer task crashed"}, status_code=503)
-        return JSONResponse({"status": "alive"})
+        report = runtime.liveness()
+        return JSONResponse(report, status_code=200 if report["status"] == "alive" else 503)
 
-    @api.get("/readyz", tags=["Health"], summary="Readiness: store caught up, broker reachable, keys loaded")
+    @api.get("/readyz", tags=["Health"], summary="Readiness: initial replay done, keys loaded once, not draining")
     async def readyz() -> JSONResponse:
         report = runtime.readiness()
         return JSONResponse(report, status_code=200 if report["status"] == "ready" else 503)

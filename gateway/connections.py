@@ -35,7 +35,6 @@ class ConnectionRegistry:
         self._per_subject: dict[str, int] = {}
         self._count = 0
         self._tick = 0
-        self._clock: asyncio.Task[None] | None = None
         self.draining = False
         self.drained = asyncio.Event()
         self._drain_deadline = 0.0
@@ -99,17 +98,6 @@ class ConnectionRegistry:
         if self.draining and not self._count:
             self.drained.set()
 
-    def start(self) -> None:
-        if self._clock is None:
-            self._clock = asyncio.create_task(self._run_clock(), name="stream-clock")
-
-    async def stop(self) -> None:
-        if self._clock is not None:
-            self._clock.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._clock
-            self._clock = None
-
     def start_drain(self, seconds: float) -> None:
         """Refuses new streams from now on and closes open ones spread over ``seconds``."""
         if self.draining:
@@ -126,7 +114,8 @@ class ConnectionRegistry:
             for subscriber in tuple(slot):
                 subscriber.close(reason)
 
-    async def _run_clock(self) -> None:
+    async def run_clock(self) -> None:
+        """The shared clock (run by the supervisor); a failure on one stream closes that stream only."""
         settings = self._settings
         while True:
             await asyncio.sleep(TICK_SECONDS)
@@ -134,24 +123,38 @@ class ConnectionRegistry:
             now = time.monotonic()
             stale_before = now - settings.heartbeat_interval + TICK_SECONDS
             for subscriber in tuple(self._slots[self._tick % self._slot_count]):
-                if subscriber.stalled():
-                    subscriber.cut_slow_client()
-                elif subscriber.last_write <= stale_before:
-                    subscriber.heartbeat()
+                try:
+                    if subscriber.stalled():
+                        subscriber.cut_slow_client()
+                    elif subscriber.last_write <= stale_before:
+                        subscriber.heartbeat()
+                except Exception:
+                    self._clock_failed(subscriber)
             if self._tick % 4 == 0:
                 self._sweep(time.time())
             if self.draining:
                 self._drain_step()
 
+    def _clock_failed(self, subscriber: StreamSubscriber) -> None:
+        metrics.CLOCK_ERRORS.inc()
+        log.exception("the stream clock failed on a stream of session %r; closing it", subscriber.session_id)
+        self.remove(subscriber)
+        self._hub.unsubscribe(subscriber.session_id, subscriber)
+        with contextlib.suppress(Exception):
+            subscriber.close("clock_error")
+
     def _sweep(self, wall: float) -> None:
         """Once a second: streams whose client went away or whose token expired."""
         close_on_expiry = self._settings.close_on_token_expiry
         for slot in self._slots:
-            for subscriber in slot:
-                if subscriber.disconnected():
-                    subscriber.close("client_disconnected")
-                elif close_on_expiry and subscriber.expires_at <= wall:
-                    subscriber.close("token_expired")
+            for subscriber in tuple(slot):
+                try:
+                    if subscriber.disconnected():
+                        subscriber.close("client_disconnected")
+                    elif close_on_expiry and subscriber.expires_at <= wall:
+                        subscriber.close("token_expired")
+                except Exception:
+                    self._clock_failed(subscriber)
 
     def _drain_step(self) -> None:
         open_streams = [s for slot in self._slots for s in slot if s.close_reason is None]

@@ -40,10 +40,19 @@ class JwksCache:
         self._refresh: asyncio.Task[None] | None = None
         self._jwks_url = settings.jwks_url
         self.last_error: str | None = None
+        self.last_refresh: float | None = None  # monotonic time of the last successful fetch
 
     @property
     def loaded(self) -> bool:
         return bool(self._keys)
+
+    @property
+    def due(self) -> bool:
+        """The cached set reached its TTL (or a failed fetch's retry time)."""
+        return time.monotonic() >= self._expires_at
+
+    def seconds_since_refresh(self) -> float:
+        return -1.0 if self.last_refresh is None else time.monotonic() - self.last_refresh
 
     async def load(self) -> None:
         """Initial fetch; failure leaves the cache empty (readiness reports it) and is retried on use."""
@@ -100,6 +109,7 @@ class JwksCache:
         self._by_kid = {k.kid: k for k in keys if k.kid}
         self._expires_at = time.monotonic() + self._ttl(response.headers.get("cache-control", ""))
         self.last_error = None
+        self.last_refresh = time.monotonic()
         log.info("loaded %d signing keys from JWKS", len(keys))
 
     async def _discover(self) -> str:

@@ -21,3 +21,7 @@ DELIVERY_DELAY = Histogram(
     "Delay from the Kafka record timestamp to the write of the event to the client.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+JWKS_LAST_REFRESH_AGE = Gauge(
+    "gateway_jwks_last_refresh_age_seconds", "Seconds since the signing keys were last fetched successfully."
+)
+CLOCK_ERRORS = Counter("gateway_stream_clock_errors_total", "Streams closed because the shared clock failed on them.")

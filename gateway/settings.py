@@ -64,6 +64,13 @@ class GatewaySettings(BaseSettings):
     drain_seconds: float = Field(20.0, ge=0)
     shutdown_grace_seconds: float = Field(5.0, ge=0)
 
+    # Health
+    readiness_strict: bool = Field(
+        False, description="Also require a reachable broker and fresh signing keys (see README: empties the fleet)."
+    )
+    task_crash_limit: int = Field(5, ge=1, description="/livez fails when a task crashed more often than this ...")
+    task_crash_window: float = Field(300.0, gt=0, description="... within this many seconds.")
+
     # Development only
     dev_mode: bool = False
     dev_issuer_url: str = "http://127.0.0.1:8090"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 from sse_starlette import ServerSentEvent
@@ -19,6 +19,7 @@ from consumers.store import Transition
 HEARTBEAT = b":\n\n"
 _EVENT_ID = re.compile(r"(\d{1,9})-(\d{1,19})(-end)?", re.ASCII)
 _MAX_OFFSET = 2**63 - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +45,16 @@ def parse_event_id(value: str | None) -> EventPosition | None:
 
 
 def iso_millis(updated_ms: int) -> str:
-    """UTC with milliseconds and 'Z': JavaScript's ``Date.prototype.toISOString()`` form."""
-    moment = datetime.fromtimestamp(updated_ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{updated_ms % 1000:03d}Z"
+    """UTC with milliseconds and 'Z': JavaScript's ``Date.prototype.toISOString()`` form.
+
+    Integer arithmetic (no float rounding) and a zero-padded year (``strftime`` prints year 999 as
+    ``999``); the store only holds times in years 0001-9999 (see ``consumers.records``).
+    """
+    m = _EPOCH + timedelta(milliseconds=updated_ms)
+    return (
+        f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}."
+        f"{m.microsecond // 1000:03d}Z"
+    )
 
 
 def encode_transition(transition: Transition) -> bytes:

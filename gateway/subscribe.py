@@ -58,6 +58,9 @@ class _Arrival:
     def session_deleted(self) -> None:
         return None
 
+    def close(self, reason: str) -> None:
+        return None
+
 
 class _NoContent(Exception):
     """The client's last event was terminal: answer 204 so EventSource stops reconnecting."""

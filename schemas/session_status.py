@@ -8,11 +8,12 @@ truth; ``session-status.schema.json`` beside this file is generated from it
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 
 class SessionStatus(StrEnum):
@@ -58,6 +59,29 @@ def _rfc3339(value: object) -> object:
     raise ValueError("updatedAt must be an RFC 3339 date-time with a time zone, e.g. 2026-11-28T10:00:00.000Z")
 
 
+# What a browser's ``Date.prototype.toISOString`` prints with four year digits, and Python can represent.
+EARLIEST_UPDATE = datetime(1, 1, 1, tzinfo=UTC)
+LATEST_UPDATE = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+TIME_OUT_OF_RANGE = "time_out_of_range"
+
+
+def _in_range(value: datetime) -> datetime:
+    """A time whose UTC form leaves years 0001-9999 cannot be sent to a browser: refused at the door."""
+    offset = value.utcoffset()
+    naive = value.replace(tzinfo=None)
+    # UTC = local - offset, compared without converting (astimezone() itself overflows at the ends).
+    if offset is None or (
+        naive > LATEST_UPDATE.replace(tzinfo=None) + offset
+        if offset < timedelta(0)
+        else naive < EARLIEST_UPDATE.replace(tzinfo=None) + offset
+    ):
+        raise PydanticCustomError(
+            TIME_OUT_OF_RANGE,
+            "updatedAt must lie between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z in UTC",
+        )
+    return value
+
+
 class SessionStatusEvent(BaseModel):
     """One status change of a wallet session (credential issuance or presentation)."""
 
@@ -74,7 +98,7 @@ class SessionStatusEvent(BaseModel):
     id: str = Field(min_length=1, max_length=256, description="Session id; equals the record key.")
     tenantId: str = Field(min_length=1, max_length=256, description="Tenant that owns the session.")
     status: SessionStatus = Field(description="Current status of the session.")
-    updatedAt: Annotated[AwareDatetime, BeforeValidator(_rfc3339)] = Field(
+    updatedAt: Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_in_range)] = Field(
         description="RFC 3339 time of the change, with or without milliseconds, 'Z' or an offset.",
     )
     type: SessionType | None = Field(default=None, description="Kind of session, when the producer knows it.")

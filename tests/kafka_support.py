@@ -30,6 +30,7 @@ from consumers.hub import Hub
 from consumers.progress import PartitionProgress
 from consumers.settings import ConsumerSettings
 from consumers.store import SessionStore, Transition
+from consumers.supervision import Supervisor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KAFKA_SCRIPT = REPO_ROOT / "scripts" / "kafka.sh"
@@ -396,6 +397,7 @@ class RecordingSubscriber:
         self.timestamps: list[int] = []
         self.terminal: list[bool] = []
         self.deleted = 0
+        self.closed: str | None = None
         self.on_deliver: Callable[[bytes], None] | None = None
 
     def deliver(self, frame: bytes, record_timestamp_ms: int, terminal: bool) -> None:
@@ -407,6 +409,9 @@ class RecordingSubscriber:
 
     def session_deleted(self) -> None:
         self.deleted += 1
+
+    def close(self, reason: str) -> None:
+        self.closed = reason
 
     @property
     def statuses(self) -> list[str]:
@@ -426,6 +431,7 @@ class RunningConsumer:
     consumer: SessionStatusConsumer
     task: asyncio.Task[None]
     subscribers: dict[str, RecordingSubscriber] = field(default_factory=dict)
+    supervisor: Supervisor = field(default_factory=Supervisor)
 
     def check_alive(self) -> None:
         """Fails when the consumer task ended (it must run until it is stopped)."""
@@ -501,7 +507,13 @@ async def running_consumer(
         subscribers[session_id] = RecordingSubscriber()
         hub.subscribe(session_id, subscribers[session_id])
     task = asyncio.create_task(consumer.run(), name=f"consumer-{topic}")
-    running = RunningConsumer(settings, store, hub, progress, consumer, task, subscribers)
+    # The probe and eviction run as in the gateway, supervised; the consumer task itself is watched
+    # by the test (check_alive), so that a crash fails the test instead of being restarted.
+    supervisor = Supervisor(crash_limit=1000)
+    for name, factory in consumer.tasks().items():
+        if name != "kafka-consumer":
+            supervisor.start(name, factory)
+    running = RunningConsumer(settings, store, hub, progress, consumer, task, subscribers, supervisor)
     failed = False
     try:
         yield running
@@ -509,6 +521,7 @@ async def running_consumer(
         failed = True
         raise
     finally:
+        await supervisor.stop()
         await consumer.stop()
         done, _ = await asyncio.wait({task}, timeout=10.0)
         if not done:

@@ -240,6 +240,7 @@ async def test_eviction_while_running(kafka_bootstrap: str) -> None:
     now = datetime.now(UTC)
     retention, ttl = ("terminal_retention",), ("ttl",)
     before = {reason: metric("gateway_sessions_evicted_total", reason=reason[0]) for reason in (retention, ttl)}
+    stale_before = metric("gateway_records_ignored_total", reason="stale")
     # One partition, oldest first: the store files sessions by arrival (see test_store's arrival-order tests).
     await produce(
         kafka_bootstrap,
@@ -271,8 +272,10 @@ async def test_eviction_while_running(kafka_bootstrap: str) -> None:
         evicted = {
             reason: metric("gateway_sessions_evicted_total", reason=reason[0]) - before[reason] for reason in before
         }
-        assert evicted == {retention: 2, ttl: 1}
-        assert running.store.evicted == {"terminal_retention": 2, "ttl": 1, "max_sessions": 0}
+        # A session already past its TTL when its record arrives never enters the store.
+        assert evicted == {retention: 2, ttl: 0}
+        assert running.store.evicted == {"terminal_retention": 2, "ttl": 0, "max_sessions": 0}
+        assert metric("gateway_records_ignored_total", reason="stale") - stale_before == 1
         await running.wait_until(lambda: metric("gateway_store_sessions") == 2, 5)
 
         # A session completed later is evicted after its own retention, not before.
@@ -301,6 +304,8 @@ async def test_bad_records_are_skipped_and_counted(kafka_bootstrap: str) -> None
         (None, event_bytes("no-key", "t", "active")),
         (b"", event_bytes("", "t", "active")),
         (b"bad-naive", event_bytes("bad-naive", "t", "active", "2024-05-01T12:00:00")),
+        (b"year-10000", event_bytes("year-10000", "t", "active", "9999-12-31T23:59:59-01:00")),
+        (b"year-0", event_bytes("year-0", "t", "active", "0001-01-01T00:30:00+01:00")),
         (b"good-3", event_bytes("good-3", "t", "completed")),
     ]
     expected = Counter(
@@ -311,6 +316,7 @@ async def test_bad_records_are_skipped_and_counted(kafka_bootstrap: str) -> None
             RejectReason.TOO_LARGE: 1,
             RejectReason.INVALID_UTF8: 2,
             RejectReason.MISSING_KEY: 2,
+            RejectReason.TIME_OUT_OF_RANGE: 2,
         }
     )
     before = {reason: rejected(reason) for reason in RejectReason}

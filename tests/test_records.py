@@ -146,6 +146,7 @@ def test_reasons_are_stable_metric_labels() -> None:
         "not_json",
         "schema",
         "key_mismatch",
+        "time_out_of_range",
     }
 
 

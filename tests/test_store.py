@@ -30,8 +30,25 @@ def ev(
     return StatusUpdate.from_event(event)
 
 
-def make_store(retention_ms: int = 10 * MINUTE, ttl_ms: int = DAY, max_sessions: int = 1_000_000) -> SessionStore:
-    return SessionStore(terminal_retention_ms=retention_ms, session_ttl_ms=ttl_ms, max_sessions=max_sessions)
+class Clock:
+    """The store's injected wall clock, in ms; tests move it by hand."""
+
+    def __init__(self, now_ms: int = T0) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+def make_store(
+    retention_ms: int = 10 * MINUTE, ttl_ms: int = DAY, max_sessions: int = 1_000_000, clock: Clock | None = None
+) -> SessionStore:
+    return SessionStore(
+        terminal_retention_ms=retention_ms,
+        session_ttl_ms=ttl_ms,
+        max_sessions=max_sessions,
+        clock=clock or Clock(),
+    )
 
 
 class Feeder:
@@ -260,7 +277,7 @@ def test_recreated_session_is_not_evicted_by_an_old_terminal_entry() -> None:
 
 
 def test_idle_sessions_are_evicted_after_ttl() -> None:
-    store = make_store(retention_ms=HOUR, ttl_ms=10 * MINUTE)
+    store = make_store(retention_ms=HOUR, ttl_ms=10 * MINUTE, clock=Clock(T0 - 20 * MINUTE))
     feed = Feeder(store)
     feed(ev("idle", "active", T0 - 20 * MINUTE))
     feed(ev("idle-fetched", "fetched", T0 - 15 * MINUTE))
@@ -296,7 +313,7 @@ def test_eviction_is_idempotent_and_cheap_when_nothing_expired() -> None:
 
 def test_ttl_eviction_does_not_depend_on_arrival_order() -> None:
     """A replay interleaves partitions, so an old update often arrives after a newer one."""
-    store = make_store(retention_ms=HOUR, ttl_ms=30 * MINUTE)
+    store = make_store(retention_ms=HOUR, ttl_ms=30 * MINUTE, clock=Clock(T0 - 2 * HOUR))
     feed = Feeder(store)
     feed(ev("fresh", "active", T0))
     feed(ev("stale", "active", T0 - 2 * HOUR))  # arrives later, happened earlier
@@ -306,7 +323,7 @@ def test_ttl_eviction_does_not_depend_on_arrival_order() -> None:
 
 
 def test_terminal_retention_does_not_depend_on_arrival_order() -> None:
-    store = make_store(retention_ms=10 * MINUTE, ttl_ms=DAY)
+    store = make_store(retention_ms=10 * MINUTE, ttl_ms=DAY, clock=Clock(T0 - HOUR))
     feed = Feeder(store)
     feed(ev("done-now", "completed", T0))
     feed(ev("done-long-ago", "completed", T0 - HOUR))  # arrives later, happened earlier
@@ -393,3 +410,112 @@ def test_capacity_skips_deleted_sessions() -> None:
     feed(ev("d", "active", T0 + 3 * SECOND))
     assert [s for s in "abcd" if s in store] == ["c", "d"]
     assert store.evicted["max_sessions"] == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Staleness and memory: what the store holds follows the live sessions
+
+
+def test_a_session_past_its_ttl_is_never_served_even_before_a_sweep() -> None:
+    clock = Clock(T0)
+    store = make_store(retention_ms=MINUTE, ttl_ms=HOUR, clock=clock)
+    feed = Feeder(store)
+    feed(ev("idle", "active", T0))
+    feed(ev("done", "completed", T0))
+    clock.now_ms = T0 + MINUTE + 1
+    assert store.get("done") is None, "a terminal session past its retention must not be served"
+    assert store.get("idle") is not None
+    clock.now_ms = T0 + HOUR + 1
+    assert store.get("idle") is None, "an idle session past the TTL must not be served"
+    assert "idle" in store and "done" in store, "not swept yet: only hidden"
+    assert sorted(store.evict_expired(clock.now_ms)) == ["done", "idle"]
+    assert len(store) == 0
+
+
+def test_a_new_session_already_past_its_ttl_is_not_stored() -> None:
+    store = make_store(retention_ms=MINUTE, ttl_ms=HOUR, clock=Clock(T0))
+    feed = Feeder(store)
+    assert feed(ev("old", "active", T0 - HOUR - 1)) == (Outcome.STALE, None)
+    assert feed(ev("old-done", "completed", T0 - MINUTE - 1)) == (Outcome.STALE, None)
+    assert feed(ev("recent", "active", T0 - HOUR + 1))[0] is Outcome.APPLIED
+    assert len(store) == 1
+    assert store.tenant_count == 1
+
+
+def test_tenant_codes_are_released_with_their_last_session() -> None:
+    store = make_store(retention_ms=MINUTE, clock=Clock(T0))
+    feed = Feeder(store)
+    feed(ev("a1", "active", T0, tenant="a"))
+    feed(ev("a2", "active", T0, tenant="a"))
+    feed(ev("b1", "completed", T0, tenant="b"))
+    assert store.tenant_count == 2
+    store.delete("a1")
+    assert store.tenant_count == 2
+    store.evict_expired(T0 + 2 * MINUTE)  # b1 ends its retention
+    assert store.tenant_count == 1
+    snapshot = store.get("a2")
+    assert snapshot is not None and snapshot.tenant_id == "a"
+    feed(ev("c1", "active", T0, tenant="c"))  # reuses b's freed code
+    c1, a2 = store.get("c1"), store.get("a2")
+    assert c1 is not None and c1.tenant_id == "c"
+    assert a2 is not None and a2.tenant_id == "a"
+    store.delete("a2")
+    store.delete("c1")
+    assert store.tenant_count == 0
+
+
+def test_capacity_eviction_stays_linear_and_keeps_the_newest() -> None:
+    store = make_store(max_sessions=10_000)
+    feed = Feeder(store)
+    for i in range(60_000):
+        feed(ev(f"s{i}", "active", T0))
+    assert len(store) <= 10_000
+    assert store.evicted["max_sessions"] == 60_000 - len(store)
+    assert all(f"s{i}" in store for i in range(59_000, 60_000)), "the most recent sessions are kept"
+    assert "s0" not in store
+
+
+def _container_bytes(store: SessionStore) -> int:
+    """Bytes of the store's own tables (dicts and lists are malloc'ed, outside Python's block count)."""
+    import sys
+
+    tables = (store._sessions, store._terminal, store._tenants, store._tenant_codes, store._tenant_refs)
+    return sum(sys.getsizeof(table) for table in (*tables, store._free_codes))
+
+
+def test_memory_returns_to_its_baseline_after_a_flood_of_300000_sessions() -> None:
+    """300,000 sessions of 300,000 tenants start, finish and are evicted: the store shrinks back.
+
+    Small objects (ids, tenant names, session bytes) are counted as Python's allocated blocks, the
+    tables by their size; both return to their baseline.
+    """
+    import gc
+    import sys
+
+    clock = Clock(T0)
+    store = make_store(retention_ms=MINUTE, ttl_ms=HOUR, clock=clock)
+    feed = Feeder(store)
+    for i in range(1000):
+        feed(ev(f"live-{i}", "active", T0 + HOUR, tenant=f"tenant-{i % 10}"))
+    gc.collect()
+    blocks, tables = sys.getallocatedblocks(), _container_bytes(store)
+    active, completed = SessionStatus.ACTIVE, SessionStatus.COMPLETED
+    for i in range(300_000):
+        session_id, tenant = f"flood-{i}", f"flood-tenant-{i}"
+        feed(StatusUpdate(session_id, tenant, active, T0, None))
+        feed(StatusUpdate(session_id, tenant, completed, T0 + 1, None))
+    peak_blocks, peak_tables = sys.getallocatedblocks() - blocks, _container_bytes(store) - tables
+    clock.now_ms = T0 + 2 * MINUTE
+    store.evict_expired(clock.now_ms)
+    gc.collect()
+    left_blocks, left_tables = sys.getallocatedblocks() - blocks, _container_bytes(store) - tables
+    print(
+        f"flood of 300,000 sessions: at its peak +{peak_blocks:,} blocks and +{peak_tables / 1e6:.1f} MB of tables; "
+        f"after eviction {left_blocks:+,} blocks and {left_tables / 1e3:+.1f} KB of tables"
+    )
+    assert len(store) == 1000
+    assert store.tenant_count == 10
+    assert store.evicted["terminal_retention"] == 300_000
+    assert peak_blocks > 900_000 and peak_tables > 10e6, "the flood should have cost memory"
+    assert left_blocks < 1000, f"{left_blocks} blocks still held after the flood was evicted"
+    assert left_tables < 64_000, f"{left_tables} bytes of tables still held after the flood was evicted"

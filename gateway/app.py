@@ -106,8 +106,10 @@ class Runtime:
         reasons = []
         if not checks["store_caught_up"]:
             reasons.append("session store is still replaying the topic")
+            if self.progress.last_error:
+                reasons.append(f"Kafka: {self.progress.last_error}")
         if not checks["signing_keys_loaded"]:
-            reasons.append("signing keys not loaded yet")
+            reasons.append(self.jwks.last_error or "signing keys not loaded yet")
         if not checks["accepting_streams"]:
             reasons.append("shutting down")
         warnings = []

@@ -305,16 +305,19 @@ async def test_readyz_waits_for_the_store_to_catch_up(
         await gateway.wait_ready(45)
         status, body = await readyz(client, gateway)
         assert status == 200
-        assert body == {
-            "status": "ready",
-            "checks": {
-                "store_caught_up": True,
-                "broker_reachable": True,
-                "signing_keys_loaded": True,
-                "accepting_streams": True,
-            },
-            "reasons": [],
+        assert body["status"] == "ready"
+        assert body["checks"] == {
+            "store_caught_up": True,
+            "signing_keys_loaded": True,
+            "accepting_streams": True,
+            "broker_reachable": True,
+            "signing_keys_fresh": True,
         }
+        assert body["reasons"] == []
+        assert "warnings" not in body
+        assert body["seconds_since_broker_contact"] >= 0
+        assert body["seconds_since_keys_refreshed"] >= 0
+        assert all(task["recent_crashes"] == 0 for task in body["tasks"].values()), body["tasks"]
         token = mint(world.key, tenant=TENANT)
         async with sse(client, f"{gateway.url}/session/{session}/events", params={"token": token}) as stream:
             assert stream.status == 200
@@ -322,59 +325,130 @@ async def test_readyz_waits_for_the_store_to_catch_up(
             assert event is not None and event.json()["status"] == "active"
 
 
-async def test_readyz_during_a_broker_outage(world: World, client: httpx.AsyncClient, tmp_path: Path) -> None:
-    """A second broker of our own is stopped under a ready gateway, then started again."""
+async def test_a_broker_outage_keeps_the_replica_ready_and_serving(
+    world: World, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A broker of our own stops for 20 s under a ready gateway: it stays ready and serves from memory.
+
+    Readiness is polled throughout the outage (an unready fleet answers 503 everywhere, and a browser's
+    EventSource never retries after an error status). A second gateway in the opt-in strict mode shows
+    the other choice: it turns unready. A stream opened during the outage gets the current state and,
+    once the broker is back, the next transition.
+    """
     broker = LocalBroker.allocate(tmp_path / "kafka-state")
     broker.start()
-    gateway: GatewayProcess | None = None
+    gateways: list[GatewayProcess] = []
     try:
         topic = unique_topic("outage")
         await create_topic(broker.bootstrap, topic, partitions=2, compacted=True)
         session = new_session("outage")
         await produce(broker.bootstrap, topic, [(session.encode(), event_bytes(session, TENANT, "active"))])
-        gateway = GatewayProcess(
-            gateway_env(broker.bootstrap, topic, world.jwks, GATEWAY_KAFKA_REQUEST_TIMEOUT_MS="3000"),
-            tmp_path / "gateway.log",
-        ).start()
+        env = gateway_env(broker.bootstrap, topic, world.jwks, GATEWAY_KAFKA_REQUEST_TIMEOUT_MS="3000")
+        gateway = GatewayProcess(env, tmp_path / "gateway.log").start()
+        strict = GatewayProcess({**env, "GATEWAY_READINESS_STRICT": "true"}, tmp_path / "strict.log").start()
+        gateways += [gateway, strict]
         await gateway.wait_ready(60)
+        await strict.wait_ready(60)
         assert (await scrape(client, gateway)).get("gateway_broker_reachable") == 1
 
         await asyncio.to_thread(broker.stop)
-        response = await gateway.wait_status("/readyz", 503, 60)
-        body = response.json()
-        assert body["checks"]["broker_reachable"] is False, body
-        assert body["checks"]["store_caught_up"] is True, body
-        assert any("broker" in reason.lower() for reason in body["reasons"]), body
+        outage_started = time.monotonic()
+        statuses: set[int] = set()
+
+        async def outage_noticed() -> bool:
+            status, body = await readyz(client, gateway)
+            statuses.add(status)
+            return body["checks"]["broker_reachable"] is False
+
+        await eventually(outage_noticed, 60, "the gateway never noticed the outage")
+        status, body = await readyz(client, gateway)
+        assert status == 200, body
+        assert body["checks"]["store_caught_up"] is True
+        assert any("broker" in warning.lower() for warning in body["warnings"]), body
         assert (await scrape(client, gateway)).get("gateway_broker_reachable") == 0
-        # Alive all along: an outage is no reason to restart the process.
+        await strict.wait_status("/readyz", 503, 30)
         assert (await client.get(f"{gateway.url}/livez")).status_code == 200
-        # Sessions already in the store keep streaming from memory during the outage.
+
         token = mint(world.key, tenant=TENANT)
         async with sse(client, f"{gateway.url}/session/{session}/events", params={"token": token}) as stream:
             assert stream.status == 200
             event = await stream.next_event()
             assert event is not None and event.json()["status"] == "active"
+            while time.monotonic() - outage_started < 20:  # readiness throughout a 20 s outage
+                statuses.add((await readyz(client, gateway))[0])
+                await asyncio.sleep(0.5)
+            assert statuses == {200}, f"/readyz answered {statuses} during the outage"
+            metrics = await scrape(client, gateway)
+            assert metrics.get("gateway_kafka_last_fetch_age_seconds") >= 15
 
-        await asyncio.to_thread(broker.start)
-        await gateway.wait_ready(90)
-        status, body = await readyz(client, gateway)
-        assert status == 200 and body["reasons"] == [], body
-        assert (await scrape(client, gateway)).get("gateway_broker_reachable") == 1
-        # And it follows the topic again.
-        await produce(broker.bootstrap, topic, [(session.encode(), event_bytes(session, TENANT, "fetched"))])
-        async with sse(client, f"{gateway.url}/session/{session}/events", params={"token": token}) as stream:
-            assert stream.status == 200
-
-            async def fetched() -> bool:
-                event = await stream.next_event(20)
-                return event is not None and event.json()["status"] == "fetched"
-
-            await eventually(fetched, 30, "the gateway did not deliver the record written after the outage")
+            await asyncio.to_thread(broker.start)
+            await eventually(
+                lambda: _ready_and_reachable(client, gateway), 90, lambda: _describe_readyz(client, gateway)
+            )
+            await strict.wait_ready(60)
+            # The stream opened during the outage receives what is written after it.
+            await produce(broker.bootstrap, topic, [(session.encode(), event_bytes(session, TENANT, "fetched"))])
+            event = await stream.next_event(45)
+            assert event is not None and event.json()["status"] == "fetched"
     finally:
-        if gateway is not None:
-            gateway.stop()
+        for process in gateways:
+            process.stop()
         if broker.is_running():
             await asyncio.to_thread(broker.stop)
+
+
+async def _ready_and_reachable(client: httpx.AsyncClient, gateway: GatewayProcess) -> bool:
+    status, body = await readyz(client, gateway)
+    return status == 200 and body["checks"]["broker_reachable"] is True
+
+
+async def test_an_identity_provider_outage_keeps_the_replica_ready(
+    kafka_bootstrap: str, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """The JWKS endpoint goes away after the keys were loaded: ready throughout, cached keys still verify."""
+    key = rsa_key("idp-outage")
+    jwks = JwksServer(keys=[key], cache_control="max-age=1").start()
+    topic = unique_topic("idp-outage")
+    await create_topic(kafka_bootstrap, topic, partitions=1)
+    session = new_session("idp")
+    await produce(kafka_bootstrap, topic, [(session.encode(), event_bytes(session, TENANT, "active"))])
+    env = gateway_env(
+        kafka_bootstrap,
+        topic,
+        jwks,
+        GATEWAY_JWKS_CACHE_TTL="1",
+        GATEWAY_JWKS_CACHE_MIN_TTL="0",
+        GATEWAY_JWKS_MIN_REFRESH="1",
+    )
+    gateway = GatewayProcess(env, tmp_path / "gateway.log").start()
+    try:
+        await gateway.wait_ready(60)
+        jwks.stop()
+        statuses: set[int] = set()
+
+        async def refresh_failed() -> bool:
+            status, body = await readyz(client, gateway)
+            statuses.add(status)
+            return body["checks"]["signing_keys_fresh"] is False
+
+        await eventually(refresh_failed, 30, lambda: _describe_readyz(client, gateway))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            statuses.add((await readyz(client, gateway))[0])
+            await asyncio.sleep(0.5)
+        assert statuses == {200}, f"/readyz answered {statuses} while the identity provider was down"
+        _, body = await readyz(client, gateway)
+        assert any("signing keys" in warning for warning in body["warnings"]), body
+        metrics = await scrape(client, gateway)
+        assert metrics.get("gateway_jwks_last_refresh_age_seconds") >= 10
+        assert metrics.get("gateway_jwks_fetch_failures_total") >= 1
+        token = mint(key, tenant=TENANT)
+        async with sse(client, f"{gateway.url}/session/{session}/events", params={"token": token}) as stream:
+            assert stream.status == 200
+            event = await stream.next_event()
+            assert event is not None and event.json()["status"] == "active"
+    finally:
+        gateway.stop()
 
 
 async def _describe_readyz(client: httpx.AsyncClient, gateway: GatewayProcess) -> str:

@@ -6,14 +6,24 @@
   concurrent callers share one fetch (single-flight): a flood of forged tokens cannot flood
   the identity provider.
 - When the endpoint fails, the last good keys keep working.
+- Every fetch is bounded: one total deadline (``jwks_timeout``) for the whole refresh, OIDC
+  discovery included, however slowly the server drips bytes; bodies are streamed and abandoned
+  past ``jwks_max_bytes``; a document with more than ``jwks_max_keys`` keys is refused; JSON
+  parsing and key import run in a worker thread, never on the event loop.
+- Only these keys verify tokens: key material or URLs found in a token's header (``jwk``, ``jku``,
+  ``x5u``, ``x5c``) are never used (see ``gateway.authentication``).
+- Listeners registered with ``on_keys_removed`` hear the RFC 7638 thumbprints of keys that a
+  refresh removed or replaced, so that what those keys verified can be forgotten.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -39,6 +49,9 @@ class JwksCache:
         self._last_fetch_attempt = float("-inf")
         self._refresh: asyncio.Task[None] | None = None
         self._jwks_url = settings.jwks_url
+        self._thumbprint_by_id: dict[int, str] = {}
+        self._thumbprints: frozenset[str] = frozenset()
+        self._listeners: list[Callable[[set[str]], None]] = []
         self.last_error: str | None = None
         self.last_refresh: float | None = None  # monotonic time of the last successful fetch
 
@@ -57,6 +70,23 @@ class JwksCache:
     async def load(self) -> None:
         """Initial fetch; failure leaves the cache empty (readiness reports it) and is retried on use."""
         await self._refresh_once()
+
+    def on_keys_removed(self, listener: Callable[[set[str]], None]) -> None:
+        self._listeners.append(listener)
+
+    def has_key(self, thumbprint: str) -> bool:
+        """Whether a key with this RFC 7638 thumbprint is in the current set."""
+        return thumbprint in self._thumbprints
+
+    def thumbprint(self, key: Key) -> str:
+        """The RFC 7638 thumbprint of a key ``key_for`` returned (computed once per fetch)."""
+        known = self._thumbprint_by_id.get(id(key))
+        return known if known is not None else key.thumbprint()
+
+    def refresh_if_stale(self) -> None:
+        """Starts a background refresh when the set's lifetime is over (stale-while-revalidate)."""
+        if self._keys and time.monotonic() >= self._expires_at and (self._refresh is None or self._refresh.done()):
+            self._start_refresh()
 
     async def key_for(self, kid: str | None, alg: str) -> Key | None:
         now = time.monotonic()
@@ -92,36 +122,71 @@ class JwksCache:
 
     async def _fetch(self) -> None:
         self._last_fetch_attempt = time.monotonic()
+        settings = self._settings
         try:
-            url = self._jwks_url or await self._discover()
-            metrics.JWKS_FETCHES.inc()
-            response = await self._client.get(url, timeout=self._settings.jwks_timeout)
-            response.raise_for_status()
-            keys = _parse_keys(response.json())
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
-            metrics.JWKS_FAILURES.inc()
-            self.last_error = f"JWKS fetch failed: {type(error).__name__}: {error}"
-            log.warning("%s; keeping %d cached keys", self.last_error, len(self._keys))
-            # Retry a failed endpoint no sooner than the unknown-kid rate limit allows.
-            self._expires_at = time.monotonic() + max(self._settings.jwks_min_refresh, 1.0)
+            # One deadline for the whole refresh, however slowly the server sends its bytes.
+            async with asyncio.timeout(settings.jwks_timeout):
+                url = self._jwks_url or await self._discover()
+                metrics.JWKS_FETCHES.inc()
+                body, headers = await self._get(url)
+            keys = await asyncio.to_thread(_parse_document, body, settings.jwks_max_keys)
+        except TimeoutError:
+            self._failed(f"JWKS fetch failed: no complete answer within {settings.jwks_timeout:g}s")
             return
-        self._keys = keys
-        self._by_kid = {k.kid: k for k in keys if k.kid}
-        self._expires_at = time.monotonic() + self._ttl(response.headers.get("cache-control", ""))
+        except Exception as error:  # whatever the endpoint sent, a failed refresh only keeps the old keys
+            self._failed(f"JWKS fetch failed: {type(error).__name__}: {error}")
+            return
+        previous = self._thumbprints
+        self._keys = [key for key, _ in keys]
+        self._by_kid = {k.kid: k for k in self._keys if k.kid}
+        self._thumbprint_by_id = {id(key): thumbprint for key, thumbprint in keys}
+        self._thumbprints = frozenset(thumbprint for _, thumbprint in keys)
+        self._expires_at = time.monotonic() + self._ttl(headers.get("cache-control", ""))
         self.last_error = None
         self.last_refresh = time.monotonic()
         log.info("loaded %d signing keys from JWKS", len(keys))
+        removed = set(previous - self._thumbprints)
+        if removed:
+            log.info("%d signing keys were removed from the JWKS", len(removed))
+            for listener in self._listeners:
+                listener(removed)
+
+    def _failed(self, message: str) -> None:
+        metrics.JWKS_FAILURES.inc()
+        self.last_error = message
+        log.warning("%s; keeping %d cached keys", message, len(self._keys))
+        # Retry a failed endpoint no sooner than the unknown-kid rate limit allows.
+        self._expires_at = time.monotonic() + max(self._settings.jwks_min_refresh, 1.0)
+
+    async def _get(self, url: str) -> tuple[bytes, httpx.Headers]:
+        """The body of a 2xx answer, streamed and abandoned past ``jwks_max_bytes``."""
+        limit = self._settings.jwks_max_bytes
+        request_headers = {"accept": "application/json", "accept-encoding": "identity"}
+        async with self._client.stream(
+            "GET", url, headers=request_headers, timeout=self._settings.jwks_timeout
+        ) as response:
+            response.raise_for_status()
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise ValueError(f"unsupported content-encoding {encoding!r} (identity was asked for)")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise ValueError(f"the response has {declared} bytes, more than GATEWAY_JWKS_MAX_BYTES={limit}")
+            body = bytearray()
+            async for chunk in response.aiter_bytes():  # identity only (checked above): no decoding
+                body += chunk
+                if len(body) > limit:
+                    raise ValueError(f"the response exceeds GATEWAY_JWKS_MAX_BYTES={limit}")
+            return bytes(body), response.headers
 
     async def _discover(self) -> str:
         issuer = self._settings.oidc_issuer
         if not issuer:
             raise ValueError("neither GATEWAY_JWKS_URL nor GATEWAY_OIDC_ISSUER is set")
         metrics.JWKS_FETCHES.inc()
-        response = await self._client.get(
-            issuer.rstrip("/") + "/.well-known/openid-configuration", timeout=self._settings.jwks_timeout
-        )
-        response.raise_for_status()
-        url = response.json()["jwks_uri"]
+        body, _ = await self._get(issuer.rstrip("/") + "/.well-known/openid-configuration")
+        document = await asyncio.to_thread(json.loads, body)
+        url = document.get("jwks_uri") if isinstance(document, dict) else None
         if not isinstance(url, str):
             raise ValueError("jwks_uri missing from the OpenID configuration")
         self._jwks_url = url
@@ -134,10 +199,17 @@ class JwksCache:
         return min(max(ttl, settings.jwks_cache_min_ttl), settings.jwks_cache_max_ttl)
 
 
-def _parse_keys(document: Any) -> list[Key]:
+def _parse_document(body: bytes, max_keys: int) -> list[tuple[Key, str]]:
+    """Keys and their RFC 7638 thumbprints from a JWKS body; CPU-bound, so run in a worker thread."""
+    return [(key, key.thumbprint()) for key in _parse_keys(json.loads(body), max_keys)]
+
+
+def _parse_keys(document: Any, max_keys: int | None = None) -> list[Key]:
     """Public signing keys of a JWKS document; private parts, HMAC and encryption keys are dropped."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ValueError("not a JWKS document")
+    if max_keys is not None and len(document["keys"]) > max_keys:
+        raise ValueError(f"the JWKS has {len(document['keys'])} keys, more than GATEWAY_JWKS_MAX_KEYS={max_keys}")
     keys: list[Key] = []
     for entry in document["keys"]:
         if not isinstance(entry, dict) or entry.get("use", "sig") != "sig" or entry.get("kty") == "oct":

@@ -75,6 +75,16 @@ class GatewaySettings(BaseSettings):
     dev_mode: bool = False
     dev_issuer_url: str = "http://127.0.0.1:8090"
 
+    # --- Added by the auth branch (issue 11 / issue 10's token cache); lead: merge into the sections above.
+    jwks_max_bytes: int = Field(
+        512 * 1024, ge=1024, description="A JWKS or discovery response larger than this is abandoned."
+    )
+    jwks_max_keys: int = Field(100, ge=1, description="A JWKS with more keys than this is refused.")
+    token_cache_size: int = Field(
+        10_000, ge=0, description="Verified tokens remembered (by SHA-256) to skip signature checks; 0 disables."
+    )
+    # --- End of the auth branch's block.
+
     @field_validator("jwt_algorithms", "cors_origins", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:

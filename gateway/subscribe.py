@@ -126,7 +126,7 @@ class EventsEndpoint:
         request_id_var.set(request_id)
         extra_headers = [(b"x-request-id", request_id.encode("latin-1")), *self._cors_headers(headers)]
         try:
-            principal = await self._authenticate(query, headers)
+            principal = await self._authenticate(scope.get("query_string", b""), headers)
             last_seen = parse_event_id(headers.get("last-event-id") or query.get("lastEventId"))
             snapshot = await self._find_session(session_id, principal, last_seen)
         except StreamRefused as refused:
@@ -141,7 +141,7 @@ class EventsEndpoint:
             return None
         return principal, snapshot, last_seen, extra_headers
 
-    async def _authenticate(self, query: dict[str, str], headers: dict[str, str]) -> Principal:
+    async def _authenticate(self, query: bytes, headers: dict[str, str]) -> Principal:
         token = find_token(query, headers, self.settings.token_cookie)
         if not token:
             metrics.AUTH_FAILURES.labels("missing").inc()

@@ -301,6 +301,56 @@ def _now() -> int:
     return int(time.time())
 
 
+def signed_raw(key: SigningKey, header: bytes | dict[str, Any], payload: bytes | dict[str, Any]) -> str:
+    """RS256 over the exact bytes given (joserfc refuses to produce most of these), signed by a trusted key."""
+    header_bytes = header if isinstance(header, bytes) else json.dumps(header, separators=(",", ":")).encode()
+    payload_bytes = payload if isinstance(payload, bytes) else json.dumps(payload, separators=(",", ":")).encode()
+    signing_input = f"{b64url(header_bytes)}.{b64url(payload_bytes)}"
+    private = key.private_key
+    assert isinstance(private, rsa.RSAPrivateKey)
+    signature = private.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{b64url(signature)}"
+
+
+def rs256_header(keys: Keys, **extra: Any) -> dict[str, Any]:
+    return {"alg": "RS256", "typ": "JWT", "kid": keys.rsa.kid, **extra}
+
+
+def with_claims(**overrides: Any) -> Callable[[Keys], str]:
+    """A correctly signed token whose claims differ from good ones by ``overrides`` (None removes nothing)."""
+    return lambda k: signed_raw(k.rsa, rs256_header(k), good_claims(**overrides))
+
+
+def with_raw_claims(text: str) -> Callable[[Keys], str]:
+    """A correctly signed token whose claims are the JSON text given, with ``{now}`` filled in."""
+    return lambda k: signed_raw(k.rsa, rs256_header(k), text.replace("{now}", str(_now())).encode())
+
+
+def with_raw_header(header: bytes) -> Callable[[Keys], str]:
+    return lambda k: signed_raw(k.rsa, header, good_claims())
+
+
+def embedded_jwk(keys: Keys) -> str:
+    """Signed by the attacker, who puts their public key in ``jwk`` and names the trusted kid."""
+    header = rs256_header(keys, jwk=keys.attacker_rsa.as_dict(private=False))
+    return signed_raw(keys.attacker_rsa, header, good_claims())
+
+
+def jku_to_attacker(keys: Keys) -> str:
+    """Signed by the attacker, whose JWKS URL is in ``jku`` and whose kid is in ``kid``."""
+    header = {"alg": "RS256", "kid": keys.attacker_rsa.kid, "jku": "http://127.0.0.1:9/attacker-jwks.json"}
+    return signed_raw(keys.attacker_rsa, header, good_claims())
+
+
+def nested_jwt(keys: Keys) -> str:
+    """A valid token wrapped as the payload of another signed token (``cty: JWT``)."""
+    inner = mint(keys.rsa)
+    return signed_raw(keys.rsa, rs256_header(keys, cty="JWT"), inner.encode())
+
+
+_CLAIMS_TAIL = '"iss":"' + ISSUER + '","aud":"' + AUDIENCE + '","sub":"user-1","tenant_id":"tenant-a"'
+
+
 FORGERIES: dict[str, Callable[[Keys], str]] = {
     "alg-none": unsigned_none,
     "hs256-signed-with-rsa-public-key": hs256_with_public_key,
@@ -324,6 +374,54 @@ FORGERIES: dict[str, Callable[[Keys], str]] = {
     "algorithm-not-allowed-RS384": lambda k: mint(k.rsa, alg="RS384"),
     "alg-does-not-match-kid-key-type": lambda k: mint(k.ec, alg="ES256", kid=str(k.rsa.kid)),
     "non-string-kid": non_string_kid,
+    # Claims of the wrong type, never coerced (issue 11): each correctly signed by a trusted key.
+    "tenant-claim-number": with_claims(tenant_id=123),
+    "tenant-claim-true": with_claims(tenant_id=True),
+    "tenant-claim-list": with_claims(tenant_id=["tenant-a"]),
+    "tenant-claim-empty": with_claims(tenant_id=""),
+    "tenant-claim-null": with_claims(tenant_id=None),
+    "session-claim-null": with_claims(session_id=None),
+    "session-claim-number": with_claims(session_id=7),
+    "session-claim-list": with_claims(session_id=["a"]),
+    "session-claim-empty": with_claims(session_id=""),
+    "sub-number": with_claims(sub=42),
+    "sub-object": with_claims(sub={"id": "user-1"}),
+    "exp-10**400": with_raw_claims('{"exp":1' + "0" * 400 + "," + _CLAIMS_TAIL + "}"),
+    "exp-1e300": with_claims(exp=1e300),
+    "exp-1e400-infinite": with_raw_claims('{"exp":1e400,' + _CLAIMS_TAIL + "}"),
+    "exp-NaN": with_raw_claims('{"exp":NaN,' + _CLAIMS_TAIL + "}"),
+    "exp-true": with_claims(exp=True),
+    "exp-string": with_claims(exp="9999999999"),
+    "exp-negative": with_claims(exp=-1),
+    "nbf-10**400": with_raw_claims('{"exp":{now}0,"nbf":1' + "0" * 400 + "," + _CLAIMS_TAIL + "}"),
+    "nbf-true": with_claims(nbf=True),
+    "iat-1e300": with_claims(iat=1e300),
+    "iat-list": with_claims(iat=[1]),
+    "aud-list-with-a-number": with_claims(aud=[AUDIENCE, 1]),
+    "iss-number": with_claims(iss=1),
+    "duplicate-tenant-claim": with_raw_claims('{"exp":{now}0,"tenant_id":"tenant-b",' + _CLAIMS_TAIL + "}"),
+    "claims-json-list": lambda k: signed_raw(k.rsa, rs256_header(k), b"[1,2]"),
+    # Malformed protected headers: never a 500 (issue 11).
+    "header-json-list": with_raw_header(b'["RS256"]'),
+    "header-json-string": with_raw_header(b'"RS256"'),
+    "header-json-number": with_raw_header(b"256"),
+    "header-json-null": with_raw_header(b"null"),
+    "header-invalid-json": with_raw_header(b'{"alg":"RS256",'),
+    "header-not-utf8": with_raw_header(b'{"alg":"RS256","kid":"\xff"}'),
+    "header-deeply-nested": with_raw_header(b'{"alg":"RS256","x":' + b"[" * 2000 + b"]" * 2000 + b"}"),
+    "header-duplicate-alg": with_raw_header(b'{"alg":"none","alg":"RS256","kid":"rsa-1"}'),
+    "header-leading-whitespace": lambda k: signed_raw(k.rsa, b' {"alg":"RS256","kid":"rsa-1"}', good_claims()),
+    # Critical extensions this gateway does not implement (RFC 7515 4.1.11, RFC 7797).
+    "crit-unknown-extension": lambda k: signed_raw(
+        k.rsa, rs256_header(k, crit=["x-ext"], **{"x-ext": 1}), good_claims()
+    ),
+    "crit-registered-name": lambda k: signed_raw(k.rsa, rs256_header(k, crit=["kid"]), good_claims()),
+    "b64-false-unencoded-payload": lambda k: signed_raw(k.rsa, rs256_header(k, b64=False, crit=["b64"]), good_claims()),
+    # Keys named by the token itself are never used.
+    "embedded-jwk-of-the-attacker": embedded_jwk,
+    "jku-to-the-attacker": jku_to_attacker,
+    "nested-jwt": nested_jwt,
+    "jwe-five-segments": lambda k: "eyJhbGciOiJSU0EtT0FFUCIsImVuYyI6IkEyNTZHQ00ifQ.a.b.c.d",
 }
 
 
@@ -452,6 +550,27 @@ async def test_accepted_algorithms(world: World, client: httpx.AsyncClient, alg:
 async def test_forged_or_invalid_tokens_are_401(world: World, client: httpx.AsyncClient, forgery: str) -> None:
     token = FORGERIES[forgery](world.keys)
     assert_invalid_token(await ask(client, world.main, world.session_a, token=token))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"x5t": "bm90LWEtcmVhbC10aHVtYnByaW50", "x5t#S256": "bm90LWEtcmVhbC10aHVtYnByaW50LXNoYTI1Ng"},
+        {"ver": "2.0", "x-idp-trace": {"span": [1, 2, 3]}},
+        {"jku": "http://127.0.0.1:9/elsewhere.json", "x5u": "http://127.0.0.1:9/cert.pem"},
+    ],
+    ids=["x5t-thumbprints", "custom-fields", "jku-x5u-ignored"],
+)
+async def test_unregistered_non_critical_header_parameters_are_ignored(
+    world: World, client: httpx.AsyncClient, extra: dict[str, Any]
+) -> None:
+    """Identity providers add header fields of their own: accepted, never used (keys come from our JWKS only)."""
+    token = signed_raw(world.keys.rsa, rs256_header(world.keys, **extra), good_claims())
+    assert_streams(await ask(client, world.main, world.session_a, token=token), world.session_a)
+    # The same header with "crit" naming one of them is refused: we implement no extension.
+    name = next(iter(extra))
+    critical = signed_raw(world.keys.rsa, rs256_header(world.keys, crit=[name], **extra), good_claims())
+    assert_invalid_token(await ask(client, world.main, world.session_a, token=critical))
 
 
 @pytest.mark.parametrize(

@@ -57,10 +57,17 @@ def iso_millis(updated_ms: int) -> str:
     )
 
 
+# Line breaks that JSON leaves raw but line-splitting clients (Python's str.splitlines, some SSE
+# libraries) break lines at; escaped, the data stays one line for every client and parses the same.
+_UNICODE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
 def encode_transition(transition: Transition) -> bytes:
     data = orjson.dumps(
         {"id": transition.session_id, "status": transition.status.value, "updatedAt": iso_millis(transition.updated_ms)}
     ).decode()
+    if not data.isascii():
+        data = data.translate(_UNICODE_BREAKS)
     return ServerSentEvent(data=data, event="message", id=event_id(transition), sep="\n").encode()
 
 

@@ -380,6 +380,10 @@ async def test_a_broker_outage_keeps_the_replica_ready_and_serving(
             assert statuses == {200}, f"/readyz answered {statuses} during the outage"
             metrics = await scrape(client, gateway)
             assert metrics.get("gateway_kafka_last_fetch_age_seconds") >= 15
+            # The client library's repeated connection errors are folded into a few lines.
+            kafka_lines = [line for line in gateway.logs().splitlines() if '"logger": "aiokafka' in line]
+            assert len(kafka_lines) <= 40, f"{len(kafka_lines)} aiokafka lines during a 20 s outage"
+            assert metrics.get("gateway_kafka_log_lines_suppressed_total") > 0
 
             await asyncio.to_thread(broker.start)
             await eventually(

@@ -67,7 +67,7 @@ pip_target() { # name, requirement, dir
   say "installing $requirement from PyPI into $dir (first run only) ..."
   rm -rf "$dir"
   mkdir -p "$dir"
-  progress "$name" "$PYTHON" -m pip install --disable-pip-version-check --no-deps --no-compile \
+  progress "$name" "$PYTHON" -m pip install --disable-pip-version-check --root-user-action=ignore --no-deps --no-compile \
     --progress-bar off --target "$dir/lib" "$requirement" \
     || die "could not install $requirement from PyPI (see above)"
 }

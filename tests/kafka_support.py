@@ -34,7 +34,8 @@ from consumers.supervision import Supervisor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KAFKA_SCRIPT = REPO_ROOT / "scripts" / "kafka.sh"
-TESTCONTAINERS_IMAGE = "confluentinc/cp-kafka:7.6.0"
+# The same Apache Kafka image and version as docker-compose.kafka.yml and scripts/kafka.sh (a test checks it).
+TESTCONTAINERS_IMAGE = "apache/kafka:4.1.1"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,23 +161,64 @@ def docker_available(timeout: float = 2.0) -> bool:
 
 @contextlib.contextmanager
 def testcontainers_broker() -> Iterator[str]:
-    """A KRaft broker in a container (only when a Docker engine is available)."""
-    from testcontainers.community.kafka import KafkaContainer
+    """A KRaft broker in an ``apache/kafka`` container (only when a Docker engine is available).
 
+    testcontainers' ``KafkaContainer`` drives Confluent's images only, so this is a plain container
+    configured like docker-compose.kafka.yml. The advertised address (host and mapped port) is known
+    only once the container runs: the container waits for a start script, written after start.
+    """
+    import io
+    import tarfile
+
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.waiting_utils import wait_for_logs
+
+    script = "/tmp/tc-start.sh"
+    container = (
+        DockerContainer(TESTCONTAINERS_IMAGE)
+        .with_exposed_ports(9092)
+        .with_env("CLUSTER_ID", "dfwsfynOQ8alTJgRUU7lLw")
+        .with_env("KAFKA_NODE_ID", "1")
+        .with_env("KAFKA_PROCESS_ROLES", "broker,controller")
+        .with_env("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@localhost:9094")
+        .with_env("KAFKA_LISTENERS", "PLAINTEXT://0.0.0.0:9092,BROKER://0.0.0.0:9093,CONTROLLER://0.0.0.0:9094")
+        .with_env("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "PLAINTEXT:PLAINTEXT,BROKER:PLAINTEXT,CONTROLLER:PLAINTEXT")
+        .with_env("KAFKA_INTER_BROKER_LISTENER_NAME", "BROKER")
+        .with_env("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
+        .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
+        .with_env("KAFKA_NUM_PARTITIONS", "1")
+        .with_env("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
+        .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+        .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+        .with_env("KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR", "1")
+        .with_env("KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR", "1")
+        .with_env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
+        .with_env("KAFKA_LOG_CLEANER_BACKOFF_MS", "1000")
+        .with_command(["sh", "-c", f"while [ ! -f {script} ]; do sleep 0.1; done; exec sh {script}"])
+    )
     try:
-        container = (
-            KafkaContainer(TESTCONTAINERS_IMAGE)
-            .with_kraft()
-            .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
-            .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
-            .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
-            .with_env("KAFKA_LOG_CLEANER_BACKOFF_MS", "1000")
-        )
         container.start()
+        bootstrap = f"{container.get_container_host_ip()}:{container.get_exposed_port(9092)}"
+        content = (
+            f"export KAFKA_ADVERTISED_LISTENERS=PLAINTEXT://{bootstrap},BROKER://localhost:9093\n"
+            "exec /etc/kafka/docker/run\n"
+        ).encode()
+        with io.BytesIO() as archive:
+            with tarfile.TarFile(fileobj=archive, mode="w") as tar:
+                info = tarfile.TarInfo(name=script.lstrip("/"))
+                info.size = len(content)
+                info.mode = 0o755
+                info.mtime = int(time.time())
+                tar.addfile(info, io.BytesIO(content))
+            archive.seek(0)
+            container.get_wrapped_container().put_archive("/", archive.getvalue())
+        wait_for_logs(container, "Kafka Server started", timeout=120)
     except Exception as error:
+        with contextlib.suppress(Exception):
+            container.stop()
         raise BrokerError(f"could not start Kafka with testcontainers ({TESTCONTAINERS_IMAGE}): {error}") from error
     try:
-        yield str(container.get_bootstrap_server())
+        yield bootstrap
     finally:
         container.stop()
 

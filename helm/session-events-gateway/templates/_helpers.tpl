@@ -108,6 +108,13 @@ lose the float formatting YAML parsing gives them (1000000, not 1e+06).
 {{- end }}
 
 {{/*
+Name of the internal Service (internal port: probes' endpoints, /metrics, /docs).
+*/}}
+{{- define "session-events-gateway.internalServiceName" -}}
+{{- printf "%s-internal" (include "session-events-gateway.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
 Directory the Kafka TLS Secret is mounted at.
 */}}
 {{- define "session-events-gateway.kafkaTlsDir" -}}
@@ -154,6 +161,12 @@ ConfigMap. Secrets and the downward-API instance id are rendered in the Deployme
   (list "GATEWAY_LOG_LEVEL" $v.logLevel)
   (list "GATEWAY_LOG_FORMAT" $v.logFormat)
   (list "GATEWAY_ACCESS_LOG" $v.accessLog)
+  (list "GATEWAY_INTERNAL_HOST" "0.0.0.0")
+  (list "GATEWAY_INTERNAL_PORT" $v.internalPort)
+  (list "GATEWAY_WORKERS" $v.workers)
+  (list "GATEWAY_READINESS_STRICT" $v.health.readinessStrict)
+  (list "GATEWAY_TASK_CRASH_LIMIT" $v.health.taskCrashLimit)
+  (list "GATEWAY_TASK_CRASH_WINDOW" $v.health.taskCrashWindow)
 -}}
 {{- if eq (include "session-events-gateway.saslEnabled" .) "true" }}
 {{- $pairs = append $pairs (list "GATEWAY_KAFKA_SASL_MECHANISM" $v.kafka.sasl.mechanism) }}
@@ -219,6 +232,17 @@ Checks values that a JSON schema cannot express; fails the render with a clear m
 */}}
 {{- define "session-events-gateway.validate" -}}
 {{- $kafka := .Values.kafka }}
+{{- /* Without these the app cannot work: refuse to render rather than deploy a crash loop. */}}
+{{- $_ := required "kafka.bootstrapServers is required: the Kafka brokers' host:port list, e.g. --set 'kafka.bootstrapServers=kafka-0.kafka:9092\\,kafka-1.kafka:9092'" $kafka.bootstrapServers }}
+{{- if not (or .Values.auth.jwksUrl .Values.auth.oidcIssuer) }}
+{{- fail "auth.jwksUrl or auth.oidcIssuer is required: the gateway verifies every stream's token and exits at start without signing keys, e.g. --set auth.oidcIssuer=https://idp.example.com/realms/wallet" }}
+{{- end }}
+{{- if eq (int .Values.internalPort) (int .Values.containerPort) }}
+{{- fail (printf "internalPort and containerPort must differ (both are %d): the internal endpoints (/readyz, /metrics, /docs) must not be reachable through the public Service" (int .Values.containerPort)) }}
+{{- end }}
+{{- if and .Values.serviceMonitor.enabled (not .Values.internalService.enabled) }}
+{{- fail "serviceMonitor.enabled needs internalService.enabled: the ServiceMonitor scrapes the internal port through the internal Service" }}
+{{- end }}
 {{- if eq (include "session-events-gateway.saslEnabled" .) "true" }}
 {{- if not $kafka.sasl.existingSecret }}
 {{- fail (printf "kafka.securityProtocol=%s needs kafka.sasl.existingSecret (a Secret holding the SASL password)" $kafka.securityProtocol) }}

@@ -11,13 +11,13 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, Path, Query
-from fastapi.middleware.cors import CORSMiddleware
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
@@ -32,16 +32,13 @@ from consumers.supervision import Supervisor
 from gateway import metrics
 from gateway.authentication import TokenVerifier
 from gateway.connections import ConnectionRegistry
-from gateway.errors import INVALID_TOKEN, MISSING_TOKEN
 from gateway.jwks import JwksCache
 from gateway.settings import GatewaySettings
 from gateway.sse import encode_transition
-from gateway.subscribe import MAX_SESSION_ID_LENGTH, EventsEndpoint
+from gateway.stream_route import PATH_TEMPLATE, match, openapi_operation
+from gateway.subscribe import EventsEndpoint
 
 log = logging.getLogger("gateway.app")
-
-_EVENTS_PREFIX = "/session/"
-_EVENTS_SUFFIX = "/events"
 
 
 @dataclass
@@ -178,35 +175,58 @@ class Runtime:
 
 
 class GatewayApp:
-    """ASGI entry point; see the module docstring."""
+    """ASGI entry point; see the module docstring.
 
-    def __init__(self, runtime: Runtime, api: FastAPI, events: EventsEndpoint) -> None:
+    The stream route goes to ``EventsEndpoint`` (matched once, on the raw path, see
+    ``gateway.stream_route``). The public port serves only that and a bare ``/livez`` (plus the demo
+    in dev mode); health details, metrics and docs are on the internal port, told apart by the
+    request's local port (``scope["server"]``). With ``GATEWAY_INTERNAL_PORT=0`` everything is on one port.
+    """
+
+    def __init__(self, runtime: Runtime, public: FastAPI, internal: FastAPI, events: EventsEndpoint) -> None:
         self.runtime = runtime
-        self.api = api
+        self.public = public
+        self.internal = internal
         self.events = events
+        settings = runtime.settings
+        self._internal_port = settings.internal_port if settings.internal_port != settings.port else 0
+        self._root_path = settings.root_path
+
+    def is_internal(self, scope: Scope) -> bool:
+        if not self._internal_port:
+            return True
+        server = scope.get("server")
+        return server is not None and server[1] == self._internal_port
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # A plain function returning the endpoint's coroutine: no frame of its own per open stream.
-        if scope["type"] == "http" and scope["method"] == "GET":
-            session_id = _events_session_id(scope["path"])
-            if session_id is not None:
+        if scope["type"] != "http":
+            return self.internal(scope, receive, send)  # lifespan
+        internal = self.is_internal(scope)
+        if not internal or not self._internal_port:
+            raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+            session_id = match(raw_path, scope.get("root_path") or self._root_path)
+            if session_id is not None and scope["method"] in ("GET", "OPTIONS"):
                 return self.events(scope, receive, send, session_id)
-        return self.api(scope, receive, send)
+        return (self.internal if internal else self.public)(scope, receive, send)
 
 
-def _events_session_id(path: str) -> str | None:
-    if path.startswith(_EVENTS_PREFIX) and path.endswith(_EVENTS_SUFFIX):
-        session_id = path[len(_EVENTS_PREFIX) : -len(_EVENTS_SUFFIX)]
-        if session_id and "/" not in session_id:
-            return session_id
-    return None
+def _openapi(internal: FastAPI, public: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI's document of both ports plus the stream route, from its one definition (``gateway.stream_route``)."""
 
+    def build() -> dict[str, Any]:
+        if internal.openapi_schema is None:
+            document = get_openapi(
+                title=internal.title,
+                version=internal.version,
+                description=internal.description,
+                routes=[*internal.routes, *public.routes],
+            )
+            document.setdefault("paths", {})[PATH_TEMPLATE] = {"get": openapi_operation()}
+            internal.openapi_schema = document
+        return internal.openapi_schema
 
-def _error_example(status: int, message: str, error: str) -> dict[str, Any]:
-    return {
-        "description": message,
-        "content": {"application/json": {"example": {"statusCode": status, "message": message, "error": error}}},
-    }
+    return build
 
 
 def create_app(
@@ -227,94 +247,49 @@ def create_app(
         finally:
             await runtime.stop()
 
-    api = FastAPI(
+    internal = FastAPI(
         title="session-events-gateway",
         version="0.1.0",
-        description="Streams wallet-session status changes from Kafka to browsers over Server-Sent Events.",
+        description="Streams wallet-session status changes from Kafka to browsers over Server-Sent Events. "
+        "The stream route is served on the public port; health, metrics and these docs on the internal port.",
         lifespan=lifespan,
     )
-    if settings.cors_origins:
-        api.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_credentials="*" not in settings.cors_origins,
-            allow_methods=["GET"],
-            allow_headers=["Authorization", "Last-Event-ID"],
-        )
+    public = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
-    @api.get("/livez", tags=["Health"], summary="Liveness: no supervised task keeps crashing")
+    @public.get("/livez", include_in_schema=False)
+    async def public_livez() -> JSONResponse:
+        return JSONResponse({"status": "alive"})
+
+    @internal.get("/livez", tags=["Health"], summary="Liveness: no supervised task keeps crashing")
     async def livez() -> JSONResponse:
         report = runtime.liveness()
         return JSONResponse(report, status_code=200 if report["status"] == "alive" else 503)
 
-    @api.get("/readyz", tags=["Health"], summary="Readiness: initial replay done, keys loaded once, not draining")
+    @internal.get("/readyz", tags=["Health"], summary="Readiness: initial replay done, keys loaded once, not draining")
     async def readyz() -> JSONResponse:
         report = runtime.readiness()
         return JSONResponse(report, status_code=200 if report["status"] == "ready" else 503)
 
-    @api.get("/metrics", tags=["Health"], summary="Prometheus metrics", response_class=Response)
+    @internal.get("/metrics", tags=["Health"], summary="Prometheus metrics", response_class=Response)
     async def prometheus_metrics() -> Response:
         from consumers import metrics as consumer_metrics
 
         consumer_metrics.STORE_SESSIONS.set(len(runtime.store))
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @api.get(
-        "/session/{id}/events",
-        tags=["Session Events"],
-        summary="Subscribe to session status updates",
-        description=(
-            "Server-Sent Events stream of a session's status. First a `retry:` field, then the current "
-            "status, then every later transition; the stream ends after a terminal status (completed, "
-            "expired, failed, cancelled). Each event is `event: message` with an `id` encoding the Kafka "
-            "position (send it back as `Last-Event-ID` to resume without loss) and `data` "
-            '`{"id", "status", "updatedAt"}`. The token may also come from `access_token`, '
-            "`Authorization: Bearer` or the configured cookie."
-        ),
-        response_class=Response,
-        responses={
-            200: {
-                "description": "The event stream.",
-                "content": {
-                    "text/event-stream": {
-                        "example": 'retry: 3000\n\nid: 0-42\nevent: message\ndata: {"id":"abc","status":"active",'
-                        '"updatedAt":"2026-11-28T10:00:00.000Z"}\n\n'
-                    }
-                },
-            },
-            204: {"description": "The client's last event (Last-Event-ID) was terminal: nothing more will come."},
-            401: _error_example(401, MISSING_TOKEN, "Unauthorized")
-            | {"description": f"No token: '{MISSING_TOKEN}'; failed verification: '{INVALID_TOKEN}'."},
-            403: _error_example(403, "Insufficient scope", "Forbidden"),
-            404: _error_example(404, "Session abc not found", "Not Found")
-            | {"description": "Unknown session, or one the token's tenant or session claim does not cover."},
-            429: _error_example(429, "Too many open streams for this token subject", "Too Many Requests"),
-            503: _error_example(503, "Session state is still loading", "Service Unavailable")
-            | {"description": "Replaying, at the connection limit, or behind a resumed position; see Retry-After."},
-        },
-    )
-    async def session_events(
-        id: str = Path(description="Session ID to subscribe to", max_length=MAX_SESSION_ID_LENGTH),
-        token: str | None = Query(None, description="JWT access token for authentication"),
-        access_token: str | None = Query(None, description="Alternative name for the token parameter"),
-        lastEventId: str | None = Query(
-            None, description="Resume after this event id (the Last-Event-ID header takes precedence)"
-        ),
-    ) -> Response:
-        """Documents the route; requests normally reach ``EventsEndpoint`` directly (see ``GatewayApp``)."""
-
-        class _Delegate(Response):
-            async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-                await events(scope, receive, send, id)
-
-        return _Delegate()
+    internal.openapi = _openapi(internal, public)  # type: ignore[method-assign]
 
     if settings.dev_mode:
         from gateway.dev import dev_router
 
         log.warning("DEV MODE: demo page and unauthenticated publishing endpoints are enabled; never in production")
-        api.include_router(dev_router(runtime))
+        public.include_router(dev_router(runtime))
 
-    app = GatewayApp(runtime, api, events)
-    api.state.runtime = runtime
+        @public.get("/dev/metrics", tags=["Development"], summary="Prometheus metrics for the demo page")
+        async def dev_metrics() -> Response:
+            return await prometheus_metrics()
+
+    app = GatewayApp(runtime, public, internal, events)
+    public.state.runtime = runtime
+    internal.state.runtime = runtime
     return app

@@ -1,4 +1,11 @@
-"""All open streams of this process: limits, the shared clock, token expiry and graceful drain.
+"""All open streams of this process: admission limits, the shared clock, token expiry and graceful drain.
+
+Admission: a request holds a ``Ticket`` from the moment it is authenticated until its stream ends,
+waiting included (for a session that does not exist yet, or a position this replica has not read),
+so parked requests count against the same limits as open streams, plus a cap of their own. Limits
+are keyed so that no tenant can consume another's: per session by (tenant, session id), per subject
+by (tenant, subject). A stream releases its ticket the moment it is closed, not when its connection
+is finally gone, so a stream that is draining or ending never blocks its own reconnect.
 
 One clock task serves every connection: each tick it heartbeats one slice of the streams (so a
 heartbeat wave never wakes every connection at once); once a second it closes streams whose
@@ -13,16 +20,44 @@ import contextlib
 import logging
 import math
 import time
+from typing import Protocol
 
 from consumers.hub import Hub
 from gateway import metrics
 from gateway.errors import StreamRefused
 from gateway.settings import GatewaySettings
-from gateway.subscriber import StreamSubscriber
 
 log = logging.getLogger("gateway.connections")
 
 TICK_SECONDS = 0.25
+
+
+class OpenStream(Protocol):
+    """What the registry and its clock need of an open stream (native or portable ASGI)."""
+
+    session_id: str
+    slot: int
+    last_write: float
+    expires_at: float
+    close_reason: str | None
+
+    def stalled(self) -> bool: ...
+    def heartbeat(self) -> None: ...
+    def disconnected(self) -> bool: ...
+    def close(self, reason: str) -> None: ...
+    def cut_slow_client(self) -> None: ...
+
+
+class Ticket:
+    """One admitted request (waiting or streaming) as counted by the limits."""
+
+    __slots__ = ("released", "session_key", "subject_key", "waiting")
+
+    def __init__(self, subject_key: str, session_key: str, waiting: bool) -> None:
+        self.subject_key = subject_key
+        self.session_key = session_key
+        self.waiting = waiting
+        self.released = False
 
 
 class ConnectionRegistry:
@@ -30,9 +65,12 @@ class ConnectionRegistry:
         self._settings = settings
         self._hub = hub
         self._slot_count = max(1, math.ceil(settings.heartbeat_interval / TICK_SECONDS))
-        self._slots: list[set[StreamSubscriber]] = [set() for _ in range(self._slot_count)]
+        self._slots: list[set[OpenStream]] = [set() for _ in range(self._slot_count)]
         self._next_slot = 0
         self._per_subject: dict[str, int] = {}
+        self._per_session: dict[str, int] = {}
+        self._tickets = 0
+        self._waiting = 0
         self._count = 0
         self._tick = 0
         self.draining = False
@@ -42,57 +80,86 @@ class ConnectionRegistry:
     def __len__(self) -> int:
         return self._count
 
-    def admit(self, subject: str, session_id: str | None = None) -> None:
-        """Raises ``StreamRefused`` when a limit is reached; ``session_id`` adds the per-session limit.
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def reserve(self, tenant: str, subject: str, session_id: str, *, waiting: bool) -> Ticket:
+        """Counts a request against every limit, or raises ``StreamRefused``.
 
         Hang-ups are noticed by the once-a-second sweep; before refusing, streams whose client is
         already gone are dropped, so a page reload right after closing tabs is not refused.
         """
-        refusal = self._refusal(subject, session_id)
+        subject_key = f"{tenant}\x00{subject}"
+        session_key = f"{tenant}\x00{session_id}"
+        refusal = self._refusal(subject_key, session_key, waiting)
         if refusal is not None and self._drop_disconnected():
-            refusal = self._refusal(subject, session_id)
+            refusal = self._refusal(subject_key, session_key, waiting)
         if refusal is not None:
             metrics.LIMIT_REFUSALS.labels(refusal.reason).inc()
             raise refusal
+        self._tickets += 1
+        self._per_subject[subject_key] = self._per_subject.get(subject_key, 0) + 1
+        self._per_session[session_key] = self._per_session.get(session_key, 0) + 1
+        if waiting:
+            self._waiting += 1
+            metrics.WAITING_REQUESTS.inc()
+        return Ticket(subject_key, session_key, waiting)
 
-    def _refusal(self, subject: str, session_id: str | None) -> StreamRefused | None:
+    def stop_waiting(self, ticket: Ticket) -> None:
+        if ticket.waiting and not ticket.released:
+            ticket.waiting = False
+            self._waiting -= 1
+            metrics.WAITING_REQUESTS.dec()
+
+    def release(self, ticket: Ticket) -> None:
+        if ticket.released:
+            return
+        self.stop_waiting(ticket)
+        ticket.released = True
+        self._tickets -= 1
+        for counts, key in ((self._per_subject, ticket.subject_key), (self._per_session, ticket.session_key)):
+            remaining = counts[key] - 1
+            if remaining:
+                counts[key] = remaining
+            else:
+                del counts[key]
+
+    def _refusal(self, subject_key: str, session_key: str, waiting: bool) -> StreamRefused | None:
         settings = self._settings
-        if self._count >= settings.max_connections:
+        if self._tickets >= settings.max_connections:
             return StreamRefused(503, "Too many open streams on this server", {"Retry-After": "5"}, "max_connections")
-        if self._per_subject.get(subject, 0) >= settings.max_connections_per_subject:
+        if waiting and self._waiting >= settings.max_waiting_requests:
+            return StreamRefused(
+                503, "Too many requests waiting on this server", {"Retry-After": "5"}, "max_waiting_requests"
+            )
+        per_subject = settings.max_connections_per_subject
+        if per_subject and self._per_subject.get(subject_key, 0) >= per_subject:
             return StreamRefused(
                 429, "Too many open streams for this token subject", {"Retry-After": "10"}, "per_subject"
             )
-        if session_id is not None and self._hub.count(session_id) >= settings.max_connections_per_session:
+        if self._per_session.get(session_key, 0) >= settings.max_connections_per_session:
             return StreamRefused(429, "Too many open streams for this session", {"Retry-After": "10"}, "per_session")
         return None
 
     def _drop_disconnected(self) -> int:
-        gone = [s for slot in self._slots for s in slot if s.disconnected()]
+        gone = [s for slot in self._slots for s in slot if s.close_reason is None and s.disconnected()]
         for subscriber in gone:
             subscriber.close("client_disconnected")
-            self.remove(subscriber)
-            self._hub.unsubscribe(subscriber.session_id, subscriber)
         return len(gone)
 
-    def add(self, subscriber: StreamSubscriber) -> None:
+    def add(self, subscriber: OpenStream) -> None:
         subscriber.slot = self._next_slot
         self._next_slot = (self._next_slot + 1) % self._slot_count
         self._slots[subscriber.slot].add(subscriber)
-        self._per_subject[subscriber.subject] = self._per_subject.get(subscriber.subject, 0) + 1
         self._count += 1
         metrics.OPEN_STREAMS.inc()
 
-    def remove(self, subscriber: StreamSubscriber) -> None:
+    def remove(self, subscriber: OpenStream) -> None:
         slot = self._slots[subscriber.slot]
         if subscriber not in slot:
             return
         slot.discard(subscriber)
-        remaining = self._per_subject[subscriber.subject] - 1
-        if remaining:
-            self._per_subject[subscriber.subject] = remaining
-        else:
-            del self._per_subject[subscriber.subject]
         self._count -= 1
         metrics.OPEN_STREAMS.dec()
         if self.draining and not self._count:
@@ -135,11 +202,11 @@ class ConnectionRegistry:
             if self.draining:
                 self._drain_step()
 
-    def _clock_failed(self, subscriber: StreamSubscriber) -> None:
+    def _clock_failed(self, subscriber: OpenStream) -> None:
         metrics.CLOCK_ERRORS.inc()
         log.exception("the stream clock failed on a stream of session %r; closing it", subscriber.session_id)
         self.remove(subscriber)
-        self._hub.unsubscribe(subscriber.session_id, subscriber)
+        self._hub.unsubscribe(subscriber.session_id, subscriber)  # type: ignore[arg-type]
         with contextlib.suppress(Exception):
             subscriber.close("clock_error")
 

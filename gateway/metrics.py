@@ -25,3 +25,12 @@ JWKS_LAST_REFRESH_AGE = Gauge(
     "gateway_jwks_last_refresh_age_seconds", "Seconds since the signing keys were last fetched successfully."
 )
 CLOCK_ERRORS = Counter("gateway_stream_clock_errors_total", "Streams closed because the shared clock failed on them.")
+WAITING_REQUESTS = Gauge(
+    "gateway_waiting_requests", "Admitted stream requests waiting for their session or a resume position."
+)
+OPEN_SOCKETS = Gauge("gateway_open_sockets", "Open connections on the public port (streams and everything else).")
+EDGE_REFUSALS = Counter(
+    "gateway_edge_refusals_total",
+    "Connections the HTTP edge refused or closed before a request was served, by reason.",
+    ["reason"],
+)

@@ -1,21 +1,24 @@
-"""Runs the gateway under uvicorn (uvloop, httptools) with a graceful drain on SIGTERM.
+"""Runs the gateway under uvicorn (uvloop) with its HTTP edge, two ports and a graceful drain on SIGTERM.
 
 uvicorn on its own stops listening at once and then waits for open responses, which for SSE
 never end by themselves (the known uvicorn/sse-starlette shutdown hang). Instead, the first
 SIGTERM fails readiness at once, ends new streams right after their first events, and closes
 open streams spread over ``GATEWAY_DRAIN_SECONDS`` so clients reconnect to other replicas
-gradually; only then does
-uvicorn shut down, bounded by ``GATEWAY_SHUTDOWN_GRACE_SECONDS``. SIGINT (Ctrl-C) drains at once;
-a second signal exits immediately.
+gradually; only then does uvicorn shut down, bounded by ``GATEWAY_SHUTDOWN_GRACE_SECONDS``.
+SIGINT (Ctrl-C) drains at once; a second signal exits immediately.
+
+The public port (streams) and the internal port (health, metrics, docs) are two listening sockets
+of one uvicorn server. Which HTTP engine serves them is decided by ``gateway.uvicorn_edge``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
-from types import FrameType
+import socket
 
 import uvicorn
 
@@ -23,53 +26,55 @@ from consumers.settings import ConsumerSettings
 from gateway.app import GatewayApp, create_app
 from gateway.logging_setup import configure_logging
 from gateway.settings import GatewaySettings
+from gateway.uvicorn_edge import EdgeLimits, EdgeProtocol, EdgeState, GatewayServer, check_engine
 
 log = logging.getLogger("gateway.server")
 
 
-class GatewayServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app: GatewayApp) -> None:
-        super().__init__(config)
-        self._app = app
-        self._drain_signal: int | None = None
-        self._drain_task: asyncio.Task[None] | None = None
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._drain_signal is None:
-            self._drain_signal = sig  # picked up by on_tick, inside the event loop
-            return
-        self.should_exit = True
-        self.force_exit = True
-
-    async def on_tick(self, counter: int) -> bool:
-        if self._drain_signal is not None and self._drain_task is None:
-            self._drain_task = asyncio.create_task(self._drain(self._drain_signal))
-        return await super().on_tick(counter)
-
-    async def _drain(self, sig: int) -> None:
-        connections = self._app.runtime.connections
-        seconds = self._app.runtime.settings.drain_seconds if sig == signal.SIGTERM else 0.0
-        log.info("received %s: draining %d streams over %.1fs", signal.Signals(sig).name, len(connections), seconds)
-        connections.start_drain(seconds)
-        try:
-            await asyncio.wait_for(connections.drained.wait(), timeout=seconds + 2.0)
-        except TimeoutError:
-            connections.close_all("draining")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(connections.drained.wait(), timeout=1.0)
-        log.info("drain finished, %d streams left; shutting down", len(connections))
-        self.should_exit = True
+async def drain(app: GatewayApp, sig: signal.Signals) -> None:
+    connections = app.runtime.connections
+    seconds = app.runtime.settings.drain_seconds if sig == signal.SIGTERM else 0.0
+    log.info("received %s: draining %d streams over %.1fs", sig.name, len(connections), seconds)
+    connections.start_drain(seconds)
+    try:
+        await asyncio.wait_for(connections.drained.wait(), timeout=seconds + 2.0)
+    except TimeoutError:
+        connections.close_all("draining")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(connections.drained.wait(), timeout=1.0)
+    log.info("drain finished, %d streams left; shutting down", len(connections))
 
 
-def build_server(settings: GatewaySettings, consumer_settings: ConsumerSettings) -> GatewayServer:
+def choose_engine(settings: GatewaySettings) -> str:
+    if settings.http_engine == "asgi":
+        return "asgi"
+    problem = check_engine()
+    if problem:
+        log.warning("native HTTP engine unavailable (%s): serving on the portable ASGI path", problem)
+        return "asgi"
+    return "native"
+
+
+def build_server(settings: GatewaySettings, consumer_settings: ConsumerSettings) -> tuple[GatewayServer, str]:
     log_config = configure_logging(settings.log_level, settings.log_format, settings.instance_id)
     app = create_app(settings, consumer_settings)
+    engine = choose_engine(settings)
+    http: object = "httptools"
+    if engine == "native":
+        limits = EdgeLimits(
+            idle_timeout=settings.idle_timeout,
+            head_timeout=settings.request_head_timeout,
+            max_header_bytes=settings.max_header_bytes,
+            max_sockets=settings.max_sockets,
+            internal_port=settings.internal_port if settings.internal_port != settings.port else 0,
+            root_path=settings.root_path,
+            access_log=settings.access_log,
+        )
+        http = functools.partial(EdgeProtocol, EdgeState(limits, app.events))
     config = uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=http,  # type: ignore[arg-type]
         ws="none",
         lifespan="on",
         interface="asgi3",
@@ -80,8 +85,33 @@ def build_server(settings: GatewaySettings, consumer_settings: ConsumerSettings)
         backlog=4096,
         server_header=False,
         proxy_headers=True,
+        root_path=settings.root_path,
     )
-    return GatewayServer(config, app)
+    return GatewayServer(config, functools.partial(drain, app)), engine
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def listening_sockets(settings: GatewaySettings) -> list[socket.socket]:
+    sockets = [bind(settings.host, settings.port)]
+    if settings.internal_port and settings.internal_port != settings.port:
+        try:
+            sockets.append(bind(settings.internal_host, settings.internal_port))
+        except OSError:
+            sockets[0].close()
+            raise
+    return sockets
 
 
 def raise_open_files_limit() -> int:
@@ -99,12 +129,21 @@ def raise_open_files_limit() -> int:
 
 
 def serve(settings: GatewaySettings, consumer_settings: ConsumerSettings) -> None:
-    server = build_server(settings, consumer_settings)
+    server, engine = build_server(settings, consumer_settings)
     limit = raise_open_files_limit()
-    if 0 <= limit < settings.max_connections + 100:
+    if 0 <= limit < settings.max_sockets + 100:
         log.warning(
-            "open-files limit %d is below GATEWAY_MAX_CONNECTIONS=%d: streams will fail with EMFILE first",
+            "open-files limit %d is below GATEWAY_MAX_SOCKETS=%d plus 100 for Kafka, logs and the internal port: "
+            "connections beyond the limit fail with EMFILE; raise the limit (ulimit -n) or lower GATEWAY_MAX_SOCKETS",
             limit,
-            settings.max_connections,
+            settings.max_sockets,
         )
-    server.run()
+    sockets = listening_sockets(settings)
+    log.info(
+        "serving streams on %s:%d and health/metrics/docs on %s (%s HTTP engine)",
+        settings.host,
+        settings.port,
+        f"{settings.internal_host}:{settings.internal_port}" if len(sockets) > 1 else "the same port",
+        engine,
+    )
+    server.run(sockets=sockets)

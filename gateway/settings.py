@@ -24,6 +24,14 @@ class GatewaySettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    internal_host: str = Field("127.0.0.1", description="Address of the internal port (health, metrics, docs).")
+    internal_port: int = Field(
+        9090, ge=0, le=65535, description="Health, metrics and docs; 0 serves them on the public port instead."
+    )
+    root_path: str = Field("", description="Path prefix a proxy strips before forwarding (ASGI root_path).")
+    http_engine: Literal["native", "asgi"] = Field(
+        "native", description="native: the gateway's own HTTP edge on uvicorn; asgi: portable ASGI path."
+    )
     instance_id: str = Field(default_factory=socket.gethostname, description="Replica name, for logs.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
@@ -59,10 +67,17 @@ class GatewaySettings(BaseSettings):
     max_buffered_bytes: int = Field(64 * 1024, ge=1024, description="Per-stream buffer before a slow client is cut.")
     close_on_token_expiry: bool = True
     max_connections: int = Field(20_000, ge=1)
-    max_connections_per_subject: int = Field(50, ge=1)
+    max_connections_per_subject: int = Field(0, ge=0, description="0: no per-subject limit.")
+    max_waiting_requests: int = Field(1000, ge=1, description="Requests waiting for a session or position.")
     max_connections_per_session: int = Field(20, ge=1)
     drain_seconds: float = Field(20.0, ge=0)
     shutdown_grace_seconds: float = Field(5.0, ge=0)
+
+    # HTTP edge (native engine)
+    idle_timeout: float = Field(10.0, gt=0, description="A connection that sends nothing for this long is closed.")
+    request_head_timeout: float = Field(10.0, gt=0, description="Deadline for a whole request head (408).")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="Request line plus headers (431 beyond).")
+    max_sockets: int = Field(20_480, ge=1, description="Open connections on the public port (503 beyond).")
 
     # Health
     readiness_strict: bool = Field(

@@ -1,8 +1,10 @@
-"""``GET /session/{id}/events``: admits a stream, then hands it to a ``StreamSubscriber``.
+"""``GET /session/{id}/events``: admits a stream request, then opens its stream.
 
-Served as a bare ASGI endpoint in front of FastAPI: an open stream then holds only uvicorn's
-request task, this coroutine and its subscriber, not a stack of middleware frames. FastAPI
-still documents the route (see ``gateway.app``).
+Admission (token, tenant, limits, waiting for a session or a resume position) is one path shared by
+both engines: the native one (``gateway.uvicorn_edge``, a stream is written straight to its
+connection) and the portable ASGI one (``__call__``, for any ASGI server). Everything a request
+parsed (headers, the query with the token, claims) lives in the admission's frames and is freed
+once the stream is open; a stream keeps only what it writes.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import time
 import uuid
-from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.types import Receive, Scope, Send
@@ -23,28 +27,58 @@ from consumers.progress import PartitionProgress
 from consumers.store import SessionSnapshot, SessionStore, Transition
 from gateway import metrics
 from gateway.authentication import AuthenticationError, Principal, TokenVerifier, find_token
-from gateway.connections import ConnectionRegistry
-from gateway.errors import INVALID_TOKEN, MISSING_TOKEN, StreamRefused, not_found_message, send_error
+from gateway.connections import ConnectionRegistry, Ticket
+from gateway.cors import CorsPolicy
+from gateway.errors import INVALID_TOKEN, MISSING_TOKEN, StreamRefused, not_found_message
 from gateway.logging_setup import request_id_var
 from gateway.settings import GatewaySettings
 from gateway.sse import EventPosition, encode_retry, encode_transition, parse_event_id
+from gateway.stream_route import MAX_SESSION_ID_LENGTH
 from gateway.subscriber import StreamSubscriber
 
 log = logging.getLogger("gateway.stream")
 
-MAX_SESSION_ID_LENGTH = 256  # the record contract's limit
-
-_STREAM_HEADERS = [
+STREAM_HEADERS = [
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-store"),
     (b"x-accel-buffering", b"no"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-content-type-options", b"nosniff"),
 ]
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}", re.ASCII)
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class StreamRequest:
+    """What admission needs of a request, independent of the server that received it."""
+
+    session_id: str
+    query: bytes
+    headers: dict[str, str]
+
+
+@dataclass(slots=True)
+class Answer:
+    """A response that is not a stream: an error (NestJS-shaped JSON), 204, or a CORS preflight."""
+
+    status: int
+    headers: Headers
+    body: bytes = b""
+
+
+@dataclass(slots=True)
+class Admission:
+    principal: Principal
+    snapshot: SessionSnapshot
+    last_seen: EventPosition | None
+    headers: Headers
+    ticket: Ticket
 
 
 class _Arrival:
-    """Hub subscriber that only notices the first record of a session not yet in the store."""
+    """Hub subscriber that notices records of a session this request waits for."""
 
     __slots__ = ("future",)
 
@@ -66,6 +100,12 @@ class _NoContent(Exception):
     """The client's last event was terminal: answer 204 so EventSource stops reconnecting."""
 
 
+def request_id(headers: dict[str, str]) -> str:
+    """The caller's X-Request-ID when it is short and plain, else a new one (it is echoed and logged)."""
+    offered = headers.get("x-request-id", "")
+    return offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+
+
 class EventsEndpoint:
     def __init__(
         self,
@@ -82,64 +122,33 @@ class EventsEndpoint:
         self.progress = progress
         self.verifier = verifier
         self.connections = connections
-        self._cors = {origin.encode() for origin in settings.cors_origins}
+        self.cors = CorsPolicy(settings.cors_origins)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, session_id: str) -> None:
-        # Everything before the stream runs in other frames, so what it parsed (headers, query with
-        # the token, claims, the session snapshot) is freed instead of living as long as the stream.
-        admitted = await self._admit(scope, send, session_id)
-        if admitted is None:
-            return
-        subscriber = await self._start_stream(session_id, *admitted, send)
-        del admitted
-        # The access log line is written: the query and headers (the token, cookies, about 1 KB from
-        # a browser) need not stay in memory as long as the stream does.
-        scope["query_string"] = b""
-        scope["headers"] = []
-        if self.connections.draining:
-            # A browser's EventSource gives up for good on any error status, so a client reaching a
-            # draining replica gets what it missed and a normal end of stream, then retries elsewhere.
-            subscriber.close("draining")
-        # Without uvicorn's transport (see gateway.subscriber), a task per stream watches for the disconnect.
-        watcher = None if subscriber.transport else asyncio.ensure_future(_watch_disconnect(receive, subscriber))
-        started = time.monotonic()
-        reason = "error"
+    # Admission (both engines) --------------------------------------------------------------------
+    async def admit(self, request: StreamRequest) -> Admission | Answer:
+        headers = request.headers
+        rid = request_id(headers)
+        request_id_var.set(rid)
+        extra = [(b"x-request-id", rid.encode("ascii")), *self.cors.headers(headers.get("origin"))]
         try:
-            reason = await subscriber.run()
-            if reason not in ("slow_client", "client_disconnected"):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-            self.hub.unsubscribe(session_id, subscriber)
-            self.connections.remove(subscriber)
-            metrics.STREAMS_CLOSED.labels(reason).inc()
-            log.info("stream closed session=%s reason=%s after=%.1fs", session_id, reason, time.monotonic() - started)
-
-    async def _admit(
-        self, scope: Scope, send: Send, session_id: str
-    ) -> tuple[Principal, SessionSnapshot, EventPosition | None, list[tuple[bytes, bytes]]] | None:
-        """Checks everything before the stream starts; answers the error itself and returns None on refusal."""
-        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex
-        request_id_var.set(request_id)
-        extra_headers = [(b"x-request-id", request_id.encode("latin-1")), *self._cors_headers(headers)]
-        try:
-            principal = await self._authenticate(scope.get("query_string", b""), headers)
+            principal = await self._authenticate(request.query, headers)
+            query = dict(parse_qsl(request.query.decode("latin-1"), keep_blank_values=True))
             last_seen = parse_event_id(headers.get("last-event-id") or query.get("lastEventId"))
-            snapshot = await self._find_session(session_id, principal, last_seen)
+            snapshot, ticket = await self._find_session(request.session_id, principal, last_seen)
         except StreamRefused as refused:
             metrics.REQUESTS_REFUSED.labels(str(refused.status)).inc()
-            log.info("stream refused session=%s status=%d reason=%s", session_id, refused.status, refused.reason)
-            await send_error(send, refused, extra_headers)
-            return None
+            log.info(
+                "stream refused session=%r status=%d reason=%s", request.session_id, refused.status, refused.reason
+            )
+            return Answer(refused.status, _error_headers(refused, extra), refused.body())
         except _NoContent:
             metrics.REQUESTS_REFUSED.labels("204").inc()
-            await send({"type": "http.response.start", "status": 204, "headers": extra_headers})
-            await send({"type": "http.response.body", "body": b""})
-            return None
-        return principal, snapshot, last_seen, extra_headers
+            return Answer(204, extra)
+        return Admission(principal, snapshot, last_seen, extra, ticket)
+
+    def preflight(self, headers: dict[str, str]) -> Answer:
+        status, cors = self.cors.preflight(headers.get("origin"), headers.get("access-control-request-method"))
+        return Answer(status, cors)
 
     async def _authenticate(self, query: bytes, headers: dict[str, str]) -> Principal:
         token = find_token(query, headers, self.settings.token_cookie)
@@ -166,11 +175,10 @@ class EventsEndpoint:
 
     async def _find_session(
         self, session_id: str, principal: Principal, last_seen: EventPosition | None
-    ) -> SessionSnapshot:
+    ) -> tuple[SessionSnapshot, Ticket]:
         settings = self.settings
         if not self.progress.caught_up.is_set():
             raise StreamRefused(503, "Session state is still loading", {"Retry-After": "5"}, reason="replaying")
-        self.connections.admit(principal.subject)
         if settings.session_claim and principal.session is not None and principal.session != session_id:
             raise StreamRefused(404, not_found_message(session_id), reason="session_claim_mismatch")
         if len(session_id) > MAX_SESSION_ID_LENGTH:
@@ -180,82 +188,167 @@ class EventsEndpoint:
         snapshot = self._visible(self.store.get(session_id), principal)
         if snapshot is None and last_seen is not None and last_seen.terminal:
             raise _NoContent
-        if snapshot is None and settings.unknown_session_wait > 0:
-            snapshot = self._visible(await self._await_arrival(session_id), principal)
-        if snapshot is None:
-            raise StreamRefused(404, not_found_message(session_id), reason="unknown_session")
-        if last_seen is not None and last_seen.partition == snapshot.current.partition:
-            if not self.progress.reached(last_seen.partition, last_seen.offset):
-                caught_up = await self.progress.wait_for(last_seen.partition, last_seen.offset, settings.resume_wait)
-                if not caught_up:
-                    raise StreamRefused(
-                        503, "This server has not caught up with the stream yet", {"Retry-After": "2"}, "resume_behind"
+        draining = self.connections.draining
+        tenant = principal.tenant or ""
+        waits = snapshot is None or (
+            last_seen is not None
+            and last_seen.partition == snapshot.current.partition
+            and not self.progress.reached(last_seen.partition, last_seen.offset)
+        )
+        # Counted from here on, waiting included. A draining replica answers with the state and an
+        # immediate end of stream, so such a request holds nothing and is not refused by a limit.
+        ticket = (
+            Ticket("", "", False)
+            if draining
+            else self.connections.reserve(tenant, principal.subject, session_id, waiting=waits)
+        )
+        try:
+            if snapshot is None and settings.unknown_session_wait > 0:
+                snapshot = await self._await_visible(session_id, principal)
+            if snapshot is None:
+                raise StreamRefused(404, not_found_message(session_id), reason="unknown_session")
+            if last_seen is not None and last_seen.partition == snapshot.current.partition:
+                if not self.progress.reached(last_seen.partition, last_seen.offset):
+                    caught_up = await self.progress.wait_for(
+                        last_seen.partition, last_seen.offset, settings.resume_wait
                     )
-                snapshot = self.store.get(session_id) or snapshot
-            if last_seen.offset >= snapshot.current.offset and snapshot.current.is_terminal:
-                raise _NoContent
-        # Checked again after the waits above: requests that waited must not overshoot the limits.
-        self.connections.admit(principal.subject, session_id)
-        return snapshot
+                    if not caught_up:
+                        raise StreamRefused(
+                            503,
+                            "This server has not caught up with the stream yet",
+                            {"Retry-After": "2"},
+                            "resume_behind",
+                        )
+                    snapshot = self._visible(self.store.get(session_id), principal) or snapshot
+                if last_seen.offset >= snapshot.current.offset and snapshot.current.is_terminal:
+                    raise _NoContent
+        except BaseException:
+            self.connections.release(ticket)
+            raise
+        self.connections.stop_waiting(ticket)
+        return snapshot, ticket
 
     def _visible(self, snapshot: SessionSnapshot | None, principal: Principal) -> SessionSnapshot | None:
         if snapshot is not None and self.settings.tenant_claim and principal.tenant != snapshot.tenant_id:
             return None
         return snapshot
 
-    async def _await_arrival(self, session_id: str) -> SessionSnapshot | None:
-        arrival = _Arrival()
-        self.hub.subscribe(session_id, arrival)
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(arrival.future, self.settings.unknown_session_wait)
-        finally:
-            self.hub.unsubscribe(session_id, arrival)
-        return self.store.get(session_id)
+    async def _await_visible(self, session_id: str, principal: Principal) -> SessionSnapshot | None:
+        """Waits until the session exists for this caller, or the full wait has passed.
 
-    async def _start_stream(
-        self,
-        session_id: str,
-        principal: Principal,
-        snapshot: SessionSnapshot,
-        last_seen: EventPosition | None,
-        extra_headers: list[tuple[bytes, bytes]],
-        send: Send,
-    ) -> StreamSubscriber:
-        settings = self.settings
+        A record for the same id in another tenant wakes the wait but does not end it: the answer
+        comes at the same time as for an id that never appears.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.unknown_session_wait
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            arrival = _Arrival()
+            self.hub.subscribe(session_id, arrival)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrival.future, remaining)
+            finally:
+                self.hub.unsubscribe(session_id, arrival)
+            snapshot = self._visible(self.store.get(session_id), principal)
+            if snapshot is not None:
+                return snapshot
+
+    # Opening the stream (both engines) ------------------------------------------------------
+    def expires_at(self, principal: Principal) -> float:
         # Closed when the token stops being accepted (exp plus leeway): closing at exp itself would let
         # EventSource reconnect at once with the same, still accepted, token, in a loop.
-        expires_at = principal.expires_at + settings.jwt_leeway if settings.close_on_token_expiry else float("inf")
-        subscriber = StreamSubscriber(session_id, principal.subject, expires_at, settings.max_buffered_bytes, send)
-        jitter = 1 + random.uniform(-settings.retry_jitter, settings.retry_jitter)
-        subscriber.queue(encode_retry(int(settings.retry_ms * jitter)), is_event=False)
-        # Re-read and register without awaiting in between, so no transition slips past.
-        current = self.store.get(session_id) or snapshot
-        for transition in _initial_transitions(current, last_seen):
-            subscriber.queue(encode_transition(transition))
-            if transition.is_terminal:
-                subscriber.end_after_flush = True
-        if not subscriber.end_after_flush:
-            self.hub.subscribe(session_id, subscriber)
-            self.connections.add(subscriber)
-        await send({"type": "http.response.start", "status": 200, "headers": [*_STREAM_HEADERS, *extra_headers]})
-        subscriber.enable_direct_writes()
-        metrics.STREAMS_OPENED.inc()
-        return subscriber
+        settings = self.settings
+        return principal.expires_at + settings.jwt_leeway if settings.close_on_token_expiry else float("inf")
 
-    def _cors_headers(self, headers: dict[str, str]) -> Iterable[tuple[bytes, bytes]]:
-        origin = headers.get("origin")
-        if not origin or not self._cors:
-            return ()
-        if b"*" in self._cors:
-            return ((b"access-control-allow-origin", b"*"),)
-        if origin.encode("latin-1") in self._cors:
-            return (
-                (b"access-control-allow-origin", origin.encode("latin-1")),
-                (b"access-control-allow-credentials", b"true"),
-                (b"vary", b"Origin"),
-            )
-        return ()
+    def first_frames(self, admission: Admission) -> tuple[list[bytes], bool]:
+        """``retry:`` and the current state (or what a resuming client missed); True if that ends the stream."""
+        settings = self.settings
+        jitter = 1 + random.uniform(-settings.retry_jitter, settings.retry_jitter)
+        frames = [encode_retry(int(settings.retry_ms * jitter))]
+        session_id = admission.snapshot.session_id
+        current = self._visible(self.store.get(session_id), admission.principal) or admission.snapshot
+        ends = False
+        for transition in _initial_transitions(current, admission.last_seen):
+            frames.append(encode_transition(transition))
+            ends = ends or transition.is_terminal
+        return frames, ends
+
+    def register(self, stream: Any, session_id: str) -> None:
+        """Makes an open stream receive live transitions; call right after ``first_frames``, without awaiting."""
+        self.hub.subscribe(session_id, stream)
+        self.connections.add(stream)
+
+    def closed(self, stream: Any, session_id: str, ticket: Ticket, reason: str, started: float) -> None:
+        self.connections.release(ticket)
+        self.hub.unsubscribe(session_id, stream)
+        self.connections.remove(stream)
+        metrics.STREAMS_CLOSED.labels(reason).inc()
+        log.info("stream closed session=%r reason=%s after=%.1fs", session_id, reason, time.monotonic() - started)
+
+    # The portable ASGI engine --------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, session_id: str) -> None:
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        if scope["method"] == "OPTIONS":
+            await _send_answer(send, self.preflight(headers))
+            return
+        result = await self.admit(StreamRequest(session_id, scope.get("query_string", b""), headers))
+        del headers
+        if isinstance(result, Answer):
+            await _send_answer(send, result)
+            return
+        await self._stream_asgi(result, receive, send)
+
+    async def _stream_asgi(self, admission: Admission, receive: Receive, send: Send) -> None:
+        session_id, ticket = admission.snapshot.session_id, admission.ticket
+        subscriber = StreamSubscriber(
+            session_id, self.expires_at(admission.principal), self.settings.max_buffered_bytes, send
+        )
+        subscriber.on_close = lambda: self.connections.release(ticket)
+        frames, ends = self.first_frames(admission)
+        for number, frame in enumerate(frames):
+            subscriber.queue(frame, is_event=number > 0)
+        if ends:
+            subscriber.end_after_flush = True
+        else:
+            self.register(subscriber, session_id)
+        headers = [*STREAM_HEADERS, *admission.headers]
+        del admission
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        metrics.STREAMS_OPENED.inc()
+        if self.connections.draining:
+            # A browser's EventSource gives up for good on any error status, so a client reaching a
+            # draining replica gets what it missed and a normal end of stream, then retries elsewhere.
+            subscriber.close("draining")
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, subscriber))
+        started = time.monotonic()
+        reason = "error"
+        try:
+            reason = await subscriber.run()
+            if reason not in ("slow_client", "client_disconnected"):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            self.closed(subscriber, session_id, ticket, reason, started)
+
+
+def _error_headers(refused: StreamRefused, extra: Headers) -> Headers:
+    return [
+        (b"content-type", b"application/json; charset=utf-8"),
+        (b"cache-control", b"no-store"),
+        *((name.lower().encode(), value.encode()) for name, value in refused.headers.items()),
+        *extra,
+    ]
+
+
+async def _send_answer(send: Send, answer: Answer) -> None:
+    headers = list(answer.headers)
+    if answer.body or answer.status not in (204, 304):
+        headers.append((b"content-length", str(len(answer.body)).encode()))
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})
 
 
 def _initial_transitions(snapshot: SessionSnapshot, last_seen: EventPosition | None) -> list[Transition]:

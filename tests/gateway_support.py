@@ -156,6 +156,9 @@ class JwksServer:
 # --- gateway process ----------------------------------------------------------------------------
 
 
+INTERNAL_PATHS = frozenset({"/readyz", "/metrics", "/docs", "/openapi.json"})
+
+
 class _ServedProcess:
     """What the gateway and dev-issuer subprocesses share: a loopback port, a log file, readiness, stop."""
 
@@ -174,7 +177,14 @@ class _ServedProcess:
             args, env=env, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, cwd=REPO
         )
 
+    @property
+    def internal_url(self) -> str:
+        """Where health, metrics and docs are served (the gateway's internal port)."""
+        port = getattr(self, "internal_port", None)
+        return f"http://127.0.0.1:{port}" if port else self.url
+
     async def wait_status(self, path: str, status: int, timeout: float = 60.0) -> httpx.Response:
+        base = self.internal_url if path.split("?", maxsplit=1)[0] in INTERNAL_PATHS else self.url
         deadline = time.monotonic() + timeout
         last: object = None
         async with httpx.AsyncClient(timeout=2.0) as client:
@@ -184,7 +194,7 @@ class _ServedProcess:
                     name = type(self).__name__
                     raise AssertionError(f"{name} exited with {self.process.returncode}:\n{self.logs()[-3000:]}")
                 try:
-                    response = await client.get(self.url + path)
+                    response = await client.get(base + path)
                     last = (response.status_code, response.text)
                     if response.status_code == status:
                         return response
@@ -222,9 +232,18 @@ class GatewayProcess(_ServedProcess):
     log_path: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    internal_port: int = field(default_factory=free_port)
 
     def start(self) -> GatewayProcess:
-        env = {**os.environ, **self.env, "GATEWAY_PORT": str(self.port), "GATEWAY_HOST": "127.0.0.1"}
+        env = {
+            **os.environ,
+            "GATEWAY_INTERNAL_PORT": str(self.internal_port),
+            **self.env,
+            "GATEWAY_PORT": str(self.port),
+            "GATEWAY_HOST": "127.0.0.1",
+        }
+        if env["GATEWAY_INTERNAL_PORT"] != str(self.internal_port):
+            self.internal_port = int(env["GATEWAY_INTERNAL_PORT"])
         self._spawn([sys.executable, "-m", "gateway", "serve"], env)
         return self
 

@@ -704,7 +704,7 @@ async def test_cached_keys_survive_a_jwks_outage(world: World, client: httpx.Asy
     for _ in range(3):
         assert_streams(await ask(client, gateway, world.session_a, token=mint(world.keys.rsa)), world.session_a)
         await asyncio.sleep(0.5)
-    ready = await client.get(f"{gateway.url}/readyz")
+    ready = await client.get(f"{gateway.internal_url}/readyz")
     assert ready.status_code == 200, ready.text
 
 

@@ -470,7 +470,7 @@ async def test_503_while_the_store_is_not_caught_up(
                 "error": "Service Unavailable",
             }
             assert int(stream.headers["retry-after"]) > 0
-        assert (await client.get(f"{gateway.url}/readyz")).status_code == 503
+        assert (await client.get(f"{gateway.internal_url}/readyz")).status_code == 503
 
         await create_topic(kafka_bootstrap, topic, partitions=1)
         await produce(kafka_bootstrap, topic, [(session_id.encode(), event_bytes(session_id, TENANT, "active"))])
@@ -488,12 +488,12 @@ async def test_503_while_the_store_is_not_caught_up(
 
 
 async def test_openapi_documents_the_events_endpoint(world: World, client: httpx.AsyncClient) -> None:
-    docs = await client.get(f"{world.main.url}/docs")
+    docs = await client.get(f"{world.main.internal_url}/docs")
     assert docs.status_code == 200
     assert docs.headers["content-type"].startswith("text/html")
     assert "swagger" in docs.text.lower()
 
-    spec = (await client.get(f"{world.main.url}/openapi.json")).json()
+    spec = (await client.get(f"{world.main.internal_url}/openapi.json")).json()
     operation = spec["paths"]["/session/{id}/events"]["get"]
     parameters = {(p["name"], p["in"]) for p in operation["parameters"]}
     assert {("id", "path"), ("token", "query")} <= parameters

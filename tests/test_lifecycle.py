@@ -286,7 +286,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 async def scrape(client: httpx.AsyncClient, gateway: GatewayProcess) -> Samples:
-    response = await client.get(gateway.url + "/metrics")
+    response = await client.get(gateway.internal_url + "/metrics")
     assert response.status_code == 200
     samples: Samples = {}
     for family in text_string_to_metric_families(response.text):

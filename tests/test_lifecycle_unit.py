@@ -1,9 +1,10 @@
 """Stream lifecycle logic that a real gateway process cannot reach on demand (see ``test_lifecycle``).
 
-The slow-client cut needs a write that uvicorn has paused (its transport holds 64 KiB the kernel
-would not take), which one SSE stream never reaches (at most three events plus heartbeats); so
-the subscriber runs here against a stand-in for uvicorn's request cycle whose writes stay paused
-until the peer reads or the transport is aborted, as uvicorn's do.
+The slow-client cut needs a write the peer does not take, which one SSE stream over loopback never
+reaches (at most three events plus heartbeats, and the kernel absorbs megabytes). So both stream
+kinds run here through their own interfaces: the portable ASGI stream against an ASGI ``send`` that
+blocks while the peer does not read (as every ASGI server's does), and the native stream against a
+``StreamChannel`` whose bytes stay pending.
 """
 
 from __future__ import annotations
@@ -17,92 +18,162 @@ from prometheus_client import REGISTRY
 
 from consumers.progress import PartitionProgress
 from consumers.store import Transition
-from gateway.sse import EventPosition, event_id, parse_event_id
+from gateway.native_stream import NativeStream
+from gateway.sse import HEARTBEAT, EventPosition, event_id, parse_event_id
 from gateway.subscriber import StreamSubscriber
 from schemas import SessionStatus
 
 
-class FakeTransport:
-    def __init__(self, cycle: PausedCycle) -> None:
-        self._cycle = cycle
-        self.aborted = False
-
-    def abort(self) -> None:
-        self.aborted = True
-        self._cycle.resumed.set()  # uvicorn: connection_lost() resumes writing, so a pending send returns
-
-    def is_closing(self) -> bool:
-        return self.aborted
-
-
-class PausedCycle:
-    """Stands for uvicorn's request cycle while writing is paused (``send`` awaits ``flow.drain()``)."""
+class PausedSend:
+    """An ASGI ``send`` while the peer is not reading: it blocks until released or disconnected."""
 
     def __init__(self) -> None:
         self.resumed = asyncio.Event()
-        self.transport = FakeTransport(self)
         self.written: list[bytes] = []
 
-    async def send(self, message: MutableMapping[str, Any]) -> None:
+    async def __call__(self, message: MutableMapping[str, Any]) -> None:
         await self.resumed.wait()
-        if self.transport.aborted:
-            return  # uvicorn: a send on a lost connection does nothing
         body = message.get("body", b"")
         assert isinstance(body, bytes)
         self.written.append(body)
 
 
-async def writing_subscriber(max_buffered: int = 1024) -> tuple[PausedCycle, StreamSubscriber, asyncio.Task[str]]:
-    """A subscriber whose first write (its initial event) is stuck in a paused transport."""
-    cycle = PausedCycle()
-    subscriber = StreamSubscriber("session", "subject", float("inf"), max_buffered, cycle.send)
-    assert subscriber.transport is cycle.transport, "the subscriber no longer finds uvicorn's transport"
-    subscriber.queue(b"id: 0-1\nevent: message\ndata: {}\n\n")
-    task = asyncio.create_task(subscriber.run())
+async def writing_subscriber(max_buffered: int = 1024) -> tuple[PausedSend, StreamSubscriber, asyncio.Task[str]]:
+    """A subscriber whose first write (its initial event) is stuck."""
+    send = PausedSend()
+    holder: list[StreamSubscriber] = []
+
+    async def run() -> str:
+        subscriber = StreamSubscriber("session", float("inf"), max_buffered, send)
+        holder.append(subscriber)
+        subscriber.queue(b"id: 0-1\nevent: message\ndata: {}\n\n")
+        return await subscriber.run()
+
+    task = asyncio.create_task(run())
     for _ in range(10):
         await asyncio.sleep(0)
+    subscriber = holder[0]
     assert subscriber.writing
-    return cycle, subscriber, task
+    return send, subscriber, task
 
 
 def slow_client_cuts() -> float:
     return REGISTRY.get_sample_value("gateway_slow_client_disconnects_total") or 0.0
 
 
-async def test_stalled_stream_is_aborted_once_its_buffer_overflows() -> None:
+async def test_stalled_stream_is_cut_once_its_buffer_overflows() -> None:
     before = slow_client_cuts()
-    cycle, subscriber, task = await writing_subscriber(max_buffered=1024)
+    send, subscriber, task = await writing_subscriber(max_buffered=1024)
     frame = b"x" * 300
     for _ in range(3):
         subscriber.deliver(frame, 0, False)
     assert subscriber.close_reason is None, "cut before the buffer was full"
     subscriber.deliver(frame, 0, False)  # 1200 bytes > 1024
     assert await asyncio.wait_for(task, 1.0) == "slow_client"
-    assert cycle.transport.aborted
-    assert cycle.written == [], "nothing may be written to an aborted connection"
+    assert send.written == [], "nothing may be written to a cut connection"
     assert slow_client_cuts() - before == 1
     subscriber.deliver(frame, 0, True)  # later deliveries are dropped quietly
     assert subscriber.close_reason == "slow_client"
 
 
 async def test_a_reader_that_resumes_in_time_gets_everything() -> None:
-    cycle, subscriber, task = await writing_subscriber(max_buffered=1024)
+    send, subscriber, task = await writing_subscriber(max_buffered=1024)
     subscriber.deliver(b"a" * 400, 0, False)
-    cycle.resumed.set()  # the client reads again
+    send.resumed.set()  # the client reads again
     subscriber.deliver(b"b" * 400, 0, True)
     assert await asyncio.wait_for(task, 1.0) == "terminal"
-    assert not cycle.transport.aborted
-    assert b"".join(cycle.written).endswith(b"a" * 400 + b"b" * 400)
+    assert b"".join(send.written).endswith(b"a" * 400 + b"b" * 400)
 
 
 @pytest.mark.parametrize("reason", ["draining", "token_expired", "session_deleted"])
-async def test_close_ends_a_stream_whose_write_is_paused(reason: str) -> None:
-    cycle, subscriber, task = await writing_subscriber()
+async def test_close_ends_a_stream_whose_write_is_stuck(reason: str) -> None:
+    _, subscriber, task = await writing_subscriber()
     subscriber.close(reason)
-    done, _ = await asyncio.wait({task}, timeout=0.5)
-    cycle.transport.abort()  # let the stuck writer go, whatever happened
-    await asyncio.wait_for(task, 1.0)
-    assert done, f"close({reason!r}) did not end a stream stuck in a paused write"
+    assert await asyncio.wait_for(task, 1.0) == reason
+
+
+class RecordingChannel:
+    """A ``StreamChannel`` whose peer takes nothing until ``drain()``."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.pending = 0
+        self.ended = False
+        self.aborted = False
+
+    def write_event(self, data: bytes) -> None:
+        self.written.append(data)
+        self.pending += len(data)
+
+    def end(self) -> None:
+        self.ended = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def pending_bytes(self) -> int:
+        return self.pending
+
+    def buffered_bytes(self) -> int:
+        return self.pending
+
+    def is_closing(self) -> bool:
+        return self.ended or self.aborted
+
+    def drain(self) -> None:
+        self.pending = 0
+
+
+def native_stream(max_buffered: int = 1024) -> tuple[RecordingChannel, NativeStream, list[str]]:
+    channel = RecordingChannel()
+    closed: list[str] = []
+    stream = NativeStream(channel, "session", float("inf"), max_buffered, lambda _, reason: closed.append(reason))
+    return channel, stream, closed
+
+
+def test_native_stream_writes_each_event_at_once_and_ends_after_a_terminal_one() -> None:
+    channel, stream, closed = native_stream()
+    stream.queue(b"retry: 3000\n\n", is_event=False)
+    stream.deliver(b"first", 0, False)
+    stream.heartbeat()
+    stream.deliver(b"last", 0, True)
+    assert channel.written == [b"retry: 3000\n\n", b"first", HEARTBEAT, b"last"]
+    assert channel.ended and not channel.aborted
+    assert closed == ["terminal"]
+    stream.deliver(b"after", 0, False)
+    stream.heartbeat()
+    assert channel.written[-1] == b"last", "nothing is written after the end"
+
+
+def test_native_stream_is_cut_when_the_peer_stops_taking_bytes() -> None:
+    before = slow_client_cuts()
+    channel, stream, closed = native_stream(max_buffered=10_000)
+    stream.deliver(b"x" * 100, 0, False)
+    assert not stream.stalled(), "first check: bytes pending, nothing to compare with yet"
+    channel.drain()
+    stream.deliver(b"y" * 100, 0, False)
+    assert not stream.stalled(), "the peer took bytes since the last check"
+    assert stream.stalled(), "pending at two checks in a row with nothing drained"
+    stream.cut_slow_client()
+    assert channel.aborted and closed == ["slow_client"]
+    assert slow_client_cuts() - before == 1
+
+
+def test_native_stream_over_its_buffer_bound_is_cut_at_the_next_event() -> None:
+    channel, stream, closed = native_stream(max_buffered=250)
+    stream.deliver(b"x" * 200, 0, False)
+    assert closed == []
+    stream.deliver(b"x" * 100, 0, False)
+    assert closed == ["slow_client"] and channel.aborted
+
+
+@pytest.mark.parametrize("reason", ["draining", "token_expired", "session_deleted"])
+def test_native_stream_close_ends_the_response_normally(reason: str) -> None:
+    channel, stream, closed = native_stream()
+    stream.close(reason)
+    stream.close("again")
+    assert channel.ended and not channel.aborted
+    assert closed == [reason]
 
 
 async def test_resume_wait_that_times_out_leaves_no_waiter_behind() -> None:

@@ -78,7 +78,7 @@ class Metrics:
 
 
 async def scrape(client: httpx.AsyncClient, gateway: GatewayProcess) -> Metrics:
-    response = await client.get(f"{gateway.url}/metrics")
+    response = await client.get(f"{gateway.internal_url}/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     return Metrics.parse(response.text)
@@ -96,7 +96,7 @@ async def eventually(
 
 
 async def readyz(client: httpx.AsyncClient, gateway: GatewayProcess) -> tuple[int, dict[str, Any]]:
-    response = await client.get(f"{gateway.url}/readyz")
+    response = await client.get(f"{gateway.internal_url}/readyz")
     body: dict[str, Any] = response.json()
     return response.status_code, body
 
@@ -517,6 +517,7 @@ DEV_ROUTES = [
     ("GET", "/demo/static/demo.js"),
     ("POST", "/dev/sessions"),
     ("POST", "/dev/sessions/some-session/status"),
+    ("GET", "/dev/metrics"),
 ]
 
 
@@ -524,7 +525,7 @@ async def test_dev_endpoints_are_absent_without_dev_mode(world: World, client: h
     for method, path in DEV_ROUTES:
         response = await client.request(method, f"{world.gateway.url}{path}", json={"status": "fetched"})
         assert response.status_code == 404, (method, path, response.status_code)
-    openapi = (await client.get(f"{world.gateway.url}/openapi.json")).json()
+    openapi = (await client.get(f"{world.gateway.internal_url}/openapi.json")).json()
     assert not any(path.startswith(("/dev", "/demo")) for path in openapi["paths"])
     assert "Development only" not in json.dumps(openapi)
     assert "DEV MODE" not in world.gateway.logs()
@@ -559,7 +560,7 @@ async def test_dev_mode_serves_the_demo_and_publishes(dev_world: DevWorld, clien
     for bad in ["nope.js", "..%2Fdev.py", "demo.html.bak", ".hidden.js"]:
         assert (await client.get(f"{base}/demo/static/{bad}")).status_code == 404, bad
 
-    openapi = (await client.get(f"{base}/openapi.json")).json()
+    openapi = (await client.get(f"{dev_world.gateway.internal_url}/openapi.json")).json()
     for path in ("/dev/sessions", "/dev/sessions/{id}/status"):
         operation = openapi["paths"][path]["post"]
         assert operation["tags"] == ["Development only"], operation

@@ -239,10 +239,10 @@ async def test_edge_records_through_a_real_broker_neither_stop_nor_break_a_repli
                 assert stream.status == 200
                 event = await stream.next_event(20)
                 assert event is not None and event.json()["id"] == long_unicode
-            metrics = (await client.get(f"{gateway.url}/metrics")).text
+            metrics = (await client.get(f"{gateway.internal_url}/metrics")).text
             assert 'gateway_records_rejected_total{reason="time_out_of_range"} 2.0' in metrics
             assert (await client.get(f"{gateway.url}/livez")).status_code == 200
-            assert (await client.get(f"{gateway.url}/readyz")).status_code == 200
+            assert (await client.get(f"{gateway.internal_url}/readyz")).status_code == 200
         assert "Traceback" not in gateway.logs()
     finally:
         gateway.stop()

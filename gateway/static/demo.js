@@ -216,7 +216,7 @@
 
   async function pollMetrics() {
     try {
-      const response = await fetch("/metrics", { cache: "no-store" });
+      const response = await fetch("/dev/metrics", { cache: "no-store" });
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const samples = parseMetrics(await response.text());
       $("m-open-streams").textContent = formatCount(sum(samples, "gateway_open_streams"));

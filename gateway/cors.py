@@ -1,0 +1,49 @@
+"""The one CORS policy: which origins may read the stream (``GATEWAY_CORS_ORIGINS``).
+
+EventSource sends a simple GET (no preflight); a fetch-based client that sends ``Authorization``
+or ``Last-Event-ID`` preflights with OPTIONS. Both are answered from here, for the stream route
+only: health, metrics and docs are not for browsers of other origins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+_ALLOWED_HEADERS = b"authorization, last-event-id"
+
+
+class CorsPolicy:
+    def __init__(self, origins: Sequence[str]) -> None:
+        self._origins = {origin.encode("latin-1") for origin in origins}
+        self._any = b"*" in self._origins
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._origins)
+
+    def headers(self, origin: str | None) -> list[tuple[bytes, bytes]]:
+        """Headers for an actual (GET) response to ``origin``; none when it is not allowed."""
+        if not origin or not self._origins:
+            return []
+        if self._any:
+            return [(b"access-control-allow-origin", b"*")]
+        raw = origin.encode("latin-1", errors="replace")
+        if raw in self._origins:
+            return [
+                (b"access-control-allow-origin", raw),
+                (b"access-control-allow-credentials", b"true"),
+                (b"vary", b"Origin"),
+            ]
+        return []
+
+    def preflight(self, origin: str | None, method: str | None) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """Status and headers of the answer to an OPTIONS preflight."""
+        allowed = self.headers(origin)
+        if not allowed or (method or "").upper() != "GET":
+            return 400, [(b"vary", b"Origin")]
+        return 204, [
+            *allowed,
+            (b"access-control-allow-methods", b"GET"),
+            (b"access-control-allow-headers", _ALLOWED_HEADERS),
+            (b"access-control-max-age", b"600"),
+        ]

@@ -1,0 +1,130 @@
+"""``GET /session/{id}/events``: the one definition of the stream route, for matching and for OpenAPI.
+
+Matched on the raw (still percent-encoded) path, so an id may contain any character, ``/``
+included (``/session/a%2Fb/events``), and behind a ``root_path`` (the path a proxy strips) the
+route matches with or without that prefix. The OpenAPI document is built from the same constants.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+from gateway.errors import INVALID_TOKEN, MISSING_TOKEN
+
+PATH_TEMPLATE = "/session/{id}/events"
+_PREFIX = b"/session/"
+_SUFFIX = b"/events"
+MAX_SESSION_ID_LENGTH = 256  # the record contract's limit
+
+
+def match(raw_path: bytes, root_path: str = "") -> str | None:
+    """The session id of a stream request's raw path, or None when the path is another route."""
+    if root_path:
+        prefix = root_path.rstrip("/").encode("latin-1")
+        if prefix and raw_path.startswith(prefix + b"/"):
+            raw_path = raw_path[len(prefix) :]
+    if not (raw_path.startswith(_PREFIX) and raw_path.endswith(_SUFFIX)):
+        return None
+    segment = raw_path[len(_PREFIX) : -len(_SUFFIX)]
+    if not segment or b"/" in segment:
+        return None
+    try:
+        text = segment.decode("ascii")
+    except UnicodeDecodeError:  # raw UTF-8 in the path (not percent-encoded): take it as sent
+        return segment.decode("utf-8", errors="replace")
+    return unquote(text, errors="replace") if "%" in text else text
+
+
+def _error(status: int, message: str, error: str, description: str = "") -> dict[str, Any]:
+    return {
+        "description": description or message,
+        "content": {"application/json": {"example": {"statusCode": status, "message": message, "error": error}}},
+    }
+
+
+def openapi_operation() -> dict[str, Any]:
+    """The route's OpenAPI 3.1 operation object."""
+    return {
+        "tags": ["Session Events"],
+        "summary": "Subscribe to session status updates",
+        "operationId": "session_events",
+        "description": (
+            "Server-Sent Events stream of a session's status. First a `retry:` field, then the current "
+            "status, then every later transition; the stream ends after a terminal status (completed, "
+            "expired, failed, cancelled). Each event is `event: message` with an `id` encoding the Kafka "
+            "position (send it back as `Last-Event-ID` to resume without loss) and `data` "
+            '`{"id", "status", "updatedAt"}`. The token may also come from `access_token`, '
+            "`Authorization: Bearer` or the configured cookie. Percent-encode the id (`/` as `%2F`)."
+        ),
+        "parameters": [
+            {
+                "name": "id",
+                "in": "path",
+                "required": True,
+                "description": "Session ID to subscribe to (percent-encoded)",
+                "schema": {"type": "string", "maxLength": MAX_SESSION_ID_LENGTH},
+            },
+            {
+                "name": "token",
+                "in": "query",
+                "required": False,
+                "description": "JWT access token for authentication",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "access_token",
+                "in": "query",
+                "required": False,
+                "description": "Alternative name for the token parameter",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "lastEventId",
+                "in": "query",
+                "required": False,
+                "description": "Resume after this event id (the Last-Event-ID header takes precedence)",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": False,
+                "description": "Sent by EventSource when it reconnects",
+                "schema": {"type": "string"},
+            },
+        ],
+        "responses": {
+            "200": {
+                "description": "The event stream.",
+                "content": {
+                    "text/event-stream": {
+                        "schema": {"type": "string"},
+                        "example": 'retry: 3000\n\nid: 0-42\nevent: message\ndata: {"id":"abc","status":"active",'
+                        '"updatedAt":"2026-11-28T10:00:00.000Z"}\n\n',
+                    }
+                },
+            },
+            "204": {"description": "The client's last event (Last-Event-ID) was terminal: nothing more will come."},
+            "401": _error(
+                401,
+                MISSING_TOKEN,
+                "Unauthorized",
+                f"No token: '{MISSING_TOKEN}'; failed verification: '{INVALID_TOKEN}'.",
+            ),
+            "403": _error(403, "Insufficient scope", "Forbidden"),
+            "404": _error(
+                404,
+                "Session abc not found",
+                "Not Found",
+                "Unknown session, or one the token's tenant or session claim does not cover.",
+            ),
+            "429": _error(429, "Too many open streams for this session", "Too Many Requests"),
+            "503": _error(
+                503,
+                "Session state is still loading",
+                "Service Unavailable",
+                "Replaying, at a connection limit, or behind a resumed position; see Retry-After.",
+            ),
+        },
+    }

@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError
 
 from consumers import metrics
 from consumers.hub import Hub
+from consumers.kafka_errors import ConnectErrorLog
 from consumers.progress import PartitionProgress
 from consumers.records import Rejected, Tombstone, decode_record
 from consumers.settings import ConsumerSettings
@@ -48,6 +49,7 @@ class SessionStatusConsumer:
         self._stopping = False
         self._stop_requested = asyncio.Event()
         self._reported_caught_up = False
+        self._connect_errors = ConnectErrorLog(settings)
         progress.on_caught_up = lambda: metrics.STORE_CAUGHT_UP.set(1)
 
     async def run(self) -> None:
@@ -58,9 +60,8 @@ class SessionStatusConsumer:
                 await self._connect()
                 break
             except Exception as error:  # any start-up failure is retried, never fatal
-                self.progress.last_error = f"cannot start consuming: {error}"
+                self.progress.last_error = self._connect_errors.report(error, backoff)  # one line per kind, counted
                 metrics.BROKER_REACHABLE.set(0)
-                log.warning("kafka not available yet, retrying in %.1fs: %s", backoff, error)
                 await self._close_consumer()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop_requested.wait(), backoff)

@@ -38,7 +38,7 @@ class Stack:
     key: Any
     logs: Path
 
-    def gateway(self, page: PageServer, name: str, port: int | None = None, **overrides: str) -> GatewayProcess:
+    def gateway(self, page: PageServer, name: str, *, port: int | None = None, **overrides: str) -> GatewayProcess:
         settings = {
             "GATEWAY_CORS_ORIGINS": page.origin,
             "GATEWAY_LOG_FORMAT": "text",
@@ -196,8 +196,13 @@ async def test_gateway_restart_mid_stream_browser_resumes_by_itself(
     replaying gets 503, and any error status closes an EventSource for good (a load balancer's readiness check
     does this job in production).
     """
-    drain_fast = {"GATEWAY_DRAIN_SECONDS": "1", "GATEWAY_SHUTDOWN_GRACE_SECONDS": "1"}
-    first = stack.gateway(page_server, "restart-first", GATEWAY_RETRY_MS="10000", **drain_fast).start()
+    first = stack.gateway(
+        page_server,
+        "restart-first",
+        GATEWAY_RETRY_MS="10000",
+        GATEWAY_DRAIN_SECONDS="1",
+        GATEWAY_SHUTDOWN_GRACE_SECONDS="1",
+    ).start()
     second: GatewayProcess | None = None
     try:
         await first.wait_ready(timeout=90)

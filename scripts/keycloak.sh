@@ -138,6 +138,7 @@ start() {
   if port_open "$PORT"; then die "port $PORT is taken by another process; set KEYCLOAK_PORT"; fi
   if port_open "$MANAGEMENT_PORT"; then die "port $MANAGEMENT_PORT is taken; set KEYCLOAK_MANAGEMENT_PORT"; fi
   fetch
+  command -v curl >/dev/null 2>&1 || die "curl is needed to wait for Keycloak to serve the realm"
   local java_home; java_home="$(find_java_home)"
   mkdir -p "$STATE"
   local home; home="$(make_home)"

@@ -33,6 +33,7 @@ from aiokafka.errors import KafkaError
 
 from consumers import metrics
 from consumers.hub import Hub
+from consumers.kafka_errors import ConnectErrorLog
 from consumers.progress import PartitionProgress
 from consumers.records import Rejected, Tombstone, decode_record
 from consumers.settings import ConsumerSettings
@@ -67,6 +68,7 @@ class SessionStatusConsumer:
         self._reported_caught_up = False
         self._connected = asyncio.Event()
         self.last_contact: float | None = None  # monotonic time the broker last answered a fetch or probe
+        self._connect_errors = ConnectErrorLog(settings)
         progress.on_caught_up = lambda: metrics.STORE_CAUGHT_UP.set(1)
         metrics.KAFKA_LAST_FETCH_AGE.set_function(self.seconds_since_contact)
 
@@ -85,9 +87,8 @@ class SessionStatusConsumer:
                 await self._connect()
                 break
             except Exception as error:  # any start-up failure is retried, never fatal
-                self.progress.last_error = f"cannot start consuming: {error}"
+                self.progress.last_error = self._connect_errors.report(error, backoff)  # one line per kind, counted
                 metrics.BROKER_REACHABLE.set(0)
-                log.warning("kafka not available yet, retrying in %.1fs: %s", backoff, error)
                 await self._close_consumer()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop_requested.wait(), backoff)

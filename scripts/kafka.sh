@@ -8,6 +8,12 @@
 # Environment: KAFKA_VERSION (default below), KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT+1),
 # KAFKA_CACHE_DIR (~/.cache/session-events-gateway), KAFKA_STATE_DIR (per port, under the cache),
 # KAFKA_HEAP (512m).
+#
+# Optional second listener, SASL_SSL (SCRAM-SHA-512), enabled by KAFKA_SASL_SSL_PORT; the PLAINTEXT listener
+# stays as it is. KAFKA_SSL_KEYSTORE (PKCS12 with the broker's key and certificate chain),
+# KAFKA_SSL_KEYSTORE_PASSWORD, KAFKA_SASL_SSL_HOST (advertised host, 127.0.0.1; the certificate must name it),
+# KAFKA_SCRAM_USERS ("user:password" pairs separated by spaces: SCRAM-SHA-512 credentials, written at
+# storage format time, or with kafka-configs when the state dir was formatted before).
 set -euo pipefail
 
 KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
@@ -21,6 +27,9 @@ STATE="${KAFKA_STATE_DIR:-$CACHE/state-$PORT}"
 PIDFILE="$STATE/kafka.pid"
 LOG="$STATE/server.log"
 HEAP="${KAFKA_HEAP:-512m}"
+SASL_SSL_PORT="${KAFKA_SASL_SSL_PORT:-}"
+SASL_SSL_HOST="${KAFKA_SASL_SSL_HOST:-127.0.0.1}"
+SCRAM_USERS="${KAFKA_SCRAM_USERS:-}"
 
 say() { printf '[kafka] %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -77,15 +86,26 @@ port_open() {
 
 write_config() {
   mkdir -p "$STATE/data"
+  local listeners="PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT"
+  local advertised="PLAINTEXT://127.0.0.1:$PORT"
+  local protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  if [ -n "$SASL_SSL_PORT" ]; then
+    [ -n "${KAFKA_SSL_KEYSTORE:-}" ] && [ -f "$KAFKA_SSL_KEYSTORE" ] \
+      || die "KAFKA_SASL_SSL_PORT is set: KAFKA_SSL_KEYSTORE must name the broker's PKCS12 keystore"
+    [ -n "${KAFKA_SSL_KEYSTORE_PASSWORD:-}" ] || die "KAFKA_SASL_SSL_PORT is set: KAFKA_SSL_KEYSTORE_PASSWORD is needed"
+    listeners="$listeners,SASL_SSL://127.0.0.1:$SASL_SSL_PORT"
+    advertised="$advertised,SASL_SSL://$SASL_SSL_HOST:$SASL_SSL_PORT"
+    protocols="$protocols,SASL_SSL:SASL_SSL"
+  fi
   cat > "$STATE/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
 log.dirs=$STATE/data
 num.partitions=1
 auto.create.topics.enable=false
@@ -97,6 +117,17 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 log.cleaner.backoff.ms=1000
 PROPS
+  if [ -n "$SASL_SSL_PORT" ]; then
+    cat >> "$STATE/server.properties" <<PROPS
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.sasl_ssl.ssl.keystore.location=$KAFKA_SSL_KEYSTORE
+listener.name.sasl_ssl.ssl.keystore.password=$KAFKA_SSL_KEYSTORE_PASSWORD
+listener.name.sasl_ssl.ssl.key.password=$KAFKA_SSL_KEYSTORE_PASSWORD
+listener.name.sasl_ssl.ssl.client.auth=none
+PROPS
+  fi
   cat > "$STATE/log4j2.properties" <<'L4J'
 status = warn
 appender.file.type = File
@@ -124,9 +155,14 @@ start() {
     local cluster_id
     cluster_id="$("$java" -cp "$cp" -Dlog4j2.configurationFile="$STATE/log4j2.properties" -Dkafka.logs.dir="$STATE" kafka.tools.StorageTool random-uuid 2>>"$STATE/format.log" | tail -n1)"
     say "formatting KRaft storage (cluster $cluster_id)"
+    local scram_args=() pair
+    for pair in $SCRAM_USERS; do
+      scram_args+=(--add-scram "SCRAM-SHA-512=[name=${pair%%:*},password=${pair#*:}]")
+    done
     "$java" -cp "$cp" -Dlog4j2.configurationFile="$STATE/log4j2.properties" -Dkafka.logs.dir="$STATE" \
-      kafka.tools.StorageTool format -t "$cluster_id" -c "$STATE/server.properties" >>"$STATE/format.log" 2>&1 \
-      || die "formatting storage failed; see $STATE/format.log"
+      kafka.tools.StorageTool format -t "$cluster_id" -c "$STATE/server.properties" ${scram_args[@]+"${scram_args[@]}"} \
+      >>"$STATE/format.log" 2>&1 || die "formatting storage failed; see $STATE/format.log"
+    touch "$STATE/.scram-at-format"
   fi
   say "starting broker on 127.0.0.1:$PORT (logs: $STATE)"
   nohup "$java" -Xms128m -Xmx"$HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
@@ -139,7 +175,18 @@ start() {
     [ $SECONDS -lt $deadline ] || { tail -n 30 "$STATE/broker.log" >&2 2>/dev/null; die "broker did not start within ${KAFKA_START_TIMEOUT:-90}s"; }
     sleep 0.3
   done
+  if [ -n "$SCRAM_USERS" ] && [ ! -f "$STATE/.scram-at-format" ]; then
+    for pair in $SCRAM_USERS; do
+      say "adding SCRAM-SHA-512 user ${pair%%:*}"
+      "$java" -cp "$cp" -Dlog4j2.configurationFile="$STATE/log4j2.properties" -Dkafka.logs.dir="$STATE" \
+        kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$PORT" --alter --entity-type users \
+        --entity-name "${pair%%:*}" --add-config "SCRAM-SHA-512=[password=${pair#*:}]" >>"$STATE/format.log" 2>&1 \
+        || die "adding SCRAM user ${pair%%:*} failed; see $STATE/format.log"
+    done
+  fi
+  rm -f "$STATE/.scram-at-format"
   say "ready: bootstrap servers 127.0.0.1:$PORT (pid $(cat "$PIDFILE"))"
+  if [ -n "$SASL_SSL_PORT" ]; then say "ready: SASL_SSL (SCRAM-SHA-512) listener on $SASL_SSL_HOST:$SASL_SSL_PORT"; fi
 }
 
 stop() {

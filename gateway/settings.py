@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from consumers.durations import milliseconds_fields, seconds_fields
+
 ALLOWED_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"}
 )
@@ -67,6 +69,14 @@ class GatewaySettings(BaseSettings):
     # Development only
     dev_mode: bool = False
     dev_issuer_url: str = "http://127.0.0.1:8090"
+
+    # Durations: plain seconds or 6h / 30m / 90s / 1d / 500ms (consumers/durations.py).
+    _seconds = seconds_fields(
+        "jwt_leeway", "jwks_min_refresh", "jwks_cache_ttl", "jwks_cache_min_ttl", "jwks_cache_max_ttl",
+        "jwks_timeout", "unknown_session_wait", "resume_wait", "heartbeat_interval", "drain_seconds",
+        "shutdown_grace_seconds",
+    )  # fmt: skip
+    _milliseconds = milliseconds_fields("retry_ms")
 
     @field_validator("jwt_algorithms", "cors_origins", mode="before")
     @classmethod

@@ -29,6 +29,7 @@ from consumers.settings import ConsumerSettings
 from consumers.store import SessionStore
 from gateway.authentication import TokenVerifier
 from gateway.connections import ConnectionRegistry
+from gateway.docs import mount_docs
 from gateway.errors import INVALID_TOKEN, MISSING_TOKEN
 from gateway.jwks import JwksCache
 from gateway.settings import GatewaySettings
@@ -188,6 +189,7 @@ def create_app(
         description="Streams wallet-session status changes from Kafka to browsers over Server-Sent Events.",
         lifespan=lifespan,
     )
+    mount_docs(api)  # Swagger UI from a package: works offline and under a strict CSP
     if settings.cors_origins:
         api.add_middleware(
             CORSMiddleware,

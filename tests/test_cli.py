@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,6 @@ from tests.gateway_support import (
     SigningKey,
     clean_env,
     dev_issuer_gateway_env,
-    free_port,
     gateway_env,
     mint,
     rsa_key,
@@ -43,6 +41,7 @@ from tests.gateway_support import (
     stopping,
 )
 from tests.kafka_support import create_topic, event_bytes, produce, read_all, unique_topic
+from tests.support import free_port, new_session
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -151,10 +150,6 @@ async def watch_world(
     finally:
         gateway.stop()
         jwks.stop()
-
-
-def new_session(label: str) -> str:
-    return f"{label}-{uuid.uuid4().hex[:12]}"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -881,9 +881,9 @@ async def test_connection_limits_refuse_with_retry_after_and_count_in_metrics(li
 
 
 async def test_requests_waiting_for_their_session_cannot_exceed_the_subject_limit(limited: Limited) -> None:
-    """Five concurrent requests of one subject for sessions that do not exist yet all pass the check
-    (nothing is open), wait for their session, and all get a stream once it appears: five streams
-    for a subject limited to three.
+    """Five concurrent requests of one subject for sessions that do not exist yet all pass the first
+    check (nothing is open) and wait for their session; once the sessions appear, only three (the
+    subject's limit) get a stream, and the other two get 429.
     """
     gateway = limited.gateway
     token = mint(limited.key, sub="burst")
@@ -902,7 +902,9 @@ async def test_requests_waiting_for_their_session_cannot_exceed_the_subject_limi
             for watch in opened:
                 await watch.close()
     print(f"\nwaiting requests: statuses {statuses}, {at_once:.0f} streams open for one subject")
-    assert len(admitted) <= LIMIT_SUBJECT, f"{len(admitted)} streams admitted for one subject: {statuses}"
+    assert len(admitted) == LIMIT_SUBJECT, f"{len(admitted)} streams admitted for one subject: {statuses}"
+    assert statuses == [200] * LIMIT_SUBJECT + [429] * (len(sessions) - LIMIT_SUBJECT), statuses
+    assert at_once == LIMIT_SUBJECT, f"{at_once} streams open at once for one subject"
 
 
 # --------------------------------------------------------------------------------------------------

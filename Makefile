@@ -1,14 +1,20 @@
 # The two commands of the README, plus a few conveniences.
-.PHONY: run test bench kafka-start kafka-stop lint schema
+# Arguments for the script behind a target go in ARGS, e.g. `make bench ARGS=--quick` or
+# `make test ARGS="-k browser"` (make itself has no --quick option).
+.PHONY: run test bench bench-quick kafka-start kafka-stop lint schema help
+ARGS ?=
 
-run:        ## local Kafka + dev token issuer + gateway in dev mode; prints the demo URL
+run:        ## local Kafka + gateway in dev mode (with its dev token issuer); prints the demo URL
 	bash scripts/run.sh
 
-test:       ## lint, type-check and run every test against a real Kafka broker
-	bash scripts/test.sh
+test:       ## lint, type-check and run every test against a real Kafka broker (pytest options: ARGS=...)
+	bash scripts/test.sh $(ARGS)
 
-bench:      ## benchmarks against the real broker and a baseline, prints figures
-	bash scripts/bench.sh
+bench:      ## benchmarks against the real broker and a baseline (options: ARGS=--quick, ARGS="--only 3")
+	bash scripts/bench.sh $(ARGS)
+
+bench-quick: ## the same at small scale, about 2 minutes (= make bench ARGS=--quick)
+	bash scripts/bench.sh --quick $(ARGS)
 
 kafka-start:
 	bash scripts/kafka.sh start
@@ -21,3 +27,6 @@ lint:
 
 schema:     ## regenerate schemas/session-status.schema.json from the pydantic models
 	.venv/bin/python -m schemas
+
+help:       ## this list
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'

@@ -6,8 +6,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from consumers.durations import milliseconds_fields, seconds_fields, timedelta_fields
 
 
 class ConsumerSettings(BaseSettings):
@@ -38,16 +40,10 @@ class ConsumerSettings(BaseSettings):
     session_ttl: timedelta = Field(timedelta(hours=24))
     max_sessions: int = Field(1_000_000, ge=1)
 
-    @field_validator("replay_window", "terminal_retention", "session_ttl", mode="before")
-    @classmethod
-    def _seconds(cls, value: object) -> object:
-        """Plain numbers are seconds; ISO 8601 durations (``PT6H``) and ``HH:MM:SS`` work too."""
-        if isinstance(value, str):
-            try:
-                return timedelta(seconds=float(value))
-            except ValueError:
-                return value
-        return value
+    # Durations: plain seconds, 6h / 30m / 90s / 1d / 500ms, ISO 8601 (PT6H) or HH:MM:SS (consumers/durations.py).
+    _seconds = timedelta_fields("replay_window", "terminal_retention", "session_ttl")
+    _seconds_float = seconds_fields("kafka_health_interval")
+    _milliseconds = milliseconds_fields("kafka_request_timeout_ms")
 
     def kafka_client_options(self) -> dict[str, Any]:
         """Keyword arguments shared by every aiokafka client this project makes."""

@@ -32,6 +32,7 @@ from consumers.supervision import Supervisor
 from gateway import metrics
 from gateway.authentication import TokenVerifier
 from gateway.connections import ConnectionRegistry
+from gateway.docs import mount_docs
 from gateway.jwks import JwksCache
 from gateway.settings import GatewaySettings
 from gateway.sse import encode_transition
@@ -253,7 +254,10 @@ def create_app(
         description="Streams wallet-session status changes from Kafka to browsers over Server-Sent Events. "
         "The stream route is served on the public port; health, metrics and these docs on the internal port.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    mount_docs(internal)  # Swagger UI from a package: works offline and under a strict CSP
     public = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
     @public.get("/livez", include_in_schema=False)

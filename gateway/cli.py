@@ -1,6 +1,8 @@
-"""``session-gateway``: serve, publish, watch, dev-issuer, create-topic.
+"""``session-gateway``: serve, publish, watch, dev-issuer, dev-token, create-topic.
 
-User mistakes end with one readable line on stderr and a non-zero exit, never a traceback.
+User mistakes end with one readable line on stderr and a non-zero exit, never a traceback:
+unknown ``GATEWAY_*`` variables, invalid setting values and ports in use are checked before
+anything starts (``gateway.diagnostics``).
 """
 
 from __future__ import annotations
@@ -10,18 +12,53 @@ import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import ValidationError
 
 from consumers.settings import ConsumerSettings
+from gateway.diagnostics import (
+    UserError,
+    allow_unknown_settings,
+    describe_settings_error,
+    settings_problems,
+    unknown_variables,
+)
 from schemas import SessionStatus, SessionType
+
+if TYPE_CHECKING:
+    from gateway.dev_issuer import BackgroundIssuer
+    from gateway.settings import GatewaySettings
 
 T = TypeVar("T")
 
+__all__ = ["UserError", "build_parser", "main"]
 
-class UserError(Exception):
-    """A mistake the user can fix; printed as one line."""
+_PROG = "session-gateway"
+
+
+class SettingsRejected(Exception):
+    """Start-up checks failed; the lines were printed already."""
+
+
+def _say(kind: str, line: str) -> None:
+    print(f"{_PROG}: {kind}: {line}", file=sys.stderr, flush=True)
+
+
+def _check_environment(*, strict: bool) -> None:
+    """Reports unknown GATEWAY_* variables (errors when ``strict``, unless allowed) and every invalid value."""
+    unknown = unknown_variables()
+    fatal = strict and not allow_unknown_settings()
+    for line in unknown:
+        if fatal:
+            _say("error", f"{line} (serve refuses unknown settings; GATEWAY_ALLOW_UNKNOWN_SETTINGS=true only warns)")
+        else:
+            _say("warning", f"{line} (ignored)")
+    invalid = settings_problems()
+    for line in invalid:
+        _say("error", f"invalid setting {line}")
+    if invalid or (unknown and fatal):
+        raise SettingsRejected
 
 
 def _kafka_settings(args: argparse.Namespace) -> ConsumerSettings:
@@ -34,9 +71,11 @@ def _kafka_settings(args: argparse.Namespace) -> ConsumerSettings:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.diagnostics import check_gateway_ports, open_files_problem
     from gateway.server import serve
     from gateway.settings import GatewaySettings
 
+    _check_environment(strict=True)
     overrides: dict[str, object] = {}
     if args.host:
         overrides["host"] = args.host
@@ -45,10 +84,59 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.dev:
         overrides["dev_mode"] = True
     settings = GatewaySettings(**overrides)  # type: ignore[arg-type]
+    issuer = None
     if not (settings.jwks_url or settings.oidc_issuer):
-        raise UserError("set GATEWAY_JWKS_URL or GATEWAY_OIDC_ISSUER: tokens cannot be verified without keys")
-    serve(settings, ConsumerSettings())
+        if not settings.dev_mode:
+            raise UserError(
+                "set GATEWAY_JWKS_URL or GATEWAY_OIDC_ISSUER: tokens cannot be verified without keys "
+                "(for a local try-out: session-gateway serve --dev)"
+            )
+        check_gateway_ports(settings)
+        issuer = _start_dev_issuer(settings)
+        settings = settings.model_copy(
+            update={"jwks_url": f"{issuer.url}/jwks.json", "jwt_issuer": issuer.url, "dev_issuer_url": issuer.url}
+        )
+    check_gateway_ports(settings)
+    problem = open_files_problem(settings.max_sockets)
+    if problem:
+        _say("warning", problem)
+    try:
+        serve(settings, ConsumerSettings())
+    finally:
+        if issuer is not None:
+            issuer.stop()
     return 0
+
+
+def _start_dev_issuer(settings: GatewaySettings) -> BackgroundIssuer:
+    """``serve --dev`` without keys: a loopback dev issuer in this process, and how to get a token from it."""
+    from urllib.parse import urlsplit
+
+    from gateway.dev_issuer import BANNER, is_loopback, start_background_issuer, token_help
+
+    wanted = urlsplit(settings.dev_issuer_url)
+    host = wanted.hostname or "127.0.0.1"
+    if not is_loopback(host):
+        raise UserError(
+            f"GATEWAY_DEV_ISSUER_URL={settings.dev_issuer_url!r} is not a loopback address: set GATEWAY_JWKS_URL "
+            "(with GATEWAY_JWT_ISSUER) to that issuer's keys, or unset GATEWAY_DEV_ISSUER_URL"
+        )
+    issuer = start_background_issuer(host, wanted.port or 8090, settings.jwt_audience)
+    print(BANNER, file=sys.stderr)
+    lines = [
+        f"{_PROG}: dev mode without GATEWAY_JWKS_URL/GATEWAY_OIDC_ISSUER: started a DEV token issuer on {issuer.url}",
+        f"  demo:     http://{_url_host(settings.host)}:{settings.port}/demo",
+        *token_help(issuer.url),
+        "",
+    ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    return issuer
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
@@ -85,12 +173,35 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev_issuer(args: argparse.Namespace) -> int:
-    from gateway.dev_issuer import serve_dev_issuer
+    from gateway.dev_issuer import is_loopback, serve_dev_issuer
+    from gateway.diagnostics import check_port_free
 
+    if is_loopback(args.host):
+        check_port_free(args.host, args.port, "--port")
     try:
         serve_dev_issuer(args.host, args.port, args.audience)
     except ValueError as error:
         raise UserError(str(error)) from None
+    return 0
+
+
+def _cmd_dev_token(args: argparse.Namespace) -> int:
+    import httpx
+
+    params = {"tenant": args.tenant, "ttl": str(args.ttl)}
+    if args.session:
+        params["session"] = args.session
+    url = f"{args.issuer.rstrip('/')}/token"
+    try:
+        response = httpx.post(url, params=params, timeout=5.0)
+        response.raise_for_status()
+        token = response.json()["access_token"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
+        raise UserError(
+            f"the dev issuer at {args.issuer} did not mint a token ({type(error).__name__}: {error}); "
+            "start one with `session-gateway serve --dev` or `session-gateway dev-issuer`, or pass --issuer"
+        ) from None
+    print(token)
     return 0
 
 
@@ -172,6 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     issuer.add_argument("--port", type=int, default=8090)
     issuer.add_argument("--audience", help="aud claim of minted tokens")
     issuer.set_defaults(func=_cmd_dev_issuer)
+
+    dev_token = commands.add_parser(
+        "dev-token",
+        help="print a token from the dev issuer (for watch --token)",
+        description="Asks a running dev issuer (serve --dev or dev-issuer) for a token and prints it. "
+        'Example: session-gateway watch SESSION_ID --token "$(session-gateway dev-token --tenant demo-tenant)"',
+    )
+    dev_token.add_argument("--tenant", required=True, help="tenant_id claim (the session's tenant)")
+    dev_token.add_argument("--session", help="session_id claim: the token opens only this session")
+    dev_token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default %(default)s)")
+    dev_token.add_argument(
+        "--issuer", default="http://127.0.0.1:8090", help="dev issuer base URL (default %(default)s)"
+    )
+    dev_token.set_defaults(func=_cmd_dev_token)
     return parser
 
 
@@ -182,13 +307,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The one error line below says it all; aiokafka's own retry chatter would bury it.
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
+        if args.command in ("publish", "create-topic"):
+            _check_environment(strict=False)
         code: int = args.func(args)
     except UserError as error:
-        print(f"session-gateway: error: {error}", file=sys.stderr)
+        _say("error", str(error))
         return 1
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in error.errors())
-        print(f"session-gateway: error: invalid setting: {problems}", file=sys.stderr)
+    except SettingsRejected:
+        return 2
+    except ValidationError as error:  # a command-line value the settings refuse (e.g. --port 70000)
+        for line in describe_settings_error(error):
+            _say("error", f"invalid setting {line}")
         return 2
     except KeyboardInterrupt:
         return 130

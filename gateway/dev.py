@@ -30,7 +30,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
 from gateway.publish import StatusPublisher, build_event
-from schemas import SessionStatus, SessionType
+from schemas import TERMINAL_STATUSES, SessionStatus, SessionType
 
 if TYPE_CHECKING:
     from gateway.app import Runtime
@@ -82,6 +82,18 @@ class PublishedStatus(BaseModel):
     status: SessionStatus
     partition: int
     offset: int
+    outcome: str = Field(
+        "applied",
+        description="What the gateway's store did with the record: `applied`, or `ignored: <why>` "
+        "(repeated status, backward move, after a terminal status, tenant changed), or `not consumed yet`.",
+    )
+
+
+# What the store does with a record that does not move the session forward (see consumers/store.py).
+IGNORED_REPEATED = "ignored: repeated status"
+IGNORED_BACKWARD = "ignored: status would move backward"
+IGNORED_AFTER_TERMINAL = "ignored: the session already ended"
+IGNORED_TENANT = "ignored: the session belongs to another tenant"
 
 
 class _Publisher:
@@ -123,8 +135,16 @@ class _Publisher:
                 f"{reason}",
             ) from None
         # Let our own consumer see the record first, so a stream opened right away finds the session.
-        await self._runtime.progress.wait_for(partition, offset, _CONSUMED_WAIT_S)
-        return PublishedStatus(id=session_id, tenant=tenant, status=status, partition=partition, offset=offset)
+        consumed = await self._runtime.progress.wait_for(partition, offset, _CONSUMED_WAIT_S)
+        outcome = _outcome(self._runtime, session_id, status, tenant, partition, offset) if consumed else None
+        return PublishedStatus(
+            id=session_id,
+            tenant=tenant,
+            status=status,
+            partition=partition,
+            offset=offset,
+            outcome=outcome or "not consumed yet",
+        )
 
     async def close(self) -> None:
         async with self._lock:
@@ -235,6 +255,23 @@ def dev_router(runtime: Runtime) -> APIRouter:
         return published
 
     return router
+
+
+def _outcome(runtime: Runtime, session_id: str, status: SessionStatus, tenant: str, partition: int, offset: int) -> str:
+    """What the store did with the record at ``partition``/``offset`` (it has consumed it)."""
+    snapshot = runtime.store.get(session_id)
+    if snapshot is None:
+        return "ignored: the session is not in the store"
+    if any(t.partition == partition and t.offset == offset for t in snapshot.transitions):
+        return "applied"
+    if snapshot.tenant_id != tenant:
+        return IGNORED_TENANT
+    current = snapshot.current.status
+    if current in TERMINAL_STATUSES:
+        return IGNORED_REPEATED if current == status else IGNORED_AFTER_TERMINAL
+    if current == status:
+        return IGNORED_REPEATED
+    return IGNORED_BACKWARD
 
 
 def _require_consuming(runtime: Runtime) -> None:

@@ -8,8 +8,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
+import socket
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -97,10 +100,67 @@ def create_issuer_app(issuer: DevIssuer) -> FastAPI:
     return app
 
 
+def token_help(issuer_url: str, tenant: str = "demo-tenant") -> list[str]:
+    """How to get a token from the dev issuer, for banners and the README."""
+    issuer_flag = "" if issuer_url == DEFAULT_URL else f" --issuer {issuer_url}"
+    return [
+        f"  a token:  curl '{issuer_url}/token?tenant={tenant}'   (optional: &session=SESSION_ID, &ttl=SECONDS)",
+        f"  or:       session-gateway dev-token --tenant {tenant}{issuer_flag}",
+        f'  watch:    session-gateway watch SESSION_ID --token "$(session-gateway dev-token --tenant {tenant}'
+        f'{issuer_flag})"',
+    ]
+
+
+DEFAULT_URL = "http://127.0.0.1:8090"
+
+
+@dataclass
+class BackgroundIssuer:
+    """A dev issuer served by uvicorn in a daemon thread of this process (``serve --dev`` without keys)."""
+
+    issuer: DevIssuer
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        return self.issuer.issuer
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(5.0)
+
+
+def start_background_issuer(host: str, port: int, audience: str | None = None) -> BackgroundIssuer:
+    """Binds ``host:port`` (any free port if it is taken, or with port 0) and serves the issuer in a thread."""
+    if not is_loopback(host):
+        raise ValueError(f"the dev issuer refuses to bind {host!r}: it only listens on loopback addresses")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.bind((host, 0))
+    bound = sock.getsockname()[1]
+    url_host = f"[{host}]" if ":" in host else host
+    issuer = DevIssuer(f"http://{url_host}:{bound}", audience)
+    config = uvicorn.Config(create_issuer_app(issuer), log_config=None, access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="dev-issuer", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10.0
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the dev issuer did not start on {issuer.issuer}")
+        time.sleep(0.02)
+    return BackgroundIssuer(issuer, server, thread)
+
+
 def serve_dev_issuer(host: str, port: int, audience: str | None = None) -> None:
     if not is_loopback(host):
         raise ValueError(f"the dev issuer refuses to bind {host!r}: it only listens on loopback addresses")
     configure_logging("INFO", "text")
     print(BANNER, file=sys.stderr, flush=True)
     issuer = DevIssuer(f"http://{host}:{port}", audience)
+    print("\n".join(token_help(issuer.issuer)) + "\n", file=sys.stderr, flush=True)
     uvicorn.run(create_issuer_app(issuer), host=host, port=port, log_config=None, access_log=False)

@@ -114,30 +114,8 @@ def listening_sockets(settings: GatewaySettings) -> list[socket.socket]:
     return sockets
 
 
-def raise_open_files_limit() -> int:
-    """Each stream is a socket: lift the soft open-files limit to the hard one (often 1024 vs 1M)."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not on POSIX
-        return -1
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-    return soft
-
-
 def serve(settings: GatewaySettings, consumer_settings: ConsumerSettings) -> None:
     server, engine = build_server(settings, consumer_settings)
-    limit = raise_open_files_limit()
-    if 0 <= limit < settings.max_sockets + 100:
-        log.warning(
-            "open-files limit %d is below GATEWAY_MAX_SOCKETS=%d plus 100 for Kafka, logs and the internal port: "
-            "connections beyond the limit fail with EMFILE; raise the limit (ulimit -n) or lower GATEWAY_MAX_SOCKETS",
-            limit,
-            settings.max_sockets,
-        )
     sockets = listening_sockets(settings)
     log.info(
         "serving streams on %s:%d and health/metrics/docs on %s (%s HTTP engine)",

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from consumers.durations import milliseconds_fields, seconds_fields
+
 ALLOWED_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"}
 )
@@ -66,7 +68,7 @@ class GatewaySettings(BaseSettings):
     retry_jitter: float = Field(0.5, ge=0, le=1, description="retry: varies by up to this fraction.")
     max_buffered_bytes: int = Field(64 * 1024, ge=1024, description="Per-stream buffer before a slow client is cut.")
     close_on_token_expiry: bool = True
-    max_connections: int = Field(20_000, ge=1)
+    max_connections: int = Field(16_000, ge=1, description="Open and waiting streams per process (503 beyond).")
     max_connections_per_subject: int = Field(0, ge=0, description="0: no per-subject limit.")
     max_waiting_requests: int = Field(1000, ge=1, description="Requests waiting for a session or position.")
     max_connections_per_session: int = Field(20, ge=1)
@@ -77,7 +79,7 @@ class GatewaySettings(BaseSettings):
     idle_timeout: float = Field(10.0, gt=0, description="A connection that sends nothing for this long is closed.")
     request_head_timeout: float = Field(10.0, gt=0, description="Deadline for a whole request head (408).")
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="Request line plus headers (431 beyond).")
-    max_sockets: int = Field(20_480, ge=1, description="Open connections on the public port (503 beyond).")
+    max_sockets: int = Field(16_384, ge=1, description="Open connections on the public port (503 beyond).")
 
     # Health
     readiness_strict: bool = Field(
@@ -99,6 +101,13 @@ class GatewaySettings(BaseSettings):
         10_000, ge=0, description="Verified tokens remembered (by SHA-256) to skip signature checks; 0 disables."
     )
     # --- End of the auth branch's block.
+    # Durations: plain seconds or 6h / 30m / 90s / 1d / 500ms (consumers/durations.py).
+    _seconds = seconds_fields(
+        "jwt_leeway", "jwks_min_refresh", "jwks_cache_ttl", "jwks_cache_min_ttl", "jwks_cache_max_ttl",
+        "jwks_timeout", "unknown_session_wait", "resume_wait", "heartbeat_interval", "drain_seconds",
+        "shutdown_grace_seconds", "task_crash_window", "idle_timeout", "request_head_timeout",
+    )  # fmt: skip
+    _milliseconds = milliseconds_fields("retry_ms")
 
     @field_validator("jwt_algorithms", "cors_origins", mode="before")
     @classmethod

@@ -174,6 +174,12 @@ cat <<EOF
 
       http://127.0.0.1:$GATEWAY_PORT/demo
 
+  A token for your own client (any tenant; &session=ID scopes it to one session):
+
+      curl '$ISSUER_URL/token?tenant=demo-tenant'
+      .venv/bin/session-gateway watch SESSION_ID --url http://127.0.0.1:$GATEWAY_PORT \
+          --token "\$(.venv/bin/session-gateway dev-token --tenant demo-tenant --issuer $ISSUER_URL)"
+
   (Kafka $BOOTSTRAP · logs in .run/ · Ctrl-C stops everything)
 
 EOF

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command (`make test`): sets everything up, lints, type-checks, runs all tests.
-# Tests find a Kafka broker via KAFKA_BOOTSTRAP_SERVERS, else testcontainers (Docker), else scripts/kafka.sh.
+# Tests find a Kafka broker via GATEWAY_KAFKA_BOOTSTRAP_SERVERS (KAFKA_BOOTSTRAP_SERVERS: deprecated), else
+# testcontainers (Docker), else scripts/kafka.sh; its progress (jar download, start) is printed as it happens.
+# Arguments go to pytest (`make test ARGS="-k browser"`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh test
@@ -21,5 +23,5 @@ ruff check .
 ruff format --check .
 echo "[test] mypy" >&2
 mypy
-echo "[test] pytest" >&2
+echo "[test] pytest (the first run downloads the Kafka broker jars; progress below)" >&2
 exec pytest "$@"

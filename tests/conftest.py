@@ -1,7 +1,13 @@
-"""Shared fixtures. ``kafka_bootstrap`` finds or starts the broker every Kafka test runs against."""
+"""Shared fixtures. ``kafka_bootstrap`` finds or starts the broker every Kafka test runs against.
+
+Plain helpers shared by the test modules (free ports, session ids, event ids, ``wait_until``) are in
+``tests/support.py``; Kafka helpers in ``tests/kafka_support.py``; gateway processes, keys and the SSE
+client in ``tests/gateway_support.py``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterator
@@ -10,39 +16,75 @@ import pytest
 
 from tests.kafka_support import BrokerError, LocalBroker, docker_available, testcontainers_broker
 
+BROKER_VARIABLE = "GATEWAY_KAFKA_BOOTSTRAP_SERVERS"
+DEPRECATED_BROKER_VARIABLE = "KAFKA_BOOTSTRAP_SERVERS"
 
-def _say(message: str) -> None:
-    print(f"[kafka-fixture] {message}", file=sys.stderr, flush=True)
+
+def configured_broker(environ: dict[str, str] | None = None) -> tuple[str, str | None]:
+    """The broker the environment names, and a deprecation notice when it used the old variable."""
+    environ = dict(os.environ) if environ is None else environ
+    configured = environ.get(BROKER_VARIABLE, "").strip()
+    if configured:
+        return configured, None
+    old = environ.get(DEPRECATED_BROKER_VARIABLE, "").strip()
+    if old:
+        return old, f"{DEPRECATED_BROKER_VARIABLE} is deprecated: set {BROKER_VARIABLE}={old} instead"
+    return "", None
+
+
+@contextlib.contextmanager
+def on_the_terminal(config: pytest.Config) -> Iterator[None]:
+    """Lets output reach the real terminal while pytest captures the tests' output (broker progress)."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        yield
+        return
+    with capture.global_and_fixture_disabled():
+        yield
+
+
+def _say(config: pytest.Config, message: str) -> None:
+    with on_the_terminal(config):
+        print(f"\n[kafka-fixture] {message}", file=sys.stderr, flush=True)
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_bootstrap(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``host:port`` of a broker, in this order of preference:
 
-    1. ``KAFKA_BOOTSTRAP_SERVERS`` when set (the broker is used as is, never stopped);
+    1. ``GATEWAY_KAFKA_BOOTSTRAP_SERVERS`` when set, the same variable the gateway reads (the broker is
+       used as is, never stopped); ``KAFKA_BOOTSTRAP_SERVERS`` still works, with a deprecation notice;
     2. a testcontainers ``KafkaContainer`` (KRaft) when a Docker engine answers;
     3. ``scripts/kafka.sh start`` on free ports chosen now and a state dir under pytest's temp dir, so a
        developer's broker on 9092 is never touched; stopped at the end of the session.
 
+    Progress (image pull, jar download, broker start) goes to the terminal, past pytest's capture.
     A broker that cannot be started fails every test that needs it; it never skips them.
     """
-    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    config = request.config
+    configured, notice = configured_broker()
+    if notice:
+        _say(config, notice)
     if configured:
-        _say(f"using KAFKA_BOOTSTRAP_SERVERS={configured}")
+        _say(config, f"using the Kafka broker at {configured}")
         yield configured
         return
     if docker_available():
-        _say("Docker engine found: starting Kafka with testcontainers")
-        try:
-            with testcontainers_broker() as bootstrap:
-                yield bootstrap
-        except BrokerError as error:
-            pytest.fail(str(error), pytrace=False)
+        _say(config, "Docker engine found: starting Kafka with testcontainers (the first run pulls the image) ...")
+        with contextlib.ExitStack() as stack:
+            try:
+                with on_the_terminal(config):
+                    bootstrap = stack.enter_context(testcontainers_broker())
+            except BrokerError as error:
+                pytest.fail(str(error), pytrace=False)
+            _say(config, f"Kafka ready at {bootstrap}")
+            yield bootstrap
         return
     broker = LocalBroker.allocate(tmp_path_factory.mktemp("kafka-state"))
-    _say(f"no Docker engine: starting a local broker with scripts/kafka.sh on {broker.bootstrap}")
+    _say(config, f"no Docker engine: starting a local broker with scripts/kafka.sh on {broker.bootstrap}")
     try:
-        broker.start()
+        with on_the_terminal(config):
+            broker.start()
     except BrokerError as error:
         if broker.is_running():
             broker.stop()

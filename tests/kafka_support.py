@@ -31,6 +31,9 @@ from consumers.progress import PartitionProgress
 from consumers.settings import ConsumerSettings
 from consumers.store import SessionStore, Transition
 from consumers.supervision import Supervisor
+from tests.support import free_port, wait_until
+
+__all__ = ["free_port", "wait_until"]  # re-exported: one definition, in tests/support.py
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KAFKA_SCRIPT = REPO_ROOT / "scripts" / "kafka.sh"
@@ -44,13 +47,6 @@ TESTCONTAINERS_IMAGE = "apache/kafka:4.1.1"
 
 class BrokerError(RuntimeError):
     """A broker could not be started; the message says why and where its logs are."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def free_ports(count: int) -> list[int]:
@@ -398,23 +394,6 @@ async def read_all(bootstrap: str, topic: str, *, read_committed: bool = True) -
         await consumer.stop()
     records.sort(key=lambda r: (r.partition, r.offset))
     return records
-
-
-async def wait_until(
-    predicate: Callable[[], bool],
-    timeout: float,
-    message: str | Callable[[], str] = "",
-    interval: float = 0.05,
-) -> None:
-    """Polls ``predicate`` until it holds; fails the test (AssertionError) after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return
-        if time.monotonic() >= deadline:
-            text = message() if callable(message) else message
-            raise AssertionError(f"condition not met within {timeout}s{': ' + text if text else ''}")
-        await asyncio.sleep(interval)
 
 
 def metric(name: str, **labels: str) -> float:

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,6 @@ from tests.gateway_support import (
     SigningKey,
     clean_env,
     dev_issuer_gateway_env,
-    free_port,
     gateway_env,
     mint,
     rsa_key,
@@ -43,11 +41,12 @@ from tests.gateway_support import (
     stopping,
 )
 from tests.kafka_support import create_topic, event_bytes, produce, read_all, unique_topic
+from tests.support import free_port, new_session
 
 pytestmark = pytest.mark.timeout(180)
 
 TENANT = "tenant-a"
-COMMANDS = ("serve", "publish", "create-topic", "watch", "dev-issuer")
+COMMANDS = ("serve", "publish", "create-topic", "watch", "dev-issuer", "dev-token")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,10 +150,6 @@ async def watch_world(
     finally:
         gateway.stop()
         jwks.stop()
-
-
-def new_session(label: str) -> str:
-    return f"{label}-{uuid.uuid4().hex[:12]}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -428,9 +423,9 @@ async def test_dev_issuer_port_in_use_is_one_line(tmp_path: Path) -> None:
     with stopping(issuer):
         await issuer.wait_ready()
         result = await run_cli("dev-issuer", "--port", str(issuer.port), timeout=30)
-    assert result.code != 0, result.describe()
-    assert "Traceback" not in result.stderr, result.describe()
-    assert "address already in use" in result.stderr.lower(), result.describe()
+    assert_user_error(result, f"port {issuer.port}", "already in use", "--port")
+    assert len(result.stderr.splitlines()) == 1, result.describe()
+    assert result.code == 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -457,7 +452,7 @@ async def test_publish_rejects_an_unknown_type(kafka_env: dict[str, str]) -> Non
 async def test_invalid_setting_is_one_line() -> None:
     env = clean_env(GATEWAY_KAFKA_REQUEST_TIMEOUT_MS="soon")
     result = await run_cli("publish", "s-1", "active", "--tenant", TENANT, env=env)
-    assert_user_error(result, "invalid setting", "kafka_request_timeout_ms")
+    assert_user_error(result, "invalid setting", "GATEWAY_KAFKA_REQUEST_TIMEOUT_MS='soon'", "500ms")
     assert result.code == 2
 
 

@@ -15,7 +15,6 @@ import json
 import re
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -37,6 +36,7 @@ from tests.gateway_support import (
     sse,
 )
 from tests.kafka_support import create_topic, event_bytes, produce, unique_topic, wait_until
+from tests.support import event_id, new_session
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -69,18 +69,10 @@ class World:
         return await produce(self.bootstrap, self.topic, records)
 
 
-def new_session(label: str = "s") -> str:
-    return f"{label}-{uuid.uuid4().hex[:12]}"
-
-
 def js_iso(moment: datetime) -> str:
     """What JavaScript's ``Date.prototype.toISOString()`` prints for ``moment``."""
     utc = moment.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
-
-
-def event_id(position: tuple[int, int], terminal: bool = False) -> str:
-    return f"{position[0]}-{position[1]}{'-end' if terminal else ''}"
 
 
 def data_json(session_id: str, status: str, updated_at: str) -> str:

@@ -17,6 +17,7 @@ import pytest
 from gateway.jwks import JwksCache, _parse_keys
 from gateway.settings import GatewaySettings
 from tests.gateway_support import SigningKey, ec_key, ed_key, rsa_key
+from tests.support import wait_until
 
 JWKS_URL = "http://idp.test/jwks.json"
 ISSUER = "http://idp.test"
@@ -192,20 +193,22 @@ async def test_failed_refresh_keeps_the_cached_keys() -> None:
     async with cache_for(idp, jwks_cache_min_ttl=0.0, jwks_min_refresh=0.0) as cache:
         await cache.load()
         idp.status = 503
+        # Expired: a use starts a background refresh that fails; the cached key keeps serving.
+        assert cache_kid(await cache.key_for("rsa", "RS256")) == "rsa"
+        await wait_until(lambda: cache.last_error is not None, 10, "the background refresh never ran")
         for _ in range(3):
-            # Expired: each use starts a background refresh that fails; the cached key keeps serving.
             assert cache_kid(await cache.key_for("rsa", "RS256")) == "rsa"
-            await asyncio.sleep(0.01)
         assert idp.jwks_requests > 1
         assert cache.last_error is not None and "503" in cache.last_error
         assert cache.loaded
 
         idp.document = {"keys": []}  # a 200 with nothing usable does not wipe the keys either
         idp.status = 200
-        await asyncio.sleep(1.05)  # a failed fetch is retried no sooner than after 1 s
+        await asyncio.sleep(1.05)  # a failed fetch is retried no sooner than after 1 s (only a lower bound)
         assert cache_kid(await cache.key_for("rsa", "RS256")) == "rsa"
-        await asyncio.sleep(0.01)
-        assert cache.last_error is not None and "no usable signing key" in cache.last_error
+        await wait_until(
+            lambda: "no usable signing key" in (cache.last_error or ""), 10, "the second refresh never finished"
+        )
         assert cache_kid(await cache.key_for("rsa", "RS256")) == "rsa"
 
 

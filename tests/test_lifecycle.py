@@ -54,6 +54,7 @@ from tests.gateway_support import (
     sse,
 )
 from tests.kafka_support import create_topic, event_bytes, produce, unique_topic, wait_until
+from tests.support import event_id, new_session
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -81,11 +82,6 @@ TERMINAL = frozenset({"completed", "expired", "failed", "cancelled"})
 # Sessions on the broker
 
 
-def event_id(partition: int, offset: int, status: str) -> str:
-    """The id the gateway gives the event of the record at ``partition``/``offset``."""
-    return f"{partition}-{offset}{'-end' if status in TERMINAL else ''}"
-
-
 def position(event_id_: str) -> tuple[int, int]:
     partition, offset = event_id_.split("-")[:2]
     return int(partition), int(offset)
@@ -99,7 +95,7 @@ async def publish(
         (session_id.encode(), event_bytes(session_id, TENANT, status, updated_at)) for status in statuses
     ]
     positions = await produce(bootstrap, topic, records)
-    return [event_id(p, o, status) for (p, o), status in zip(positions, statuses, strict=True)]
+    return [event_id((p, o), status in TERMINAL) for (p, o), status in zip(positions, statuses, strict=True)]
 
 
 async def publish_many(bootstrap: str, topic: str, transitions: list[tuple[str, str]]) -> dict[str, list[str]]:
@@ -110,12 +106,8 @@ async def publish_many(bootstrap: str, topic: str, transitions: list[tuple[str, 
     positions = await produce(bootstrap, topic, records)
     ids: dict[str, list[str]] = {}
     for (sid, status), (p, o) in zip(transitions, positions, strict=True):
-        ids.setdefault(sid, []).append(event_id(p, o, status))
+        ids.setdefault(sid, []).append(event_id((p, o), status in TERMINAL))
     return ids
-
-
-def new_session(label: str) -> str:
-    return f"{label}-{uuid.uuid4().hex[:10]}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -304,21 +296,19 @@ async def open_streams(client: httpx.AsyncClient, gateway: GatewayProcess) -> fl
 
 
 async def wait_open_streams(client: httpx.AsyncClient, gateway: GatewayProcess, count: int) -> None:
-    deadline = time.monotonic() + 10
-    while (current := await open_streams(client, gateway)) != count:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{gateway.url}: {current} open streams, expected {count}")
-        await asyncio.sleep(0.1)
+    async def reached() -> bool:
+        return await open_streams(client, gateway) == count
+
+    await wait_until(reached, 10, f"{gateway.url}: open streams never became {count}", interval=0.1)
 
 
 async def wait_exit(gateway: GatewayProcess, timeout: float) -> int:
-    assert gateway.process is not None
-    deadline = time.monotonic() + timeout
-    while (code := gateway.process.poll()) is None:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gateway still running {timeout}s later:\n{gateway.logs()[-3000:]}")
-        await asyncio.sleep(0.05)
-    return code
+    process = gateway.process
+    assert process is not None
+    await wait_until(
+        lambda: process.poll() is not None, timeout, lambda: f"gateway still running:\n{gateway.logs()[-3000:]}"
+    )
+    return int(process.returncode)
 
 
 async def exit_time(gateway: GatewayProcess, timeout: float) -> tuple[int, float]:
@@ -759,11 +749,10 @@ async def test_stalled_reader_is_cut_while_a_normal_reader_keeps_receiving(
 async def wait_open_streams_at_most(
     client: httpx.AsyncClient, gateway: GatewayProcess, count: int, timeout: float
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while (current := await open_streams(client, gateway)) > count:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{gateway.url}: still {current} open streams after {timeout}s, expected <= {count}")
-        await asyncio.sleep(0.2)
+    async def reached() -> bool:
+        return await open_streams(client, gateway) <= count
+
+    await wait_until(reached, timeout, f"{gateway.url}: open streams never fell to {count}", interval=0.2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -892,9 +881,9 @@ async def test_connection_limits_refuse_with_retry_after_and_count_in_metrics(li
 
 
 async def test_requests_waiting_for_their_session_cannot_exceed_the_subject_limit(limited: Limited) -> None:
-    """Five concurrent requests of one subject for sessions that do not exist yet all pass the check
-    (nothing is open), wait for their session, and all get a stream once it appears: five streams
-    for a subject limited to three.
+    """Five concurrent requests of one subject for sessions that do not exist yet all pass the first
+    check (nothing is open) and wait for their session; once the sessions appear, only three (the
+    subject's limit) get a stream, and the other two get 429.
     """
     gateway = limited.gateway
     token = mint(limited.key, sub="burst")
@@ -913,7 +902,9 @@ async def test_requests_waiting_for_their_session_cannot_exceed_the_subject_limi
             for watch in opened:
                 await watch.close()
     print(f"\nwaiting requests: statuses {statuses}, {at_once:.0f} streams open for one subject")
-    assert len(admitted) <= LIMIT_SUBJECT, f"{len(admitted)} streams admitted for one subject: {statuses}"
+    assert len(admitted) == LIMIT_SUBJECT, f"{len(admitted)} streams admitted for one subject: {statuses}"
+    assert statuses == [200] * LIMIT_SUBJECT + [429] * (len(sessions) - LIMIT_SUBJECT), statuses
+    assert at_once == LIMIT_SUBJECT, f"{at_once} streams open at once for one subject"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1078,7 +1069,7 @@ async def publish_over_time(
         ids: dict[str, list[str]] = {}
         for session, status, future in sent:
             meta = await future
-            ids.setdefault(session, []).append(event_id(int(meta.partition), int(meta.offset), status))
+            ids.setdefault(session, []).append(event_id((int(meta.partition), int(meta.offset)), status in TERMINAL))
         return ids
     finally:
         await producer.stop()

@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from tests.gateway_support import (
     stopping,
 )
 from tests.kafka_support import LocalBroker, Record, create_topic, event_bytes, produce, unique_topic
+from tests.support import new_session, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -84,17 +85,6 @@ async def scrape(client: httpx.AsyncClient, gateway: GatewayProcess) -> Metrics:
     return Metrics.parse(response.text)
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float, describe: Callable[[], Awaitable[str]] | str = ""
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            text = describe if isinstance(describe, str) else await describe()
-            raise AssertionError(f"not within {timeout}s: {text}")
-        await asyncio.sleep(0.1)
-
-
 async def readyz(client: httpx.AsyncClient, gateway: GatewayProcess) -> tuple[int, dict[str, Any]]:
     response = await client.get(f"{gateway.internal_url}/readyz")
     body: dict[str, Any] = response.json()
@@ -139,10 +129,6 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-def new_session(label: str) -> str:
-    return f"{label}-{uuid.uuid4().hex[:10]}"
-
-
 # --------------------------------------------------------------------------------------------------
 # /livez and /metrics
 
@@ -161,7 +147,7 @@ async def test_metrics_follow_known_traffic(kafka_bootstrap: str, world: World, 
         now = await scrape(client, gateway)
         return now.get("gateway_store_caught_up") == 1 and now.get("gateway_broker_reachable") == 1
 
-    await eventually(steady, 10, "gateway_store_caught_up and gateway_broker_reachable never became 1")
+    await wait_until(steady, 10, "gateway_store_caught_up and gateway_broker_reachable never became 1")
     before = await scrape(client, gateway)
     assert before.types["gateway_records_consumed"] == "counter"
     assert before.types["gateway_delivery_delay_seconds"] == "histogram"
@@ -190,7 +176,7 @@ async def test_metrics_follow_known_traffic(kafka_bootstrap: str, world: World, 
     async def consumed(count: int) -> bool:
         return (await scrape(client, gateway)).delta(before, "gateway_records_consumed_total") >= count
 
-    await eventually(lambda: consumed(len(phase_one)), 20, "the gateway did not consume phase one")
+    await wait_until(lambda: consumed(len(phase_one)), 20, "the gateway did not consume phase one")
 
     # A stream: open while it is open, then one live event (through the delay histogram) and the end.
     token = mint(world.key, tenant=TENANT, session=a)
@@ -234,7 +220,7 @@ async def test_metrics_follow_known_traffic(kafka_bootstrap: str, world: World, 
             and all(value == 0 for value in now.labelled("gateway_consumer_lag_records", "partition").values())
         )
 
-    await eventually(settled, 20, "the gateway never settled after the traffic")
+    await wait_until(settled, 20, "the gateway never settled after the traffic")
     after = await scrape(client, gateway)
 
     def delta(name: str, **labels: str) -> float:
@@ -297,7 +283,7 @@ async def test_readyz_waits_for_the_store_to_catch_up(
         async def reports_missing_topic() -> bool:
             return any(topic in reason for reason in (await readyz(client, gateway))[1]["reasons"])
 
-        await eventually(reports_missing_topic, 20, lambda: _describe_readyz(client, gateway))
+        await wait_until(reports_missing_topic, 20, lambda: _describe_readyz(client, gateway))
 
         session = new_session("late")
         await create_topic(kafka_bootstrap, topic, partitions=2, compacted=True)
@@ -360,7 +346,7 @@ async def test_a_broker_outage_keeps_the_replica_ready_and_serving(
             statuses.add(status)
             return body["checks"]["broker_reachable"] is False
 
-        await eventually(outage_noticed, 60, "the gateway never noticed the outage")
+        await wait_until(outage_noticed, 60, "the gateway never noticed the outage")
         status, body = await readyz(client, gateway)
         assert status == 200, body
         assert body["checks"]["store_caught_up"] is True
@@ -386,7 +372,7 @@ async def test_a_broker_outage_keeps_the_replica_ready_and_serving(
             assert metrics.get("gateway_kafka_log_lines_suppressed_total") > 0
 
             await asyncio.to_thread(broker.start)
-            await eventually(
+            await wait_until(
                 lambda: _ready_and_reachable(client, gateway), 90, lambda: _describe_readyz(client, gateway)
             )
             await strict.wait_ready(60)
@@ -435,7 +421,7 @@ async def test_an_identity_provider_outage_keeps_the_replica_ready(
             statuses.add(status)
             return body["checks"]["signing_keys_fresh"] is False
 
-        await eventually(refresh_failed, 30, lambda: _describe_readyz(client, gateway))
+        await wait_until(refresh_failed, 30, lambda: _describe_readyz(client, gateway))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             statuses.add((await readyz(client, gateway))[0])
@@ -627,5 +613,5 @@ async def test_dev_mode_explains_a_missing_topic_and_an_unreachable_issuer(
             response = await client.post(f"{gateway.url}/dev/sessions", json={})
             return response.status_code == 502 and "dev issuer" in response.json()["detail"]
 
-        await eventually(issuer_is_the_problem, 30, lambda: _describe_readyz(client, gateway))
+        await wait_until(issuer_is_the_problem, 30, lambda: _describe_readyz(client, gateway))
     assert "Traceback" not in gateway.logs()

@@ -8,13 +8,21 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from consumers.durations import DURATION_FIELDS
 from consumers.settings import ConsumerSettings
+from gateway.diagnostics import (
+    SETTINGS_CLASSES,
+    known_variables,
+    open_files_problem,
+    settings_problems,
+    unknown_variables,
+)
 from gateway.settings import GatewaySettings
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
-@pytest.mark.parametrize("settings_class", [ConsumerSettings, GatewaySettings])
+@pytest.mark.parametrize("settings_class", SETTINGS_CLASSES, ids=lambda cls: cls.__name__)
 def test_every_setting_is_in_the_readme_configuration_table(settings_class: type[object]) -> None:
     fields = settings_class.model_fields  # type: ignore[attr-defined]
     documented = set(re.findall(r"^\| `(GATEWAY_[A-Z0-9_]+)` \|", README, re.MULTILINE))
@@ -23,9 +31,106 @@ def test_every_setting_is_in_the_readme_configuration_table(settings_class: type
 
 
 def test_readme_documents_no_setting_that_does_not_exist() -> None:
-    known = {f"GATEWAY_{n.upper()}" for n in (*ConsumerSettings.model_fields, *GatewaySettings.model_fields)}
     documented = set(re.findall(r"^\| `(GATEWAY_[A-Z0-9_]+)` \|", README, re.MULTILINE))
-    assert documented <= known, f"documented but unknown: {sorted(documented - known)}"
+    assert documented <= known_variables(), f"documented but unknown: {sorted(documented - known_variables())}"
+
+
+def test_known_variables_are_the_fields_of_every_settings_class() -> None:
+    assert {ConsumerSettings, GatewaySettings} <= set(SETTINGS_CLASSES)
+    assert "GATEWAY_KAFKA_TOPIC" in known_variables()
+    assert "GATEWAY_DEV_MODE" in known_variables()
+    assert "GATEWAY_ALLOW_UNKNOWN_SETTINGS" in known_variables()
+
+
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [
+        ("GATEWAY_DEV_MOD", "GATEWAY_DEV_MODE"),
+        ("GATEWAY_KAFKA_TOPC", "GATEWAY_KAFKA_TOPIC"),
+        ("GATEWAY_JWKS_ULR", "GATEWAY_JWKS_URL"),
+        ("gateway_jwt_audeince", "GATEWAY_JWT_AUDIENCE"),
+    ],
+)
+def test_unknown_variables_name_the_closest_setting(name: str, suggestion: str) -> None:
+    lines = unknown_variables({name: "x", "GATEWAY_KAFKA_TOPIC": "t", "HOME": "/root"})
+    assert lines == [f"unknown setting {name}: did you mean {suggestion}?"]
+
+
+def test_unknown_variables_ignore_known_and_foreign_names() -> None:
+    assert unknown_variables({"GATEWAY_PORT": "1", "gateway_port": "1", "KAFKA_BOOTSTRAP_SERVERS": "x"}) == []
+    (line,) = unknown_variables({"GATEWAY_ZZZZZZZZZZ": "1"})
+    assert "no setting has a similar name" in line
+    (service_link,) = unknown_variables({"GATEWAY_SERVICE_HOST": "10.0.0.1"})
+    assert "enableServiceLinks: false" in service_link
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("6h", 21600), ("30m", 1800), ("90s", 90), ("1d", 86400), ("500ms", 0.5), ("1h30m", 5400), ("42", 42),
+     ("2.5", 2.5), (" 10S ", 10)],
+)  # fmt: skip
+def test_durations_with_units_for_every_kind_of_duration_setting(
+    monkeypatch: pytest.MonkeyPatch, text: str, seconds: float
+) -> None:
+    for name in ("GATEWAY_REPLAY_WINDOW", "GATEWAY_KAFKA_HEALTH_INTERVAL", "GATEWAY_DRAIN_SECONDS"):
+        monkeypatch.setenv(name, text)
+    consumer, gateway = ConsumerSettings(), GatewaySettings()
+    assert consumer.replay_window is not None and consumer.replay_window.total_seconds() == seconds
+    assert consumer.kafka_health_interval == seconds
+    assert gateway.drain_seconds == seconds
+
+
+def test_millisecond_settings_take_units_and_plain_milliseconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_RETRY_MS", "3s")
+    monkeypatch.setenv("GATEWAY_KAFKA_REQUEST_TIMEOUT_MS", "15000")
+    assert GatewaySettings().retry_ms == 3000
+    assert ConsumerSettings().kafka_request_timeout_ms == 15000
+
+
+def test_every_float_seconds_setting_takes_units() -> None:
+    seconds_fields = [
+        name
+        for name, info in GatewaySettings.model_fields.items()
+        if info.annotation is float and name != "retry_jitter"
+    ]
+    assert seconds_fields, "no float settings found"
+    unregistered = [name for name in seconds_fields if name not in DURATION_FIELDS]
+    assert not unregistered, f"duration settings without unit parsing: {unregistered}"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragments"),
+    [
+        ("GATEWAY_REPLAY_WINDOW", "6 hours", ["GATEWAY_REPLAY_WINDOW='6 hours'", "6h", "90s"]),
+        ("GATEWAY_DRAIN_SECONDS", "soon", ["GATEWAY_DRAIN_SECONDS='soon'", "30m"]),
+        ("GATEWAY_PORT", "http", ["GATEWAY_PORT='http'", "valid integer", "e.g. 8080"]),
+        ("GATEWAY_LOG_FORMAT", "yaml", ["GATEWAY_LOG_FORMAT='yaml'", "one of json, text"]),
+        ("GATEWAY_DEV_MODE", "maybe", ["GATEWAY_DEV_MODE='maybe'", "true or false"]),
+        ("GATEWAY_KAFKA_SASL_MECHANISM", "GSSAPI", ["GATEWAY_KAFKA_SASL_MECHANISM='GSSAPI'", "SCRAM-SHA-256"]),
+        ("GATEWAY_KAFKA_SASL_PASSWORD", "", []),  # valid: no line at all
+    ],
+)
+def test_setting_errors_name_the_variable_the_value_and_a_valid_example(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, fragments: list[str]
+) -> None:
+    monkeypatch.setenv(variable, value)
+    lines = settings_problems()
+    if not fragments:
+        assert lines == []
+        return
+    assert len(lines) == 1, lines
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert "Input should be a valid timedelta" not in lines[0]
+
+
+def test_open_files_message_says_what_it_checks_and_what_to_do() -> None:
+    assert open_files_problem(20_000, limit=20_100) is None
+    assert open_files_problem(20_000, limit=-1) is None  # not POSIX
+    message = open_files_problem(20_000, limit=20_000)
+    assert message is not None
+    for fragment in ("ulimit -n", "20000", "GATEWAY_MAX_SOCKETS=20000", "plus 100", "= 20100", "to 19900"):
+        assert fragment in message, (fragment, message)
 
 
 @pytest.mark.parametrize("algorithms", ["HS256", "RS256,none", "none", "HS512,ES256", ""])

@@ -15,6 +15,11 @@
     connectionText: $("connection-text"),
     events: $("events"),
     message: $("message"),
+    notice: $("notice"),
+    token: $("token"),
+    copyToken: $("copy-token"),
+    watchCommand: $("watch-command"),
+    copyWatch: $("copy-watch"),
     snippet: $("snippet"),
     copy: $("copy"),
     statusButtons: Array.from(document.querySelectorAll(".status-btn")),
@@ -35,6 +40,38 @@
   function showMessage(text) {
     ui.message.textContent = text;
     ui.message.hidden = !text;
+  }
+
+  // Not an error: what the gateway did with a published status (e.g. "ignored: repeated status").
+  function showNotice(text) {
+    ui.notice.textContent = text;
+    ui.notice.hidden = !text;
+  }
+
+  function showToken() {
+    const token = session ? session.token : "";
+    ui.token.textContent = token || "–";
+    const watch = session
+      ? `session-gateway watch ${session.id} --url ${window.location.origin} --token ${token}`
+      : "";
+    ui.watchCommand.textContent = watch || "–";
+    ui.copyToken.disabled = !token;
+    ui.copyWatch.disabled = !watch;
+  }
+
+  async function copyText(button, text, node) {
+    try {
+      await navigator.clipboard.writeText(text);
+      button.textContent = "Copied";
+    } catch (_) {
+      const range = document.createRange();
+      range.selectNodeContents(node);
+      const selection = window.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(range);
+      button.textContent = "Press Ctrl+C";
+    }
+    setTimeout(() => { button.textContent = "Copy"; }, 1500);
   }
 
   function setStatusButtons(enabled) {
@@ -136,11 +173,18 @@
 
   async function createSession() {
     showMessage("");
+    showNotice("");
+    const tenant = ui.tenant.value.trim();
+    if (!tenant) {
+      showMessage("Tenant must not be blank: enter the tenant that owns the session (e.g. demo-tenant).");
+      ui.tenant.focus();
+      return;
+    }
     ui.create.disabled = true;
     try {
-      const tenant = ui.tenant.value.trim() || "demo-tenant";
       session = await postJson("/dev/sessions", { tenant });
       ui.sessionId.textContent = session.id;
+      showToken();
       ui.current.textContent = "–";
       ui.current.dataset.status = "none";
       ui.events.replaceChildren();
@@ -157,9 +201,13 @@
   async function publishStatus(status) {
     if (!session) return;
     showMessage("");
+    showNotice("");
     setStatusButtons(false);
     try {
-      await postJson(`/dev/sessions/${encodeURIComponent(session.id)}/status`, { status });
+      const published = await postJson(`/dev/sessions/${encodeURIComponent(session.id)}/status`, { status });
+      if (published && published.outcome && published.outcome !== "applied") {
+        showNotice(`"${status}" was published but ${published.outcome}: the stream gets nothing new.`);
+      }
     } catch (error) {
       showMessage(`Could not publish "${status}": ${error.message}`);
     } finally {
@@ -278,6 +326,8 @@
     button.addEventListener("click", () => publishStatus(button.dataset.status));
   }
   ui.copy.addEventListener("click", copySnippet);
+  ui.copyToken.addEventListener("click", () => copyText(ui.copyToken, session ? session.token : "", ui.token));
+  ui.copyWatch.addEventListener("click", () => copyText(ui.copyWatch, ui.watchCommand.textContent, ui.watchCommand));
   ui.tenant.addEventListener("keydown", (event) => {
     if (event.key === "Enter") createSession();
   });

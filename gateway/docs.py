@@ -1,0 +1,84 @@
+"""``/docs``: Swagger UI served from the ``swagger-ui-bundle-v2`` package, not a CDN.
+
+The page works offline and under a strict Content-Security-Policy: every script and style comes from
+this server and there is no inline script (the initializer is a small JavaScript file of its own).
+``mount_docs(app)`` replaces FastAPI's CDN-based ``/docs`` (and ``/redoc``, which has no offline
+assets) on the app it is given::
+
+    mount_docs(api)   # after api = FastAPI(...)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from starlette.routing import BaseRoute, Route
+
+_ASSETS = {
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "favicon-32x32.png": "image/png",
+}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def swagger_ui_dir() -> Path:
+    from swagger_ui_bundle import swagger_ui_path
+
+    return Path(str(swagger_ui_path))
+
+
+def mount_docs(app: FastAPI, path: str = "/docs") -> None:
+    """Serves Swagger UI for ``app.openapi_url`` at ``path`` with assets from the installed package."""
+    drop = {url for url in (app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url) if url}
+    app.router.routes[:] = [route for route in app.router.routes if not _route_path_in(route, drop)]
+    app.docs_url = app.redoc_url = app.swagger_ui_oauth2_redirect_url = None
+    assets_dir = swagger_ui_dir()
+    openapi_url = app.openapi_url or "/openapi.json"
+    headers = {"content-security-policy": CSP, "cache-control": "no-cache"}
+    page = f"""<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>{app.title} - API docs</title>
+  <link rel="icon" type="image/png" href="{path}/assets/favicon-32x32.png">
+  <link rel="stylesheet" href="{path}/assets/swagger-ui.css">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="{path}/assets/swagger-ui-bundle.js"></script>
+  <script src="{path}/assets/init.js"></script>
+</body>
+</html>
+"""
+    init = (
+        "window.ui = SwaggerUIBundle({"
+        f"url: {json.dumps(openapi_url)}, dom_id: '#swagger-ui', deepLinking: true, "
+        "presets: [SwaggerUIBundle.presets.apis], layout: 'BaseLayout'});\n"
+    )
+
+    @app.get(path, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(page, headers=headers)
+
+    @app.get(f"{path}/assets/init.js", include_in_schema=False)
+    async def docs_init() -> Response:
+        return Response(init, media_type="text/javascript; charset=utf-8", headers={"cache-control": "no-cache"})
+
+    @app.get(f"{path}/assets/{{name}}", include_in_schema=False)
+    async def docs_asset(name: str) -> FileResponse:
+        media_type = _ASSETS.get(name)
+        if media_type is None:
+            raise HTTPException(404, f"no docs asset {name!r}")
+        return FileResponse(assets_dir / name, media_type=media_type, headers={"cache-control": "max-age=86400"})
+
+
+def _route_path_in(route: BaseRoute, paths: set[str]) -> bool:
+    return isinstance(route, Route) and route.path in paths

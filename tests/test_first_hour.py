@@ -87,7 +87,7 @@ async def test_create_topic_only_warns_about_a_misspelt_setting(kafka_bootstrap:
     [
         ("GATEWAY_REPLAY_WINDOW", "6 hours", "6h"),
         ("GATEWAY_HEARTBEAT_INTERVAL", "often", "90s"),
-        ("GATEWAY_MAX_SOCKETS", "lots", "e.g. 20000"),
+        ("GATEWAY_MAX_CONNECTIONS", "lots", "e.g. 16000"),
         ("GATEWAY_KAFKA_SECURITY_PROTOCOL", "TLS", "SASL_SSL"),
     ],
 )
@@ -150,10 +150,15 @@ class DevServe:
     issuer_url: str
     log_path: Path
     topic: str
+    internal_port: int
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def internal_url(self) -> str:
+        return f"http://127.0.0.1:{self.internal_port}"
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -184,7 +189,7 @@ async def dev_serve(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFacto
             ["bash", "-c", f"ulimit -n {OPEN_FILES} && exec {command}"],
             env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
         )  # fmt: skip
-    served = DevServe(process, port, f"http://127.0.0.1:{issuer_port}", log_path, topic)
+    served = DevServe(process, port, f"http://127.0.0.1:{issuer_port}", log_path, topic, internal_port)
     try:
         async with httpx.AsyncClient(timeout=2.0) as client:
 
@@ -336,7 +341,7 @@ async def test_demo_page_at_420px_shows_the_token_and_never_scrolls_sideways(
 
 
 async def test_api_docs_render_offline_under_a_strict_csp(dev_serve: DevServe, tmp_path: Path) -> None:
-    async with httpx.AsyncClient(base_url=dev_serve.url, timeout=10.0) as client:
+    async with httpx.AsyncClient(base_url=dev_serve.internal_url, timeout=10.0) as client:
         page = await client.get("/docs")
         asset = await client.get("/docs/assets/swagger-ui-bundle.js")
     assert page.status_code == 200
@@ -349,7 +354,7 @@ async def test_api_docs_render_offline_under_a_strict_csp(dev_serve: DevServe, t
     chromium = find_chromium()
     # The profile lives in tmp_path: Chromium may still write to it while it exits.
     async with chromium_page(chromium, tmp_path / "profile", tmp_path / "chromium.log") as browser:
-        await browser.navigate(f"{dev_serve.url}/docs")
+        await browser.navigate(f"{dev_serve.internal_url}/docs")
         title = await browser.wait_for(
             "document.querySelector('.swagger-ui .info .title') && "
             "document.querySelector('.swagger-ui .info .title').textContent",

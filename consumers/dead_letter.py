@@ -32,7 +32,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, NodeNotReadyError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    UnknownTopicOrPartitionError,
+)
 
 from consumers import metrics
 from consumers.settings import ConsumerSettings
@@ -44,7 +50,7 @@ _MAX_DETAIL = 1024
 _MAX_BACKOFF_S = 10.0
 _LOG_INTERVAL_S = 60.0
 # A missing topic or an unreachable broker: the record waits in the queue and is tried again.
-_OUTAGE_ERRORS = (KafkaTimeoutError, KafkaConnectionError, NodeNotReadyError)
+_OUTAGE_ERRORS = (KafkaTimeoutError, KafkaConnectionError, NodeNotReadyError, UnknownTopicOrPartitionError)
 
 HEADER_REASON = "dlq.reason"
 HEADER_DETAIL = "dlq.detail"

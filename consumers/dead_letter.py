@@ -156,10 +156,9 @@ class DeadLetterWriter:
                 backoff = 0.5
                 self._pop(letter)
                 delivery.add_done_callback(self._delivered)
-        finally:
-            if started:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
+        finally:  # also after a failed start, which may leave connections open
+            with contextlib.suppress(Exception):
+                await producer.stop()
 
     def _pop(self, letter: DeadLetter) -> None:
         self._queue.popleft()

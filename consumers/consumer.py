@@ -11,6 +11,12 @@ partition assignment and no consumer group at all, rather than a per-replica gro
   SREs running the gateway look, instead of in ``kafka-consumer-groups``.
 New partitions are found by the periodic broker probe and read from their beginning.
 
+Several topics (``GATEWAY_KAFKA_TOPIC=a,b``) are read by the same consumer; each (topic, partition)
+becomes one number (``consumers.partitions``) for the store, the replay progress and event ids, and
+readiness waits for every partition of every topic. Each record's format is detected from its headers
+(``consumers.formats``); a rejected record is copied to the dead-letter topic when one is configured
+(``consumers.dead_letter``).
+
 Failure boundaries: a record that cannot be handled is skipped, counted and logged by position
 (never by content), and the loop goes on; consumption, the broker probe and eviction are separate
 tasks (see ``tasks()``), each run under the ``Supervisor``, so one of them crashing neither stops nor
@@ -32,10 +38,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumers import metrics
+from consumers.dead_letter import DeadLetterWriter
+from consumers.formats import RecordDecoder
 from consumers.hub import Hub
 from consumers.kafka_errors import ConnectErrorLog
+from consumers.partitions import MAX_PARTITION, format_partition, global_partition, split_partition
 from consumers.progress import PartitionProgress
-from consumers.records import Rejected, Tombstone, decode_record
+from consumers.records import Decoded, Rejected, Skipped, Tombstone, decode_record
 from consumers.settings import ConsumerSettings
 from consumers.store import Outcome, SessionStore
 
@@ -61,7 +70,16 @@ class SessionStatusConsumer:
         self.hub = hub
         self.progress = progress
         self._consumer: AIOKafkaConsumer | None = None
-        self._partitions: set[int] = set()
+        self._topics = settings.kafka_topics
+        self._topic_index = {topic: index for index, topic in enumerate(self._topics)}
+        self._decoders = [
+            RecordDecoder(settings.max_record_bytes, settings.cloudevents_types, settings.mapping_for(topic))
+            for topic in self._topics
+        ]
+        self.dead_letters = (
+            DeadLetterWriter(settings) if settings.dlq_topic is not None and settings.dlq_writer else None
+        )
+        self._partitions: set[int] = set()  # global partition numbers (consumers.partitions)
         self._new_partitions: set[int] = set()
         self._stopping = False
         self._stop_requested = asyncio.Event()
@@ -73,8 +91,22 @@ class SessionStatusConsumer:
         metrics.KAFKA_LAST_FETCH_AGE.set_function(self.seconds_since_contact)
 
     def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
-        """The long-running tasks to supervise: consumption, the broker probe and store eviction."""
-        return {"kafka-consumer": self.run, "kafka-probe": self.probe_loop, "store-eviction": self.eviction_loop}
+        """The long-running tasks to supervise: consumption, the broker probe, store eviction, dead letters."""
+        tasks: dict[str, Callable[[], Awaitable[None]]] = {
+            "kafka-consumer": self.run,
+            "kafka-probe": self.probe_loop,
+            "store-eviction": self.eviction_loop,
+        }
+        if self.dead_letters is not None:
+            tasks["dead-letter-writer"] = self.dead_letters.run
+        return tasks
+
+    def _tp(self, number: int) -> TopicPartition:
+        index, partition = split_partition(number)
+        return TopicPartition(self._topics[index], partition)
+
+    def _number(self, tp: TopicPartition) -> int:
+        return global_partition(self._topic_index[tp.topic], tp.partition)
 
     def seconds_since_contact(self) -> float:
         return -1.0 if self.last_contact is None else time.monotonic() - self.last_contact
@@ -121,25 +153,23 @@ class SessionStatusConsumer:
         self._consumer = consumer
         await consumer.start()
         partitions = await self._partitions_on_broker()
-        if not partitions:
-            raise LookupError(f"topic {settings.kafka_topic!r} does not exist")
-        tps = [TopicPartition(settings.kafka_topic, p) for p in sorted(partitions)]
+        tps = [self._tp(number) for number in sorted(partitions)]
         consumer.assign(tps)
         self._partitions = set(partitions)
         end_offsets = await consumer.end_offsets(tps)
         resumed = self.progress.positions
         if resumed:  # a restart after a crash: the store already holds everything before these positions
             for tp in tps:
-                consumer.seek(tp, resumed.get(tp.partition, 0))
-            if any(tp.partition not in resumed for tp in tps):
-                await consumer.seek_to_beginning(*(tp for tp in tps if tp.partition not in resumed))
+                consumer.seek(tp, resumed.get(self._number(tp), 0))
+            if any(self._number(tp) not in resumed for tp in tps):
+                await consumer.seek_to_beginning(*(tp for tp in tps if self._number(tp) not in resumed))
         else:
             await self._seek_start(tps, end_offsets)
-        self.progress.end_offsets = {tp.partition: offset for tp, offset in end_offsets.items()}
+        self.progress.end_offsets = {self._number(tp): offset for tp, offset in end_offsets.items()}
         if not self.progress.targets:
             self.progress.set_targets(self.progress.end_offsets)
         for tp in tps:
-            self.progress.advance(tp.partition, await consumer.position(tp))
+            self.progress.advance(self._number(tp), await consumer.position(tp))
         self.last_contact = time.monotonic()
         self._connected.set()
         self.progress.broker_reachable = True
@@ -149,7 +179,7 @@ class SessionStatusConsumer:
             "consuming %s: %d partitions, replaying %d records",
             settings.kafka_topic,
             len(tps),
-            sum(max(0, end_offsets[tp] - self.progress.positions.get(tp.partition, 0)) for tp in tps),
+            sum(max(0, end_offsets[tp] - self.progress.positions.get(self._number(tp), 0)) for tp in tps),
         )
 
     async def _seek_start(self, tps: list[TopicPartition], end_offsets: dict[TopicPartition, int]) -> None:
@@ -175,7 +205,6 @@ class SessionStatusConsumer:
     async def _consume_loop(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        topic = self.settings.kafka_topic
         while not self._stopping:
             if self._new_partitions:
                 await self._assign_new_partitions()
@@ -189,27 +218,37 @@ class SessionStatusConsumer:
             if batches:
                 self.last_contact = time.monotonic()
             for tp, records in batches.items():
-                self._handle_batch(topic, records)
-                self.progress.advance(tp.partition, await consumer.position(tp))
+                self._handle_batch(tp.topic, records)
+                self.progress.advance(self._number(tp), await consumer.position(tp))
             if not batches and not self.progress.caught_up.is_set():
-                for partition in self._partitions:
-                    tp = TopicPartition(topic, partition)
-                    self.progress.advance(partition, await consumer.position(tp))
+                for number in self._partitions:
+                    self.progress.advance(number, await consumer.position(self._tp(number)))
             if self.progress.caught_up.is_set() and not self._reported_caught_up:
                 self._reported_caught_up = True
                 log.info("store caught up: %d sessions", len(self.store))
 
     def _handle_batch(self, topic: str, records: list[Any]) -> None:
-        store, hub, max_bytes = self.store, self.hub, self.settings.max_record_bytes
+        """Applies one fetched batch of one partition; every record's failure stays with that record."""
+        store, hub = self.store, self.hub
+        index = self._topic_index[topic]
+        decoder = self._decoders[index]
+        decode, plain, max_bytes = decoder.decode, decoder.mapper is None, decoder.max_value_bytes
+        dead_letters = self.dead_letters
         now_ms = int(time.time() * 1000)
         applied = 0
         ignored: Tally[str] = Tally()
         rejected: Tally[str] = Tally()
         for record in records:
             try:
-                decoded = decode_record(record.key, record.value, max_bytes)
+                headers = record.headers
+                if plain and not headers:  # the replay-speed path: a plain record, no headers to look at
+                    decoded: Decoded | Skipped = decode_record(record.key, record.value, max_bytes)
+                else:
+                    decoded = decode(record.key, record.value, headers)
                 if isinstance(decoded, Rejected):
                     rejected[decoded.reason] += 1
+                    if dead_letters is not None:
+                        self._dead_letter(dead_letters, topic, index, record, decoded.reason.value, decoded.detail)
                     log.warning(
                         "skipped malformed record topic=%s partition=%d offset=%d reason=%s: %s",
                         topic,
@@ -219,6 +258,9 @@ class SessionStatusConsumer:
                         decoded.detail,
                     )
                     continue
+                if isinstance(decoded, Skipped):
+                    ignored[decoded.reason] += 1
+                    continue
                 if isinstance(decoded, Tombstone):
                     outcome = store.delete(decoded.session_id)
                     if outcome is Outcome.DELETED:
@@ -227,7 +269,9 @@ class SessionStatusConsumer:
                     else:
                         ignored[outcome] += 1
                     continue
-                outcome, transition = store.apply(decoded, record.partition, record.offset, now_ms)
+                outcome, transition = store.apply(
+                    decoded, global_partition(index, record.partition), record.offset, now_ms
+                )
                 if transition is None:
                     ignored[outcome] += 1
                     continue
@@ -244,6 +288,10 @@ class SessionStatusConsumer:
                     type(error).__name__,
                     _where(error),
                 )
+                if dead_letters is not None:
+                    with contextlib.suppress(Exception):
+                        detail = f"{type(error).__name__} raised at {_where(error)}"
+                        self._dead_letter(dead_letters, topic, index, record, HANDLER_ERROR, detail)
         metrics.RECORDS_CONSUMED.inc(len(records))
         if applied:
             metrics.RECORDS_APPLIED.inc(applied)
@@ -251,6 +299,13 @@ class SessionStatusConsumer:
             metrics.RECORDS_IGNORED.labels(reason).inc(count)
         for reason, count in rejected.items():
             metrics.RECORDS_REJECTED.labels(reason).inc(count)
+
+    def _dead_letter(
+        self, writer: DeadLetterWriter, topic: str, index: int, record: Any, reason: str, detail: str
+    ) -> None:
+        """Copies a rejected record, unless it was already in the log when this replica started (replay)."""
+        if record.offset >= self.progress.targets.get(global_partition(index, record.partition), 0):
+            writer.offer(record, topic, reason, detail)
 
     async def probe_loop(self) -> None:
         """Broker reachability, lag and new partitions, every health interval, once connected."""
@@ -277,48 +332,60 @@ class SessionStatusConsumer:
     async def _probe(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        topic = self.settings.kafka_topic
-        tps = [TopicPartition(topic, p) for p in sorted(self._partitions)]
+        tps = [self._tp(number) for number in sorted(self._partitions)]
         end_offsets = await consumer.end_offsets(tps)
-        self.progress.end_offsets = {tp.partition: offset for tp, offset in end_offsets.items()}
+        self.progress.end_offsets = {self._number(tp): offset for tp, offset in end_offsets.items()}
         # A fetch of only aborted or control batches moves the position without returning records.
         for tp in tps:
-            self.progress.advance(tp.partition, await consumer.position(tp))
-        for partition, lag in self.progress.lag().items():
-            metrics.CONSUMER_LAG.labels(str(partition)).set(lag)
-            metrics.CONSUMER_POSITION.labels(str(partition)).set(self.progress.positions.get(partition, 0))
+            self.progress.advance(self._number(tp), await consumer.position(tp))
+        for number, lag in self.progress.lag().items():
+            label = format_partition(number)
+            metrics.CONSUMER_LAG.labels(label).set(lag)
+            metrics.CONSUMER_POSITION.labels(label).set(self.progress.positions.get(number, 0))
         if not self.progress.broker_reachable:
             log.info("kafka broker reachable again")
         self.last_contact = time.monotonic()
         self.progress.broker_reachable = True
         self.progress.last_error = None
         metrics.BROKER_REACHABLE.set(1)
-        current = await self._partitions_on_broker()
+        current = await self._partitions_on_broker(strict=False)
         added = current - self._partitions - self._new_partitions
         if added:
-            log.info("topic %s gained partitions %s", topic, sorted(added))
+            log.info("gained partitions %s", ", ".join(str(self._tp(number)) for number in sorted(added)))
             self._new_partitions |= added
 
-    async def _partitions_on_broker(self) -> set[int]:
-        """Fresh partition list of the topic (aiokafka has no public call that refreshes it on demand)."""
+    async def _partitions_on_broker(self, strict: bool = True) -> set[int]:
+        """Fresh partition numbers of every topic (aiokafka has no public call that refreshes them on demand).
+
+        ``strict``: raises LookupError when a topic does not exist (at start, the gateway would otherwise
+        turn ready without it); the probe passes False and keeps what it has.
+        """
         consumer = self._consumer
         assert consumer is not None
         client = consumer._client
-        client.add_topic(self.settings.kafka_topic)
+        for topic in self._topics:
+            client.add_topic(topic)
         await client.force_metadata_update()
-        return set(consumer.partitions_for_topic(self.settings.kafka_topic) or ())
+        numbers: set[int] = set()
+        for index, topic in enumerate(self._topics):
+            partitions = consumer.partitions_for_topic(topic)
+            if not partitions and strict:
+                raise LookupError(f"topic {topic!r} does not exist")
+            if partitions and max(partitions) > MAX_PARTITION:
+                raise LookupError(f"topic {topic!r} has more partitions than event ids can carry ({MAX_PARTITION + 1})")
+            numbers.update(global_partition(index, partition) for partition in partitions or ())
+        return numbers
 
     async def _assign_new_partitions(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        topic = self.settings.kafka_topic
         added, self._new_partitions = self._new_partitions, set()
-        keep = {p: await consumer.position(TopicPartition(topic, p)) for p in self._partitions}
+        keep = {number: await consumer.position(self._tp(number)) for number in self._partitions}
         self._partitions |= added
-        consumer.assign([TopicPartition(topic, p) for p in sorted(self._partitions)])
-        for partition, position in keep.items():
-            consumer.seek(TopicPartition(topic, partition), position)
-        await consumer.seek_to_beginning(*(TopicPartition(topic, p) for p in added))
+        consumer.assign([self._tp(number) for number in sorted(self._partitions)])
+        for number, position in keep.items():
+            consumer.seek(self._tp(number), position)
+        await consumer.seek_to_beginning(*(self._tp(number) for number in added))
 
     def _evict(self) -> None:
         before = dict(self.store.evicted)

@@ -11,6 +11,8 @@ RECORDS_REJECTED = Counter("gateway_records_rejected_total", "Malformed records 
 SESSIONS_DELETED = Counter("gateway_sessions_deleted_total", "Sessions removed by a tombstone.")
 SESSIONS_EVICTED = Counter("gateway_sessions_evicted_total", "Sessions evicted from the store, by reason.", ["reason"])
 STORE_SESSIONS = Gauge("gateway_store_sessions", "Sessions held in the in-memory store.")
+# ``partition`` is the partition number for the first topic of GATEWAY_KAFKA_TOPIC and ``t<index>.<partition>``
+# for the others (as in event ids, see consumers.partitions), so single-topic series are unchanged.
 CONSUMER_LAG = Gauge(
     "gateway_consumer_lag_records",
     "Records between the consumer position and the partition end.",
@@ -31,3 +33,11 @@ KAFKA_LOG_SUPPRESSED = Counter(
 SUBSCRIBER_ERRORS = Counter(
     "gateway_subscriber_errors_total", "Subscribers closed because they raised while receiving an event."
 )
+DLQ_WRITTEN = Counter("gateway_dlq_records_written_total", "Rejected records copied to the dead-letter topic.")
+DLQ_DROPPED = Counter(
+    "gateway_dlq_records_dropped_total",
+    "Rejected records not copied to the dead-letter topic (queue_full, send_failed).",
+    ["reason"],
+)
+DLQ_ERRORS = Counter("gateway_dlq_errors_total", "Failed attempts to write to the dead-letter topic.")
+DLQ_QUEUED = Gauge("gateway_dlq_queued_records", "Rejected records waiting to be copied to the dead-letter topic.")

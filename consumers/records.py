@@ -65,6 +65,10 @@ class RejectReason(StrEnum):
     SCHEMA = "schema"
     KEY_MISMATCH = "key_mismatch"
     TIME_OUT_OF_RANGE = TIME_OUT_OF_RANGE
+    # CloudEvents and mapped records (``consumers.formats``)
+    CLOUDEVENTS = "cloudevents"  # not a valid CloudEvent: attributes missing, of a wrong type, batch mode, ...
+    MAPPING = "mapping"  # a mapped field is missing or of the wrong type
+    UNMAPPED_STATUS = "unmapped_status"  # the status value is not in the mapping's table
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,13 @@ class Tombstone:
 class Rejected:
     reason: RejectReason
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A well-formed record the gateway is configured not to use (counted as ignored, not rejected)."""
+
+    reason: str
 
 
 Decoded = StatusUpdate | Tombstone | Rejected
@@ -111,6 +122,11 @@ def fast_decode(value: bytes) -> StatusUpdate | None:
         return None
     if type(data) is not dict:
         return None
+    return fast_from_object(data)
+
+
+def fast_from_object(data: dict[str, object]) -> StatusUpdate | None:
+    """``fast_decode`` of a value already parsed into a dict."""
     session_id = data.get("id")
     tenant_id = data.get("tenantId")
     status = data.get("status")
@@ -143,11 +159,39 @@ def fast_decode(value: bytes) -> StatusUpdate | None:
     )
 
 
+def decode_object(data: object) -> StatusUpdate | Rejected:
+    """A value already parsed from JSON (CloudEvents data, a mapped record) checked like a plain record value."""
+    update = fast_from_object(data) if type(data) is dict else None
+    if update is not None:
+        return update
+    try:
+        return StatusUpdate.from_event(SessionStatusEvent.model_validate(data))
+    except ValidationError as error:
+        return _classify_error(error)
+
+
+def parse_json(value: bytes) -> object | Rejected:
+    """orjson's parse of a value, or why it is not JSON (invalid UTF-8 first, as for plain records)."""
+    try:
+        parsed: object = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return Rejected(RejectReason.INVALID_UTF8, "value is not valid UTF-8")
+        return Rejected(RejectReason.NOT_JSON, "value is not JSON")
+    return parsed
+
+
 def _classify(value: bytes, error: ValidationError) -> Rejected:
     try:
         value.decode("utf-8")
     except UnicodeDecodeError:
         return Rejected(RejectReason.INVALID_UTF8, "value is not valid UTF-8")
+    return _classify_error(error)
+
+
+def _classify_error(error: ValidationError) -> Rejected:
     first = error.errors(include_input=False, include_url=False)[0]
     if first["type"] == "json_invalid":
         return Rejected(RejectReason.NOT_JSON, "value is not JSON")

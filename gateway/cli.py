@@ -153,7 +153,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
             return await publisher.publish(event)
 
     partition, offset = asyncio.run(_kafka_call(run(), settings))
-    print(f"published {event.id} {event.status.value} to {settings.kafka_topic} partition {partition} offset {offset}")
+    topic = settings.primary_topic
+    print(f"published {event.id} {event.status.value} to {topic} partition {partition} offset {offset}")
     return 0
 
 
@@ -162,7 +163,7 @@ def _cmd_create_topic(args: argparse.Namespace) -> int:
 
     settings = _kafka_settings(args)
     created = asyncio.run(_kafka_call(create_topic(settings, args.partitions, args.replication_factor), settings))
-    print(f"topic {settings.kafka_topic} {'created' if created else 'already exists'}")
+    print(f"topic {settings.primary_topic} {'created' if created else 'already exists'}")
     return 0
 
 

@@ -49,8 +49,8 @@ class StatusPublisher:
     async def check_topic(self) -> None:
         """Fails fast on a missing topic (a send would retry until the request timeout)."""
         metadata = await self._producer.client.fetch_all_metadata()
-        if self._settings.kafka_topic not in metadata.topics():
-            raise UnknownTopicOrPartitionError(f"topic {self._settings.kafka_topic!r} does not exist")
+        if self._settings.primary_topic not in metadata.topics():
+            raise UnknownTopicOrPartitionError(f"topic {self._settings.primary_topic!r} does not exist")
 
     async def __aexit__(self, *exc: object) -> None:
         await self._producer.stop()
@@ -58,12 +58,12 @@ class StatusPublisher:
     async def publish(self, event: SessionStatusEvent) -> tuple[int, int]:
         """Returns the (partition, offset) the record was written at."""
         metadata = await self._producer.send_and_wait(
-            self._settings.kafka_topic, key=event.id.encode("utf-8"), value=event_value(event)
+            self._settings.primary_topic, key=event.id.encode("utf-8"), value=event_value(event)
         )
         return metadata.partition, metadata.offset
 
     async def delete(self, session_id: str) -> tuple[int, int]:
         metadata = await self._producer.send_and_wait(
-            self._settings.kafka_topic, key=session_id.encode("utf-8"), value=None
+            self._settings.primary_topic, key=session_id.encode("utf-8"), value=None
         )
         return metadata.partition, metadata.offset

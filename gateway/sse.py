@@ -2,7 +2,8 @@
 
 The event id encodes the Kafka position (``partition-offset``), so any replica can resume from it,
 and ends in ``-end`` for a terminal status, so a replica can answer a finished session's reconnect
-with 204 even after the session left its store.
+with 204 even after the session left its store. With several topics, the partition of a topic other
+than the first is written ``t<index>.<partition>`` (``t1.3-42``; see ``consumers.partitions``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from datetime import UTC, datetime, timedelta
 import orjson
 from sse_starlette import ServerSentEvent
 
+from consumers.partitions import MAX_PARTITION, format_partition, parse_partition
 from consumers.store import Transition
 
 HEARTBEAT = b":\n\n"
-_EVENT_ID = re.compile(r"(\d{1,9})-(\d{1,19})(-end)?", re.ASCII)
+_EVENT_ID = re.compile(r"((?:t\d{1,4}\.)?\d{1,7})-(\d{1,19})(-end)?", re.ASCII)
 _MAX_OFFSET = 2**63 - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -31,7 +33,9 @@ class EventPosition:
 
 def event_id(transition: Transition) -> str:
     suffix = "-end" if transition.is_terminal else ""
-    return f"{transition.partition}-{transition.offset}{suffix}"
+    partition = transition.partition
+    where = partition if partition <= MAX_PARTITION else format_partition(partition)
+    return f"{where}-{transition.offset}{suffix}"
 
 
 def parse_event_id(value: str | None) -> EventPosition | None:
@@ -41,7 +45,10 @@ def parse_event_id(value: str | None) -> EventPosition | None:
     match = _EVENT_ID.fullmatch(value.strip())
     if match is None or int(match.group(2)) > _MAX_OFFSET:
         return None
-    return EventPosition(int(match.group(1)), int(match.group(2)), match.group(3) is not None)
+    partition = parse_partition(match.group(1))
+    if partition is None:
+        return None
+    return EventPosition(partition, int(match.group(2)), match.group(3) is not None)
 
 
 def iso_millis(updated_ms: int) -> str:

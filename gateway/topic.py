@@ -14,7 +14,7 @@ async def create_topic(settings: ConsumerSettings, partitions: int = 6, replicat
     await admin.start()
     try:
         topic = NewTopic(
-            settings.kafka_topic,
+            settings.primary_topic,
             num_partitions=partitions,
             replication_factor=replication_factor,
             topic_configs={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},

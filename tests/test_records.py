@@ -147,6 +147,9 @@ def test_reasons_are_stable_metric_labels() -> None:
         "schema",
         "key_mismatch",
         "time_out_of_range",
+        "cloudevents",
+        "mapping",
+        "unmapped_status",
     }
 
 

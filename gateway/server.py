@@ -85,7 +85,8 @@ def build_server(settings: GatewaySettings, consumer_settings: ConsumerSettings)
         backlog=4096,
         server_header=False,
         proxy_headers=True,
-        root_path=settings.root_path,
+        # GATEWAY_ROOT_PATH is applied by the stream route itself (with or without the prefix);
+        # given to uvicorn too, it would be prepended a second time to paths that carry it.
     )
     return GatewayServer(config, functools.partial(drain, app)), engine
 

@@ -58,6 +58,7 @@ access_log = logging.getLogger("uvicorn.access")
 TESTED_UVICORN = ("0.54.",)
 TESTED_HTTPTOOLS = ("0.6.", "0.7.", "0.8.", "0.9.")
 _MAX_HANDOVER_BODY = 1024 * 1024
+_LINGER_SECONDS = 2.0
 _MAX_TRAILING_BYTES = 64 * 1024  # what a stream's client may send after its request before it is cut
 _REASONS = {
     400: b"Bad Request",
@@ -125,6 +126,7 @@ class EdgeProtocol(asyncio.Protocol):
         "_headers",
         "_inner_left",
         "_kwargs",
+        "_lingering",
         "_started",
         "_task",
         "_timer",
@@ -153,6 +155,7 @@ class EdgeProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._counted = False
+        self._lingering = False
         self._extra = 0
         self._inner_left = 0
         self._started = 0.0
@@ -176,6 +179,8 @@ class EdgeProtocol(asyncio.Protocol):
         self._timer = self.loop.call_later(limits.idle_timeout, self._timed_out, "idle")
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
         if self.inner is not None:
             self._forward(data)
             return
@@ -202,6 +207,9 @@ class EdgeProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.inner is not None:
             return self.inner.eof_received()
+        if self._lingering and self.transport is not None:
+            self._cancel_timer()
+            self.transport.close()
         return None  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -377,11 +385,24 @@ class EdgeProtocol(asyncio.Protocol):
 
     # Helpers ----------------------------------------------------------------------------------------
     def _refuse(self, status: int) -> None:
+        """Answers ``status`` and closes, lingering so that the client can read the answer.
+
+        Closing at once with unread bytes from the client would send a reset, and the client's TCP
+        would drop our answer; so our side is shut for writing and what the client still sends is
+        discarded, for at most ``_LINGER_SECONDS``.
+        """
         self._cancel_timer()
         self._buffer = bytearray()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(_simple_response(status))
-            self.transport.close()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(_simple_response(status))
+        self._lingering = True
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._timer = self.loop.call_later(_LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
 
     def _timed_out(self, which: str) -> None:
         self._timer = None

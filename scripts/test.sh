@@ -24,4 +24,11 @@ ruff format --check .
 echo "[test] mypy" >&2
 mypy
 echo "[test] pytest (the first run downloads the Kafka broker jars; progress below)" >&2
-exec pytest "$@"
+if [ "$#" -gt 0 ]; then
+  exec pytest "$@"
+fi
+pytest
+# The stream suites once more on the portable ASGI engine (any ASGI server), not only the native one.
+echo "[test] pytest: stream suites on the portable ASGI engine (TEST_HTTP_ENGINE=asgi)" >&2
+TEST_HTTP_ENGINE=asgi exec pytest -p no:cacheprovider tests/test_gateway_stream.py tests/test_lifecycle.py \
+  tests/test_gateway_auth.py tests/test_edge_routes.py

@@ -261,6 +261,8 @@ def gateway_env(bootstrap: str, topic: str, jwks: JwksServer, **overrides: str) 
         "GATEWAY_KAFKA_HEALTH_INTERVAL": "1",
         "GATEWAY_JWKS_MIN_REFRESH": "1",
         "GATEWAY_LOG_LEVEL": "INFO",
+        # scripts/test.sh runs the stream suites a second time on the portable ASGI engine.
+        "GATEWAY_HTTP_ENGINE": os.environ.get("TEST_HTTP_ENGINE", "native"),
     }
     env.update(overrides)
     return env

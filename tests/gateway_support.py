@@ -65,7 +65,7 @@ def mint(
     alg: str = "RS256",
     tenant: str | None = "tenant-a",
     session: str | None = None,
-    sub: str = "user-1",
+    sub: str | None = "user-1",
     ttl: float = 600,
     kid: str | bool | None = True,
     extra: dict[str, Any] | None = None,
@@ -73,7 +73,9 @@ def mint(
     aud: str | list[str] | None = AUDIENCE,
 ) -> str:
     now = int(time.time())
-    claims: dict[str, Any] = {"sub": sub, "iat": now, "exp": int(now + ttl)}
+    claims: dict[str, Any] = {"iat": now, "exp": int(now + ttl)}
+    if sub is not None:
+        claims["sub"] = sub
     if iss is not None:
         claims["iss"] = iss
     if aud is not None:

@@ -63,6 +63,7 @@ class GatewaySettings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = []
     unknown_session_wait: float = Field(5.0, ge=0)
     resume_wait: float = Field(5.0, ge=0)
+    replay_wait: float = Field(10.0, ge=0, description="A stream request during the initial replay waits this long.")
     heartbeat_interval: float = Field(15.0, gt=0)
     retry_ms: int = Field(3000, ge=0)
     retry_jitter: float = Field(0.5, ge=0, le=1, description="retry: varies by up to this fraction.")
@@ -105,7 +106,7 @@ class GatewaySettings(BaseSettings):
     _seconds = seconds_fields(
         "jwt_leeway", "jwks_min_refresh", "jwks_cache_ttl", "jwks_cache_min_ttl", "jwks_cache_max_ttl",
         "jwks_timeout", "unknown_session_wait", "resume_wait", "heartbeat_interval", "drain_seconds",
-        "shutdown_grace_seconds", "task_crash_window", "idle_timeout", "request_head_timeout",
+        "shutdown_grace_seconds", "task_crash_window", "replay_wait", "idle_timeout", "request_head_timeout",
     )  # fmt: skip
     _milliseconds = milliseconds_fields("retry_ms")
 

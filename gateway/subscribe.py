@@ -178,7 +178,7 @@ class EventsEndpoint:
     ) -> tuple[SessionSnapshot, Ticket]:
         settings = self.settings
         if not self.progress.caught_up.is_set():
-            raise StreamRefused(503, "Session state is still loading", {"Retry-After": "5"}, reason="replaying")
+            await self._await_replay(principal, session_id)
         if settings.session_claim and principal.session is not None and principal.session != session_id:
             raise StreamRefused(404, not_found_message(session_id), reason="session_claim_mismatch")
         if len(session_id) > MAX_SESSION_ID_LENGTH:
@@ -227,6 +227,23 @@ class EventsEndpoint:
             raise
         self.connections.stop_waiting(ticket)
         return snapshot, ticket
+
+    async def _await_replay(self, principal: Principal, session_id: str) -> None:
+        """A request that reaches a replica still replaying waits (counted) for the replay, then 503.
+
+        A browser's EventSource gives up for good on an error status, and a replica restarting alone
+        (no other replica to route to) would otherwise refuse every reconnect until it is ready.
+        """
+        wait = self.settings.replay_wait
+        if wait > 0 and not self.connections.draining:
+            ticket = self.connections.reserve(principal.tenant or "", principal.subject, session_id, waiting=True)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.progress.caught_up.wait(), wait)
+            finally:
+                self.connections.release(ticket)
+        if not self.progress.caught_up.is_set():
+            raise StreamRefused(503, "Session state is still loading", {"Retry-After": "5"}, reason="replaying")
 
     def _visible(self, snapshot: SessionSnapshot | None, principal: Principal) -> SessionSnapshot | None:
         if snapshot is not None and self.settings.tenant_claim and principal.tenant != snapshot.tenant_id:

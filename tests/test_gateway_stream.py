@@ -446,10 +446,11 @@ async def test_status_published_with_the_cli_reaches_the_browser(world: World, c
 async def test_503_while_the_store_is_not_caught_up(
     kafka_bootstrap: str, world: World, client: httpx.AsyncClient, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """A gateway whose topic does not exist yet cannot have loaded the store: 503 + Retry-After, until it has."""
+    """A gateway whose topic does not exist yet cannot have loaded the store: 503 + Retry-After after the
+    replay wait (here 1 s), until it has; a request that arrives during the replay waits for it and streams."""
     topic = unique_topic("gateway-not-yet")
     log = tmp_path_factory.mktemp("gateway-replay") / "gateway.log"
-    gateway = GatewayProcess(gateway_env(kafka_bootstrap, topic, world.jwks), log).start()
+    gateway = GatewayProcess(gateway_env(kafka_bootstrap, topic, world.jwks, GATEWAY_REPLAY_WAIT="1"), log).start()
     try:
         await gateway.wait_status("/livez", 200)
         session_id = new_session("later")
@@ -471,6 +472,30 @@ async def test_503_while_the_store_is_not_caught_up(
             assert stream.status == 200
             first = await stream.next_event()
         assert first is not None and first.json()["status"] == "active"
+    finally:
+        await asyncio.to_thread(gateway.stop)
+
+
+async def test_a_request_during_the_replay_waits_for_it(
+    kafka_bootstrap: str, world: World, client: httpx.AsyncClient, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A browser reconnecting to a replica that restarted alone gets its stream, not a 503 that ends it."""
+    topic = unique_topic("gateway-replaying")
+    log = tmp_path_factory.mktemp("gateway-replay-wait") / "gateway.log"
+    gateway = GatewayProcess(gateway_env(kafka_bootstrap, topic, world.jwks, GATEWAY_REPLAY_WAIT="30"), log).start()
+    try:
+        await gateway.wait_status("/livez", 200)
+        session_id = new_session("replay-wait")
+        request = asyncio.ensure_future(
+            client.get(world.url(gateway, session_id), params={"token": world.token()}, timeout=60)
+        )
+        await asyncio.sleep(1.0)
+        assert not request.done(), "the request should wait for the replay"
+        await create_topic(kafka_bootstrap, topic, partitions=1)
+        await produce(kafka_bootstrap, topic, [(session_id.encode(), event_bytes(session_id, TENANT, "completed"))])
+        response = await asyncio.wait_for(request, 45)
+        assert response.status_code == 200, response.text
+        assert '"status":"completed"' in response.text
     finally:
         await asyncio.to_thread(gateway.stop)
 

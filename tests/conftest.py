@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.kafka_support import BrokerError, LocalBroker, docker_available, testcontainers_broker
+from tests.support import on_the_terminal
 
 BROKER_VARIABLE = "GATEWAY_KAFKA_BOOTSTRAP_SERVERS"
 DEPRECATED_BROKER_VARIABLE = "KAFKA_BOOTSTRAP_SERVERS"
@@ -30,17 +31,6 @@ def configured_broker(environ: dict[str, str] | None = None) -> tuple[str, str |
     if old:
         return old, f"{DEPRECATED_BROKER_VARIABLE} is deprecated: set {BROKER_VARIABLE}={old} instead"
     return "", None
-
-
-@contextlib.contextmanager
-def on_the_terminal(config: pytest.Config) -> Iterator[None]:
-    """Lets output reach the real terminal while pytest captures the tests' output (broker progress)."""
-    capture = config.pluginmanager.getplugin("capturemanager")
-    if capture is None:
-        yield
-        return
-    with capture.global_and_fixture_disabled():
-        yield
 
 
 def _say(config: pytest.Config, message: str) -> None:

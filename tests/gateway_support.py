@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,14 +27,11 @@ import httpx
 from joserfc import jwt
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
+from tests.support import free_port
+
+__all__ = ["free_port"]  # re-exported: one definition, in tests/support.py
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- keys and tokens ----------------------------------------------------------------------------

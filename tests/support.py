@@ -6,11 +6,14 @@ One definition each; ``kafka_support`` and the test modules import them from her
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+
+import pytest
 
 Condition = Callable[[], bool | Awaitable[bool]]
 What = str | Callable[[], str | Awaitable[str]]
@@ -52,3 +55,14 @@ async def wait_until(condition: Condition, timeout: float, what: What = "", inte
             text = what if isinstance(what, str) else await _resolve(what())
             raise AssertionError(f"condition not met within {timeout}s{': ' + str(text) if text else ''}")
         await asyncio.sleep(interval)
+
+
+@contextlib.contextmanager
+def on_the_terminal(config: pytest.Config) -> Iterator[None]:
+    """Lets output reach the real terminal while pytest captures the tests' output (progress of slow set-up)."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        yield
+        return
+    with capture.global_and_fixture_disabled():
+        yield

@@ -7,7 +7,6 @@ though pytest captures output, so `make test` is not silent for minutes.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import pytest
 import pytest_asyncio
 
 from tests.gateway_support import REPO, free_port
+from tests.support import on_the_terminal as to_terminal
 
 HERE = Path(__file__).resolve().parent
 KEYCLOAK_SCRIPT = REPO / "scripts" / "keycloak.sh"
@@ -46,17 +46,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-@contextlib.contextmanager
-def to_terminal(config: pytest.Config) -> Iterator[None]:
-    """Output capture off (fd 1/2 back on the terminal) for progress lines of slow set-up steps."""
-    capture = config.pluginmanager.getplugin("capturemanager")
-    if capture is None:
-        yield
-        return
-    with capture.global_and_fixture_disabled():
-        yield
 
 
 def say(config: pytest.Config, message: str) -> None:

@@ -22,7 +22,6 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from tests.e2e.conftest import to_terminal
 from tests.e2e.support import metrics_text, publish, sample
 from tests.gateway_support import (
     GatewayProcess,
@@ -35,6 +34,7 @@ from tests.gateway_support import (
     sse,
 )
 from tests.kafka_support import BrokerError, LocalBroker, create_topic, free_ports, unique_topic
+from tests.support import on_the_terminal as to_terminal
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

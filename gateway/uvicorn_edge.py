@@ -31,6 +31,7 @@ import signal
 import struct
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from types import FrameType
 from typing import Any, cast
 
@@ -60,14 +61,6 @@ TESTED_HTTPTOOLS = ("0.6.", "0.7.", "0.8.", "0.9.")
 _MAX_HANDOVER_BODY = 1024 * 1024
 _LINGER_SECONDS = 2.0
 _MAX_TRAILING_BYTES = 64 * 1024  # what a stream's client may send after its request before it is cut
-_REASONS = {
-    400: b"Bad Request",
-    408: b"Request Timeout",
-    411: b"Length Required",
-    413: b"Content Too Large",
-    431: b"Request Header Fields Too Large",
-    503: b"Service Unavailable",
-}
 
 
 @dataclass
@@ -108,10 +101,12 @@ def check_engine() -> str | None:
 
 
 def _simple_response(status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None) -> bytes:
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode("ascii"))]
     for name, value in headers or ():
         lines.append(name + b": " + value + b"\r\n")
-    lines.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+    if status != 204:  # a 204 carries no content-length (RFC 9110 8.6)
+        lines.append(b"content-length: %d\r\n" % len(body))
+    lines.append(b"connection: close\r\n\r\n")
     lines.append(body)
     return b"".join(lines)
 
@@ -335,7 +330,9 @@ class EdgeProtocol(asyncio.Protocol):
         head = [b"HTTP/1.1 200 OK\r\n"]
         for name, value in (*STREAM_HEADERS, *admission.headers):
             head.append(name + b": " + value + b"\r\n")
-        head.append(b"transfer-encoding: chunked\r\n\r\n" if self.chunked else b"connection: close\r\n\r\n")
+        # The connection ends with the stream (clients must not pool it for another request).
+        head.append(b"connection: close\r\n")
+        head.append(b"transfer-encoding: chunked\r\n\r\n" if self.chunked else b"\r\n")
         transport.write(b"".join(head))
         metrics.STREAMS_OPENED.inc()
         self.stream = stream

@@ -59,6 +59,13 @@ class Ticket:
         self.waiting = waiting
         self.released = False
 
+    @classmethod
+    def uncounted(cls) -> Ticket:
+        """For a request no limit applies to (a draining replica's state and end of stream)."""
+        ticket = cls("", "", False)
+        ticket.released = True
+        return ticket
+
 
 class ConnectionRegistry:
     def __init__(self, settings: GatewaySettings, hub: Hub) -> None:

@@ -198,7 +198,7 @@ class EventsEndpoint:
         # Counted from here on, waiting included. A draining replica answers with the state and an
         # immediate end of stream, so such a request holds nothing and is not refused by a limit.
         ticket = (
-            Ticket("", "", False)
+            Ticket.uncounted()
             if draining
             else self.connections.reserve(tenant, principal.subject, session_id, waiting=waits)
         )

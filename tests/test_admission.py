@@ -222,8 +222,15 @@ async def test_a_stream_for_a_session_whose_streams_are_draining_gets_its_state(
     jwks = JwksServer(keys=[key]).start()
     topic = unique_topic("drain-admit")
     await create_topic(kafka_bootstrap, topic, partitions=1)
-    session = new_session("draining")
-    await produce(kafka_bootstrap, topic, [(session.encode(), event_bytes(session, "tenant-a", "active"))])
+    session, finished = new_session("draining"), new_session("finished")
+    await produce(
+        kafka_bootstrap,
+        topic,
+        [
+            (session.encode(), event_bytes(session, "tenant-a", "active")),
+            (finished.encode(), event_bytes(finished, "tenant-a", "completed")),
+        ],
+    )
     env = gateway_env(kafka_bootstrap, topic, jwks, GATEWAY_MAX_CONNECTIONS_PER_SESSION="2", GATEWAY_DRAIN_SECONDS="30")
     gateway = GatewayProcess(env, tmp_path_factory.mktemp("drain-admit") / "gateway.log").start()
     token = mint(key, tenant="tenant-a")
@@ -243,6 +250,14 @@ async def test_a_stream_for_a_session_whose_streams_are_draining_gets_its_state(
                     assert third.status == 200, third.response.text
                     events = await third.events_until_end(10)
                     assert [event.json()["status"] for event in events] == ["active"]
+                async with sse(client, world.url(finished), params={"token": token}) as done:
+                    assert done.status == 200, done.response.text
+                    events = await done.events_until_end(10)
+                    assert [event.json()["status"] for event in events] == ["completed"]
+            # With the two streams gone, the drain completes and the process exits by itself, cleanly.
+            assert gateway.process is not None
+            assert await asyncio.to_thread(gateway.process.wait, 30) == 0
+        assert "Traceback" not in gateway.logs(), gateway.logs()[-3000:]
     finally:
         gateway.stop()
         jwks.stop()

@@ -37,7 +37,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from consumers import metrics
+from consumers import aiokafka_seam, metrics
 from consumers.dead_letter import DeadLetterWriter
 from consumers.formats import RecordDecoder
 from consumers.hub import Hub
@@ -355,17 +355,14 @@ class SessionStatusConsumer:
             self._new_partitions |= added
 
     async def _partitions_on_broker(self, strict: bool = True) -> set[int]:
-        """Fresh partition numbers of every topic (aiokafka has no public call that refreshes them on demand).
+        """Fresh partition numbers of every topic (see ``consumers.aiokafka_seam``).
 
         ``strict``: raises LookupError when a topic does not exist (at start, the gateway would otherwise
         turn ready without it); the probe passes False and keeps what it has.
         """
         consumer = self._consumer
         assert consumer is not None
-        client = consumer._client
-        for topic in self._topics:
-            client.add_topic(topic)
-        await client.force_metadata_update()
+        await aiokafka_seam.refresh_topics(consumer, self._topics)
         numbers: set[int] = set()
         for index, topic in enumerate(self._topics):
             partitions = consumer.partitions_for_topic(topic)

@@ -1,4 +1,4 @@
-"""The start-up check of the native HTTP engine: on an untested uvicorn the gateway falls back, saying why."""
+"""Checks of code that depends on other libraries' internals: an untested version falls back and says why."""
 
 from __future__ import annotations
 
@@ -37,3 +37,20 @@ def test_an_untested_parser_falls_back_too(monkeypatch: pytest.MonkeyPatch) -> N
 def test_the_portable_engine_can_be_chosen() -> None:
     assert choose_engine(GatewaySettings(http_engine="asgi")) == "asgi"
     assert choose_engine(GatewaySettings()) == "native"
+
+
+async def test_kafka_metadata_refresh_falls_back_on_an_untested_aiokafka(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import aiokafka
+
+    from consumers import aiokafka_seam
+
+    assert aiokafka_seam.check() is None, "the installed aiokafka is the tested one"
+    monkeypatch.setattr(aiokafka, "__version__", "0.99.0")
+    monkeypatch.setattr(aiokafka_seam, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="gateway.consumer"):
+        assert await aiokafka_seam.refresh_topics(object(), ["t"]) is False
+        assert await aiokafka_seam.refresh_topics(object(), ["t"]) is False
+    assert caplog.text.count("cannot refresh Kafka metadata on demand") == 1
+    assert "0.99.0" in caplog.text

@@ -10,6 +10,7 @@ import contextlib
 import importlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -111,8 +112,27 @@ class LocalBroker:
             raise BrokerError(f"`scripts/kafka.sh {command}` did not finish within {timeout:.0f}s") from error
         return completed.returncode
 
-    def start(self, timeout: float = 180.0) -> None:
-        code = self._run("start", timeout)
+    def reallocate(self) -> None:
+        """New free ports (a port chosen free a moment ago can be taken by the time the broker binds it)."""
+        self.port, self.controller_port = free_ports(2)
+
+    def start(self, timeout: float = 180.0, attempts: int = 3) -> None:
+        """Starts the broker; a first start that lost its ports to another process retries on new ones."""
+        first = not (self.state_dir / "server.properties").exists()
+        for attempt in range(attempts):
+            code = self._run("start", timeout)
+            if code == 0:
+                return
+            lost_port = "Address already in use" in _tail(self.state_dir / "broker.log", 400)
+            if not (lost_port and attempt + 1 < attempts):
+                break
+            self._run("stop", 60)
+            if first:
+                shutil.rmtree(self.state_dir, ignore_errors=True)
+                self.state_dir.mkdir(parents=True)
+                self.reallocate()
+            else:
+                time.sleep(2.0)  # a restart keeps its ports (clients know them): wait for them instead
         if code != 0:
             raise BrokerError(
                 f"could not start a Kafka broker with scripts/kafka.sh on {self.bootstrap} "

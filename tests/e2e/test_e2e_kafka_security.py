@@ -89,6 +89,9 @@ class SecuredBroker(LocalBroker):
     def sasl_ssl_bootstrap(self) -> str:
         return f"127.0.0.1:{self.sasl_ssl_port}"
 
+    def reallocate(self) -> None:
+        self.port, self.controller_port, self.sasl_ssl_port = free_ports(3)
+
     def env(self) -> dict[str, str]:
         return {
             **super().env(),

@@ -1,8 +1,9 @@
 """Assembles the gateway: store, hub and consumer from ``consumers``, and the HTTP surface.
 
 ``GatewayApp`` is the ASGI entry point. It routes ``GET /session/{id}/events`` straight to the
-streaming endpoint (no middleware frames held per open stream) and everything else to FastAPI:
-health, metrics, OpenAPI docs and, in dev mode only, the demo.
+streaming endpoint (no middleware frames held per open stream) and everything else to one of two
+FastAPI apps: the public port's (a bare liveness answer and, in dev mode only, the demo) and the
+internal port's (health, metrics, OpenAPI docs).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
 # then prints the demo page's URL. Ctrl-C stops everything this script started (a broker that was
 # already running is left running). Logs: .run/gateway.log and .run/dev-issuer.log.
 #
-# Environment: RUN_GATEWAY_PORT, RUN_ISSUER_PORT, KAFKA_PORT (local broker, default 9092),
+# Environment: RUN_GATEWAY_PORT, RUN_INTERNAL_PORT (default 9090), RUN_ISSUER_PORT, KAFKA_PORT (local broker, default 9092),
 # GATEWAY_KAFKA_BOOTSTRAP_SERVERS (use this broker instead of starting one), GATEWAY_KAFKA_TOPIC,
 # PYTHON (interpreter for the virtualenv, default python3).
 set -euo pipefail
@@ -18,6 +18,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 GATEWAY_PORT="${RUN_GATEWAY_PORT:-8080}"
+INTERNAL_PORT="${RUN_INTERNAL_PORT:-9090}"
 ISSUER_PORT="${RUN_ISSUER_PORT:-8090}"
 KAFKA_LOCAL_PORT="${KAFKA_PORT:-9092}"
 PYTHON="${PYTHON:-python3}"
@@ -96,6 +97,7 @@ PY="$VENV/bin/python"
 # --- ports -------------------------------------------------------------------------------------------
 
 require_free_port "$GATEWAY_PORT" "gateway" RUN_GATEWAY_PORT
+require_free_port "$INTERNAL_PORT" "gateway's internal port (health, metrics, docs)" RUN_INTERNAL_PORT
 require_free_port "$ISSUER_PORT" "dev token issuer" RUN_ISSUER_PORT
 [ "$GATEWAY_PORT" != "$ISSUER_PORT" ] || die "RUN_GATEWAY_PORT and RUN_ISSUER_PORT are both $GATEWAY_PORT"
 
@@ -142,6 +144,7 @@ background "$RUN_DIR/gateway.log" env \
   GATEWAY_LOG_FORMAT=text \
   GATEWAY_HOST=127.0.0.1 \
   GATEWAY_PORT="$GATEWAY_PORT" \
+  GATEWAY_INTERNAL_PORT="$INTERNAL_PORT" \
   GATEWAY_KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" \
   "$CLI" serve
 GATEWAY_PID=$LAST_PID
@@ -166,7 +169,7 @@ except Exception:
   done
 }
 wait_ok "$ISSUER_URL/jwks.json" "$ISSUER_PID" "dev issuer" "$RUN_DIR/dev-issuer.log" 30
-wait_ok "http://127.0.0.1:$GATEWAY_PORT/readyz" "$GATEWAY_PID" "gateway" "$RUN_DIR/gateway.log" 90
+wait_ok "http://127.0.0.1:$INTERNAL_PORT/readyz" "$GATEWAY_PID" "gateway" "$RUN_DIR/gateway.log" 90
 
 cat <<EOF
 
@@ -179,6 +182,8 @@ cat <<EOF
       curl '$ISSUER_URL/token?tenant=demo-tenant'
       .venv/bin/session-gateway watch SESSION_ID --url http://127.0.0.1:$GATEWAY_PORT \
           --token "\$(.venv/bin/session-gateway dev-token --tenant demo-tenant --issuer $ISSUER_URL)"
+
+  Health, metrics and API docs: http://127.0.0.1:$INTERNAL_PORT/readyz, /metrics, /docs
 
   (Kafka $BOOTSTRAP · logs in .run/ · Ctrl-C stops everything)
 

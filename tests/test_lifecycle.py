@@ -699,12 +699,15 @@ async def test_stalled_reader_is_cut_while_a_normal_reader_keeps_receiving(
     two heartbeat checks nothing drained, so the gateway cuts it and counts a slow-client disconnect,
     while the normal reader on the same session gets every transition promptly. A long session id
     (big events) and fast heartbeats fill the ~1.2 KB window in seconds instead of minutes.
+
+    Seeing bytes pending towards the peer is the native engine's (it owns the connection); the portable
+    ASGI path cuts a stalled reader only once ``GATEWAY_MAX_BUFFERED_BYTES`` wait in its own buffer
+    (``test_lifecycle_unit``), so this test runs the native engine on both passes of the suite.
     """
     topic = unique_topic("lifecycle-slow")
     await create_topic(kafka_bootstrap, topic, partitions=PARTITIONS)
-    gateway = GatewayProcess(
-        gateway_env(kafka_bootstrap, topic, jwks, GATEWAY_HEARTBEAT_INTERVAL="0.25"), logs / "slow.log"
-    )
+    env = gateway_env(kafka_bootstrap, topic, jwks, GATEWAY_HEARTBEAT_INTERVAL="0.25", GATEWAY_HTTP_ENGINE="native")
+    gateway = GatewayProcess(env, logs / "slow.log")
     session = new_session("stalled-" + "x" * 200)
     token = mint(jwks.keys[0])
     loop = asyncio.get_running_loop()

@@ -92,6 +92,7 @@ async def replay_gateway(bootstrap: str, topic: str, expected: int) -> dict[str,
     hub = Hub(encode_transition)
     progress = PartitionProgress()
     consumer = SessionStatusConsumer(settings, store, hub, progress)
+    consumer.freeze_heap_when_caught_up = True  # as in the server process
     rss_before = _rss()
     started = time.monotonic()
     task = asyncio.create_task(consumer.run())

@@ -108,6 +108,11 @@ class ServerProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     _log_file: Any = None
+    internal_port: int = 0  # the gateway's health/metrics port (0: the same port, as the baseline)
+
+    @property
+    def metrics_port(self) -> int:
+        return self.internal_port or self.port
 
     def start(self) -> ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,30 +150,48 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if not self.alive():
                 raise RuntimeError(f"{self.name} exited during start-up:\n{self.tail()}")
-            status, body = http_get(self.port, path)
+            status, body = http_get(self.metrics_port, path)
             if status == 200:
                 return time.monotonic() - started
             last = f"{status} {body[:200]!r}"
             time.sleep(0.1)
         raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s (last: {last}):\n{self.tail()}")
 
-    def rss(self) -> int:
+    def processes(self) -> list[Any]:
+        """The server process and its children (``--workers N``: the supervisor and its workers)."""
         import psutil
 
-        return int(psutil.Process(self.pid).memory_info().rss)
+        root = psutil.Process(self.pid)
+        found = [root]
+        with contextlib.suppress(psutil.Error):
+            found.extend(root.children(recursive=True))
+        return found
+
+    def rss(self) -> int:
+        """RSS of the server, summed over its worker processes (a process tree counts each worker once)."""
+        import psutil
+
+        total = 0
+        for process in self.processes():
+            with contextlib.suppress(psutil.Error):
+                total += int(process.memory_info().rss)
+        return total
 
     def cpu_seconds(self) -> float:
-        import psutil
-
-        times = psutil.Process(self.pid).cpu_times()
-        return float(times.user + times.system)
+        user, system = self.cpu_split()
+        return user + system
 
     def cpu_split(self) -> tuple[float, float]:
-        """(user, system) CPU seconds so far."""
+        """(user, system) CPU seconds so far, summed over the server's processes."""
         import psutil
 
-        times = psutil.Process(self.pid).cpu_times()
-        return float(times.user), float(times.system)
+        user = system = 0.0
+        for process in self.processes():
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                user += float(times.user)
+                system += float(times.system)
+        return user, system
 
     def stop(self, timeout: float = 20.0) -> None:
         stop_process(self.process, signal.SIGINT, timeout)

@@ -32,6 +32,13 @@ def _rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+def _full_gc_ms() -> float:
+    """How long a full collection stops this process with the store in memory (the event loop would wait)."""
+    started = time.perf_counter()
+    gc.collect()
+    return round((time.perf_counter() - started) * 1000, 1)
+
+
 def deep_size(root: Any) -> int:
     """Bytes of every object reachable from ``root`` through containers and slots/dicts, each counted once."""
     seen: set[int] = set()
@@ -85,6 +92,7 @@ async def replay_gateway(bootstrap: str, topic: str, expected: int) -> dict[str,
     hub = Hub(encode_transition)
     progress = PartitionProgress()
     consumer = SessionStatusConsumer(settings, store, hub, progress)
+    consumer.freeze_heap_when_caught_up = True  # as in the server process
     rss_before = _rss()
     started = time.monotonic()
     task = asyncio.create_task(consumer.run())
@@ -96,6 +104,7 @@ async def replay_gateway(bootstrap: str, topic: str, expected: int) -> dict[str,
     rss_after = _rss()
     sessions = len(store)
     return {
+        "full_gc_ms": _full_gc_ms(),
         "impl": "gateway",
         "records": sum(progress.positions.values()),
         "sessions": sessions,
@@ -147,6 +156,7 @@ async def replay_naive(bootstrap: str, topic: str, expected: int) -> dict[str, A
         await consumer.stop()
     rss_after = _rss()
     return {
+        "full_gc_ms": _full_gc_ms(),
         "impl": "naive",
         "records": records,
         "sessions": len(store),

@@ -83,6 +83,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     if args.dev:
         overrides["dev_mode"] = True
+    if args.workers is not None:
+        overrides["workers"] = args.workers
     settings = GatewaySettings(**overrides)  # type: ignore[arg-type]
     issuer = None
     if not (settings.jwks_url or settings.oidc_issuer):
@@ -231,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway", description="Run the gateway (uvicorn, uvloop).")
     serve.add_argument("--host", help="address to bind (GATEWAY_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (GATEWAY_PORT, default 8080)")
+    serve.add_argument(
+        "--workers", type=int, help="server processes on the same ports (GATEWAY_WORKERS, default 1; see README)"
+    )
     serve.add_argument(
         "--dev", action="store_true", help="dev mode: demo page and publishing endpoints (never in production)"
     )

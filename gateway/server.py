@@ -9,6 +9,14 @@ SIGINT (Ctrl-C) drains at once; a second signal exits immediately.
 
 The public port (streams) and the internal port (health, metrics, docs) are two listening sockets
 of one uvicorn server. Which HTTP engine serves them is decided by ``gateway.uvicorn_edge``.
+
+``GATEWAY_WORKERS=N`` (``serve --workers N``) runs N such servers as separate processes, each an
+independent replica (its own Kafka consumer reading every partition, its own store, streams and
+limits) binding both ports with ``SO_REUSEPORT``, so the kernel spreads new connections over them.
+The parent only supervises: it forwards SIGTERM/SIGINT to every worker (each drains as above) and
+exits 0 once all of them have exited 0; if a worker dies on its own, the parent drains the others
+and exits non-zero, so the orchestrator restarts the pod as a whole rather than leaving it
+half-ready (a restarted worker would answer 503 while it replays).
 """
 
 from __future__ import annotations
@@ -17,8 +25,12 @@ import asyncio
 import contextlib
 import functools
 import logging
+import multiprocessing
+import os
 import signal
 import socket
+import time
+from multiprocessing.process import BaseProcess
 
 import uvicorn
 
@@ -58,6 +70,7 @@ def choose_engine(settings: GatewaySettings) -> str:
 def build_server(settings: GatewaySettings, consumer_settings: ConsumerSettings) -> tuple[GatewayServer, str]:
     log_config = configure_logging(settings.log_level, settings.log_format, settings.instance_id)
     app = create_app(settings, consumer_settings)
+    app.runtime.consumer.freeze_heap_when_caught_up = True  # no GC pauses over the replayed store
     engine = choose_engine(settings)
     http: object = "httptools"
     if engine == "native":
@@ -91,10 +104,12 @@ def build_server(settings: GatewaySettings, consumer_settings: ConsumerSettings)
     return GatewayServer(config, functools.partial(drain, app)), engine
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # workers: one listening socket each on the same port, connections spread by the kernel
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError:
@@ -105,10 +120,11 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def listening_sockets(settings: GatewaySettings) -> list[socket.socket]:
-    sockets = [bind(settings.host, settings.port)]
+    reuse_port = settings.workers > 1
+    sockets = [bind(settings.host, settings.port, reuse_port)]
     if settings.internal_port and settings.internal_port != settings.port:
         try:
-            sockets.append(bind(settings.internal_host, settings.internal_port))
+            sockets.append(bind(settings.internal_host, settings.internal_port, reuse_port))
         except OSError:
             sockets[0].close()
             raise
@@ -116,6 +132,12 @@ def listening_sockets(settings: GatewaySettings) -> list[socket.socket]:
 
 
 def serve(settings: GatewaySettings, consumer_settings: ConsumerSettings) -> None:
+    if settings.workers > 1:
+        raise SystemExit(supervise_workers(settings, consumer_settings))
+    serve_one(settings, consumer_settings)
+
+
+def serve_one(settings: GatewaySettings, consumer_settings: ConsumerSettings) -> None:
     server, engine = build_server(settings, consumer_settings)
     sockets = listening_sockets(settings)
     log.info(
@@ -126,3 +148,88 @@ def serve(settings: GatewaySettings, consumer_settings: ConsumerSettings) -> Non
         engine,
     )
     server.run(sockets=sockets)
+
+
+# --- Several workers ------------------------------------------------------------------------------------
+
+
+def _worker_main(settings: GatewaySettings, consumer_settings: ConsumerSettings, index: int) -> None:
+    """One worker process (spawned): its own process group, so a terminal's Ctrl-C reaches the parent only."""
+    os.setpgid(0, 0)
+    _die_with_parent()
+    serve_one(settings, consumer_settings)
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel sends SIGTERM (a drain) to this worker if the supervising parent dies."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() == 1:  # the parent was already gone
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def worker_settings(
+    settings: GatewaySettings, consumer_settings: ConsumerSettings, index: int
+) -> tuple[GatewaySettings, ConsumerSettings]:
+    """Worker ``index``'s settings: a distinct instance id for logs; only worker 0 writes dead letters."""
+    gateway = settings.model_copy(update={"instance_id": f"{settings.instance_id}-w{index}"})
+    consumer = consumer_settings if index == 0 else consumer_settings.model_copy(update={"dlq_writer": False})
+    return gateway, consumer
+
+
+def supervise_workers(settings: GatewaySettings, consumer_settings: ConsumerSettings) -> int:
+    """Starts ``settings.workers`` workers and waits for them; returns the exit code (see module doc)."""
+    configure_logging(settings.log_level, settings.log_format, settings.instance_id)
+    # The ports are checked free beforehand (cli); a probe bind here fails early and clearly if they are not.
+    for sock in listening_sockets(settings):
+        sock.close()
+    context = multiprocessing.get_context("spawn")
+    workers: list[BaseProcess] = []
+    signalled: list[int] = []
+
+    def forward(sig: int, frame: object) -> None:
+        signalled.append(sig)
+        for worker in workers:
+            if worker.pid is not None and worker.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for index in range(settings.workers):
+        gateway, consumer = worker_settings(settings, consumer_settings, index)
+        process = context.Process(
+            target=_worker_main, args=(gateway, consumer, index), name=f"gateway-worker-{index}", daemon=False
+        )
+        process.start()
+        workers.append(process)
+    log.info(
+        "started %d workers (pids %s) on %s:%d, each a replica reading every partition",
+        len(workers),
+        ", ".join(str(worker.pid) for worker in workers),
+        settings.host,
+        settings.port,
+    )
+    failed: int | None = None
+    while any(worker.exitcode is None for worker in workers):
+        time.sleep(0.2)
+        for worker in workers:
+            code = worker.exitcode
+            if code is not None and failed is None and not signalled:  # exited on its own
+                failed = code if code > 0 else 1
+                log.error("worker %s exited with %s: stopping the others", worker.name, code)
+                forward(signal.SIGTERM, None)
+                signalled.clear()
+    codes = [worker.exitcode for worker in workers]
+    if failed is not None:
+        return failed
+    bad = [code for code in codes if code != 0]
+    if bad:
+        log.error("workers exited with %s", codes)
+        return bad[0] if bad[0] and bad[0] > 0 else 1
+    log.info("all %d workers exited", len(workers))
+    return 0

@@ -102,6 +102,10 @@ class GatewaySettings(BaseSettings):
         10_000, ge=0, description="Verified tokens remembered (by SHA-256) to skip signature checks; 0 disables."
     )
     # --- End of the auth branch's block.
+    # Worker processes (issue 16): each an independent replica on the same ports (SO_REUSEPORT).
+    workers: int = Field(
+        1, ge=1, le=64, description="Server processes, each holding the whole store and reading every partition."
+    )
     # Durations: plain seconds or 6h / 30m / 90s / 1d / 500ms (consumers/durations.py).
     _seconds = seconds_fields(
         "jwt_leeway", "jwks_min_refresh", "jwks_cache_ttl", "jwks_cache_min_ttl", "jwks_cache_max_ttl",

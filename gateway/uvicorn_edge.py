@@ -218,8 +218,12 @@ class EdgeProtocol(asyncio.Protocol):
         if self._task is not None and not self._task.done():
             self._task.cancel()
         stream = self.stream
-        if stream is not None and stream.close_reason is None:
-            stream.close("client_disconnected")
+        if stream is not None:
+            if stream.close_reason is None:
+                stream.close("client_disconnected")
+            # Breaks the stream <-> protocol cycle, so both are freed by reference counting at once
+            # instead of by a (pausing) collection of the cyclic garbage collector.
+            self.stream = None
 
     def pause_writing(self) -> None:
         if self.inner is not None:

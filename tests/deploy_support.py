@@ -40,11 +40,6 @@ TOOLS_SCRIPT = REPO / "scripts" / "deploy-tools.sh"
 # whose schemas kubernetes-validate ships.
 KUBE_VERSIONS = ("1.27.0", "1.30.0", "1.37.0")
 
-# GATEWAY_* settings the lead adds this round (internal port, readiness, liveness, workers: see
-# /work/notes/DESIGN.md). The chart, the compose file and the image set them already; until those
-# settings exist, the check below accepts them. Once they land, this set can be emptied.
-SETTINGS_ADDED_THIS_ROUND = frozenset({"GATEWAY_WORKERS"})
-
 
 # --- tools --------------------------------------------------------------------------------------
 
@@ -211,9 +206,9 @@ def existing_settings() -> set[str]:
 
 
 def unknown_settings(names: set[str]) -> set[str]:
-    """The GATEWAY_* names among ``names`` that are no setting (allowing the ones added this round)."""
+    """The GATEWAY_* names among ``names`` that are no setting."""
     gateway_names = {name for name in names if name.startswith("GATEWAY_")}
-    return gateway_names - existing_settings() - SETTINGS_ADDED_THIS_ROUND
+    return gateway_names - existing_settings()
 
 
 # --- Dockerfile ---------------------------------------------------------------------------------

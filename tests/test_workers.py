@@ -1,0 +1,136 @@
+"""``serve --workers 2``: two worker processes on the same ports, both serving streams, both draining on SIGTERM.
+
+Which worker served a stream is read from the JSON logs: each worker logs with its own instance id
+(``<GATEWAY_INSTANCE_ID>-w<index>``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.gateway_support import GatewayProcess, JwksServer, gateway_env, mint, rsa_key
+from tests.kafka_support import create_topic, event_bytes, produce, unique_topic, wait_until
+from tests.support import new_session
+
+pytestmark = pytest.mark.timeout(150)
+
+TENANT = "tenant-a"
+STREAMS = 40
+DRAIN = 2.0
+
+
+@pytest.fixture(scope="module")
+def jwks() -> Iterable[JwksServer]:
+    server = JwksServer(keys=[rsa_key("workers")]).start()
+    yield server
+    server.stop()
+
+
+def worker_children(pid: int) -> list[int]:
+    """The worker processes of the supervising parent (spawned multiprocessing children)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    found = []
+    for child in children:
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            found.append(int(child))
+    return found
+
+
+def log_entries(gateway: GatewayProcess) -> list[dict[str, object]]:
+    entries = []
+    for line in gateway.logs().splitlines():
+        if line.startswith("{"):
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue
+    return entries
+
+
+async def read_stream(client: httpx.AsyncClient, url: str, token: str, first: asyncio.Event) -> tuple[int, list[str]]:
+    """Opens a stream (retrying while a worker still replays) and reads it to its end; returns status and data lines."""
+    for _ in range(100):
+        async with client.stream("GET", url, params={"token": token}) as response:
+            if response.status_code == 503:
+                await asyncio.sleep(0.1)
+                continue
+            data: list[str] = []
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    data.append(line)
+                    first.set()
+            return response.status_code, data
+    return 503, []
+
+
+async def test_two_workers_serve_streams_and_drain_on_sigterm(
+    kafka_bootstrap: str, jwks: JwksServer, tmp_path: Path
+) -> None:
+    topic = unique_topic("workers")
+    await create_topic(kafka_bootstrap, topic, partitions=3)
+    sessions = [new_session(f"w{i}") for i in range(STREAMS)]
+    await produce(kafka_bootstrap, topic, [(s.encode(), event_bytes(s, TENANT, "active")) for s in sessions])
+    gateway = GatewayProcess(
+        gateway_env(
+            kafka_bootstrap,
+            topic,
+            jwks,
+            GATEWAY_WORKERS="2",
+            GATEWAY_INSTANCE_ID="wtest",
+            GATEWAY_DRAIN_SECONDS=str(DRAIN),
+            GATEWAY_MAX_CONNECTIONS_PER_SUBJECT="1000",
+        ),
+        tmp_path / "workers.log",
+    )
+    token = mint(jwks.keys[0])
+    gateway.start()
+    try:
+        await gateway.wait_ready()
+        assert gateway.process is not None
+        workers = worker_children(gateway.process.pid)
+        assert len(workers) == 2, f"worker processes: {workers}\n{gateway.logs()[-3000:]}"
+        limits = httpx.Limits(max_connections=STREAMS + 10, max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), limits=limits) as client:
+            firsts = [asyncio.Event() for _ in sessions]
+            reads = [
+                asyncio.create_task(read_stream(client, f"{gateway.url}/session/{s}/events", token, first))
+                for s, first in zip(sessions, firsts, strict=True)
+            ]
+            await asyncio.wait_for(asyncio.gather(*(first.wait() for first in firsts)), 30)
+            signalled = time.monotonic()
+            gateway.signal(signal.SIGTERM)
+            results = await asyncio.wait_for(asyncio.gather(*reads), DRAIN + 10)
+        await wait_until(lambda: gateway.process is not None and gateway.process.poll() is not None, DRAIN + 10)
+        exited_after = time.monotonic() - signalled
+        code = gateway.process.returncode
+    finally:
+        gateway.stop()
+    entries = log_entries(gateway)
+    closed = Counter(
+        str(entry.get("instance"))
+        for entry in entries
+        if str(entry.get("message", "")).startswith("stream closed") and "reason=draining" in str(entry["message"])
+    )
+    drained = {str(entry.get("instance")) for entry in entries if "drain finished" in str(entry.get("message", ""))}
+    print(f"\n{STREAMS} streams drained per worker: {dict(closed)}; parent exited {code} after {exited_after:.2f}s")
+    assert all(status == 200 and data for status, data in results), results
+    assert set(closed) == {"wtest-w0", "wtest-w1"}, f"streams per worker: {closed}"
+    assert sum(closed.values()) == STREAMS
+    assert drained == {"wtest-w0", "wtest-w1"}
+    assert code == 0, gateway.logs()[-3000:]
+    assert exited_after < DRAIN + 8
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()

@@ -45,6 +45,7 @@ STREAM_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-content-type-options", b"nosniff"),
 ]
+_ROUTINE_ENDS = frozenset({"terminal", "client_disconnected"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}", re.ASCII)
 
 Headers = list[tuple[bytes, bytes]]
@@ -303,7 +304,12 @@ class EventsEndpoint:
         self.hub.unsubscribe(session_id, stream)
         self.connections.remove(stream)
         metrics.STREAMS_CLOSED.labels(reason).inc()
-        log.info("stream closed session=%r reason=%s after=%.1fs", session_id, reason, time.monotonic() - started)
+        # Routine ends (the session finished, the browser left) are counted, and logged only at DEBUG: one
+        # JSON line per stream costs more than the last event's delivery; other reasons are worth a line.
+        level = logging.DEBUG if reason in _ROUTINE_ENDS else logging.INFO
+        if log.isEnabledFor(level):
+            after = time.monotonic() - started
+            log.log(level, "stream closed session=%r reason=%s after=%.1fs", session_id, reason, after)
 
     # The portable ASGI engine --------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send, session_id: str) -> None:

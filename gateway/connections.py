@@ -82,7 +82,9 @@ class ConnectionRegistry:
         self._tick = 0
         self.draining = False
         self.drained = asyncio.Event()
-        self._drain_deadline = 0.0
+        self._drain_started = 0.0
+        self._drain_seconds = 0.0
+        self._drain_total = 0
 
     def __len__(self) -> int:
         return self._count
@@ -177,7 +179,9 @@ class ConnectionRegistry:
         if self.draining:
             return
         self.draining = True
-        self._drain_deadline = time.monotonic() + seconds
+        self._drain_started = time.monotonic()
+        self._drain_seconds = seconds
+        self._drain_total = self._count
         log.info("draining %d streams over %.1fs", self._count, seconds)
         if not self._count:
             self.drained.set()
@@ -231,10 +235,16 @@ class ConnectionRegistry:
                     self._clock_failed(subscriber)
 
     def _drain_step(self) -> None:
+        """Closes streams on a uniform schedule: the k-th of n at (k - 1/2) / n of the drain time.
+
+        Streams that ended by themselves meanwhile count as drained; new ones (closed at once after their
+        state, see ``subscribe``) do not change the schedule.
+        """
         open_streams = [s for slot in self._slots for s in slot if s.close_reason is None]
         if not open_streams:
             return
-        ticks_left = max(1.0, (self._drain_deadline - time.monotonic()) / TICK_SECONDS)
-        share = math.ceil(len(open_streams) / ticks_left)
-        for subscriber in open_streams[:share]:
+        total, seconds = self._drain_total, self._drain_seconds
+        fraction = 1.0 if seconds <= 0 else min(1.0, (time.monotonic() - self._drain_started) / seconds)
+        may_stay_open = total - min(total, math.floor(total * fraction + 0.5))
+        for subscriber in open_streams[: max(0, len(open_streams) - may_stay_open)]:
             subscriber.close("draining")

@@ -244,7 +244,9 @@ async def test_a_stream_for_a_session_whose_streams_are_draining_gets_its_state(
                 sse(client, world.url(session), params={"token": token}) as second,
             ):
                 assert first.status == second.status == 200
-                gateway.signal()  # SIGTERM: draining over 30 s, the two streams are still open
+                # SIGTERM: the two streams are closed at 7.5 s and 22.5 s of a 30 s drain, so both are still
+                # open (the session at its limit) when the third request arrives.
+                gateway.signal()
                 await gateway.wait_status("/readyz", 503, 10)
                 async with sse(client, world.url(session), params={"token": token}) as third:
                     assert third.status == 200, third.response.text

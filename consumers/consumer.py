@@ -53,6 +53,7 @@ log = logging.getLogger("gateway.consumer")
 
 _MAX_BACKOFF_S = 10.0
 HANDLER_ERROR = "handler_error"
+UNREADABLE = "unreadable"  # the Kafka client itself cannot parse the record
 
 
 def _where(error: BaseException) -> str:
@@ -238,6 +239,9 @@ class SessionStatusConsumer:
                 log.warning("kafka fetch failed, retrying: %s", error)
                 await asyncio.sleep(1.0)
                 continue
+            except Exception as error:  # the client could not even parse what the broker sent
+                await self._skip_unreadable(error)
+                continue
             if batches:
                 self.last_contact = time.monotonic()
             for tp, records in batches.items():
@@ -251,6 +255,55 @@ class SessionStatusConsumer:
                 log.info("store caught up: %d sessions", len(self.store))
                 if self.freeze_heap_when_caught_up:
                     freeze_heap()
+
+    async def _skip_unreadable(self, error: Exception) -> None:
+        """Finds the record the Kafka client cannot parse (e.g. a header name that is not UTF-8) and skips it.
+
+        Every replica reads the same log: without this, one such record would crash every consumer in a
+        loop. Each partition is read again from the last position we handled, one record at a time, until
+        the one that fails; records read on the way are applied as usual. The client cannot parse past
+        such a record within its batch either, so the records after it in the same batch are skipped and
+        counted one by one the same way (a producer batch rarely holds more than a few).
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        # The failed fetch may have moved positions past records it had parsed but never returned.
+        for number in sorted(self._partitions):
+            handled = self.progress.positions.get(number)
+            if handled is not None:
+                consumer.seek(self._tp(number), handled)
+        for number in sorted(self._partitions):
+            tp = self._tp(number)
+            for _ in range(100_000):
+                try:
+                    batch = await consumer.getmany(tp, timeout_ms=200, max_records=1)
+                except KafkaError:
+                    raise
+                except Exception as failure:
+                    offset = await consumer.position(tp)
+                    consumer.seek(tp, offset + 1)
+                    metrics.RECORDS_CONSUMED.inc()
+                    metrics.RECORDS_REJECTED.labels(UNREADABLE).inc()
+                    log.error(
+                        "skipped record topic=%s partition=%d offset=%d reason=%s: the Kafka client cannot "
+                        "parse it (%s at %s)",
+                        tp.topic,
+                        tp.partition,
+                        offset,
+                        UNREADABLE,
+                        type(failure).__name__,
+                        _where(failure),
+                    )
+                    self.progress.advance(number, offset + 1)
+                    return
+                if not batch:
+                    break
+                for records in batch.values():
+                    self._handle_batch(tp.topic, records)
+                self.progress.advance(number, await consumer.position(tp))
+        # Not reproducible partition by partition: back off, so that a persistent fault cannot spin.
+        log.error("kafka fetch raised %s at %s; retrying", type(error).__name__, _where(error))
+        await asyncio.sleep(1.0)
 
     def _handle_batch(self, topic: str, records: list[Any]) -> None:
         """Applies one fetched batch of one partition; every record's failure stays with that record."""

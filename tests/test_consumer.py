@@ -782,3 +782,23 @@ async def test_replay_window_starts_partitions_without_recent_records_at_their_e
             assert len(running.store) == 0, f"start {attempt}: old records were replayed"
             assert metric("gateway_records_consumed_total") - consumed == 0
             assert running.progress.positions == dict.fromkeys(range(partitions), 3), f"start {attempt}"
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+async def test_compressed_batches_are_read(kafka_bootstrap: str, codec: str) -> None:
+    """Producers on an enterprise bus compress their batches; every codec Kafka has is read."""
+    from aiokafka import AIOKafkaProducer
+
+    topic = unique_topic(f"codec-{codec}")
+    await create_topic(kafka_bootstrap, topic, partitions=1)
+    sessions = [f"{codec}-{i}" for i in range(50)]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, compression_type=codec, linger_ms=50)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, key=s.encode(), value=event_bytes(s, "t", "active")) for s in sessions]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    async with running_consumer(kafka_bootstrap, topic) as running:
+        await running.wait_caught_up(30)
+        assert sorted(s for s in sessions if s in running.store) == sorted(sessions)

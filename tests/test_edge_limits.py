@@ -205,9 +205,10 @@ async def test_one_cap_on_all_sockets_and_the_internal_port_stays_reachable(edge
     session = new_session("after-cap")
     await produce(edge.bootstrap, edge.topic, [(session.encode(), event_bytes(session, TENANT, "active"))])
     async with httpx.AsyncClient(timeout=20) as client:
-        for _ in range(50):
+        for _ in range(150):  # up to ~30 s: the record may still be on its way to the store
             async with sse(client, f"{edge.gateway.url}/session/{session}/events", params={"token": edge.token}) as s:
                 if s.status == 404:
+                    await asyncio.sleep(0.2)
                     continue
                 assert s.status == 200
                 break

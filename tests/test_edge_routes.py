@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -107,9 +108,10 @@ async def test_percent_encoded_ids_stream(edge: Edge, client: httpx.AsyncClient,
         [(session_id.encode(), event_bytes(session_id, TENANT, "active"))],
     )
     url = f"{edge.gateway.url}/session/{urllib.parse.quote(session_id, safe='')}/events"
-    for _ in range(50):  # the record may still be on its way to the store
+    for _ in range(150):  # up to ~30 s: the record may still be on its way to the store
         async with sse(client, url, params={"token": edge.token()}) as stream:
             if stream.status == 404:
+                await asyncio.sleep(0.2)
                 continue
             assert stream.status == 200, stream.response.text
             event = await stream.next_event()
@@ -127,9 +129,10 @@ async def test_the_route_answers_with_and_without_the_root_path(edge: Edge, clie
     )
     for prefix in ("/v1", ""):
         url = f"{edge.gateway.url}{prefix}/session/{session}/events"
-        for _ in range(50):
+        for _ in range(150):  # up to ~30 s: the record may still be on its way to the store
             async with sse(client, url, params={"token": edge.token()}) as stream:
                 if stream.status == 404:
+                    await asyncio.sleep(0.2)
                     continue
                 assert stream.status == 200
                 event = await stream.next_event()

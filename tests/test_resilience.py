@@ -531,6 +531,7 @@ def test_iso_millis_matches_javascript_at_the_range_ends() -> None:
 # here runs aiokafka's pure-Python record builder with a name that encodes to invalid UTF-8.
 _POISON_PRODUCER = """
 import asyncio, json, sys
+from datetime import datetime, timezone
 from aiokafka import AIOKafkaProducer
 
 class NotUtf8(str):
@@ -538,8 +539,8 @@ class NotUtf8(str):
         return b"\\xff\\xfe-not-utf8"
 
 def value(session_id):
-    return json.dumps({"id": session_id, "tenantId": "t", "status": "active",
-                       "updatedAt": "2026-12-01T00:00:00Z"}).encode()
+    now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return json.dumps({"id": session_id, "tenantId": "t", "status": "active", "updatedAt": now}).encode()
 
 async def main(bootstrap, topic):
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=200)

@@ -69,7 +69,7 @@ def deep_size(root: Any) -> int:
 
 
 async def replay_gateway(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
-    from consumers.consumer import SessionStatusConsumer
+    from consumers.consumer import SessionStatusConsumer, freeze_heap
     from consumers.hub import Hub
     from consumers.progress import PartitionProgress
     from consumers.settings import ConsumerSettings
@@ -92,12 +92,12 @@ async def replay_gateway(bootstrap: str, topic: str, expected: int) -> dict[str,
     hub = Hub(encode_transition)
     progress = PartitionProgress()
     consumer = SessionStatusConsumer(settings, store, hub, progress)
-    consumer.freeze_heap_when_caught_up = True  # as in the server process
     rss_before = _rss()
     started = time.monotonic()
     task = asyncio.create_task(consumer.run())
     await asyncio.wait_for(progress.caught_up.wait(), 600)
     seconds = time.monotonic() - started
+    freeze_heap()  # as the server process does once caught up
     rss_caught_up = int(psutil.Process().memory_info().rss)
     await consumer.stop()
     await asyncio.wait_for(task, 30)

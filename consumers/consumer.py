@@ -73,7 +73,8 @@ def freeze_heap() -> None:
     waits for (benchmarks/README.md: GC pauses of 40-47 ms at 10,000 sessions). Frozen objects are
     still freed by reference counting when the store drops them; only reference cycles among them
     would stay, and the store holds none. Done once, when the replay has caught up, in the server
-    process only (``SessionStatusConsumer.freeze_heap_when_caught_up``).
+    process only (``gateway.app.Runtime``); nothing of a connection exists yet then, so no
+    connection's garbage can be pinned by it.
     """
     started = time.perf_counter()
     gc.collect()
@@ -110,7 +111,6 @@ class SessionStatusConsumer:
         self.last_contact: float | None = None  # monotonic time the broker last answered a fetch or probe
         self._connect_errors = ConnectErrorLog(settings)
         # The server process sets this (gateway.server); a library user's heap is left alone.
-        self.freeze_heap_when_caught_up = False
         progress.on_caught_up = lambda: metrics.STORE_CAUGHT_UP.set(1)
         metrics.KAFKA_LAST_FETCH_AGE.set_function(self.seconds_since_contact)
 
@@ -253,8 +253,6 @@ class SessionStatusConsumer:
             if self.progress.caught_up.is_set() and not self._reported_caught_up:
                 self._reported_caught_up = True
                 log.info("store caught up: %d sessions", len(self.store))
-                if self.freeze_heap_when_caught_up:
-                    freeze_heap()
 
     async def _skip_unreadable(self, error: Exception) -> None:
         """Finds the record the Kafka client cannot parse (e.g. a header name that is not UTF-8) and skips it.

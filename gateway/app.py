@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 from consumers import log_aggregation
-from consumers.consumer import SessionStatusConsumer
+from consumers.consumer import SessionStatusConsumer, freeze_heap
 from consumers.hub import Hub
 from consumers.progress import PartitionProgress
 from consumers.settings import ConsumerSettings
@@ -135,15 +134,8 @@ class Runtime:
         return {"status": "alive"}
 
     async def _freeze_after_replay(self) -> None:
-        """Moves what start-up and the replay left alive out of the collector's reach.
-
-        Full collections scan every tracked object; with the imported libraries alone that is a
-        pause of tens of ms in the middle of event delivery. Nothing of a connection exists yet
-        (the replica turns ready only now), so no connection's garbage can be pinned by the freeze.
-        """
         await self.progress.caught_up.wait()
-        gc.collect()
-        gc.freeze()
+        freeze_heap()
 
     async def _keep_keys_fresh(self) -> None:
         """Loads the signing keys until it works, then refreshes them when due, ahead of any request."""

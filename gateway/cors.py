@@ -17,10 +17,6 @@ class CorsPolicy:
         self._origins = {origin.encode("latin-1") for origin in origins}
         self._any = b"*" in self._origins
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._origins)
-
     def headers(self, origin: str | None) -> list[tuple[bytes, bytes]]:
         """Headers for an actual (GET) response to ``origin``; none when it is not allowed."""
         if not origin or not self._origins:

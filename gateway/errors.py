@@ -5,7 +5,6 @@ from __future__ import annotations
 from http import HTTPStatus
 
 import orjson
-from starlette.types import Send
 
 MISSING_TOKEN = "Authentication required. Provide a valid JWT token via the 'token' query parameter."
 INVALID_TOKEN = "Invalid or expired token"
@@ -33,14 +32,11 @@ def error_body(status: int, message: str) -> bytes:
     return orjson.dumps({"statusCode": status, "message": message, "error": HTTPStatus(status).phrase})
 
 
-async def send_error(send: Send, refused: StreamRefused, extra_headers: list[tuple[bytes, bytes]]) -> None:
-    body = refused.body()
-    headers = [
+def error_headers(refused: StreamRefused, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Headers of an error answer (the content length is added by whoever writes it)."""
+    return [
         (b"content-type", b"application/json; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()),
         (b"cache-control", b"no-store"),
         *((name.lower().encode(), value.encode()) for name, value in refused.headers.items()),
-        *extra_headers,
+        *extra,
     ]
-    await send({"type": "http.response.start", "status": refused.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

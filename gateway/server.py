@@ -70,7 +70,6 @@ def choose_engine(settings: GatewaySettings) -> str:
 def build_server(settings: GatewaySettings, consumer_settings: ConsumerSettings) -> tuple[GatewayServer, str]:
     log_config = configure_logging(settings.log_level, settings.log_format, settings.instance_id)
     app = create_app(settings, consumer_settings)
-    app.runtime.consumer.freeze_heap_when_caught_up = True  # no GC pauses over the replayed store
     engine = choose_engine(settings)
     http: object = "httptools"
     if engine == "native":

@@ -36,6 +36,16 @@ def match(raw_path: bytes, root_path: str = "") -> str | None:
     return unquote(text, errors="replace") if "%" in text else text
 
 
+def _parameter(name: str, where: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "description": description,
+        "schema": {"type": "string", **schema},
+    }
+
+
 def _error(status: int, message: str, error: str, description: str = "") -> dict[str, Any]:
     return {
         "description": description or message,
@@ -58,41 +68,11 @@ def openapi_operation() -> dict[str, Any]:
             "`Authorization: Bearer` or the configured cookie. Percent-encode the id (`/` as `%2F`)."
         ),
         "parameters": [
-            {
-                "name": "id",
-                "in": "path",
-                "required": True,
-                "description": "Session ID to subscribe to (percent-encoded)",
-                "schema": {"type": "string", "maxLength": MAX_SESSION_ID_LENGTH},
-            },
-            {
-                "name": "token",
-                "in": "query",
-                "required": False,
-                "description": "JWT access token for authentication",
-                "schema": {"type": "string"},
-            },
-            {
-                "name": "access_token",
-                "in": "query",
-                "required": False,
-                "description": "Alternative name for the token parameter",
-                "schema": {"type": "string"},
-            },
-            {
-                "name": "lastEventId",
-                "in": "query",
-                "required": False,
-                "description": "Resume after this event id (the Last-Event-ID header takes precedence)",
-                "schema": {"type": "string"},
-            },
-            {
-                "name": "Last-Event-ID",
-                "in": "header",
-                "required": False,
-                "description": "Sent by EventSource when it reconnects",
-                "schema": {"type": "string"},
-            },
+            _parameter("id", "path", "Session ID to subscribe to (percent-encoded)", maxLength=MAX_SESSION_ID_LENGTH),
+            _parameter("token", "query", "JWT access token for authentication"),
+            _parameter("access_token", "query", "Alternative name for the token parameter"),
+            _parameter("lastEventId", "query", "Resume after this event id (Last-Event-ID takes precedence)"),
+            _parameter("Last-Event-ID", "header", "Sent by EventSource when it reconnects"),
         ],
         "responses": {
             "200": {

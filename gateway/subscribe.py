@@ -29,7 +29,7 @@ from gateway import metrics
 from gateway.authentication import AuthenticationError, Principal, TokenVerifier, find_token
 from gateway.connections import ConnectionRegistry, Ticket
 from gateway.cors import CorsPolicy
-from gateway.errors import INVALID_TOKEN, MISSING_TOKEN, StreamRefused, not_found_message
+from gateway.errors import INVALID_TOKEN, MISSING_TOKEN, StreamRefused, error_headers, not_found_message
 from gateway.logging_setup import request_id_var
 from gateway.settings import GatewaySettings
 from gateway.sse import EventPosition, encode_retry, encode_transition, parse_event_id
@@ -141,7 +141,7 @@ class EventsEndpoint:
             log.info(
                 "stream refused session=%r status=%d reason=%s", request.session_id, refused.status, refused.reason
             )
-            return Answer(refused.status, _error_headers(refused, extra), refused.body())
+            return Answer(refused.status, error_headers(refused, extra), refused.body())
         except _NoContent:
             metrics.REQUESTS_REFUSED.labels("204").inc()
             return Answer(204, extra)
@@ -355,15 +355,6 @@ class EventsEndpoint:
         finally:
             watcher.cancel()
             self.closed(subscriber, session_id, ticket, reason, started)
-
-
-def _error_headers(refused: StreamRefused, extra: Headers) -> Headers:
-    return [
-        (b"content-type", b"application/json; charset=utf-8"),
-        (b"cache-control", b"no-store"),
-        *((name.lower().encode(), value.encode()) for name, value in refused.headers.items()),
-        *extra,
-    ]
 
 
 async def _send_answer(send: Send, answer: Answer) -> None:

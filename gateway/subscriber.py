@@ -132,7 +132,7 @@ class StreamSubscriber:
                 await send({"type": "http.response.body", "body": b"".join(buffer), "more_body": True})
             except asyncio.CancelledError:
                 if self.close_reason is not None and self._task is not None:
-                    self._task.uncancel()
+                    self._task.uncancel()  # our own cancel (close() above), not the server's: public API since 3.11
                     return self.close_reason
                 raise
             finally:

@@ -12,9 +12,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -46,27 +48,33 @@ class World:
         return f"{self.gateway.url}/session/{session_id}/events"
 
 
-@pytest_asyncio.fixture(scope="module")
-async def world(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
-    key = rsa_key("admission")
+@contextlib.asynccontextmanager
+async def own_world(kafka_bootstrap: str, logs: Path, label: str, **settings: str) -> AsyncIterator[World]:
+    """A JWKS server, a topic and a ready gateway of their own, configured by ``settings``."""
+    key = rsa_key(label)
     jwks = JwksServer(keys=[key]).start()
-    topic = unique_topic("admission")
+    topic = unique_topic(label)
     await create_topic(kafka_bootstrap, topic, partitions=1)
-    env = gateway_env(
-        kafka_bootstrap,
-        topic,
-        jwks,
-        GATEWAY_UNKNOWN_SESSION_WAIT=str(WAIT),
-        GATEWAY_MAX_WAITING_REQUESTS=str(MAX_WAITING),
-        GATEWAY_MAX_CONNECTIONS_PER_SESSION=str(PER_SESSION),
-    )
-    gateway = GatewayProcess(env, tmp_path_factory.mktemp("admission") / "gateway.log").start()
+    gateway = GatewayProcess(gateway_env(kafka_bootstrap, topic, jwks, **settings), logs / "gateway.log").start()
     try:
         await gateway.wait_ready(60)
         yield World(key, kafka_bootstrap, topic, gateway)
     finally:
         gateway.stop()
         jwks.stop()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def world(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+    async with own_world(
+        kafka_bootstrap,
+        tmp_path_factory.mktemp("admission"),
+        "admission",
+        GATEWAY_UNKNOWN_SESSION_WAIT=str(WAIT),
+        GATEWAY_MAX_WAITING_REQUESTS=str(MAX_WAITING),
+        GATEWAY_MAX_CONNECTIONS_PER_SESSION=str(PER_SESSION),
+    ) as world:
+        yield world
 
 
 @pytest_asyncio.fixture
@@ -137,41 +145,31 @@ async def test_another_tenant_cannot_lock_a_victim_out_of_its_session(world: Wor
     assert statuses <= {404, 429}, statuses  # the attacker is limited on its own key only
 
 
-async def test_tokens_without_sub_share_a_bucket_only_within_their_tenant(
-    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    key = rsa_key("no-sub")
-    jwks = JwksServer(keys=[key]).start()
-    topic = unique_topic("no-sub")
-    await create_topic(kafka_bootstrap, topic, partitions=1)
-    env = gateway_env(kafka_bootstrap, topic, jwks, GATEWAY_MAX_CONNECTIONS_PER_SUBJECT="2")
-    gateway = GatewayProcess(env, tmp_path_factory.mktemp("no-sub") / "gateway.log").start()
+async def test_tokens_without_sub_share_a_bucket_only_within_their_tenant(kafka_bootstrap: str, tmp_path: Path) -> None:
     sessions = {tenant: [new_session(tenant) for _ in range(3)] for tenant in ("tenant-a", "tenant-b")}
     records = [(s.encode(), event_bytes(s, tenant, "active")) for tenant, ids in sessions.items() for s in ids]
-    await produce(kafka_bootstrap, topic, records)
-    try:
-        await gateway.wait_ready(60)
-        world = World(key, kafka_bootstrap, topic, gateway)
-        async with httpx.AsyncClient(timeout=20) as client:
+    limit = {"GATEWAY_MAX_CONNECTIONS_PER_SUBJECT": "2"}
+    async with (
+        own_world(kafka_bootstrap, tmp_path, "no-sub", **limit) as world,
+        httpx.AsyncClient(timeout=20) as client,
+    ):
+        await produce(kafka_bootstrap, world.topic, records)
+        for tenant, ids in sessions.items():
+            await wait_visible(world, client, ids[-1], world.token(tenant, sub=None))
+        opened: list[Any] = []
+        statuses: dict[str, list[int]] = {}
+        try:
             for tenant, ids in sessions.items():
-                await wait_visible(world, client, ids[-1], mint(key, tenant=tenant, sub=None))
-            opened: list[Any] = []
-            statuses: dict[str, list[int]] = {}
-            try:
-                for tenant, ids in sessions.items():
-                    token = mint(key, tenant=tenant, sub=None)
-                    for session_id in ids:
-                        context = sse(client, world.url(session_id), params={"token": token})
-                        stream = await context.__aenter__()
-                        opened.append(context)
-                        statuses.setdefault(tenant, []).append(stream.status)
-            finally:
-                for context in reversed(opened):
-                    await context.__aexit__(None, None, None)
-        assert statuses == {"tenant-a": [200, 200, 429], "tenant-b": [200, 200, 429]}, statuses
-    finally:
-        gateway.stop()
-        jwks.stop()
+                token = world.token(tenant, sub=None)
+                for session_id in ids:
+                    context = sse(client, world.url(session_id), params={"token": token})
+                    stream = await context.__aenter__()
+                    opened.append(context)
+                    statuses.setdefault(tenant, []).append(stream.status)
+        finally:
+            for context in reversed(opened):
+                await context.__aexit__(None, None, None)
+    assert statuses == {"tenant-a": [200, 200, 429], "tenant-b": [200, 200, 429]}, statuses
 
 
 async def test_many_browsers_sharing_one_client_token_are_not_refused(world: World, client: httpx.AsyncClient) -> None:
@@ -216,29 +214,23 @@ async def test_a_wait_ends_at_the_same_time_whatever_happens_to_another_tenants_
 
 
 async def test_a_stream_for_a_session_whose_streams_are_draining_gets_its_state(
-    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+    kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    key = rsa_key("drain-admit")
-    jwks = JwksServer(keys=[key]).start()
-    topic = unique_topic("drain-admit")
-    await create_topic(kafka_bootstrap, topic, partitions=1)
     session, finished = new_session("draining"), new_session("finished")
-    await produce(
-        kafka_bootstrap,
-        topic,
-        [
-            (session.encode(), event_bytes(session, "tenant-a", "active")),
-            (finished.encode(), event_bytes(finished, "tenant-a", "completed")),
-        ],
-    )
-    env = gateway_env(kafka_bootstrap, topic, jwks, GATEWAY_MAX_CONNECTIONS_PER_SESSION="2", GATEWAY_DRAIN_SECONDS="30")
-    gateway = GatewayProcess(env, tmp_path_factory.mktemp("drain-admit") / "gateway.log").start()
-    token = mint(key, tenant="tenant-a")
-    try:
-        await gateway.wait_ready(60)
-        world = World(key, kafka_bootstrap, topic, gateway)
+    settings = {"GATEWAY_MAX_CONNECTIONS_PER_SESSION": "2", "GATEWAY_DRAIN_SECONDS": "30"}
+    async with own_world(kafka_bootstrap, tmp_path, "drain-admit", **settings) as world:
+        gateway, token = world.gateway, world.token("tenant-a")
+        await produce(
+            kafka_bootstrap,
+            world.topic,
+            [
+                (session.encode(), event_bytes(session, "tenant-a", "active")),
+                (finished.encode(), event_bytes(finished, "tenant-a", "completed")),
+            ],
+        )
         async with httpx.AsyncClient(timeout=20) as client:
             await wait_visible(world, client, session, token)
+            await wait_visible(world, client, finished, token)
             async with (
                 sse(client, world.url(session), params={"token": token}) as first,
                 sse(client, world.url(session), params={"token": token}) as second,
@@ -260,6 +252,3 @@ async def test_a_stream_for_a_session_whose_streams_are_draining_gets_its_state(
             assert gateway.process is not None
             assert await asyncio.to_thread(gateway.process.wait, 30) == 0
         assert "Traceback" not in gateway.logs(), gateway.logs()[-3000:]
-    finally:
-        gateway.stop()
-        jwks.stop()

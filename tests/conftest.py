@@ -8,6 +8,7 @@ client in ``tests/gateway_support.py``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,10 @@ import pytest
 
 from tests.kafka_support import BrokerError, LocalBroker, docker_available, testcontainers_broker
 from tests.support import on_the_terminal
+
+# httpx logs every request URL at INFO, and stream URLs carry the token in their query: keep them out of
+# the captured logs of a failing test (the gateway's own logs redact tokens; the test client does not).
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 BROKER_VARIABLE = "GATEWAY_KAFKA_BOOTSTRAP_SERVERS"
 DEPRECATED_BROKER_VARIABLE = "KAFKA_BOOTSTRAP_SERVERS"

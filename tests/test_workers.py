@@ -60,6 +60,10 @@ def log_entries(gateway: GatewayProcess) -> list[dict[str, object]]:
     return entries
 
 
+def caught_up(gateway: GatewayProcess) -> set[str]:
+    return {str(e.get("instance")) for e in log_entries(gateway) if "store caught up" in str(e.get("message", ""))}
+
+
 async def read_stream(client: httpx.AsyncClient, url: str, token: str, first: asyncio.Event) -> tuple[int, list[str]]:
     """Opens a stream (retrying while a worker still replays) and reads it to its end; returns status and data lines."""
     for _ in range(100):
@@ -102,6 +106,9 @@ async def test_two_workers_serve_streams_and_drain_on_sigterm(
         assert gateway.process is not None
         workers = worker_children(gateway.process.pid)
         assert len(workers) == 2, f"worker processes: {workers}\n{gateway.logs()[-3000:]}"
+        # /readyz answers from whichever worker the kernel picks: wait until both have caught up (and so
+        # listen on the public port), or every stream may land on the first one.
+        await wait_until(lambda: caught_up(gateway) == {"wtest-w0", "wtest-w1"}, 60)
         limits = httpx.Limits(max_connections=STREAMS + 10, max_keepalive_connections=0)
         async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), limits=limits) as client:
             firsts = [asyncio.Event() for _ in sessions]

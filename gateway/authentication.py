@@ -364,19 +364,23 @@ class TokenVerifier:
             return cached
         compact = parse_compact(token)
         alg, kid = check_header(compact.header, self._algorithms)
-        key = await self._jwks.key_for(kid, alg)
+        # Only a token that passes every claim check may wait for the deferred JWKS refetch.
+        key = await self._jwks.key_for(kid, alg, lambda: self._principal(compact))
         if key is None:
             raise AuthenticationError("unknown_key" if kid else "no_kid")
         thumbprint = self._jwks.thumbprint(key)
         if not self._signature_valid(compact, alg, key):
             raise AuthenticationError("bad_signature")
+        principal = self._principal(compact)
+        self.cache.put(digest, principal, thumbprint)
+        return principal
+
+    def _principal(self, compact: _Compact) -> Principal:
         try:
             claims = json_object(compact.payload)
         except (ValueError, UnicodeError):
             raise AuthenticationError("malformed") from None
-        principal = self._claims.principal(claims, time.time())
-        self.cache.put(digest, principal, thumbprint)
-        return principal
+        return self._claims.principal(claims, time.time())
 
     def _signature_valid(self, compact: _Compact, alg: str, key: Key) -> bool:
         SIGNATURE_CHECKS.inc()

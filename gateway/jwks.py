@@ -4,7 +4,11 @@
   in the background, while the current keys keep serving.
 - An unknown ``kid`` triggers a refetch at most once per ``jwks_min_refresh`` seconds, and
   concurrent callers share one fetch (single-flight): a flood of forged tokens cannot flood
-  the identity provider.
+  the identity provider. A token whose kid is unknown while that limit holds is not refused at
+  once: it waits for the next allowed refetch (one shared, deferred fetch), because an identity
+  provider that just rotated its keys signs every new token with a kid we have not seen, and a
+  browser's EventSource never retries after a 401. At most ``jwks_max_waiting`` requests wait;
+  beyond that, or while the endpoint is failing, an unknown kid is refused at once.
 - When the endpoint fails, the last good keys keep working.
 - Every fetch is bounded: one total deadline (``jwks_timeout``) for the whole refresh, OIDC
   discovery included, however slowly the server drips bytes; bodies are streamed and abandoned
@@ -48,6 +52,8 @@ class JwksCache:
         self._expires_at = 0.0
         self._last_fetch_attempt = float("-inf")
         self._refresh: asyncio.Task[None] | None = None
+        self._deferred: asyncio.Task[None] | None = None  # the next allowed refetch, awaited by unknown kids
+        self._waiting = 0
         self._jwks_url = settings.jwks_url
         self._thumbprint_by_id: dict[int, str] = {}
         self._thumbprints: frozenset[str] = frozenset()
@@ -88,20 +94,57 @@ class JwksCache:
         if self._keys and time.monotonic() >= self._expires_at and (self._refresh is None or self._refresh.done()):
             self._start_refresh()
 
-    async def key_for(self, kid: str | None, alg: str) -> Key | None:
-        now = time.monotonic()
-        if now >= self._expires_at and (self._refresh is None or self._refresh.done()):
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for the deferred refetch."""
+        return self._waiting
+
+    async def key_for(
+        self, kid: str | None, alg: str, before_waiting: Callable[[], object] | None = None
+    ) -> Key | None:
+        """The key for a token's header, refetching for an unknown kid (see the module doc).
+
+        ``before_waiting`` runs before the request would wait for the deferred refetch; it raises to
+        refuse at once what could never be accepted (an expired token, another audience).
+        """
+        arrived = time.monotonic()
+        if arrived >= self._expires_at and (self._refresh is None or self._refresh.done()):
             if self._keys:
                 self._start_refresh()  # stale-while-revalidate
             else:
                 await self._refresh_once()
-        key = self._select(kid, alg)
-        unknown_kid = key is None and kid is not None and kid not in self._by_kid
-        refreshing = self._refresh is not None and not self._refresh.done()
-        if unknown_kid and (refreshing or now - self._last_fetch_attempt >= self._settings.jwks_min_refresh):
-            await self._refresh_once()
+        while True:
             key = self._select(kid, alg)
-        return key
+            if key is not None or kid is None or kid in self._by_kid:
+                return key
+            if self._last_fetch_attempt >= arrived:
+                return None  # a fetch that began after this request arrived did not have it
+            in_flight = self._refresh is not None and not self._refresh.done()
+            if in_flight or time.monotonic() - self._last_fetch_attempt >= self._settings.jwks_min_refresh:
+                await self._refresh_once()
+            elif self.last_error is None and self._waiting < self._settings.jwks_max_waiting:
+                if before_waiting is not None:
+                    before_waiting()
+                await self._wait_for_deferred_refetch()
+            else:
+                metrics.JWKS_KEY_WAITS.labels("refused").inc()
+                return None
+
+    async def _wait_for_deferred_refetch(self) -> None:
+        if self._deferred is None or self._deferred.done():
+            self._deferred = asyncio.create_task(self._deferred_refetch(), name="jwks-deferred-refetch")
+        self._waiting += 1
+        try:
+            await asyncio.shield(self._deferred)
+        finally:
+            self._waiting -= 1
+
+    async def _deferred_refetch(self) -> None:
+        delay = self._last_fetch_attempt + self._settings.jwks_min_refresh - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        metrics.JWKS_KEY_WAITS.labels("refetched").inc()
+        await self._refresh_once()
 
     def _select(self, kid: str | None, alg: str) -> Key | None:
         kty = _KTY_FOR_ALG.get(alg[:2])

@@ -12,6 +12,12 @@ REQUESTS_REFUSED = Counter(
 AUTH_FAILURES = Counter("gateway_auth_failures_total", "Token verification failures, by reason.", ["reason"])
 JWKS_FETCHES = Counter("gateway_jwks_fetches_total", "JWKS (and OIDC discovery) fetches attempted.")
 JWKS_FAILURES = Counter("gateway_jwks_fetch_failures_total", "JWKS fetches that failed.")
+JWKS_KEY_WAITS = Counter(
+    "gateway_jwks_unknown_kid_waits_total",
+    "Unknown kids inside GATEWAY_JWKS_MIN_REFRESH: deferred refetches run, and requests refused at once "
+    "(GATEWAY_JWKS_MAX_WAITING reached, or the endpoint failing).",
+    ["outcome"],
+)
 SLOW_CLIENT_DISCONNECTS = Counter(
     "gateway_slow_client_disconnects_total", "Streams cut because the client did not read fast enough."
 )

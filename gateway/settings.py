@@ -46,7 +46,8 @@ class GatewaySettings(BaseSettings):
     jwt_audience: str | None = None
     jwt_algorithms: Annotated[list[str], NoDecode] = ["RS256", "PS256", "ES256", "EdDSA", "Ed25519"]
     jwt_leeway: float = Field(30.0, ge=0)
-    jwks_min_refresh: float = Field(30.0, ge=0)
+    jwks_min_refresh: float = Field(10.0, ge=0)
+    jwks_max_waiting: int = Field(1000, ge=0, description="Requests that may wait for a deferred JWKS refetch.")
     jwks_cache_ttl: float = Field(300.0, gt=0, description="JWKS lifetime when the response has no max-age.")
     jwks_cache_min_ttl: float = Field(60.0, ge=0)
     jwks_cache_max_ttl: float = Field(86_400.0, gt=0)

@@ -7,7 +7,8 @@ gateways of this module are started once, in parallel, and share one topic:
 - ``main``: the defaults, plus a token cookie and a 1 s unknown-session wait;
 - ``scoped``: ``GATEWAY_REQUIRED_SCOPE``;
 - ``oidc``: keys and issuer from OpenID discovery only;
-- ``flood``: ``GATEWAY_JWKS_MIN_REFRESH=30`` against a JWKS server of its own, and a 4 s leeway;
+- ``flood``: ``GATEWAY_JWKS_MIN_REFRESH=4`` and ``GATEWAY_JWKS_MAX_WAITING=20`` against a JWKS server of
+  its own, and a 4 s leeway;
 - ``outage``: a 1 s JWKS lifetime against a JWKS server of its own that the tests fail and stop.
 
 Refusals must look exactly like the NestJS reference's (``{"statusCode", "message", "error"}``).
@@ -62,6 +63,8 @@ COOKIE = "sess_token"
 SCOPE = "sessions:read"
 UNKNOWN_SESSION_WAIT = 1.0
 FLOOD_LEEWAY = 4
+FLOOD_MIN_REFRESH = 4
+FLOOD_MAX_WAITING = 20
 NO_LIMITS = {"GATEWAY_MAX_CONNECTIONS_PER_SESSION": "100000", "GATEWAY_MAX_CONNECTIONS_PER_SUBJECT": "100000"}
 MISSING_TOKEN = "Authentication required. Provide a valid JWT token via the 'token' query parameter."
 INVALID_TOKEN = "Invalid or expired token"
@@ -167,7 +170,13 @@ async def world(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) 
     scoped = GatewayProcess(env(jwks, GATEWAY_REQUIRED_SCOPE=SCOPE), logs / "scoped.log")
     oidc = GatewayProcess(oidc_env, logs / "oidc.log")
     flood = GatewayProcess(
-        env(flood_jwks, GATEWAY_JWKS_MIN_REFRESH="30", GATEWAY_JWT_LEEWAY=str(FLOOD_LEEWAY)), logs / "flood.log"
+        env(
+            flood_jwks,
+            GATEWAY_JWKS_MIN_REFRESH=str(FLOOD_MIN_REFRESH),
+            GATEWAY_JWKS_MAX_WAITING=str(FLOOD_MAX_WAITING),
+            GATEWAY_JWT_LEEWAY=str(FLOOD_LEEWAY),
+        ),
+        logs / "flood.log",
     )
     outage = GatewayProcess(env(outage_jwks, GATEWAY_JWKS_CACHE_MIN_TTL="0"), logs / "outage.log")
     gateways = [main, scoped, oidc, flood, outage]
@@ -655,9 +664,12 @@ async def test_scope_does_not_excuse_an_invalid_token(world: World, client: http
 
 async def test_key_rotation_without_restart(world: World, client: httpx.AsyncClient) -> None:
     rotated = rsa_key(f"rsa-rotated-{uuid.uuid4().hex[:6]}")
+    before = world.jwks.fetches
     assert_invalid_token(await ask(client, world.main, world.session_a, token=mint(rotated)))
+    assert world.jwks.fetches > before, "an unknown kid did not refetch the JWKS"
+    # The identity provider rotates right after that refetch: inside GATEWAY_JWKS_MIN_REFRESH (1 s) the
+    # new key's first token waits for the next allowed refetch instead of getting a 401.
     world.jwks.keys.append(rotated)
-    await asyncio.sleep(1.2)  # GATEWAY_JWKS_MIN_REFRESH=1 since the refetch the first attempt caused
     assert_streams(await ask(client, world.main, world.session_a, token=mint(rotated)), world.session_a)
     # The keys that were there before still work.
     assert_streams(await ask(client, world.main, world.session_a, token=mint(world.keys.rsa)), world.session_a)
@@ -671,11 +683,26 @@ async def _unknown_kid_flood(client: httpx.AsyncClient, world: World, gateway: G
 
 
 async def test_unknown_kid_flood_does_not_flood_the_jwks_endpoint(world: World, client: httpx.AsyncClient) -> None:
+    """Forged kids: at most one fetch per GATEWAY_JWKS_MIN_REFRESH, at most 20 of them wait for it."""
     before = world.flood_jwks.fetches
-    await _unknown_kid_flood(client, world, world.flood, 50)
-    await _unknown_kid_flood(client, world, world.flood, 50)
-    assert world.flood_jwks.fetches - before <= 1, f"{world.flood_jwks.fetches - before} JWKS fetches for 100 forgeries"
+    waits_before = await _unknown_kid_waits(client, world.flood)
+    await _unknown_kid_flood(client, world, world.flood, 1)  # it refetched, or waited for a refetch: a window opens
+    await _unknown_kid_flood(client, world, world.flood, 50)  # inside that window: 20 wait, the rest are refused
+    fetched = world.flood_jwks.fetches - before
+    assert fetched <= 2, f"{fetched} JWKS fetches for 51 forgeries"
+    waits = await _unknown_kid_waits(client, world.flood)
+    assert waits["refused"] - waits_before["refused"] >= 50 - FLOOD_MAX_WAITING, (waits_before, waits)
     assert_streams(await ask(client, world.flood, world.session_a, token=mint(world.keys.rsa)), world.session_a)
+
+
+async def _unknown_kid_waits(client: httpx.AsyncClient, gateway: GatewayProcess) -> dict[str, float]:
+    response = await client.get(f"{gateway.internal_url}/metrics")
+    counts = {"refused": 0.0, "refetched": 0.0}
+    for line in response.text.splitlines():
+        if line.startswith("gateway_jwks_unknown_kid_waits_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            counts[outcome] = float(line.rsplit(" ", 1)[1])
+    return counts
 
 
 async def test_unknown_kid_flood_shares_one_refetch(world: World, client: httpx.AsyncClient) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.authentication import AuthenticationError
 from gateway.jwks import JwksCache, _parse_keys
 from gateway.settings import GatewaySettings
 from tests.gateway_support import SigningKey, ec_key, ed_key, rsa_key
@@ -165,11 +166,61 @@ async def test_concurrent_unknown_kids_share_one_fetch() -> None:
 
 async def test_unknown_kids_refetch_at_most_once_per_min_refresh() -> None:
     idp = FakeIdp([rsa_key("rsa")])
-    async with cache_for(idp, jwks_min_refresh=30.0) as cache:
+    async with cache_for(idp, jwks_min_refresh=30.0, jwks_max_waiting=0) as cache:
         await cache.load()
         for n in range(20):
             assert await cache.key_for(f"forged-{n}", "RS256") is None
         assert idp.jwks_requests == 1
+
+
+async def test_a_new_kid_inside_the_min_refresh_waits_for_one_deferred_refetch() -> None:
+    old, new = rsa_key("old"), rsa_key("new")
+    idp = FakeIdp([old])
+    async with cache_for(idp, jwks_min_refresh=0.3) as cache:
+        await cache.load()
+        idp.keys.append(new)  # rotated right after our fetch: the limit forbids a refetch for 0.3 s
+        found = await asyncio.gather(*(cache.key_for("new", "RS256") for _ in range(20)))
+        assert [cache_kid(key) for key in found] == ["new"] * 20
+        assert idp.jwks_requests == 2  # the load, then one deferred refetch shared by all twenty
+        assert cache.waiting == 0
+
+
+async def test_waiting_for_the_deferred_refetch_is_bounded() -> None:
+    idp = FakeIdp([rsa_key("rsa")])
+    async with cache_for(idp, jwks_min_refresh=0.3, jwks_max_waiting=5) as cache:
+        await cache.load()
+        lookups = [asyncio.create_task(cache.key_for(f"forged-{n}", "RS256")) for n in range(20)]
+        await asyncio.sleep(0)  # each lookup ran up to its wait, or to its refusal
+        assert cache.waiting == 5
+        assert sum(lookup.done() for lookup in lookups) == 15
+        assert await asyncio.gather(*lookups) == [None] * 20
+        assert idp.jwks_requests == 2
+        assert cache.waiting == 0
+
+
+async def test_a_token_refused_by_its_claims_does_not_wait() -> None:
+    idp = FakeIdp([rsa_key("rsa")])
+    async with cache_for(idp, jwks_min_refresh=30.0) as cache:
+        await cache.load()
+
+        def expired() -> None:
+            raise AuthenticationError("expired")
+
+        with pytest.raises(AuthenticationError):
+            await asyncio.wait_for(cache.key_for("new", "RS256", expired), 5)
+        assert cache.waiting == 0 and idp.jwks_requests == 1
+
+
+async def test_an_unknown_kid_does_not_wait_while_the_endpoint_fails() -> None:
+    idp = FakeIdp([rsa_key("rsa")], cache_control="max-age=0")
+    async with cache_for(idp, jwks_cache_min_ttl=0.0, jwks_min_refresh=0.0) as cache:
+        await cache.load()
+        idp.status = 503
+        assert await cache.key_for("new", "RS256") is None  # refetched (and failed) at once
+    async with cache_for(idp, jwks_min_refresh=30.0) as cache:
+        await cache.load()  # fails: no keys, an error
+        assert await asyncio.wait_for(cache.key_for("rsa", "RS256"), 5) is None
+        assert cache.waiting == 0
 
 
 async def test_a_new_kid_is_fetched_once_the_min_refresh_passed() -> None:

@@ -8,7 +8,6 @@ The tests of this module run in file order: the rotation comes last, since it ch
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -159,14 +158,10 @@ async def test_key_rotation_needs_no_restart_and_removed_keys_are_refused(
     new_token = await keycloak.token("wallet-backend")
     assert kid(old_token) == old_kid and kid(new_token) == new_kid
 
-    # The new key is unknown to the gateway: it refetches the JWKS by itself (no restart) and accepts the token.
-    # An unknown kid refetches at most once per GATEWAY_JWKS_MIN_REFRESH (1 s here), so when the gateway's
-    # own refresh ran just before the rotation, the first try can still be refused: try for a few seconds.
-    deadline = time.monotonic() + 15
-    while (answer := await open_status(gateway, session_id, new_token)) != (200, ["active"]):
-        assert answer[0] == 401, answer
-        assert time.monotonic() < deadline, "a token signed by the new key is still refused after 15s"
-        await asyncio.sleep(0.5)
+    # The new key is unknown to the gateway: it refetches the JWKS by itself (no restart) and accepts the token
+    # at the first try. An unknown kid refetches at most once per GATEWAY_JWKS_MIN_REFRESH (1 s here); when the
+    # gateway's own refresh ran just before the rotation, the token waits for the next allowed refetch.
+    assert await open_status(gateway, session_id, new_token) == (200, ["active"])
     # A token signed by the deleted key is refused once the gateway's key set no longer has it (at once here,
     # since the refetch above dropped it; in general within GATEWAY_JWKS_CACHE_TTL).
     deadline = time.monotonic() + 30

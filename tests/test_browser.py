@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -263,58 +262,55 @@ def has_row(status: str) -> str:
 
 async def test_demo_page_follows_a_session_live(dev_gateway: GatewayProcess, tmp_path: Path) -> None:
     chromium = find_chromium()  # a missing browser fails the test (never skips it)
-    with tempfile.TemporaryDirectory(prefix="demo-chromium-") as profile:
-        async with chromium_page(chromium, Path(profile), tmp_path / "chromium.log") as page:
-            await page.navigate(f"{dev_gateway.url}/")  # redirects to /demo
-            assert await page.evaluate("location.pathname") == "/demo"
-            assert "session-events-gateway" in await page.evaluate("document.title")
-            await page.wait_for(
-                "/^\\d/.test(document.getElementById('m-consumed').textContent)", what="the metrics panel"
-            )
-            assert await page.evaluate("document.getElementById('connection').dataset.state") == "idle"
-            assert "new EventSource" in await page.evaluate("document.getElementById('snippet').textContent")
+    # The profile lives in the test's tmp_path: Chromium's helper processes may still write to it for a
+    # moment after the browser exited, which made removing a TemporaryDirectory fail (ENOTEMPTY).
+    profile = tmp_path / "chromium-profile"
+    profile.mkdir()
+    async with chromium_page(chromium, profile, tmp_path / "chromium.log") as page:
+        await page.navigate(f"{dev_gateway.url}/")  # redirects to /demo
+        assert await page.evaluate("location.pathname") == "/demo"
+        assert "session-events-gateway" in await page.evaluate("document.title")
+        await page.wait_for("/^\\d/.test(document.getElementById('m-consumed').textContent)", what="the metrics panel")
+        assert await page.evaluate("document.getElementById('connection').dataset.state") == "idle"
+        assert "new EventSource" in await page.evaluate("document.getElementById('snippet').textContent")
 
-            await page.click("#create")
-            await page.wait_for(has_row("active"), what="the 'active' transition")
-            session_id = await page.evaluate("document.getElementById('session-id').textContent")
-            assert len(session_id) == 36, session_id
-            await page.wait_for(
-                "document.getElementById('connection').dataset.state === 'open'", what="the open stream"
-            )
-            await page.wait_for(
-                "document.getElementById('m-open-streams').textContent === '1'", what="1 open stream in the metrics"
-            )
-            assert session_id in await page.evaluate("document.getElementById('snippet').textContent")
+        await page.click("#create")
+        await page.wait_for(has_row("active"), what="the 'active' transition")
+        session_id = await page.evaluate("document.getElementById('session-id').textContent")
+        assert len(session_id) == 36, session_id
+        await page.wait_for("document.getElementById('connection').dataset.state === 'open'", what="the open stream")
+        await page.wait_for(
+            "document.getElementById('m-open-streams').textContent === '1'", what="1 open stream in the metrics"
+        )
+        assert session_id in await page.evaluate("document.getElementById('snippet').textContent")
 
-            await page.click('.status-btn[data-status="fetched"]')
-            await page.wait_for(has_row("fetched"), what="the 'fetched' transition")
-            await page.wait_for(
-                "!document.querySelector('.status-btn[data-status=\"completed\"]').disabled", what="buttons re-enabled"
-            )
-            await page.click('.status-btn[data-status="completed"]')
-            await page.wait_for(has_row("completed"), what="the 'completed' transition")
-            await page.wait_for(
-                "document.getElementById('connection').dataset.state === 'ended'", what="the closed stream"
-            )
-            await page.wait_for(
-                "Number(document.getElementById('m-delivered').textContent) >= 3", what="3 delivered events"
-            )
+        await page.click('.status-btn[data-status="fetched"]')
+        await page.wait_for(has_row("fetched"), what="the 'fetched' transition")
+        await page.wait_for(
+            "!document.querySelector('.status-btn[data-status=\"completed\"]').disabled", what="buttons re-enabled"
+        )
+        await page.click('.status-btn[data-status="completed"]')
+        await page.wait_for(has_row("completed"), what="the 'completed' transition")
+        await page.wait_for("document.getElementById('connection').dataset.state === 'ended'", what="the closed stream")
+        await page.wait_for(
+            "Number(document.getElementById('m-delivered').textContent) >= 3", what="3 delivered events"
+        )
 
-            rows: list[dict[str, Any]] = await page.evaluate(rows_js())
-            assert [row["status"] for row in rows] == ["active", "fetched", "completed"]
-            event_ids = [row["cells"][3] for row in rows]
-            partition = event_ids[0].split("-")[0]
-            assert all(event_id.startswith(f"{partition}-") for event_id in event_ids), event_ids
-            assert event_ids[-1].endswith("-end"), event_ids
-            assert all(row["cells"][2].endswith("Z") for row in rows), rows
-            assert await page.evaluate("document.getElementById('current-status').textContent") == "completed"
-            assert await page.evaluate("Array.from(document.querySelectorAll('.status-btn')).every(b => b.disabled)"), (
-                "the status buttons stay enabled after a terminal status"
-            )
-            assert await page.evaluate("document.getElementById('message').hidden")
-            assert page.exceptions == [], page.exceptions
+        rows: list[dict[str, Any]] = await page.evaluate(rows_js())
+        assert [row["status"] for row in rows] == ["active", "fetched", "completed"]
+        event_ids = [row["cells"][3] for row in rows]
+        partition = event_ids[0].split("-")[0]
+        assert all(event_id.startswith(f"{partition}-") for event_id in event_ids), event_ids
+        assert event_ids[-1].endswith("-end"), event_ids
+        assert all(row["cells"][2].endswith("Z") for row in rows), rows
+        assert await page.evaluate("document.getElementById('current-status').textContent") == "completed"
+        assert await page.evaluate("Array.from(document.querySelectorAll('.status-btn')).every(b => b.disabled)"), (
+            "the status buttons stay enabled after a terminal status"
+        )
+        assert await page.evaluate("document.getElementById('message').hidden")
+        assert page.exceptions == [], page.exceptions
 
-            png = await page.screenshot()
+        png = await page.screenshot()
     assert png.startswith(PNG_MAGIC) and len(png) > 10_000
     (tmp_path / "demo.png").write_bytes(png)  # kept in the test's tmp_path, for a look after a failure
     assert "DEV MODE" in dev_gateway.logs()

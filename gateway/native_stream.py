@@ -25,8 +25,9 @@ class StreamChannel(Protocol):
     def write_event(self, data: bytes) -> None:
         """Writes one body chunk."""
 
-    def end(self) -> None:
-        """Ends the response normally (last chunk) and closes the connection once it is written."""
+    def end(self, last: bytes = b"") -> None:
+        """Writes ``last`` (one body chunk, may be empty) and the end of the response in one write, then
+        closes the connection once it is written."""
 
     def abort(self) -> None:
         """Drops the connection at once, discarding what is buffered."""
@@ -79,11 +80,14 @@ class NativeStream:
     def deliver(self, frame: bytes, record_timestamp_ms: int, terminal: bool) -> None:
         if self.close_reason is not None:
             return
+        if terminal:  # the last event and the end of the response go out in one write (one syscall)
+            self.written += len(frame)
+            observe_delivery(record_timestamp_ms)
+            self.close("terminal", frame)
+            return
         self._write(frame)
         observe_delivery(record_timestamp_ms)
-        if terminal:
-            self.close("terminal")
-        elif self.channel.buffered_bytes() > self.max_buffered:
+        if self.channel.buffered_bytes() > self.max_buffered:
             self.cut_slow_client()
 
     def session_deleted(self) -> None:
@@ -105,14 +109,14 @@ class NativeStream:
         self.written += len(frame)
         self.last_write = time.monotonic()
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, last: bytes = b"") -> None:
         if self.close_reason is not None:
             return
         self.close_reason = reason
         if reason in ABORT_REASONS:
             self.channel.abort()
         else:
-            self.channel.end()
+            self.channel.end(last)
         on_close, self.on_close = self.on_close, None
         if on_close is not None:
             on_close(self, reason)

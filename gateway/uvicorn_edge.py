@@ -356,11 +356,13 @@ class EdgeProtocol(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
 
-    def end(self) -> None:
+    def end(self, last: bytes = b"") -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
             if self.chunked:
-                transport.write(b"0\r\n\r\n")
+                transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(last), last) if last else b"0\r\n\r\n")
+            elif last:
+                transport.write(last)
             transport.close()
 
     def abort(self) -> None:

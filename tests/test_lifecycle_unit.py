@@ -105,7 +105,9 @@ class RecordingChannel:
         self.written.append(data)
         self.pending += len(data)
 
-    def end(self) -> None:
+    def end(self, last: bytes = b"") -> None:
+        if last:
+            self.write_event(last)
         self.ended = True
 
     def abort(self) -> None:

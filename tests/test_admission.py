@@ -22,9 +22,10 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from aiokafka import AIOKafkaProducer
 
 from tests.gateway_support import GatewayProcess, JwksServer, gateway_env, mint, rsa_key, sse
-from tests.kafka_support import create_topic, event_bytes, produce, unique_topic
+from tests.kafka_support import create_topic, event_bytes, produce, send, started_producer, unique_topic
 from tests.support import new_session, wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -194,12 +195,13 @@ async def test_a_wait_ends_at_the_same_time_whatever_happens_to_another_tenants_
 ) -> None:
     attacker = world.token("tenant-b")
 
-    async def timed_404(session_id: str, during: float | None) -> float:
+    async def timed_404(session_id: str, during: float | None, producer: AIOKafkaProducer) -> float:
         started = time.monotonic()
         request = asyncio.ensure_future(client.get(world.url(session_id), params={"token": attacker}))
         if during is not None:
             await asyncio.sleep(during)
-            await publish(world, session_id, "tenant-a", "fetched")
+            record = (session_id.encode(), event_bytes(session_id, "tenant-a", "fetched"))
+            await send(producer, world.topic, [record])
         response = await request
         assert response.status_code == 404
         return time.monotonic() - started
@@ -207,8 +209,11 @@ async def test_a_wait_ends_at_the_same_time_whatever_happens_to_another_tenants_
     existing = new_session("other-tenant")
     await publish(world, existing, "tenant-a")
     await wait_visible(world, client, existing, world.token("tenant-a"))
-    unknown = await timed_404(new_session("never"), None)
-    touched = await timed_404(existing, 0.5)
+    # The touch is sent with a producer started beforehand: a fresh one's start-up and shutdown could outlast
+    # the wait, and ``touched`` would measure them instead of the gateway's answer.
+    async with started_producer(world.bootstrap) as producer:
+        unknown = await timed_404(new_session("never"), None, producer)
+        touched = await timed_404(existing, 0.5, producer)
     assert touched >= WAIT - 0.1, f"answered after {touched:.2f}s, before the full wait of {WAIT}s"
     assert abs(touched - unknown) < 1.0, (unknown, touched)
 

@@ -255,16 +255,19 @@ async def test_eviction_while_running(kafka_bootstrap: str) -> None:
         ],
         partition=0,
     )
+    # ``done-2`` (terminal, dated ``now``) must still be within its retention when its batch is applied, and
+    # ``live-1``'s completion below must still be in the store when the test looks: 3 s leaves room for both.
+    retention_seconds = 3.0
     async with running_consumer(
         kafka_bootstrap,
         topic,
-        terminal_retention=timedelta(seconds=1),
+        terminal_retention=timedelta(seconds=retention_seconds),
         session_ttl=timedelta(minutes=30),
         kafka_health_interval=0.2,
     ) as running:
         await running.wait_caught_up(30)
         await running.wait_until(
-            lambda: not any(s in running.store for s in ("done-1", "done-2", "stale-1")), 10, "not evicted"
+            lambda: not any(s in running.store for s in ("done-1", "done-2", "stale-1")), 15, "not evicted"
         )
         assert "live-1" in running.store
         assert "live-2" in running.store
@@ -282,8 +285,8 @@ async def test_eviction_while_running(kafka_bootstrap: str) -> None:
         completed_at = datetime.now(UTC)
         await produce(kafka_bootstrap, topic, [(b"live-1", event_bytes("live-1", "t", "completed", completed_at))])
         await running.wait_until(lambda: statuses(running, "live-1") == ["active", "completed"], 10)
-        await running.wait_until(lambda: "live-1" not in running.store, 10, "completed session not evicted")
-        assert time.time() - completed_at.timestamp() >= 1.0
+        await running.wait_until(lambda: "live-1" not in running.store, 15, "completed session not evicted")
+        assert time.time() - completed_at.timestamp() >= retention_seconds
         assert "live-2" in running.store
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import sys
@@ -382,6 +383,7 @@ async def test_a_stream_the_client_closed_stops_counting_against_the_session_lim
     await world.publish((session_id, "active", None))
     url = world.url(world.main, session_id)
     for round_number in range(3):
+        before = await open_streams(client, world.main)
         async with contextlib.AsyncExitStack() as streams:
             for n in range(limit):
                 stream = await streams.enter_async_context(
@@ -389,13 +391,32 @@ async def test_a_stream_the_client_closed_stops_counting_against_the_session_lim
                 )
                 assert stream.status == 200, f"stream {n}: {stream.status} {stream.response.content!r}"
                 assert await stream.next_event() is not None
-        # All of them are closed now; give the server a moment to see the hang-ups, then reload.
-        await asyncio.sleep(0.1)
+        # All of them are closed now; once the server saw the hang-ups (the gauge is back down), reload. At most:
+        # the previous round's reload stream may still have been counted in ``before``.
+        await wait_until(
+            functools.partial(_open_streams_at_most, client, world.main, before),
+            10,
+            f"round {round_number}: gateway_open_streams never fell back to {before}",
+            interval=0.05,
+        )
         async with sse(client, url, params={"token": world.token(sub=f"reload-{round_number}")}) as stream:
             assert stream.status == 200, (
-                f"round {round_number}: {stream.status} {stream.response.content!r} 100 ms after {limit} "
-                "streams of this session were closed by their clients"
+                f"round {round_number}: {stream.status} {stream.response.content!r} after {limit} "
+                "streams of this session were closed by their clients and no longer counted as open"
             )
+
+
+async def open_streams(client: httpx.AsyncClient, gateway: GatewayProcess) -> float:
+    """``gateway_open_streams`` (a stream's ticket is released before the gauge goes down, on both engines)."""
+    response = await client.get(f"{gateway.internal_url}/metrics")
+    assert response.status_code == 200
+    match = re.search(r"^gateway_open_streams (\S+)$", response.text, re.MULTILINE)
+    assert match is not None, response.text[:2000]
+    return float(match.group(1))
+
+
+async def _open_streams_at_most(client: httpx.AsyncClient, gateway: GatewayProcess, count: float) -> bool:
+    return await open_streams(client, gateway) <= count
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ Gateways of this module (each a subprocess on its own port, logs under pytest's 
 
 - ``pair.first`` and ``pair.second`` share one topic, so a client can move from one to the other.
   Both: 1 s heartbeats, 3 s resume wait, 2 s unknown-session wait, 0.5 s broker probe,
-  ``GATEWAY_MAX_BUFFERED_BYTES=1024`` (the minimum). ``second`` also has a 1 s terminal retention
+  ``GATEWAY_MAX_BUFFERED_BYTES=1024`` (the minimum). ``second`` also has a 10 s terminal retention
   (finished sessions leave its store quickly) and ``GATEWAY_CLOSE_ON_TOKEN_EXPIRY=false``.
 - ``limits``: tiny connection limits, on a topic of its own.
 - the drain and the rolling-restart tests start gateways of their own, since they stop them.
@@ -53,7 +53,15 @@ from tests.gateway_support import (
     rsa_key,
     sse,
 )
-from tests.kafka_support import create_topic, event_bytes, produce, unique_topic, wait_until
+from tests.kafka_support import (
+    create_topic,
+    event_bytes,
+    produce,
+    send,
+    started_producer,
+    unique_topic,
+    wait_until,
+)
 from tests.support import event_id, new_session
 
 pytestmark = pytest.mark.timeout(150)
@@ -76,6 +84,11 @@ UNKNOWN_SESSION_WAIT = 2.0
 RETRY_MS = 3000
 RETRY_JITTER = 0.5
 TERMINAL = frozenset({"completed", "expired", "failed", "cancelled"})
+# pair.second's GATEWAY_TERMINAL_RETENTION: long enough for a stream admitted right after a session ended to
+# still find it (test_resume_on_another_gateway_process), far below the age of the records that test the
+# eviction (EVICTED_AGE).
+SECOND_TERMINAL_RETENTION = 10
+EVICTED_AGE = 30
 
 
 # --------------------------------------------------------------------------------------------------
@@ -88,13 +101,24 @@ def position(event_id_: str) -> tuple[int, int]:
 
 
 async def publish(
-    bootstrap: str, topic: str, session_id: str, *statuses: str, updated_at: datetime | None = None
+    bootstrap: str,
+    topic: str,
+    session_id: str,
+    *statuses: str,
+    updated_at: datetime | None = None,
+    producer: AIOKafkaProducer | None = None,
 ) -> list[str]:
-    """Writes the transitions of one session in order; returns their event ids."""
+    """Writes the transitions of one session in order; returns their event ids.
+
+    With ``producer`` (started beforehand), the call takes only the send: for tests that time a delivery.
+    """
     records: list[tuple[bytes | None, bytes | None]] = [
         (session_id.encode(), event_bytes(session_id, TENANT, status, updated_at)) for status in statuses
     ]
-    positions = await produce(bootstrap, topic, records)
+    if producer is None:
+        positions = await produce(bootstrap, topic, records)
+    else:
+        positions = await send(producer, topic, records)
     return [event_id((p, o), status in TERMINAL) for (p, o), status in zip(positions, statuses, strict=True)]
 
 
@@ -332,8 +356,16 @@ class Pair:
     def token(self, **claims: Any) -> str:
         return mint(self.key, **claims)
 
-    async def publish(self, session_id: str, *statuses: str, updated_at: datetime | None = None) -> list[str]:
-        return await publish(self.bootstrap, self.topic, session_id, *statuses, updated_at=updated_at)
+    async def publish(
+        self,
+        session_id: str,
+        *statuses: str,
+        updated_at: datetime | None = None,
+        producer: AIOKafkaProducer | None = None,
+    ) -> list[str]:
+        return await publish(
+            self.bootstrap, self.topic, session_id, *statuses, updated_at=updated_at, producer=producer
+        )
 
 
 @pytest.fixture(scope="module")
@@ -381,7 +413,7 @@ async def pair(kafka_bootstrap: str, jwks: JwksServer, logs: Path) -> AsyncItera
             topic,
             jwks,
             **common,
-            GATEWAY_TERMINAL_RETENTION="1",
+            GATEWAY_TERMINAL_RETENTION=str(SECOND_TERMINAL_RETENTION),
             GATEWAY_CLOSE_ON_TOKEN_EXPIRY="false",
         ),
         logs / "pair-second.log",
@@ -567,7 +599,7 @@ async def test_terminal_last_event_id_gets_204(pair: Pair) -> None:
 
 
 async def test_terminal_last_event_id_gets_204_after_the_session_was_evicted(pair: Pair) -> None:
-    """The second process keeps finished sessions 1 s only; a "-end" id still gets 204 once the session is gone.
+    """The second process keeps finished sessions 10 s only; a "-end" id still gets 204 once the session is gone.
 
     The records carry an ``updatedAt`` 30 s old, so the session is evicted at the next store
     sweep (every 0.5 s). That it is gone is checked from outside: without an id, the same request
@@ -575,9 +607,11 @@ async def test_terminal_last_event_id_gets_204_after_the_session_was_evicted(pai
     """
     session = new_session("evicted")
     token = pair.token()
-    old = datetime.now(UTC) - timedelta(seconds=30)
-    _active, completed = await pair.publish(session, "active", "completed", updated_at=old)
+    old = datetime.now(UTC) - timedelta(seconds=EVICTED_AGE)
     async with http_client() as client:
+        # Scraped before the records exist, so this session's eviction cannot be in it.
+        evicted_before = await evicted_for_retention(client, pair.second)
+        _active, completed = await pair.publish(session, "active", "completed", updated_at=old)
         deadline = time.monotonic() + 20
         while True:
             probe = await fetch_stream(client, pair.second, session, token, timeout=UNKNOWN_SESSION_WAIT + 5)
@@ -587,13 +621,18 @@ async def test_terminal_last_event_id_gets_204_after_the_session_was_evicted(pai
             await asyncio.sleep(0.5)
         header = await fetch_stream(client, pair.second, session, token, last_event_id=completed)
         query = await fetch_stream(client, pair.second, session, token, last_event_id=completed, via="query")
-        # The session is still gone afterwards (the 204s did not bring it back).
-        evicted = sample(
-            await scrape(client, pair.second), "gateway_sessions_evicted_total", reason="terminal_retention"
-        )
+
+        # A session past its retention is already not served before the sweep removes it: wait for the count.
+        async def counted() -> bool:
+            return await evicted_for_retention(client, pair.second) - evicted_before >= 1
+
+        await wait_until(counted, 10, "the eviction was never counted in gateway_sessions_evicted_total")
     assert header.status == 204, f"{header.status} {header.body!r}"
     assert query.status == 204, f"{query.status} {query.body!r}"
-    assert evicted >= 1
+
+
+async def evicted_for_retention(client: httpx.AsyncClient, gateway: GatewayProcess) -> float:
+    return sample(await scrape(client, gateway), "gateway_sessions_evicted_total", reason="terminal_retention")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -634,14 +673,15 @@ async def test_resume_waits_for_a_position_that_arrives_within_the_wait(pair: Pa
     (active,) = await pair.publish(session, "active")
     partition, offset = position(active)
     claimed = f"{partition}-{offset + 1}"
-    async with http_client() as client:
+    # Started beforehand: a fresh producer's start-up could take the rest of the wait on a loaded machine.
+    async with http_client() as client, started_producer(pair.bootstrap) as producer:
         started = time.monotonic()
         request = asyncio.create_task(
             fetch_stream(client, pair.first, session, token, last_event_id=claimed, timeout=RESUME_WAIT + 5)
         )
         await asyncio.sleep(1.0)
         assert not request.done(), "the request did not wait for the position"
-        fetched, completed = await pair.publish(session, "fetched", "completed")
+        fetched, completed = await pair.publish(session, "fetched", "completed", producer=producer)
         answer = await request
         elapsed = time.monotonic() - started
     assert position(fetched) == (partition, offset + 1), "someone else wrote to the partition"
@@ -715,9 +755,10 @@ async def test_stalled_reader_is_cut_while_a_normal_reader_keeps_receiving(
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # the kernel rounds it up to its minimum
     stalled.setblocking(False)
     latencies: list[float] = []
-    async with running(gateway), http_client() as client:
+    # The producer is started beforehand: a latency below measures the send and the delivery, not its start-up.
+    async with running(gateway), http_client() as client, started_producer(kafka_bootstrap) as producer:
         try:
-            (active,) = await publish(kafka_bootstrap, topic, session, "active")
+            (active,) = await publish(kafka_bootstrap, topic, session, "active", producer=producer)
             await loop.sock_connect(stalled, ("127.0.0.1", gateway.port))
             request = (
                 f"GET /session/{session}/events?token={token} HTTP/1.1\r\n"
@@ -729,14 +770,14 @@ async def test_stalled_reader_is_cut_while_a_normal_reader_keeps_receiving(
                 await wait_open_streams(client, gateway, 2)
                 started = time.monotonic()
                 produced = time.monotonic()
-                (fetched,) = await publish(kafka_bootstrap, topic, session, "fetched")
+                (fetched,) = await publish(kafka_bootstrap, topic, session, "fetched", producer=producer)
                 await normal.wait_events(2, timeout=5)
                 latencies.append(normal.arrivals[-1] - produced)
                 await wait_open_streams_at_most(client, gateway, 1, timeout=40)
                 cut_after = time.monotonic() - started
                 cut = sample(await scrape(client, gateway), "gateway_slow_client_disconnects_total")
                 produced = time.monotonic()
-                (completed,) = await publish(kafka_bootstrap, topic, session, "completed")
+                (completed,) = await publish(kafka_bootstrap, topic, session, "completed", producer=producer)
                 await normal.wait_end(5)
                 latencies.append(normal.arrivals[-1] - produced)
         finally:

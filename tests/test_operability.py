@@ -462,6 +462,12 @@ async def test_logs_never_contain_tokens(kafka_bootstrap: str, world: World, cli
     expired = mint(world.key, tenant=TENANT, ttl=-3600, sub="user-expired")
     tokens = [in_query, alt_query, in_header, forged, expired]
 
+    async def visible() -> bool:
+        # The gateway waits only 0.5 s for an unknown session: poll until it consumed the record.
+        async with sse(client, url, params={"token": in_query}) as stream:
+            return stream.status == 200
+
+    await wait_until(visible, 30, f"{session} never streamed")
     for params, headers in [
         ({"token": in_query}, {}),
         ({"access_token": alt_query}, {}),

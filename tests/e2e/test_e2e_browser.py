@@ -24,6 +24,7 @@ from tests.e2e.conftest import PageServer
 from tests.e2e.support import publish, stream_requests
 from tests.gateway_support import GatewayProcess, JwksServer, clean_env, gateway_env, mint, rsa_key
 from tests.kafka_support import create_topic, unique_topic
+from tests.support import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -110,6 +111,15 @@ class BrowserPage:
     async def wait_closed(self, timeout: float = 60.0) -> None:
         await self.wait_for("readyState CLOSED", "window.source.readyState === EventSource.CLOSED", timeout)
 
+    async def wait_answers(self, count: int, timeout: float = 10.0) -> None:
+        """Waits until ``count`` answered requests are recorded: ``on_response`` appends only after a driver
+        round trip (``all_headers()``, the only place Last-Event-ID shows), so it may lag behind the page."""
+
+        def answered() -> int:
+            return sum(request["status"] is not None for request in self.requests)
+
+        await wait_until(lambda: answered() >= count, timeout, lambda: f"requests={self.requests}")
+
 
 async def open_client(chromium: Any, url: str) -> tuple[Any, BrowserPage]:
     context = await chromium.new_context()
@@ -146,6 +156,7 @@ async def test_three_events_in_order_then_closed_without_a_reconnect_loop(
         await client.wait_events(3)
         await client.wait_closed()
         seen = await client.seen()
+        await client.wait_answers(2)
     finally:
         await context.close()
 
@@ -179,6 +190,7 @@ async def test_an_error_status_ends_in_closed_after_exactly_one_request(
     try:
         await client.wait_closed()
         seen = await client.seen()
+        await client.wait_answers(1)
     finally:
         await context.close()
     assert seen["events"] == [] and seen["states"] == ["closed"], seen
@@ -228,6 +240,7 @@ async def test_gateway_restart_mid_stream_browser_resumes_by_itself(
             await client.wait_events(3)
             await client.wait_closed()
             seen = await client.seen()
+            await client.wait_answers(3)
         finally:
             await context.close()
     finally:

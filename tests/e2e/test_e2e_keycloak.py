@@ -8,6 +8,7 @@ The tests of this module run in file order: the rotation comes last, since it ch
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -84,6 +85,16 @@ async def open_status(gateway: GatewayProcess, session_id: str, token: str) -> t
         return 200, [event.json()["status"]]
 
 
+async def open_status_within(
+    gateway: GatewayProcess, session_id: str, token: str, timeout: float
+) -> tuple[int, list[str]]:
+    """``open_status`` asked again while it answers 404 (the session not consumed yet), for ``timeout`` s at most."""
+    deadline = time.monotonic() + timeout
+    while (answer := await open_status(gateway, session_id, token))[0] == 404 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    return answer
+
+
 async def test_keycloak_tokens_open_streams_and_tenants_stay_apart(
     kafka_bootstrap: str, topic: str, keycloak: Keycloak, gateway: GatewayProcess
 ) -> None:
@@ -95,8 +106,9 @@ async def test_keycloak_tokens_open_streams_and_tenants_stay_apart(
     await publish(kafka_bootstrap, topic, session_a, "tenant-a", "active")
     await publish(kafka_bootstrap, topic, session_b, "tenant-b", "fetched")
 
-    assert await open_status(gateway, session_a, token_a) == (200, ["active"])
-    assert await open_status(gateway, session_b, token_b) == (200, ["fetched"])
+    # The gateway waits 1 s for an unknown session: poll until it consumed both records.
+    assert await open_status_within(gateway, session_a, token_a, 30) == (200, ["active"])
+    assert await open_status_within(gateway, session_b, token_b, 30) == (200, ["fetched"])
     # Another tenant's session is answered exactly like an unknown one.
     assert await open_status(gateway, session_a, token_b) == (404, [])
     assert await open_status(gateway, session_b, token_a) == (404, [])

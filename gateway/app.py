@@ -38,6 +38,7 @@ from gateway.settings import GatewaySettings
 from gateway.sse import encode_transition
 from gateway.stream_route import PATH_TEMPLATE, match, openapi_operation
 from gateway.subscribe import EventsEndpoint
+from gateway.worker_readiness import WorkerReadiness
 
 log = logging.getLogger("gateway.app")
 
@@ -57,9 +58,15 @@ class Runtime:
     verifier: TokenVerifier
     connections: ConnectionRegistry
     supervisor: Supervisor
+    workers: WorkerReadiness | None = None  # with ``serve --workers N``: the pod is ready when all are
 
     @classmethod
-    def build(cls, settings: GatewaySettings, consumer_settings: ConsumerSettings) -> Runtime:
+    def build(
+        cls,
+        settings: GatewaySettings,
+        consumer_settings: ConsumerSettings,
+        workers: WorkerReadiness | None = None,
+    ) -> Runtime:
         store = SessionStore(
             terminal_retention_ms=int(consumer_settings.terminal_retention.total_seconds() * 1000),
             session_ttl_ms=int(consumer_settings.session_ttl.total_seconds() * 1000),
@@ -81,6 +88,7 @@ class Runtime:
             verifier=TokenVerifier(settings, jwks),
             connections=ConnectionRegistry(settings, hub),
             supervisor=Supervisor(settings.task_crash_limit, settings.task_crash_window),
+            workers=workers,
         )
 
     def readiness(self) -> dict[str, Any]:
@@ -118,6 +126,12 @@ class Runtime:
         if strict:
             reasons.extend(warnings)
             warnings = []
+        if self.workers is not None:
+            self.workers.publish(not reasons)
+            others = self.workers.others_not_ready()
+            checks["all_workers_ready"] = not others
+            if others:
+                reasons.append(f"worker {', '.join(map(str, others))} of this server not ready yet")
         report: dict[str, Any] = {"status": "ready" if not reasons else "not ready", "checks": checks}
         report["reasons"] = reasons
         if warnings:
@@ -145,6 +159,12 @@ class Runtime:
                 await jwks.load()
             await asyncio.sleep(1.0 if not jwks.loaded else 5.0)
 
+    async def _publish_worker_readiness(self) -> None:
+        """Keeps this worker's flag current, whichever worker the probes reach."""
+        while True:
+            self.readiness()
+            await asyncio.sleep(0.5)
+
     async def _flush_kafka_logs(self) -> None:
         aggregator = log_aggregation.install()
         while True:
@@ -160,6 +180,8 @@ class Runtime:
         supervisor.start("jwks-refresh", self._keep_keys_fresh)
         supervisor.start("stream-clock", self.connections.run_clock)
         supervisor.start("kafka-log-summary", self._flush_kafka_logs)
+        if self.workers is not None:
+            supervisor.start("worker-readiness", self._publish_worker_readiness)
 
     async def stop(self) -> None:
         self.connections.close_all("shutdown")
@@ -224,11 +246,13 @@ def _openapi(internal: FastAPI, public: FastAPI) -> Callable[[], dict[str, Any]]
 
 
 def create_app(
-    settings: GatewaySettings | None = None, consumer_settings: ConsumerSettings | None = None
+    settings: GatewaySettings | None = None,
+    consumer_settings: ConsumerSettings | None = None,
+    workers: WorkerReadiness | None = None,
 ) -> GatewayApp:
     settings = settings or GatewaySettings()
     consumer_settings = consumer_settings or ConsumerSettings()
-    runtime = Runtime.build(settings, consumer_settings)
+    runtime = Runtime.build(settings, consumer_settings, workers)
     events = EventsEndpoint(
         settings, runtime.store, runtime.hub, runtime.progress, runtime.verifier, runtime.connections
     )

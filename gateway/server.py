@@ -16,7 +16,8 @@ limits) binding both ports with ``SO_REUSEPORT``, so the kernel spreads new conn
 The parent only supervises: it forwards SIGTERM/SIGINT to every worker (each drains as above) and
 exits 0 once all of them have exited 0; if a worker dies on its own, the parent drains the others
 and exits non-zero, so the orchestrator restarts the pod as a whole rather than leaving it
-half-ready (a restarted worker would answer 503 while it replays).
+half-ready (a restarted worker would answer 503 while it replays). Every worker's ``/readyz`` is 200
+only once all workers can serve (``gateway.worker_readiness``), whichever worker a probe reaches.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import MutableSequence
 from multiprocessing.process import BaseProcess
 
 import uvicorn
@@ -39,6 +41,7 @@ from gateway.app import GatewayApp, create_app
 from gateway.logging_setup import configure_logging
 from gateway.settings import GatewaySettings
 from gateway.uvicorn_edge import EdgeLimits, EdgeProtocol, EdgeState, GatewayServer, check_engine
+from gateway.worker_readiness import WorkerReadiness
 
 log = logging.getLogger("gateway.server")
 
@@ -67,9 +70,11 @@ def choose_engine(settings: GatewaySettings) -> str:
     return "native"
 
 
-def build_server(settings: GatewaySettings, consumer_settings: ConsumerSettings) -> tuple[GatewayServer, str]:
+def build_server(
+    settings: GatewaySettings, consumer_settings: ConsumerSettings, workers: WorkerReadiness | None = None
+) -> tuple[GatewayServer, str]:
     log_config = configure_logging(settings.log_level, settings.log_format, settings.instance_id)
-    app = create_app(settings, consumer_settings)
+    app = create_app(settings, consumer_settings, workers)
     engine = choose_engine(settings)
     http: object = "httptools"
     if engine == "native":
@@ -136,8 +141,10 @@ def serve(settings: GatewaySettings, consumer_settings: ConsumerSettings) -> Non
     serve_one(settings, consumer_settings)
 
 
-def serve_one(settings: GatewaySettings, consumer_settings: ConsumerSettings) -> None:
-    server, engine = build_server(settings, consumer_settings)
+def serve_one(
+    settings: GatewaySettings, consumer_settings: ConsumerSettings, workers: WorkerReadiness | None = None
+) -> None:
+    server, engine = build_server(settings, consumer_settings, workers)
     sockets = listening_sockets(settings)
     log.info(
         "serving streams on %s:%d and health/metrics/docs on %s (%s HTTP engine)",
@@ -152,11 +159,13 @@ def serve_one(settings: GatewaySettings, consumer_settings: ConsumerSettings) ->
 # --- Several workers ------------------------------------------------------------------------------------
 
 
-def _worker_main(settings: GatewaySettings, consumer_settings: ConsumerSettings, index: int) -> None:
+def _worker_main(
+    settings: GatewaySettings, consumer_settings: ConsumerSettings, index: int, ready: MutableSequence[int]
+) -> None:
     """One worker process (spawned): its own process group, so a terminal's Ctrl-C reaches the parent only."""
     os.setpgid(0, 0)
     _die_with_parent()
-    serve_one(settings, consumer_settings)
+    serve_one(settings, consumer_settings, WorkerReadiness(ready, index))
 
 
 def _die_with_parent() -> None:
@@ -187,6 +196,7 @@ def supervise_workers(settings: GatewaySettings, consumer_settings: ConsumerSett
     for sock in listening_sockets(settings):
         sock.close()
     context = multiprocessing.get_context("spawn")
+    ready = context.RawArray("B", settings.workers)  # one byte per worker: can it serve? (WorkerReadiness)
     workers: list[BaseProcess] = []
     signalled: list[int] = []
 
@@ -202,7 +212,7 @@ def supervise_workers(settings: GatewaySettings, consumer_settings: ConsumerSett
     for index in range(settings.workers):
         gateway, consumer = worker_settings(settings, consumer_settings, index)
         process = context.Process(
-            target=_worker_main, args=(gateway, consumer, index), name=f"gateway-worker-{index}", daemon=False
+            target=_worker_main, args=(gateway, consumer, index, ready), name=f"gateway-worker-{index}", daemon=False
         )
         process.start()
         workers.append(process)

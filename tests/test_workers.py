@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
 from collections import Counter
@@ -106,9 +107,14 @@ async def test_two_workers_serve_streams_and_drain_on_sigterm(
         assert gateway.process is not None
         workers = worker_children(gateway.process.pid)
         assert len(workers) == 2, f"worker processes: {workers}\n{gateway.logs()[-3000:]}"
-        # /readyz answers from whichever worker the kernel picks: wait until both have caught up (and so
-        # listen on the public port), or every stream may land on the first one.
-        await wait_until(lambda: caught_up(gateway) == {"wtest-w0", "wtest-w1"}, 60)
+        # /readyz answers from whichever worker the kernel picks, yet is 200 only once both workers caught up
+        # (before, the first worker's 200 came while the second was still starting, and every stream went
+        # to the first). Each worker logs "store caught up" before it reports itself ready.
+        assert caught_up(gateway) == {"wtest-w0", "wtest-w1"}, gateway.logs()[-3000:]
+        async with httpx.AsyncClient(timeout=5.0) as probe:
+            for _ in range(6):  # a few probes, so that both workers are likely to answer one
+                report = (await probe.get(f"{gateway.internal_url}/readyz")).json()
+                assert report["checks"]["all_workers_ready"] is True, report
         limits = httpx.Limits(max_connections=STREAMS + 10, max_keepalive_connections=0)
         async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), limits=limits) as client:
             firsts = [asyncio.Event() for _ in sessions]
@@ -141,3 +147,60 @@ async def test_two_workers_serve_streams_and_drain_on_sigterm(
     assert exited_after < DRAIN + 8
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
+
+
+async def test_the_server_is_unready_while_any_worker_cannot_serve(
+    kafka_bootstrap: str, jwks: JwksServer, tmp_path: Path
+) -> None:
+    """One worker drains (SIGTERM to it alone, streams open): the other worker's /readyz turns 503 and says why."""
+    topic = unique_topic("workers-ready")
+    await create_topic(kafka_bootstrap, topic, partitions=3)
+    sessions = [new_session(f"r{i}") for i in range(20)]
+    await produce(kafka_bootstrap, topic, [(s.encode(), event_bytes(s, TENANT, "active")) for s in sessions])
+    gateway = GatewayProcess(
+        gateway_env(
+            kafka_bootstrap,
+            topic,
+            jwks,
+            GATEWAY_WORKERS="2",
+            GATEWAY_INSTANCE_ID="wready",
+            GATEWAY_DRAIN_SECONDS="8",  # the drained worker stays up (and unready) for a while
+            GATEWAY_MAX_CONNECTIONS_PER_SUBJECT="1000",
+        ),
+        tmp_path / "ready.log",
+    )
+    token = mint(jwks.keys[0])
+    gateway.start()
+    try:
+        await gateway.wait_ready()
+        assert gateway.process is not None
+        workers = worker_children(gateway.process.pid)
+        assert len(workers) == 2, f"worker processes: {workers}\n{gateway.logs()[-3000:]}"
+        limits = httpx.Limits(max_connections=40, max_keepalive_connections=0)
+        async with (
+            httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), limits=limits) as client,
+            httpx.AsyncClient(timeout=5.0, limits=httpx.Limits(max_keepalive_connections=0)) as probe,
+        ):
+            firsts = [asyncio.Event() for _ in sessions]
+            reads = [
+                asyncio.create_task(read_stream(client, f"{gateway.url}/session/{s}/events", token, first))
+                for s, first in zip(sessions, firsts, strict=True)
+            ]
+            await asyncio.wait_for(asyncio.gather(*(first.wait() for first in firsts)), 30)
+            os.kill(workers[1], signal.SIGTERM)
+            answers: list[tuple[int, object]] = []
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline:
+                response = await probe.get(f"{gateway.internal_url}/readyz")
+                report = response.json()
+                answers.append((response.status_code, report.get("reasons")))
+                reasons = report.get("reasons") or []
+                if response.status_code == 503 and len(reasons) == 1 and "of this server not ready yet" in reasons[0]:
+                    break  # the worker that still serves answered: its sibling is not ready
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"no worker reported its draining sibling: {answers}")
+            assert all(status == 503 for status, _ in answers[-1:]), answers
+            await asyncio.wait_for(asyncio.gather(*reads, return_exceptions=True), 30)
+    finally:
+        gateway.stop()

@@ -191,7 +191,7 @@ async def test_the_server_is_unready_while_any_worker_cannot_serve(
             answers: list[tuple[int, object]] = []
             deadline = time.monotonic() + 6
             while time.monotonic() < deadline:
-                response = await probe.get(f"{gateway.internal_url}/readyz")
+                response = await probe.get(f"{gateway.internal_url}/readyz", headers={"connection": "close"})
                 report = response.json()
                 answers.append((response.status_code, report.get("reasons")))
                 reasons = report.get("reasons") or []

@@ -173,6 +173,7 @@ class Runtime:
 
     async def start(self) -> None:
         metrics.JWKS_LAST_REFRESH_AGE.set_function(self.jwks.seconds_since_refresh)
+        metrics.JWKS_WAITING.set_function(lambda: self.jwks.waiting)
         supervisor = self.supervisor
         for name, task in self.consumer.tasks().items():
             supervisor.start(name, task)

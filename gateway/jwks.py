@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -53,6 +54,7 @@ class JwksCache:
         self._last_fetch_attempt = float("-inf")
         self._refresh: asyncio.Task[None] | None = None
         self._deferred: asyncio.Task[None] | None = None  # the next allowed refetch, awaited by unknown kids
+        self._fetch_ended: asyncio.Event | None = None  # set when any fetch ends (wakes the deferred refetch)
         self._waiting = 0
         self._jwks_url = settings.jwks_url
         self._thumbprint_by_id: dict[int, str] = {}
@@ -140,9 +142,17 @@ class JwksCache:
             self._waiting -= 1
 
     async def _deferred_refetch(self) -> None:
-        delay = self._last_fetch_attempt + self._settings.jwks_min_refresh - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        """Fetches at the next allowed moment, unless another fetch (the set's own refresh) ends before."""
+        scheduled = time.monotonic()
+        while True:
+            if self._last_fetch_attempt >= scheduled:
+                return  # a fetch began after this was scheduled: that is what the waiters waited for
+            delay = self._last_fetch_attempt + self._settings.jwks_min_refresh - time.monotonic()
+            if delay <= 0:
+                break
+            self._fetch_ended = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._fetch_ended.wait(), delay)
         metrics.JWKS_KEY_WAITS.labels("refetched").inc()
         await self._refresh_once()
 
@@ -164,6 +174,13 @@ class JwksCache:
         await asyncio.shield(self._start_refresh())
 
     async def _fetch(self) -> None:
+        try:
+            await self._fetch_keys()
+        finally:
+            if self._fetch_ended is not None:
+                self._fetch_ended.set()
+
+    async def _fetch_keys(self) -> None:
         self._last_fetch_attempt = time.monotonic()
         settings = self._settings
         try:

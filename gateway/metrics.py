@@ -27,6 +27,11 @@ DELIVERY_DELAY = Histogram(
     "Delay from the Kafka record timestamp to the write of the event to the client.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+JWKS_WAITING = Gauge(
+    "gateway_jwks_waiting_requests",
+    "Requests whose token names a key the cached JWKS lacks, waiting for the deferred refetch "
+    "(at most GATEWAY_JWKS_MAX_WAITING).",
+)
 JWKS_LAST_REFRESH_AGE = Gauge(
     "gateway_jwks_last_refresh_age_seconds", "Seconds since the signing keys were last fetched successfully."
 )

@@ -160,7 +160,7 @@ def serve_one(
 
 
 def _worker_main(
-    settings: GatewaySettings, consumer_settings: ConsumerSettings, index: int, ready: MutableSequence[int]
+    settings: GatewaySettings, consumer_settings: ConsumerSettings, index: int, ready: MutableSequence[float]
 ) -> None:
     """One worker process (spawned): its own process group, so a terminal's Ctrl-C reaches the parent only."""
     os.setpgid(0, 0)
@@ -196,26 +196,48 @@ def supervise_workers(settings: GatewaySettings, consumer_settings: ConsumerSett
     for sock in listening_sockets(settings):
         sock.close()
     context = multiprocessing.get_context("spawn")
-    ready = context.RawArray("B", settings.workers)  # one byte per worker: can it serve? (WorkerReadiness)
+    ready = context.RawArray("d", settings.workers)  # per worker: can serve until (WorkerReadiness)
     workers: list[BaseProcess] = []
-    signalled: list[int] = []
+    signalled: list[int] = []  # every signal for the workers, in order (received, or sent on our own)
+    delivered: dict[int, int] = {}  # worker pid -> how many of ``signalled`` it has been sent
+    received: list[int] = []  # signals from outside (SIGTERM from the orchestrator, Ctrl-C)
 
-    def forward(sig: int, frame: object) -> None:
+    def catch_up(worker: BaseProcess) -> None:
+        pid = worker.pid
+        if pid is None or worker.exitcode is not None:
+            return
+        for sig in signalled[delivered.get(pid, 0) :]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        delivered[pid] = len(signalled)
+
+    def forward(sig: int) -> None:
         signalled.append(sig)
         for worker in workers:
-            if worker.pid is not None and worker.exitcode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(worker.pid, sig)
+            catch_up(worker)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    def on_signal(sig: int, frame: object) -> None:
+        received.append(sig)
+        forward(sig)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    blocked = {signal.SIGTERM, signal.SIGINT}
     for index in range(settings.workers):
+        if received:  # asked to stop while starting: start no more
+            break
         gateway, consumer = worker_settings(settings, consumer_settings, index)
         process = context.Process(
             target=_worker_main, args=(gateway, consumer, index, ready), name=f"gateway-worker-{index}", daemon=False
         )
         process.start()
-        workers.append(process)
+        # A signal that arrived while it was starting reaches it now (once: no handler runs in between).
+        signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            workers.append(process)
+            catch_up(process)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
     log.info(
         "started %d workers (pids %s) on %s:%d, each a replica reading every partition",
         len(workers),
@@ -228,15 +250,15 @@ def supervise_workers(settings: GatewaySettings, consumer_settings: ConsumerSett
         time.sleep(0.2)
         for worker in workers:
             code = worker.exitcode
-            if code is not None and failed is None and not signalled:  # exited on its own
+            if code is not None and failed is None and not received:  # exited on its own
                 failed = code if code > 0 else 1
                 log.error("worker %s exited with %s: stopping the others", worker.name, code)
-                forward(signal.SIGTERM, None)
-                signalled.clear()
+                forward(signal.SIGTERM)
     codes = [worker.exitcode for worker in workers]
     if failed is not None:
         return failed
-    bad = [code for code in codes if code != 0]
+    # A worker that was signalled before it had set up its own handling ends by that signal: not a failure.
+    bad = [code for code in codes if code != 0 and not (code is not None and -code in signalled)]
     if bad:
         log.error("workers exited with %s", codes)
         return bad[0] if bad[0] and bad[0] > 0 else 1

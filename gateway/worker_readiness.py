@@ -3,25 +3,31 @@
 The workers share the ports (``SO_REUSEPORT``), so a readiness probe reaches whichever worker the kernel
 picks. Without this, the pod would turn ready as soon as one worker had caught up, and the streams the
 kernel hands to a worker still replaying would wait for it (and after ``GATEWAY_REPLAY_WAIT`` get a 503,
-which ends a browser's EventSource for good). The supervising parent shares one byte per worker; each
-worker keeps its own byte current (``Runtime`` publishes it twice a second) and every worker's
-``/readyz`` requires all of them.
+which ends a browser's EventSource for good). The supervising parent shares one slot per worker; a worker
+that can serve renews its slot (``Runtime`` does it twice a second) with a deadline on the system-wide
+monotonic clock, and every worker's ``/readyz`` requires every slot to be current. A worker that is
+frozen (SIGSTOP, a blocked event loop) or dead stops renewing, so its slot runs out within
+``VALIDITY`` seconds instead of reporting the pod ready forever.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import MutableSequence
+
+VALIDITY = 2.0  # seconds a renewal counts; renewed every 0.5 s
 
 
 class WorkerReadiness:
-    def __init__(self, flags: MutableSequence[int], index: int) -> None:
-        self._flags = flags
+    def __init__(self, ready_until: MutableSequence[float], index: int) -> None:
+        self._ready_until = ready_until
         self.index = index
 
     def publish(self, ready: bool) -> None:
-        """Records whether this worker, by itself, can serve."""
-        self._flags[self.index] = 1 if ready else 0
+        """Records whether this worker, by itself, can serve (for the next ``VALIDITY`` seconds)."""
+        self._ready_until[self.index] = time.monotonic() + VALIDITY if ready else 0.0
 
     def others_not_ready(self) -> list[int]:
-        """The indexes of the other workers that cannot serve yet (or no longer)."""
-        return [index for index, flag in enumerate(self._flags) if not flag and index != self.index]
+        """The indexes of the other workers that cannot serve, or have not said so recently."""
+        now = time.monotonic()
+        return [index for index, until in enumerate(self._ready_until) if until <= now and index != self.index]

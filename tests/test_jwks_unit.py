@@ -185,6 +185,20 @@ async def test_a_new_kid_inside_the_min_refresh_waits_for_one_deferred_refetch()
         assert cache.waiting == 0
 
 
+async def test_a_refresh_that_brings_the_kid_ends_the_wait_without_another_fetch() -> None:
+    old, new = rsa_key("old"), rsa_key("new")
+    idp = FakeIdp([old])
+    async with cache_for(idp, jwks_min_refresh=30.0) as cache:
+        await cache.load()
+        waiter = asyncio.create_task(cache.key_for("new", "RS256"))
+        await wait_until(lambda: cache.waiting == 1, 5, "the lookup never waited")
+        idp.keys.append(new)
+        await cache.load()  # the set's own refresh (its max-age ran out), long before the deferred refetch
+        assert cache_kid(await asyncio.wait_for(waiter, 5)) == "new"
+        await asyncio.sleep(0.05)
+        assert idp.jwks_requests == 2  # the load, the refresh: the deferred refetch did not run
+
+
 async def test_waiting_for_the_deferred_refetch_is_bounded() -> None:
     idp = FakeIdp([rsa_key("rsa")])
     async with cache_for(idp, jwks_min_refresh=0.3, jwks_max_waiting=5) as cache:

@@ -204,3 +204,89 @@ async def test_the_server_is_unready_while_any_worker_cannot_serve(
             await asyncio.wait_for(asyncio.gather(*reads, return_exceptions=True), 30)
     finally:
         gateway.stop()
+
+
+def _catches(pid: int, sig: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
+    return False
+
+
+async def test_a_sigterm_while_the_workers_start_stops_them_cleanly(
+    kafka_bootstrap: str, jwks: JwksServer, tmp_path: Path
+) -> None:
+    """SIGTERM right after the parent installed its handler (it is still starting workers): exit 0, none left.
+
+    It used to reach no worker (the parent then served on, until killed at the end of the grace period), or
+    to reach workers that had not set up their own handling yet, whose exit by the signal counted as failed.
+    """
+    topic = unique_topic("workers-term")
+    await create_topic(kafka_bootstrap, topic, partitions=1)
+    gateway = GatewayProcess(
+        gateway_env(kafka_bootstrap, topic, jwks, GATEWAY_WORKERS="2", GATEWAY_DRAIN_SECONDS="1"),
+        tmp_path / "term.log",
+    )
+    gateway.start()
+    try:
+        assert gateway.process is not None
+        pid = gateway.process.pid
+        deadline = time.monotonic() + 30
+        while not _catches(pid, signal.SIGTERM):
+            assert gateway.process.poll() is None and time.monotonic() < deadline, gateway.logs()[-3000:]
+            time.sleep(0.0005)
+        gateway.signal(signal.SIGTERM)
+        await wait_until(lambda: gateway.process is not None and gateway.process.poll() is not None, 30)
+        assert gateway.process.returncode == 0, gateway.logs()[-3000:]
+        # No worker outlived it: nothing listens on its ports any more.
+        for url in (gateway.url, gateway.internal_url):
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"{url}/livez", timeout=2.0)
+    finally:
+        gateway.stop()
+
+
+async def test_a_frozen_worker_stops_counting_as_ready(kafka_bootstrap: str, jwks: JwksServer, tmp_path: Path) -> None:
+    """SIGSTOP one worker: the other one's /readyz turns 503 naming it; after SIGCONT both are ready again."""
+    topic = unique_topic("workers-frozen")
+    await create_topic(kafka_bootstrap, topic, partitions=1)
+    gateway = GatewayProcess(
+        gateway_env(kafka_bootstrap, topic, jwks, GATEWAY_WORKERS="2", GATEWAY_INSTANCE_ID="wfrozen"),
+        tmp_path / "frozen.log",
+    )
+    gateway.start()
+    frozen: int | None = None
+    try:
+        await gateway.wait_ready()
+        assert gateway.process is not None
+        workers = worker_children(gateway.process.pid)
+        assert len(workers) == 2
+        frozen = workers[1]
+        os.kill(frozen, signal.SIGSTOP)
+        async with httpx.AsyncClient(timeout=1.0, limits=httpx.Limits(max_keepalive_connections=0)) as probe:
+
+            async def answer() -> tuple[int, list[str]] | None:
+                """One probe on a fresh connection; None when it reached the frozen worker (no answer)."""
+                try:
+                    response = await probe.get(f"{gateway.internal_url}/readyz", headers={"connection": "close"})
+                except httpx.TimeoutException:
+                    return None
+                return response.status_code, list(response.json().get("reasons") or [])
+
+            answers: list[tuple[int, list[str]] | None] = []
+            deadline = time.monotonic() + 15
+            while not any(a and a[0] == 503 and "not ready yet" in " ".join(a[1]) for a in answers):
+                assert time.monotonic() < deadline, f"the frozen worker still counts as ready: {answers}"
+                answers.append(await answer())
+            os.kill(frozen, signal.SIGCONT)
+            frozen = None
+            statuses: list[int | None] = []
+            deadline = time.monotonic() + 15
+            while statuses[-8:] != [200] * 8:
+                assert time.monotonic() < deadline, f"not ready again after SIGCONT: {statuses}"
+                result = await answer()
+                statuses.append(None if result is None else result[0])
+    finally:
+        if frozen is not None:
+            os.kill(frozen, signal.SIGCONT)
+        gateway.stop()

@@ -8,7 +8,8 @@
   once: it waits for the next allowed refetch (one shared, deferred fetch), because an identity
   provider that just rotated its keys signs every new token with a kid we have not seen, and a
   browser's EventSource never retries after a 401. At most ``jwks_max_waiting`` requests wait;
-  beyond that, or while the endpoint is failing, an unknown kid is refused at once.
+  beyond that, or while the endpoint keeps failing (two fetches in a row), an unknown kid is refused
+  at once.
 - When the endpoint fails, the last good keys keep working.
 - Every fetch is bounded: one total deadline (``jwks_timeout``) for the whole refresh, OIDC
   discovery included, however slowly the server drips bytes; bodies are streamed and abandoned
@@ -56,6 +57,7 @@ class JwksCache:
         self._deferred: asyncio.Task[None] | None = None  # the next allowed refetch, awaited by unknown kids
         self._fetch_ended: asyncio.Event | None = None  # set when any fetch ends (wakes the deferred refetch)
         self._waiting = 0
+        self._failures_in_a_row = 0  # a single failed fetch (a blip) still lets unknown kids wait; two do not
         self._jwks_url = settings.jwks_url
         self._thumbprint_by_id: dict[int, str] = {}
         self._thumbprints: frozenset[str] = frozenset()
@@ -124,7 +126,7 @@ class JwksCache:
             in_flight = self._refresh is not None and not self._refresh.done()
             if in_flight or time.monotonic() - self._last_fetch_attempt >= self._settings.jwks_min_refresh:
                 await self._refresh_once()
-            elif self.last_error is None and self._waiting < self._settings.jwks_max_waiting:
+            elif self._failures_in_a_row < 2 and self._waiting < self._settings.jwks_max_waiting:
                 if before_waiting is not None:
                     before_waiting()
                 await self._wait_for_deferred_refetch()
@@ -203,6 +205,7 @@ class JwksCache:
         self._thumbprints = frozenset(thumbprint for _, thumbprint in keys)
         self._expires_at = time.monotonic() + self._ttl(headers.get("cache-control", ""))
         self.last_error = None
+        self._failures_in_a_row = 0
         self.last_refresh = time.monotonic()
         log.info("loaded %d signing keys from JWKS", len(keys))
         removed = set(previous - self._thumbprints)
@@ -212,6 +215,7 @@ class JwksCache:
                 listener(removed)
 
     def _failed(self, message: str) -> None:
+        self._failures_in_a_row += 1
         metrics.JWKS_FAILURES.inc()
         self.last_error = message
         log.warning("%s; keeping %d cached keys", message, len(self._keys))

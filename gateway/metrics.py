@@ -15,7 +15,7 @@ JWKS_FAILURES = Counter("gateway_jwks_fetch_failures_total", "JWKS fetches that 
 JWKS_KEY_WAITS = Counter(
     "gateway_jwks_unknown_kid_waits_total",
     "Unknown kids inside GATEWAY_JWKS_MIN_REFRESH: deferred refetches run, and requests refused at once "
-    "(GATEWAY_JWKS_MAX_WAITING reached, or the endpoint failing).",
+    "(GATEWAY_JWKS_MAX_WAITING reached, or the endpoint failing twice in a row).",
     ["outcome"],
 )
 SLOW_CLIENT_DISCONNECTS = Counter(

@@ -225,16 +225,23 @@ async def test_a_token_refused_by_its_claims_does_not_wait() -> None:
         assert cache.waiting == 0 and idp.jwks_requests == 1
 
 
-async def test_an_unknown_kid_does_not_wait_while_the_endpoint_fails() -> None:
-    idp = FakeIdp([rsa_key("rsa")], cache_control="max-age=0")
-    async with cache_for(idp, jwks_cache_min_ttl=0.0, jwks_min_refresh=0.0) as cache:
+async def test_an_unknown_kid_waits_after_one_failed_fetch_but_not_while_the_endpoint_keeps_failing() -> None:
+    old, new = rsa_key("old"), rsa_key("new")
+    idp = FakeIdp([old])
+    async with cache_for(idp, jwks_min_refresh=0.3) as cache:
         await cache.load()
         idp.status = 503
-        assert await cache.key_for("new", "RS256") is None  # refetched (and failed) at once
-    async with cache_for(idp, jwks_min_refresh=30.0) as cache:
-        await cache.load()  # fails: no keys, an error
-        assert await asyncio.wait_for(cache.key_for("rsa", "RS256"), 5) is None
-        assert cache.waiting == 0
+        await cache.load()  # one failed fetch: a blip
+        idp.status = 200
+        idp.keys.append(new)
+        assert cache_kid(await asyncio.wait_for(cache.key_for("new", "RS256"), 5)) == "new"
+
+        idp.status = 503
+        await cache.load()
+        await cache.load()  # two in a row: the endpoint is down
+        fetches = idp.jwks_requests
+        assert await asyncio.wait_for(cache.key_for("newer", "RS256"), 5) is None
+        assert cache.waiting == 0 and idp.jwks_requests == fetches  # refused at once, nothing fetched
 
 
 async def test_a_new_kid_is_fetched_once_the_min_refresh_passed() -> None:
@@ -285,11 +292,13 @@ async def test_unreachable_endpoint_at_start_is_retried_on_use_but_rate_limited(
         assert not cache.loaded and cache.last_error is not None
         for _ in range(10):
             assert await cache.key_for("rsa", "RS256") is None
-        assert idp.jwks_requests == 1
+        # The load, then the one deferred refetch the first lookup waited for (a single failure may be a
+        # blip); after that second failure in a row the other lookups were refused at once.
+        assert idp.jwks_requests == 2
         idp.status = 200
         await asyncio.sleep(1.05)
         assert cache_kid(await cache.key_for("rsa", "RS256")) == "rsa"
-        assert idp.jwks_requests == 2
+        assert idp.jwks_requests == 3
 
 
 # --------------------------------------------------------------------------------------------------

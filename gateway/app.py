@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -99,6 +100,23 @@ class Runtime:
         fleet would answer 503 everywhere, and a browser's EventSource never retries after an error
         status. Both show in the body and in metrics; ``GATEWAY_READINESS_STRICT`` makes them count.
         """
+        checks, reasons, warnings = self._own_readiness()
+        if self.workers is not None:
+            others = self.workers.others_not_ready()
+            checks["all_workers_ready"] = not others
+            if others:
+                reasons.append(f"worker {', '.join(map(str, others))} of this server not ready yet")
+        report: dict[str, Any] = {"status": "ready" if not reasons else "not ready", "checks": checks}
+        report["reasons"] = reasons
+        if warnings:
+            report["warnings"] = warnings
+        report["seconds_since_broker_contact"] = round(self.consumer.seconds_since_contact(), 1)
+        report["seconds_since_keys_refreshed"] = round(self.jwks.seconds_since_refresh(), 1)
+        report["tasks"] = self.supervisor.report()
+        return report
+
+    def _own_readiness(self) -> tuple[dict[str, bool], list[str], list[str]]:
+        """This process's checks, the reasons it cannot serve, and warnings (see ``readiness``)."""
         strict = self.settings.readiness_strict
         broker_reachable = self.progress.broker_reachable
         keys_fresh = self.jwks.loaded and self.jwks.last_error is None
@@ -126,20 +144,7 @@ class Runtime:
         if strict:
             reasons.extend(warnings)
             warnings = []
-        if self.workers is not None:
-            self.workers.publish(not reasons)
-            others = self.workers.others_not_ready()
-            checks["all_workers_ready"] = not others
-            if others:
-                reasons.append(f"worker {', '.join(map(str, others))} of this server not ready yet")
-        report: dict[str, Any] = {"status": "ready" if not reasons else "not ready", "checks": checks}
-        report["reasons"] = reasons
-        if warnings:
-            report["warnings"] = warnings
-        report["seconds_since_broker_contact"] = round(self.consumer.seconds_since_contact(), 1)
-        report["seconds_since_keys_refreshed"] = round(self.jwks.seconds_since_refresh(), 1)
-        report["tasks"] = self.supervisor.report()
-        return report
+        return checks, reasons, warnings
 
     def liveness(self) -> dict[str, Any]:
         failing = self.supervisor.failing()
@@ -159,10 +164,10 @@ class Runtime:
                 await jwks.load()
             await asyncio.sleep(1.0 if not jwks.loaded else 5.0)
 
-    async def _publish_worker_readiness(self) -> None:
-        """Keeps this worker's flag current, whichever worker the probes reach."""
+    async def _publish_worker_readiness(self, workers: WorkerReadiness) -> None:
+        """Keeps this worker's slot current, whichever worker the probes reach."""
         while True:
-            self.readiness()
+            workers.publish(not self._own_readiness()[1])
             await asyncio.sleep(0.5)
 
     async def _flush_kafka_logs(self) -> None:
@@ -182,7 +187,7 @@ class Runtime:
         supervisor.start("stream-clock", self.connections.run_clock)
         supervisor.start("kafka-log-summary", self._flush_kafka_logs)
         if self.workers is not None:
-            supervisor.start("worker-readiness", self._publish_worker_readiness)
+            supervisor.start("worker-readiness", functools.partial(self._publish_worker_readiness, self.workers))
 
     async def stop(self) -> None:
         self.connections.close_all("shutdown")

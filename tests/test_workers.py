@@ -81,6 +81,33 @@ async def read_stream(client: httpx.AsyncClient, url: str, token: str, first: as
     return 503, []
 
 
+def two_workers(kafka_bootstrap: str, topic: str, jwks: JwksServer, log: Path, **env: str) -> GatewayProcess:
+    """A ``serve --workers 2`` gateway process (not started yet)."""
+    return GatewayProcess(gateway_env(kafka_bootstrap, topic, jwks, GATEWAY_WORKERS="2", **env), log)
+
+
+async def ready_workers(gateway: GatewayProcess) -> list[int]:
+    """Waits until the started gateway is ready; its two worker pids."""
+    await gateway.wait_ready()
+    assert gateway.process is not None
+    workers = worker_children(gateway.process.pid)
+    assert len(workers) == 2, f"worker processes: {workers}\n{gateway.logs()[-3000:]}"
+    return workers
+
+
+async def open_streams(
+    client: httpx.AsyncClient, gateway: GatewayProcess, sessions: list[str], token: str
+) -> list[asyncio.Task[tuple[int, list[str]]]]:
+    """Opens one stream per session; returns once every stream got its first event (tasks read on to the end)."""
+    firsts = [asyncio.Event() for _ in sessions]
+    reads = [
+        asyncio.create_task(read_stream(client, f"{gateway.url}/session/{s}/events", token, first))
+        for s, first in zip(sessions, firsts, strict=True)
+    ]
+    await asyncio.wait_for(asyncio.gather(*(first.wait() for first in firsts)), 30)
+    return reads
+
+
 async def test_two_workers_serve_streams_and_drain_on_sigterm(
     kafka_bootstrap: str, jwks: JwksServer, tmp_path: Path
 ) -> None:
@@ -88,25 +115,20 @@ async def test_two_workers_serve_streams_and_drain_on_sigterm(
     await create_topic(kafka_bootstrap, topic, partitions=3)
     sessions = [new_session(f"w{i}") for i in range(STREAMS)]
     await produce(kafka_bootstrap, topic, [(s.encode(), event_bytes(s, TENANT, "active")) for s in sessions])
-    gateway = GatewayProcess(
-        gateway_env(
-            kafka_bootstrap,
-            topic,
-            jwks,
-            GATEWAY_WORKERS="2",
-            GATEWAY_INSTANCE_ID="wtest",
-            GATEWAY_DRAIN_SECONDS=str(DRAIN),
-            GATEWAY_MAX_CONNECTIONS_PER_SUBJECT="1000",
-        ),
+    gateway = two_workers(
+        kafka_bootstrap,
+        topic,
+        jwks,
         tmp_path / "workers.log",
+        GATEWAY_INSTANCE_ID="wtest",
+        GATEWAY_DRAIN_SECONDS=str(DRAIN),
+        GATEWAY_MAX_CONNECTIONS_PER_SUBJECT="1000",
     )
     token = mint(jwks.keys[0])
     gateway.start()
     try:
-        await gateway.wait_ready()
+        workers = await ready_workers(gateway)
         assert gateway.process is not None
-        workers = worker_children(gateway.process.pid)
-        assert len(workers) == 2, f"worker processes: {workers}\n{gateway.logs()[-3000:]}"
         # /readyz answers from whichever worker the kernel picks, yet is 200 only once both workers caught up
         # (before, the first worker's 200 came while the second was still starting, and every stream went
         # to the first). Each worker logs "store caught up" before it reports itself ready.
@@ -117,12 +139,7 @@ async def test_two_workers_serve_streams_and_drain_on_sigterm(
                 assert report["checks"]["all_workers_ready"] is True, report
         limits = httpx.Limits(max_connections=STREAMS + 10, max_keepalive_connections=0)
         async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), limits=limits) as client:
-            firsts = [asyncio.Event() for _ in sessions]
-            reads = [
-                asyncio.create_task(read_stream(client, f"{gateway.url}/session/{s}/events", token, first))
-                for s, first in zip(sessions, firsts, strict=True)
-            ]
-            await asyncio.wait_for(asyncio.gather(*(first.wait() for first in firsts)), 30)
+            reads = await open_streams(client, gateway, sessions, token)
             signalled = time.monotonic()
             gateway.signal(signal.SIGTERM)
             results = await asyncio.wait_for(asyncio.gather(*reads), DRAIN + 10)
@@ -157,36 +174,25 @@ async def test_the_server_is_unready_while_any_worker_cannot_serve(
     await create_topic(kafka_bootstrap, topic, partitions=3)
     sessions = [new_session(f"r{i}") for i in range(20)]
     await produce(kafka_bootstrap, topic, [(s.encode(), event_bytes(s, TENANT, "active")) for s in sessions])
-    gateway = GatewayProcess(
-        gateway_env(
-            kafka_bootstrap,
-            topic,
-            jwks,
-            GATEWAY_WORKERS="2",
-            GATEWAY_INSTANCE_ID="wready",
-            GATEWAY_DRAIN_SECONDS="8",  # the drained worker stays up (and unready) for a while
-            GATEWAY_MAX_CONNECTIONS_PER_SUBJECT="1000",
-        ),
+    gateway = two_workers(
+        kafka_bootstrap,
+        topic,
+        jwks,
         tmp_path / "ready.log",
+        GATEWAY_INSTANCE_ID="wready",
+        GATEWAY_DRAIN_SECONDS="8",  # the drained worker stays up (and unready) for a while
+        GATEWAY_MAX_CONNECTIONS_PER_SUBJECT="1000",
     )
     token = mint(jwks.keys[0])
     gateway.start()
     try:
-        await gateway.wait_ready()
-        assert gateway.process is not None
-        workers = worker_children(gateway.process.pid)
-        assert len(workers) == 2, f"worker processes: {workers}\n{gateway.logs()[-3000:]}"
+        workers = await ready_workers(gateway)
         limits = httpx.Limits(max_connections=40, max_keepalive_connections=0)
         async with (
             httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), limits=limits) as client,
             httpx.AsyncClient(timeout=5.0, limits=httpx.Limits(max_keepalive_connections=0)) as probe,
         ):
-            firsts = [asyncio.Event() for _ in sessions]
-            reads = [
-                asyncio.create_task(read_stream(client, f"{gateway.url}/session/{s}/events", token, first))
-                for s, first in zip(sessions, firsts, strict=True)
-            ]
-            await asyncio.wait_for(asyncio.gather(*(first.wait() for first in firsts)), 30)
+            reads = await open_streams(client, gateway, sessions, token)
             os.kill(workers[1], signal.SIGTERM)
             answers: list[tuple[int, object]] = []
             deadline = time.monotonic() + 6
@@ -223,10 +229,7 @@ async def test_a_sigterm_while_the_workers_start_stops_them_cleanly(
     """
     topic = unique_topic("workers-term")
     await create_topic(kafka_bootstrap, topic, partitions=1)
-    gateway = GatewayProcess(
-        gateway_env(kafka_bootstrap, topic, jwks, GATEWAY_WORKERS="2", GATEWAY_DRAIN_SECONDS="1"),
-        tmp_path / "term.log",
-    )
+    gateway = two_workers(kafka_bootstrap, topic, jwks, tmp_path / "term.log", GATEWAY_DRAIN_SECONDS="1")
     gateway.start()
     try:
         assert gateway.process is not None
@@ -250,18 +253,11 @@ async def test_a_frozen_worker_stops_counting_as_ready(kafka_bootstrap: str, jwk
     """SIGSTOP one worker: the other one's /readyz turns 503 naming it; after SIGCONT both are ready again."""
     topic = unique_topic("workers-frozen")
     await create_topic(kafka_bootstrap, topic, partitions=1)
-    gateway = GatewayProcess(
-        gateway_env(kafka_bootstrap, topic, jwks, GATEWAY_WORKERS="2", GATEWAY_INSTANCE_ID="wfrozen"),
-        tmp_path / "frozen.log",
-    )
+    gateway = two_workers(kafka_bootstrap, topic, jwks, tmp_path / "frozen.log", GATEWAY_INSTANCE_ID="wfrozen")
     gateway.start()
     frozen: int | None = None
     try:
-        await gateway.wait_ready()
-        assert gateway.process is not None
-        workers = worker_children(gateway.process.pid)
-        assert len(workers) == 2
-        frozen = workers[1]
+        frozen = (await ready_workers(gateway))[1]
         os.kill(frozen, signal.SIGSTOP)
         async with httpx.AsyncClient(timeout=1.0, limits=httpx.Limits(max_keepalive_connections=0)) as probe:
 

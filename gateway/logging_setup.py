@@ -31,18 +31,23 @@ from urllib.parse import unquote_plus
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 _SECRET_NAMES = frozenset({"access_token", "token", "id_token", "refresh_token"})
-# A query-string style parameter: its name (as sent, maybe percent-encoded) and its value.
+# A query-string style parameter: its name (as sent, maybe percent-encoded) and its value. Linear: a
+# name cannot contain a lead character, so every character is scanned from one lead at most.
 _PARAM = re.compile(r"(?P<lead>^|[?&;\s])(?P<name>[^=&;?\s\"']+)=(?P<value>[^&\s\"']*)")
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
-# Anything shaped like a compact JWS/JWE, wherever it appears. The header is a JSON object that starts
-# with '{' and holds "alg" (>= 20 base64url characters, starting "ey" or, after a whitespace, "ew"); the
-# claims hold "exp" (>= 12); the signature may be cut off.
-_JWT = re.compile(r"e[wy][A-Za-z0-9_-]{18,}\.[A-Za-z0-9_-]{12,}\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*)?")
-# A run of URL characters that contains a percent escape: decoded, it may hide a JWT.
-_ENCODED_RUN = re.compile(r"[A-Za-z0-9_.~+%-]*%[A-Za-z0-9_.~+%-]*")
-# Lines with none of these have nothing to redact: one search instead of the substitutions.
-_SUSPECT = re.compile(r"token|bearer|e[wy][A-Za-z0-9_-]+\.|%", re.IGNORECASE)
+# Maximal runs of base64url characters and dots (where a JWS/JWE may hide), and of URL characters
+# (where a percent-encoded one may hide). A maximal run is found in one pass: no backtracking.
+_DOTTED_RUN = re.compile(r"[A-Za-z0-9_.-]+")
+_URL_RUN = re.compile(r"[A-Za-z0-9_.~+%-]+")
+# Lines with none of these have nothing to redact: one linear search instead of the substitutions
+# (every pattern is of bounded length, so no start position is scanned past a few characters).
+_SUSPECT = re.compile(r"token|bearer|%|e[wy][A-Za-z0-9_-]{18}", re.IGNORECASE)
+# The shortest JWS header segment ("e[wy]" + 18) and claims segment the redaction looks for.
+_MIN_HEADER, _MIN_CLAIMS = 20, 12
 REDACTED = "[REDACTED]"
+# Values interpolated into a log line (ids, paths, names) are cut to this many characters, after
+# redaction; see docs in the README's security section.
+MAX_LOGGED_VALUE = 256
 
 
 def _decodings(text: str) -> list[str]:
@@ -65,19 +70,93 @@ def _redact_param(match: re.Match[str]) -> str:
     return match.group(0)
 
 
+def _jwt_spans(run: str) -> list[tuple[int, int]]:
+    """Where compact JWS/JWE tokens stand in ``run``, a string of base64url characters and dots.
+
+    A token's header is a JSON object, so its first segment holds "ey" or "ew" followed by at least
+    18 more characters; its claims segment holds at least 12; the signature may be cut off (empty),
+    and a JWE has two more segments. One pass over the segments: linear in ``run``.
+    """
+    segments = run.split(".")
+    spans: list[tuple[int, int]] = []
+    starts = [0]
+    for segment in segments:
+        starts.append(starts[-1] + len(segment) + 1)
+    index = 0
+    while index + 2 < len(segments):
+        segment = segments[index]
+        found = [at for at in (segment.find("ey"), segment.find("ew")) if at >= 0]
+        begin = min(found) if found else -1
+        if begin < 0 or len(segment) - begin < _MIN_HEADER or len(segments[index + 1]) < _MIN_CLAIMS:
+            index += 1
+            continue
+        last = index + 4 if index + 4 < len(segments) else index + 2
+        spans.append((starts[index] + begin, starts[last + 1] - 1))
+        index = last + 1
+    return spans
+
+
+def _redact_jwts(text: str) -> str:
+    def redact_run(match: re.Match[str]) -> str:
+        run = match.group(0)
+        if run.count(".") < 2:
+            return run
+        spans = _jwt_spans(run)
+        if not spans:
+            return run
+        parts: list[str] = []
+        done = 0
+        for begin, end in spans:
+            parts += (run[done:begin], REDACTED)
+            done = end
+        parts.append(run[done:])
+        return "".join(parts)
+
+    return _DOTTED_RUN.sub(redact_run, text)
+
+
+def _has_jwt(text: str) -> bool:
+    return any(run.count(".") >= 2 and _jwt_spans(run) for run in _DOTTED_RUN.findall(text))
+
+
 def _redact_encoded_jwt(match: re.Match[str]) -> str:
     run = match.group(0)
-    return REDACTED if any(_JWT.search(form) for form in _decodings(run)[1:]) else run
+    if "%" not in run:
+        return run
+    return REDACTED if any(_has_jwt(form) for form in _decodings(run)[1:]) else run
 
 
 def redact(text: str) -> str:
+    """``text`` with every token it may carry replaced by ``[REDACTED]``; linear in its length."""
     if not _SUSPECT.search(text):
         return text  # the common case, without running the substitutions
     text = _PARAM.sub(_redact_param, text)
     text = _BEARER.sub(r"\1" + REDACTED, text)
     if "%" in text:
-        text = _ENCODED_RUN.sub(_redact_encoded_jwt, text)
-    return _JWT.sub(REDACTED, text)
+        text = _URL_RUN.sub(_redact_encoded_jwt, text)
+    return _redact_jwts(text)
+
+
+def clip(value: str, limit: int = MAX_LOGGED_VALUE) -> str:
+    """``value`` cut to ``limit`` characters, saying how many were left out."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}...[{len(value) - limit} more characters]"
+
+
+def _log_args(args: Any) -> Any:
+    """A record's arguments with long strings redacted, then clipped (redacting first: no half token)."""
+    if isinstance(args, tuple) and any(isinstance(arg, str) and len(arg) > MAX_LOGGED_VALUE for arg in args):
+        return tuple(clip(redact(arg)) if isinstance(arg, str) else arg for arg in args)
+    return args
+
+
+def render_message(record: logging.LogRecord) -> str:
+    """The record's message, redacted, with long interpolated values clipped."""
+    args = _log_args(record.args)
+    if args is not record.args:
+        record.args = args
+    return redact(record.getMessage())
 
 
 # C0 controls, DEL, C1 controls and the Unicode line/paragraph separators: escaped in text logs.
@@ -117,7 +196,7 @@ class JsonFormatter(logging.Formatter):
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": redact(record.getMessage()),
+            "message": render_message(record),
         }
         if self.instance:
             entry["instance"] = self.instance
@@ -134,10 +213,10 @@ class TextFormatter(logging.Formatter):
     """``asctime level logger: message`` on one line; a traceback follows on lines indented with ``  | ``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        record.message = record.getMessage()
+        record.message = render_message(record)
         if self.usesTime():
             record.asctime = self.formatTime(record, self.datefmt)
-        line = escape_controls(redact(self.formatMessage(record)))
+        line = escape_controls(self.formatMessage(record))
         blocks: list[str] = []
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)

@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import psutil
 import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -54,7 +55,7 @@ from gateway.authentication import (
     parse_compact,
 )
 from gateway.jwks import JwksCache
-from gateway.logging_setup import REDACTED, JsonFormatter, TextFormatter, escape_controls, redact
+from gateway.logging_setup import MAX_LOGGED_VALUE, REDACTED, JsonFormatter, TextFormatter, escape_controls, redact
 from gateway.settings import GatewaySettings
 from tests.gateway_support import (
     AUDIENCE,
@@ -529,6 +530,30 @@ async def test_tokens_are_accepted_only_under_plain_names_and_never_logged(
 
 
 @pytest.mark.parametrize("gateway_name", ["text", "json"])
+async def test_a_tokenless_request_with_a_long_path_costs_no_redaction_time(world: World, gateway_name: str) -> None:
+    """Issue 19.1: a ~15 KB path of URL characters without a dot cost 1.7-1.9 s of CPU per request.
+
+    The refusal line and the access line both carried the id; redaction backtracked quadratically on it.
+    Now both lines cost milliseconds, and the id in them is clipped to ``MAX_LOGGED_VALUE`` characters.
+    """
+    gateway: GatewayProcess = getattr(world, gateway_name)
+    assert gateway.process is not None
+    process = psutil.Process(gateway.process.pid)
+    marker = uuid.uuid4().hex
+    paths = [f"/session/{marker}{shape * (7000 // len(shape))}/events?x=%25" for shape in ("ey", "ew", "a%")]
+    before = process.cpu_times()
+    for path in paths * 2:
+        assert await raw_get(gateway.port, path) == 401
+    spent = sum(process.cpu_times()) - sum(before)
+    # Before the fix: ~10 s for these six requests. The bound leaves room for a loaded CI machine.
+    assert spent < 2.0, f"six tokenless requests with long paths cost {spent:.2f} s of gateway CPU"
+    await eventually(lambda: gateway.logs().count(marker) >= 6, 10, "the refusals were not logged")
+    lines = [line for line in gateway.logs().splitlines() if marker in line]
+    assert all(len(line) < 2 * MAX_LOGGED_VALUE + 400 for line in lines), max(map(len, lines))
+    assert all("more characters]" in line for line in lines)
+
+
+@pytest.mark.parametrize("gateway_name", ["text", "json"])
 async def test_control_characters_cannot_forge_log_lines(
     world: World, client: httpx.AsyncClient, gateway_name: str
 ) -> None:
@@ -615,6 +640,46 @@ def test_redaction_covers_percent_decoded_names_and_tokens(line: str) -> None:
 )
 def test_redaction_leaves_ordinary_lines_alone(line: str) -> None:
     assert redact(line) == line
+
+
+_HOSTILE_SIZE = 64 * 1024
+_HOSTILE_SHAPES = {
+    "ey run": "/session/" + "ey" * (_HOSTILE_SIZE // 2) + "/events?x=%25",
+    "ew run": "ew" * (_HOSTILE_SIZE // 2) + " %",
+    "URL run with one percent": "a" * _HOSTILE_SIZE + "%",
+    "percent escapes": "%2" * (_HOSTILE_SIZE // 3),
+    "header-like segments": ("ey" + "A" * 18 + ".") * (_HOSTILE_SIZE // 21),
+    "JWT-like pairs": ("eyJ" + "a" * 30 + "." + "b" * 20 + ".") * (_HOSTILE_SIZE // 55),
+    "token names": "token=" * (_HOSTILE_SIZE // 6),
+    "bearers": "Bearer " * (_HOSTILE_SIZE // 7),
+    "parameters": "?a" * (_HOSTILE_SIZE // 2),
+    "equals": "=" * _HOSTILE_SIZE + "token",
+    "encoded dots": ("eyJ" + "a" * 20 + "%2E") * (_HOSTILE_SIZE // 26),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(_HOSTILE_SHAPES))
+def test_redaction_is_linear_on_hostile_lines(shape: str) -> None:
+    """Issue 19.1: 64 KB lines took 15-20 s of CPU each in redaction; now a few milliseconds."""
+    line = _HOSTILE_SHAPES[shape]
+    started = time.process_time()
+    redact(line)
+    spent = time.process_time() - started
+    assert spent < 0.5, f"redacting a {len(line)}-character line of {shape} took {spent:.2f} s"
+
+
+def test_long_values_are_redacted_before_they_are_clipped() -> None:
+    """A token that straddles the clipping point is redacted whole, never cut into a visible half."""
+    token = mint(rsa_key("k"))
+    header, payload, _ = token.split(".")
+    value = "x" * (MAX_LOGGED_VALUE - 40) + token + " " + "y" * 1000
+    record = logging.LogRecord("gateway.stream", logging.INFO, __file__, 1, "stream refused session=%r", (value,), None)
+    for formatter in (JsonFormatter(), TextFormatter("%(message)s")):
+        record.args = (value,)
+        line = formatter.format(record)
+        assert header[:20] not in line and payload[:20] not in line
+        assert REDACTED in line and "more characters]" in line
+        assert len(line) < MAX_LOGGED_VALUE + 200
 
 
 def test_text_formatter_keeps_every_record_on_one_line() -> None:

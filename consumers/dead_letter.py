@@ -9,7 +9,9 @@ where it came from:
 
 The consumer hands records over with ``offer``, which only appends to a queue bounded in bytes: when
 the queue is full (the dead-letter topic is missing, its broker is down or slow) the record is dropped
-and counted, consumption goes on. The writer task sends them with its own producer; a missing topic or
+and counted, consumption goes on. The bound counts what a queued copy costs in memory (``DeadLetter.size``),
+not only its payload: counting payload bytes alone, 115,922 copies of tiny records held +80 MB under
+a 16 MiB cap. The writer task sends them with its own producer; a missing topic or
 an unreachable broker keeps the queue waiting (retried with backoff), any other send error drops that
 record (counted).
 
@@ -46,6 +48,13 @@ from consumers.settings import ConsumerSettings
 log = logging.getLogger("gateway.dead_letter")
 
 DEFAULT_MAX_QUEUED_BYTES = 16 * 1024 * 1024
+# What a queued copy costs besides the bytes of its key, value and header names and values, measured as
+# resident memory per copy on CPython 3.11 (64-bit; tests/test_hostile_producer.py checks it with
+# tracemalloc): the DeadLetter, its header list, the dlq.* header tuples and their values' bytes objects,
+# the key's and value's bytes objects and the queue's slot (ENTRY); and per header of the original record,
+# its tuple, name str and value bytes objects (HEADER).
+ENTRY_OVERHEAD_BYTES = 720
+HEADER_OVERHEAD_BYTES = 200
 _MAX_DETAIL = 1024
 _MAX_BACKOFF_S = 10.0
 _LOG_INTERVAL_S = 60.0
@@ -60,6 +69,9 @@ HEADER_OFFSET = "dlq.origin.offset"
 HEADER_TIMESTAMP = "dlq.origin.timestamp"
 
 
+_ADDED_HEADERS = 6  # dlq.reason ... dlq.origin.timestamp, counted in ENTRY_OVERHEAD_BYTES
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     key: bytes | None
@@ -68,8 +80,11 @@ class DeadLetter:
 
     @property
     def size(self) -> int:
+        """The memory this copy holds while queued (payload plus measured overhead; see above)."""
         return (
-            len(self.key or b"")
+            ENTRY_OVERHEAD_BYTES
+            + HEADER_OVERHEAD_BYTES * max(0, len(self.headers) - _ADDED_HEADERS)
+            + len(self.key or b"")
             + len(self.value or b"")
             + sum(len(name) + len(value or b"") for name, value in self.headers)
         )

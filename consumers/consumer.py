@@ -18,9 +18,11 @@ readiness waits for every partition of every topic. Each record's format is dete
 (``consumers.dead_letter``).
 
 Failure boundaries: a record that cannot be handled is skipped, counted and logged by position
-(never by content), and the loop goes on; consumption, the broker probe and eviction are separate
-tasks (see ``tasks()``), each run under the ``Supervisor``, so one of them crashing neither stops nor
-silently freezes the others. A restarted consumer resumes from the positions it had reached.
+(never by content), and the loop goes on. Lines about skipped records are folded per reason
+(``consumers.log_aggregation.ReasonFolding``), since their number is the producers' to choose.
+Consumption, the broker probe and eviction are separate tasks (see ``tasks()``), each run under the
+``Supervisor``, so one of them crashing neither stops nor silently freezes the others. A restarted
+consumer resumes from the positions it had reached.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from consumers.dead_letter import DeadLetterWriter
 from consumers.formats import RecordDecoder
 from consumers.hub import Hub
 from consumers.kafka_errors import ConnectErrorLog
+from consumers.log_aggregation import ReasonFolding
 from consumers.partitions import MAX_PARTITION, format_partition, global_partition, split_partition
 from consumers.progress import PartitionProgress
 from consumers.records import Decoded, Rejected, Skipped, Tombstone, decode_record
@@ -110,6 +113,7 @@ class SessionStatusConsumer:
         self._connected = asyncio.Event()
         self.last_contact: float | None = None  # monotonic time the broker last answered a fetch or probe
         self._connect_errors = ConnectErrorLog(settings)
+        self.record_log = ReasonFolding(log, settings.record_log_lines)
         # The server process sets this (gateway.server); a library user's heap is left alone.
         progress.on_caught_up = lambda: metrics.STORE_CAUGHT_UP.set(1)
         metrics.KAFKA_LAST_FETCH_AGE.set_function(self.seconds_since_contact)
@@ -156,6 +160,7 @@ class SessionStatusConsumer:
             await self._consume_loop()
         finally:
             self._connected.clear()
+            self.record_log.flush(everything=True)
             await self._close_consumer()
 
     async def stop(self) -> None:
@@ -230,6 +235,7 @@ class SessionStatusConsumer:
         consumer = self._consumer
         assert consumer is not None
         while not self._stopping:
+            self.record_log.flush()
             if self._new_partitions:
                 await self._assign_new_partitions()
             try:
@@ -282,7 +288,9 @@ class SessionStatusConsumer:
                     consumer.seek(tp, offset + 1)
                     metrics.RECORDS_CONSUMED.inc()
                     metrics.RECORDS_REJECTED.labels(UNREADABLE).inc()
-                    log.error(
+                    self.record_log.log(
+                        logging.ERROR,
+                        UNREADABLE,
                         "skipped record topic=%s partition=%d offset=%d reason=%s: the Kafka client cannot "
                         "parse it (%s at %s)",
                         tp.topic,
@@ -310,6 +318,7 @@ class SessionStatusConsumer:
         decoder = self._decoders[index]
         decode, plain, max_bytes = decoder.decode, decoder.mapper is None, decoder.max_value_bytes
         dead_letters = self.dead_letters
+        record_log = self.record_log
         now_ms = int(time.time() * 1000)
         applied = 0
         ignored: Tally[str] = Tally()
@@ -325,7 +334,9 @@ class SessionStatusConsumer:
                     rejected[decoded.reason] += 1
                     if dead_letters is not None:
                         self._dead_letter(dead_letters, topic, index, record, decoded.reason.value, decoded.detail)
-                    log.warning(
+                    record_log.log(
+                        logging.WARNING,
+                        decoded.reason,
                         "skipped malformed record topic=%s partition=%d offset=%d reason=%s: %s",
                         topic,
                         record.partition,
@@ -355,7 +366,9 @@ class SessionStatusConsumer:
                 hub.publish(transition, record.timestamp)
             except Exception as error:  # one record must never stop the consumer of every replica
                 rejected[HANDLER_ERROR] += 1
-                log.error(
+                record_log.log(
+                    logging.ERROR,
+                    HANDLER_ERROR,
                     "skipped record topic=%s partition=%d offset=%d reason=%s: %s raised at %s",
                     topic,
                     record.partition,

@@ -50,6 +50,11 @@ class ConsumerSettings(BaseSettings):
         None, description="Replay only this much of the log on start (e.g. 'PT6H' or seconds); default: all."
     )
     max_record_bytes: int = Field(64 * 1024, ge=256, description="Larger record values are rejected.")
+    record_log_lines: int = Field(
+        10,
+        ge=0,
+        description="Per-record log lines (skipped records) logged in full per reason and minute; then one summary.",
+    )
     terminal_retention: timedelta = Field(timedelta(minutes=10))
     session_ttl: timedelta = Field(timedelta(hours=24))
     max_sessions: int = Field(1_000_000, ge=1)

@@ -18,7 +18,9 @@ readiness waits for every partition of every topic. Each record's format is dete
 (``consumers.dead_letter``).
 
 Failure boundaries: a record that cannot be handled is skipped, counted and logged by position
-(never by content), and the loop goes on. Lines about skipped records are folded per reason
+(never by content), and the loop goes on; a batch the Kafka client cannot read (one that would
+decompress beyond its cap, or a record it cannot parse) is skipped whole, in one step
+(``consumers.aiokafka_seam``). Lines about skipped records are folded per reason
 (``consumers.log_aggregation.ReasonFolding``), since their number is the producers' to choose.
 Consumption, the broker probe and eviction are separate tasks (see ``tasks()``), each run under the
 ``Supervisor``, so one of them crashing neither stops nor silently freezes the others. A restarted
@@ -41,14 +43,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumers import aiokafka_seam, metrics
+from consumers.aiokafka_seam import DecompressionLimits, UnreadableBatch
 from consumers.dead_letter import DeadLetterWriter
 from consumers.formats import RecordDecoder
 from consumers.hub import Hub
-from consumers.kafka_errors import ConnectErrorLog
+from consumers.kafka_errors import UNREADABLE_BATCHES, ConnectErrorLog
 from consumers.log_aggregation import ReasonFolding
 from consumers.partitions import MAX_PARTITION, format_partition, global_partition, split_partition
 from consumers.progress import PartitionProgress
-from consumers.records import Decoded, Rejected, Skipped, Tombstone, decode_record
+from consumers.records import Decoded, Rejected, RejectReason, Skipped, Tombstone, decode_record
 from consumers.settings import ConsumerSettings
 from consumers.store import Outcome, SessionStore
 
@@ -57,6 +60,7 @@ log = logging.getLogger("gateway.consumer")
 _MAX_BACKOFF_S = 10.0
 HANDLER_ERROR = "handler_error"
 UNREADABLE = "unreadable"  # the Kafka client itself cannot parse the record
+_SALVAGE_WAIT_MS = 1000  # re-reading the records before an unreadable one: the wait for their fetch
 
 
 def _where(error: BaseException) -> str:
@@ -114,6 +118,7 @@ class SessionStatusConsumer:
         self.last_contact: float | None = None  # monotonic time the broker last answered a fetch or probe
         self._connect_errors = ConnectErrorLog(settings)
         self.record_log = ReasonFolding(log, settings.record_log_lines)
+        aiokafka_seam.install()  # logs once when it cannot be (an untested aiokafka)
         # The server process sets this (gateway.server); a library user's heap is left alone.
         progress.on_caught_up = lambda: metrics.STORE_CAUGHT_UP.set(1)
         metrics.KAFKA_LAST_FETCH_AGE.set_function(self.seconds_since_contact)
@@ -141,6 +146,7 @@ class SessionStatusConsumer:
 
     async def run(self) -> None:
         """Connects (retrying), replays, then follows the topic until cancelled."""
+        aiokafka_seam.use_limits(DecompressionLimits.of(self.settings))  # for this task's reads
         backoff = 0.5
         while not self._stopping:
             try:
@@ -240,12 +246,15 @@ class SessionStatusConsumer:
                 await self._assign_new_partitions()
             try:
                 batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            except UnreadableBatch as error:  # the client cannot read a batch the broker sent
+                await self._skip_batch(error)
+                continue
             except KafkaError as error:
                 self.progress.last_error = f"fetch failed: {error}"
                 log.warning("kafka fetch failed, retrying: %s", error)
                 await asyncio.sleep(1.0)
                 continue
-            except Exception as error:  # the client could not even parse what the broker sent
+            except Exception as error:  # the same, where the seam is not installed (an untested aiokafka)
                 await self._skip_unreadable(error)
                 continue
             if batches:
@@ -260,22 +269,104 @@ class SessionStatusConsumer:
                 self._reported_caught_up = True
                 log.info("store caught up: %d sessions", len(self.store))
 
-    async def _skip_unreadable(self, error: Exception) -> None:
-        """Finds the record the Kafka client cannot parse (e.g. a header name that is not UTF-8) and skips it.
-
-        Every replica reads the same log: without this, one such record would crash every consumer in a
-        loop. Each partition is read again from the last position we handled, one record at a time, until
-        the one that fails; records read on the way are applied as usual. The client cannot parse past
-        such a record within its batch either, so the records after it in the same batch are skipped and
-        counted one by one the same way (a producer batch rarely holds more than a few).
-        """
+    def _rewind(self) -> None:
+        """Back to the positions handled: a failed fetch may have moved them past records it had parsed but
+        never returned (aiokafka updates a partition's position when it next hands out its records)."""
         consumer = self._consumer
         assert consumer is not None
-        # The failed fetch may have moved positions past records it had parsed but never returned.
         for number in sorted(self._partitions):
             handled = self.progress.positions.get(number)
             if handled is not None:
                 consumer.seek(self._tp(number), handled)
+
+    async def _skip_batch(self, error: UnreadableBatch) -> None:
+        """Skips a batch the Kafka client cannot read, in one step: where it ends is in its header.
+
+        Every replica reads the same log, so such a batch would stop every consumer; found one record per
+        re-fetch, a batch of 2,000 records behind a bad one kept a partition invisible for 36 minutes. The
+        records before the failure (parsed, but lost with the failed fetch) are read again first, stopping
+        short of it; then the partition goes on at the batch's next offset. What lies between is counted
+        by offset range as rejected (``too_large`` for a batch over its decompression cap, else
+        ``unreadable``) and logged in one line; the client cannot parse past the failure within the batch.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        self._rewind()
+        tp = TopicPartition(error.topic, error.partition)
+        number = self._number(tp)
+        if not await self._read_before(tp, number, error):
+            return  # not now: the next fetch meets the batch again, and this starts over
+        start, end = await consumer.position(tp), error.next_offset
+        if end <= start:
+            return
+        consumer.seek(tp, end)
+        self.progress.advance(number, end)
+        lost = end - start
+        reason = RejectReason.TOO_LARGE.value if error.too_large else UNREADABLE
+        metrics.RECORDS_CONSUMED.inc(lost)
+        metrics.RECORDS_REJECTED.labels(reason).inc(lost)
+        UNREADABLE_BATCHES.labels(reason).inc()
+        cause = error.cause
+        if error.too_large:
+            detail = f"{cause}: GATEWAY_MAX_DECOMPRESSED_BATCH_BYTES, GATEWAY_MAX_RECORD_BYTES"
+        else:
+            detail = f"the Kafka client cannot parse it ({type(cause).__name__} at {_where(cause)})"
+        self.record_log.log(
+            logging.WARNING if error.too_large else logging.ERROR,
+            reason,
+            "skipped batch topic=%s partition=%d offsets=%d-%d (%d records) reason=%s: %s",
+            tp.topic,
+            tp.partition,
+            start,
+            end - 1,
+            lost,
+            reason,
+            detail,
+        )
+
+    async def _read_before(self, tp: TopicPartition, number: int, error: UnreadableBatch) -> bool:
+        """Reads ``tp`` up to the failure's ``resume_offset``; False when that cannot be done now.
+
+        As many records as there are offsets before it, in one read; when compaction left gaps, that read
+        runs into the failure, and the rest is read one record per call.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        one_by_one = False
+        while (position := await consumer.position(tp)) < error.resume_offset:
+            try:
+                batch = await consumer.getmany(
+                    tp,
+                    timeout_ms=_SALVAGE_WAIT_MS,
+                    max_records=1 if one_by_one else error.resume_offset - position,
+                )
+            except UnreadableBatch as again:
+                if one_by_one or (again.topic, again.partition, again.base_offset) != (
+                    error.topic,
+                    error.partition,
+                    error.base_offset,
+                ):
+                    return False
+                consumer.seek(tp, position)  # drops what that read parsed and lost
+                one_by_one = True
+                continue
+            if not batch:
+                return False
+            for records in batch.values():
+                self._handle_batch(tp.topic, records)
+            self.progress.advance(number, await consumer.position(tp))
+        return True
+
+    async def _skip_unreadable(self, error: Exception) -> None:
+        """Finds the record the Kafka client cannot parse without the seam (an untested aiokafka) and skips it.
+
+        Each partition is read again from the last position we handled, one record at a time, until the
+        one that fails; records read on the way are applied as usual. The records after it in its batch
+        fail the same way, each costing a re-fetch: ``_skip_batch`` is the fast path.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        self._rewind()
         for number in sorted(self._partitions):
             tp = self._tp(number)
             for _ in range(100_000):
@@ -283,6 +374,9 @@ class SessionStatusConsumer:
                     batch = await consumer.getmany(tp, timeout_ms=200, max_records=1)
                 except KafkaError:
                     raise
+                except UnreadableBatch as located:
+                    await self._skip_batch(located)
+                    return
                 except Exception as failure:
                     offset = await consumer.position(tp)
                     consumer.seek(tp, offset + 1)

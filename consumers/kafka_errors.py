@@ -9,6 +9,10 @@ real cause (``SaslAuthenticationFailed``, ``SSLCertVerificationError``, ``Connec
 as an argument of the error line it logs just before. A filter on aiokafka's logger keeps that exception for
 the classifier and drops the line, because ``ConnectErrorLog`` reports the same failure itself: once, naming
 the cause and the settings to check, instead of once per retry.
+
+Batches the client cannot read at all (a record it cannot parse, a batch that would decompress beyond its
+cap; see ``consumers.aiokafka_seam``) are skipped whole by the consumer and counted in
+``gateway_unreadable_batches_total{reason}``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,14 @@ KAFKA_CLIENT_ERRORS = Counter(
     "gateway_kafka_client_errors_total",
     "Kafka client errors while connecting, by kind (auth, ssl, connection, other).",
     ["kind"],
+)
+
+UNREADABLE_BATCHES = Counter(
+    "gateway_unreadable_batches_total",
+    "Record batches skipped whole because the Kafka client cannot read them, by reason (too_large: it would "
+    "decompress beyond its cap; unreadable: a record cannot be parsed). Their records are counted in "
+    "gateway_records_rejected_total by offset range.",
+    ["reason"],
 )
 
 _AUTH_ERRORS = (

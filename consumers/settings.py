@@ -15,6 +15,9 @@ from consumers.formats.mapping import RecordMapping, load_mapping
 from consumers.partitions import MAX_TOPICS
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}", re.ASCII)
+# What one compressed batch may decompress to (consumers.aiokafka_seam). A producer's batch is at most the
+# broker's message limit (1 MB by default) compressed; JSON session records compress 5-20 times.
+DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES = 32 * 1024 * 1024
 
 
 def _split(value: object) -> object:
@@ -50,6 +53,14 @@ class ConsumerSettings(BaseSettings):
         None, description="Replay only this much of the log on start (e.g. 'PT6H' or seconds); default: all."
     )
     max_record_bytes: int = Field(64 * 1024, ge=256, description="Larger record values are rejected.")
+    max_decompressed_batch_bytes: int = Field(
+        DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES,
+        ge=64 * 1024,
+        description=(
+            "A compressed batch that would decompress to more than this (or to more than twice "
+            "max_record_bytes plus 2 KiB per record it holds) is skipped before the memory is allocated."
+        ),
+    )
     record_log_lines: int = Field(
         10,
         ge=0,

@@ -388,6 +388,101 @@ async def send(
     return [(int(meta.partition), int(meta.offset)) for meta in metadata]
 
 
+# A record the Kafka client itself cannot parse: a header name that is not UTF-8 (librdkafka allows it; the
+# broker keeps header names as bytes). aiokafka refuses such names itself, so the producer runs aiokafka's
+# pure-Python batch builder (AIOKAFKA_NO_EXTENSIONS) with a name that encodes to invalid UTF-8. Two batches
+# built explicitly, so that their boundaries are known: [bad record, `behind` valid ones], [`after` valid ones].
+_UNPARSEABLE_BATCH_PRODUCER = """
+import asyncio, json, sys
+from datetime import datetime, timezone
+from aiokafka import AIOKafkaProducer
+
+class NotUtf8(str):
+    def encode(self, *args, **kwargs):
+        return b"\\xff\\xfe-not-utf8"
+
+def value(session_id):
+    now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return json.dumps({"id": session_id, "tenantId": "t", "status": "active", "updatedAt": now}).encode()
+
+async def main(bootstrap, topic, partition, prefix, behind, after):
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=8 << 20, max_request_size=16 << 20)
+    await producer.start()
+    try:
+        bad = producer.create_batch()
+        key = (prefix + "-poison").encode()
+        bad.append(key=key, value=value(key.decode()), timestamp=None, headers=[(NotUtf8("h"), b"v")])
+        for i in range(behind):
+            key = f"{prefix}-behind-{i}".encode()
+            assert bad.append(key=key, value=value(key.decode()), timestamp=None) is not None
+        first = await (await producer.send_batch(bad, topic, partition=partition))
+        good = producer.create_batch()
+        for i in range(after):
+            key = f"{prefix}-after-{i}".encode()
+            assert good.append(key=key, value=value(key.decode()), timestamp=None) is not None
+        second = await (await producer.send_batch(good, topic, partition=partition))
+    finally:
+        await producer.stop()
+    print(json.dumps([first.offset, second.offset]))
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])))
+"""
+
+
+async def produce_unparseable_batch(
+    bootstrap: str, topic: str, prefix: str, behind: int, after: int, partition: int = 0
+) -> list[int]:
+    """``partition`` gets a batch of ``{prefix}-poison`` (a record the client cannot parse) and ``behind`` valid
+    records ``{prefix}-behind-<i>``, then a batch of ``after`` valid records ``{prefix}-after-<i>``; returns the
+    base offsets of both batches."""
+    arguments = [bootstrap, topic, str(partition), prefix, str(behind), str(after)]
+    completed = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", _UNPARSEABLE_BATCH_PRODUCER, *arguments],
+        env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    offsets: list[int] = json.loads(completed.stdout)
+    return offsets
+
+
+# One record of ``mib`` MiB of zeros: a few KB as zstd, about 0.1% as gzip; under the broker's message limit.
+_BOMB_PRODUCER = """
+import asyncio, sys
+from aiokafka import AIOKafkaProducer
+
+async def main(bootstrap, topic, codec, mib):
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, compression_type=codec, max_request_size=2**31 - 1, acks="all"
+    )
+    await producer.start()
+    try:
+        meta = await producer.send_and_wait(topic, key=b"bomb", value=bytes(mib << 20), partition=0)
+    finally:
+        await producer.stop()
+    print(meta.offset)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
+"""
+
+
+async def produce_bomb(bootstrap: str, topic: str, codec: str, mib: int) -> int:
+    """Writes a decompression bomb to partition 0 with aiokafka's producer (in a subprocess: building it takes
+    a few times ``mib`` of memory, which stays out of the test process); returns its offset."""
+    completed = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", _BOMB_PRODUCER, bootstrap, topic, codec, str(mib)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    return int(completed.stdout)
+
+
 @dataclass(frozen=True)
 class StoredRecord:
     partition: int

@@ -1,5 +1,11 @@
-"""What a hostile or careless producer can make a replica hold or write, against real parts.
+"""What a hostile or careless producer can write, against a real broker (issue 19, round 3).
 
+- A decompression bomb (zstd, gzip: one record of zeros, a few KB compressed) is skipped before its
+  memory is allocated, in a real gateway process, on the live path and in a new replica's replay; the
+  peak RSS of both processes is compared with the first one's before the bomb.
+- A batch of records over the decompressed-batch cap is skipped whole; the next batch is read.
+- A batch whose first record the Kafka client cannot parse, with 2,000 valid records behind it in the
+  same batch, is skipped in one step (the old way took a re-fetch per record: about 36 minutes).
 - Thousands of bad records write a bounded number of log lines, and the counts are exact.
 - The dead-letter queue's cap bounds the memory its copies hold (tracemalloc).
 """
@@ -7,24 +13,197 @@
 from __future__ import annotations
 
 import logging
+import re
+import time
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from consumers.dead_letter import DeadLetter, DeadLetterWriter
 from consumers.log_aggregation import ReasonFolding
 from consumers.settings import ConsumerSettings
+from tests.gateway_support import GatewayProcess, JwksServer, gateway_env, rsa_key
 from tests.kafka_support import (
     Record,
     create_topic,
     event_bytes,
     metric,
     produce,
+    produce_bomb,
+    produce_unparseable_batch,
     running_consumer,
     unique_topic,
+    wait_until,
 )
+
+# --------------------------------------------------------------------------------------------------
+# Decompression bombs
+
+BOMB_MIB = 128  # zeros: about 4 KB as zstd, 130 KB as gzip
+# Before the fix a process held the whole decompressed batch and a copy (about twice the bomb); after it,
+# a bomb stops at its cap (here about 130 KB: one record's allowance).
+GROWTH_LIMIT_MIB = 64
+
+
+def peak_rss_mib(process: GatewayProcess) -> float:
+    assert process.process is not None
+    status = Path(f"/proc/{process.process.pid}/status").read_text()
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    assert match is not None, status
+    return int(match.group(1)) / 1024
+
+
+async def scrape(process: GatewayProcess, name: str, **labels: str) -> float:
+    """One sample of the process's /metrics (0 when absent)."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(f"{process.internal_url}/metrics")).text
+    selector = "{" + ",".join(f'{key}="{value}"' for key, value in labels.items()) + "}" if labels else ""
+    for line in text.splitlines():
+        if line.startswith(f"{name}{selector} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_a_decompression_bomb_is_skipped_before_its_memory_is_allocated(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topic = unique_topic("bomb")
+    await create_topic(kafka_bootstrap, topic, partitions=1)
+    valid = [(f"before-{i}".encode(), event_bytes(f"before-{i}", "t", "active")) for i in range(20)]
+    await produce(kafka_bootstrap, topic, valid, partition=0)
+    jwks = JwksServer(keys=[rsa_key("bomb")]).start()
+    env = gateway_env(kafka_bootstrap, topic, jwks)
+    first = GatewayProcess(env, tmp_path / "first.log").start()
+    second = GatewayProcess(env, tmp_path / "second.log")
+    try:
+        await first.wait_ready(60)
+        baseline = peak_rss_mib(first)
+
+        # Live: a zstd and a gzip bomb, then valid records, which must still be applied.
+        for codec in ("zstd", "gzip"):
+            await produce_bomb(kafka_bootstrap, topic, codec, BOMB_MIB)
+        after = [(f"after-{i}".encode(), event_bytes(f"after-{i}", "t", "active")) for i in range(20)]
+        await produce(kafka_bootstrap, topic, after, partition=0)
+
+        async def all_applied(process: GatewayProcess) -> bool:
+            return await scrape(process, "gateway_records_applied_total") == 40
+
+        await wait_until(lambda: all_applied(first), 60, "the records after the bombs were not applied")
+        live_growth = peak_rss_mib(first) - baseline
+
+        # Replay: a new replica reads both bombs on its way to readiness.
+        second.start()
+        await second.wait_ready(60)
+        replay_growth = peak_rss_mib(second) - baseline
+        print(f"baseline {baseline:.0f} MiB, live growth {live_growth:.1f} MiB, replay growth {replay_growth:.1f} MiB")
+
+        assert live_growth < GROWTH_LIMIT_MIB, f"a live bomb grew the peak RSS by {live_growth:.0f} MiB"
+        assert replay_growth < GROWTH_LIMIT_MIB, f"replaying bombs grew the peak RSS by {replay_growth:.0f} MiB"
+        for process in (first, second):
+            assert await all_applied(process)
+            assert await scrape(process, "gateway_records_rejected_total", reason="too_large") == 2
+            assert await scrape(process, "gateway_unreadable_batches_total", reason="too_large") == 2
+            assert await scrape(process, "gateway_store_sessions") == 40
+            lines = [line for line in process.logs().splitlines() if "skipped batch" in line]
+            assert len(lines) == 2, lines
+            assert all("reason=too_large" in line and "(1 records)" in line for line in lines), lines
+    finally:
+        first.stop()
+        second.stop()
+        jwks.stop()
+
+
+async def test_a_batch_over_the_decompressed_batch_cap_is_skipped_and_the_next_batch_read(
+    kafka_bootstrap: str,
+) -> None:
+    """Valid records, but more of them in one batch than the cap allows decompressed: skipped, counted."""
+    topic = unique_topic("batch-cap")
+    await create_topic(kafka_bootstrap, topic, partitions=1)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, compression_type="zstd", max_batch_size=8 << 20, max_request_size=16 << 20
+    )
+    await producer.start()
+    try:
+        big = producer.create_batch()
+        for i in range(300):  # about 1.3 MB decompressed, 4.5 KB a record
+            session = f"big-{i}"
+            big.append(key=session.encode(), value=event_bytes(session, "t", "active", pad="x" * 4400), timestamp=None)
+        await (await producer.send_batch(big, topic, partition=0))
+        small = producer.create_batch()
+        for i in range(10):
+            session = f"small-{i}"
+            small.append(key=session.encode(), value=event_bytes(session, "t", "active"), timestamp=None)
+        await (await producer.send_batch(small, topic, partition=0))
+    finally:
+        await producer.stop()
+    too_large = metric("gateway_records_rejected_total", reason="too_large")
+    batches = metric("gateway_unreadable_batches_total", reason="too_large")
+    async with running_consumer(kafka_bootstrap, topic, max_decompressed_batch_bytes=1 << 20) as running:
+        await running.wait_caught_up(30)
+        assert all(f"small-{i}" in running.store for i in range(10))
+        assert not any(f"big-{i}" in running.store for i in range(300))
+        assert metric("gateway_records_rejected_total", reason="too_large") - too_large == 300
+        assert metric("gateway_unreadable_batches_total", reason="too_large") - batches == 1
+        assert running.progress.positions == {0: 310}
+
+
+# --------------------------------------------------------------------------------------------------
+# A batch the client cannot parse
+
+
+def skip_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "gateway.consumer" and "skipped" in r.getMessage()]
+
+
+async def test_a_batch_the_client_cannot_parse_is_skipped_in_one_step(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bad record first, 2,000 valid records behind it in its batch, then another batch, on the last of
+    four partitions.
+
+    The client cannot parse past the bad record, so its whole batch is lost; the old way found that out
+    one re-fetch per record, each re-reading every lower partition with a 200 ms wait (0.93 records/s in
+    the report: 36 minutes for this batch, the partition invisible and a new replica unready meanwhile).
+    Now the next batch is read at once, and the loss is one line and a count.
+    """
+    topic = unique_topic("unparseable-batch")
+    await create_topic(kafka_bootstrap, topic, partitions=4)
+    for partition in range(3):
+        session = f"lower-{partition}"
+        await produce(kafka_bootstrap, topic, [(session.encode(), event_bytes(session, "t", "active"))], partition)
+    offsets = await produce_unparseable_batch(kafka_bootstrap, topic, "replay", behind=2000, after=50, partition=3)
+    assert offsets == [0, 2001]
+    unreadable = metric("gateway_records_rejected_total", reason="unreadable")
+    batches = metric("gateway_unreadable_batches_total", reason="unreadable")
+    caplog.set_level(logging.INFO, logger="gateway.consumer")
+    started = time.monotonic()
+    async with running_consumer(kafka_bootstrap, topic) as running:
+        await running.wait_until(lambda: "replay-after-49" in running.store, 30, "the next batch was not read")
+        print(f"the batch behind the unreadable one was visible after {time.monotonic() - started:.2f}s")
+        await running.wait_caught_up(30)
+        assert all(f"replay-after-{i}" in running.store for i in range(50))
+        assert all(f"lower-{partition}" in running.store for partition in range(3))
+        assert not any(f"replay-behind-{i}" in running.store for i in range(2000))
+        assert metric("gateway_records_rejected_total", reason="unreadable") - unreadable == 2001
+        assert metric("gateway_unreadable_batches_total", reason="unreadable") - batches == 1
+        lines = skip_lines(caplog)
+        assert len(lines) == 1, lines
+        assert "offsets=0-2000 (2001 records) reason=unreadable" in lines[0]
+        assert "UnicodeDecodeError" in lines[0]
+
+        # Live, while following: the same again.
+        offsets = await produce_unparseable_batch(kafka_bootstrap, topic, "live", behind=2000, after=1, partition=3)
+        assert offsets == [2051, 4052]
+        await running.wait_until(lambda: "live-after-0" in running.store, 30, "the live batch was not skipped")
+        assert metric("gateway_records_rejected_total", reason="unreadable") - unreadable == 4002
+        lines = skip_lines(caplog)
+        assert len(lines) == 2 and "offsets=2051-4051 (2001 records)" in lines[1], lines
+
 
 # --------------------------------------------------------------------------------------------------
 # Log volume

@@ -94,7 +94,7 @@ class _Window:
 
 
 class ReasonFolding:
-    """Per-record log lines (a skipped record, a skipped batch) folded per reason, with counts.
+    """Per-record (or per-request) log lines folded per reason, with counts.
 
     The producers choose how many bad records there are, so one line per record let them choose the log
     volume too: 300,000 tiny bad records wrote 300,055 lines (66 MB), and every new replica wrote them
@@ -111,11 +111,16 @@ class ReasonFolding:
         lines: int = 10,
         interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        suppressed: Counter = RECORD_LOG_SUPPRESSED,
+        what: str = "skipped records",
     ) -> None:
         self.logger = logger
         self.lines = lines
         self.interval = interval
         self.clock = clock
+        self.what = what  # what the lines are about, for the summary line
+        self._suppressed = suppressed  # a counter labelled by reason
         self._windows: dict[str, _Window] = {}
 
     def log(self, level: int, reason: str, msg: str, *args: object) -> bool:
@@ -127,7 +132,7 @@ class ReasonFolding:
             self._summarise(reason, window, now)
             window = None
         if window is None:
-            window = self._windows[reason] = _Window(now, RECORD_LOG_SUPPRESSED.labels(reason))
+            window = self._windows[reason] = _Window(now, self._suppressed.labels(reason))
         if window.logged < self.lines:
             window.logged += 1
             self.logger.log(level, msg, *args, stacklevel=2)  # names the caller's line
@@ -151,9 +156,10 @@ class ReasonFolding:
         if window.suppressed:
             self.logger.log(
                 window.level,
-                "suppressed %d more log lines of skipped records reason=%s in the last %.0fs "
-                "(%d logged in full; every record is counted in the metrics)",
+                "suppressed %d more log lines of %s reason=%s in the last %.0fs "
+                "(%d logged in full; every one is counted in the metrics)",
                 window.suppressed,
+                self.what,
                 reason,
                 now - window.started,
                 window.logged,

@@ -296,7 +296,7 @@ def test_folding_is_per_reason_and_interval_and_keeps_the_highest_level() -> Non
         clock.now += 60
         assert folding.log(logging.WARNING, "a", "next interval") is True  # closes the old interval first
         assert emitted[3] == (logging.ERROR, "suppressed 4 more log lines of skipped records reason=a in the "
-                              "last 60s (2 logged in full; every record is counted in the metrics)")  # fmt: skip
+                              "last 60s (2 logged in full; every one is counted in the metrics)")  # fmt: skip
         assert emitted[4] == (logging.WARNING, "next interval")
         folding.flush()  # b had nothing suppressed: no summary
         assert len(emitted) == 5

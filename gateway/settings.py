@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from typing import Annotated, Literal
 
@@ -107,6 +108,31 @@ class GatewaySettings(BaseSettings):
     workers: int = Field(
         1, ge=1, le=64, description="Server processes, each holding the whole store and reading every partition."
     )
+    # Fair shares (issue 19): no client address and no tenant can take what the others need.
+    max_sockets_per_address: int | None = Field(
+        None,
+        ge=1,
+        description="Open connections on the public port per client address (429 beyond); unset: a quarter "
+        "of max_sockets. IPv6 addresses count per /64 (native engine).",
+    )
+    max_waiting_requests_per_tenant: int | None = Field(
+        None, ge=1, description="Waiting requests per tenant (429 beyond); unset: half of max_waiting_requests."
+    )
+    max_waiting_requests_per_address: int | None = Field(
+        None,
+        ge=1,
+        description="Waiting requests per client address (429 beyond); unset: a quarter of max_waiting_requests.",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        ["127.0.0.0/8", "::1"],
+        description="Addresses or CIDR ranges of proxies whose client_address_header names the client; "
+        "empty: none (every TCP peer is the client).",
+    )
+    client_address_header: str = Field(
+        "X-Forwarded-For",
+        description="Header in which a trusted proxy names the client (comma-separated, nearest hop last); "
+        "the right-most address that is not a trusted proxy is the client.",
+    )
     # Durations: plain seconds or 6h / 30m / 90s / 1d / 500ms (consumers/durations.py).
     _seconds = seconds_fields(
         "jwt_leeway", "jwks_min_refresh", "jwks_cache_ttl", "jwks_cache_min_ttl", "jwks_cache_max_ttl",
@@ -115,7 +141,7 @@ class GatewaySettings(BaseSettings):
     )  # fmt: skip
     _milliseconds = milliseconds_fields("retry_ms")
 
-    @field_validator("jwt_algorithms", "cors_origins", mode="before")
+    @field_validator("jwt_algorithms", "cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split(value)
@@ -132,3 +158,25 @@ class GatewaySettings(BaseSettings):
         if not value:
             raise ValueError("at least one algorithm is required")
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not an IP address or CIDR range") from None
+        return value
+
+    @property
+    def sockets_per_address(self) -> int:
+        return self.max_sockets_per_address or max(1, self.max_sockets // 4)
+
+    @property
+    def waiting_per_tenant(self) -> int:
+        return self.max_waiting_requests_per_tenant or max(1, self.max_waiting_requests // 2)
+
+    @property
+    def waiting_per_address(self) -> int:
+        return self.max_waiting_requests_per_address or max(1, self.max_waiting_requests // 4)

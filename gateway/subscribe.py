@@ -27,7 +27,7 @@ from consumers.progress import PartitionProgress
 from consumers.store import SessionSnapshot, SessionStore, Transition
 from gateway import metrics
 from gateway.authentication import AuthenticationError, Principal, TokenVerifier, find_token
-from gateway.connections import ConnectionRegistry, Ticket
+from gateway.connections import ClientAddresses, ConnectionRegistry, Ticket
 from gateway.cors import CorsPolicy
 from gateway.errors import INVALID_TOKEN, MISSING_TOKEN, StreamRefused, error_headers, not_found_message
 from gateway.logging_setup import request_id_var
@@ -58,6 +58,7 @@ class StreamRequest:
     session_id: str
     query: bytes
     headers: dict[str, str]
+    client: str | None = None  # the client address key of the per-address shares (``ClientAddresses``)
 
 
 @dataclass(slots=True)
@@ -124,6 +125,7 @@ class EventsEndpoint:
         self.verifier = verifier
         self.connections = connections
         self.cors = CorsPolicy(settings.cors_origins)
+        self.addresses = ClientAddresses(settings.trusted_proxies, settings.client_address_header)
 
     # Admission (both engines) --------------------------------------------------------------------
     async def admit(self, request: StreamRequest) -> Admission | Answer:
@@ -135,7 +137,7 @@ class EventsEndpoint:
             principal = await self._authenticate(request.query, headers)
             query = dict(parse_qsl(request.query.decode("latin-1"), keep_blank_values=True))
             last_seen = parse_event_id(headers.get("last-event-id") or query.get("lastEventId"))
-            snapshot, ticket = await self._find_session(request.session_id, principal, last_seen)
+            snapshot, ticket = await self._find_session(request.session_id, principal, last_seen, request.client)
         except StreamRefused as refused:
             metrics.REQUESTS_REFUSED.labels(str(refused.status)).inc()
             log.info(
@@ -175,11 +177,11 @@ class EventsEndpoint:
         return principal
 
     async def _find_session(
-        self, session_id: str, principal: Principal, last_seen: EventPosition | None
+        self, session_id: str, principal: Principal, last_seen: EventPosition | None, client: str | None
     ) -> tuple[SessionSnapshot, Ticket]:
         settings = self.settings
         if not self.progress.caught_up.is_set():
-            await self._await_replay(principal, session_id)
+            await self._await_replay(principal, session_id, client)
         if settings.session_claim and principal.session is not None and principal.session != session_id:
             raise StreamRefused(404, not_found_message(session_id), reason="session_claim_mismatch")
         if len(session_id) > MAX_SESSION_ID_LENGTH:
@@ -201,7 +203,7 @@ class EventsEndpoint:
         ticket = (
             Ticket.uncounted()
             if draining
-            else self.connections.reserve(tenant, principal.subject, session_id, waiting=waits)
+            else self.connections.reserve(tenant, principal.subject, session_id, waiting=waits, address=client)
         )
         try:
             if snapshot is None and settings.unknown_session_wait > 0:
@@ -229,7 +231,7 @@ class EventsEndpoint:
         self.connections.stop_waiting(ticket)
         return snapshot, ticket
 
-    async def _await_replay(self, principal: Principal, session_id: str) -> None:
+    async def _await_replay(self, principal: Principal, session_id: str, client: str | None) -> None:
         """A request that reaches a replica still replaying waits (counted) for the replay, then 503.
 
         A browser's EventSource gives up for good on an error status, and a replica restarting alone
@@ -237,7 +239,9 @@ class EventsEndpoint:
         """
         wait = self.settings.replay_wait
         if wait > 0 and not self.connections.draining:
-            ticket = self.connections.reserve(principal.tenant or "", principal.subject, session_id, waiting=True)
+            ticket = self.connections.reserve(
+                principal.tenant or "", principal.subject, session_id, waiting=True, address=client
+            )
             try:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.progress.caught_up.wait(), wait)
@@ -294,10 +298,10 @@ class EventsEndpoint:
             ends = ends or transition.is_terminal
         return frames, ends
 
-    def register(self, stream: Any, session_id: str) -> None:
+    def register(self, stream: Any, session_id: str, ticket: Ticket) -> None:
         """Makes an open stream receive live transitions; call right after ``first_frames``, without awaiting."""
         self.hub.subscribe(session_id, stream)
-        self.connections.add(stream)
+        self.connections.add(stream, ticket)
 
     def closed(self, stream: Any, session_id: str, ticket: Ticket, reason: str, started: float) -> None:
         self.connections.release(ticket)
@@ -317,7 +321,13 @@ class EventsEndpoint:
         if scope["method"] == "OPTIONS":
             await _send_answer(send, self.preflight(headers))
             return
-        result = await self.admit(StreamRequest(session_id, scope.get("query_string", b""), headers))
+        # uvicorn has already applied its own proxy-header rule to scope["client"] (FORWARDED_ALLOW_IPS,
+        # loopback by default); the gateway's rule (GATEWAY_TRUSTED_PROXIES) applies on top of it.
+        peer = scope.get("client")
+        wanted = self.addresses.header.encode("latin-1")
+        forwarded = ",".join(value.decode("latin-1") for name, value in scope["headers"] if name == wanted)
+        client = self.addresses.client(peer[0] if peer else None, forwarded)
+        result = await self.admit(StreamRequest(session_id, scope.get("query_string", b""), headers, client))
         del headers
         if isinstance(result, Answer):
             await _send_answer(send, result)
@@ -336,7 +346,7 @@ class EventsEndpoint:
         if ends:
             subscriber.end_after_flush = True
         else:
-            self.register(subscriber, session_id)
+            self.register(subscriber, session_id, ticket)
         headers = [*STREAM_HEADERS, *admission.headers]
         del admission
         await send({"type": "http.response.start", "status": 200, "headers": headers})

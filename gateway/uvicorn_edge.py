@@ -4,7 +4,9 @@ Mechanism (chosen because uvicorn's own protocol cannot be bounded from outside:
 header limit, has no deadline for a request head, and queues pipelined requests without bound):
 uvicorn's supported protocol hook (``Config(http=...)``) gets ``EdgeProtocol``, our own
 ``asyncio.Protocol`` on httptools (the parser uvicorn itself uses). It reads each connection's request
-head under hard limits (idle timeout, head deadline, header bytes, a cap on all open sockets), then:
+head under hard limits (idle timeout, head deadline, header bytes, a cap on all open sockets and a
+share of them per client address: the TCP peer at accept time, or for a trusted proxy's connection
+the client it names, once the head is read; see ``gateway.connections.ClientAddresses``), then:
 
 - ``GET /session/{id}/events`` on the public port is served natively: admission is the shared code
   in ``gateway.subscribe``, and the stream is written straight to the connection
@@ -30,7 +32,7 @@ import logging
 import signal
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import FrameType
 from typing import Any, cast
@@ -81,6 +83,29 @@ class EdgeState:
     limits: EdgeLimits
     events: EventsEndpoint
     sockets: int = 0
+    # Open public sockets per client address (``ClientAddresses``): at most ``per_address_share`` each.
+    per_address: dict[str, int] = field(default_factory=dict)
+    per_address_share: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.per_address_share:
+            self.per_address_share = self.events.settings.sockets_per_address
+
+    def count_address(self, address: str) -> bool:
+        """Counts one more socket of ``address``; False (nothing counted) when it holds its share already."""
+        held = self.per_address.get(address, 0)
+        if held >= self.per_address_share:
+            metrics.LIMIT_REFUSALS.labels("sockets_per_address").inc()
+            return False
+        self.per_address[address] = held + 1
+        return True
+
+    def uncount_address(self, address: str) -> None:
+        held = self.per_address.get(address, 0) - 1
+        if held > 0:
+            self.per_address[address] = held
+        else:
+            self.per_address.pop(address, None)
 
 
 def check_engine() -> str | None:
@@ -115,7 +140,9 @@ class EdgeProtocol(asyncio.Protocol):
     """One connection: a bounded request head, then a native stream or one request handed to uvicorn."""
 
     __slots__ = (
+        "_address",
         "_buffer",
+        "_client",
         "_counted",
         "_extra",
         "_headers",
@@ -125,6 +152,7 @@ class EdgeProtocol(asyncio.Protocol):
         "_started",
         "_task",
         "_timer",
+        "_trusted_peer",
         "_url",
         "chunked",
         "inner",
@@ -150,6 +178,9 @@ class EdgeProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._counted = False
+        self._address: str | None = None  # the key this socket is counted under in the per-address share
+        self._client: str | None = None  # the client address key for admission (waiting shares)
+        self._trusted_peer = False
         self._lingering = False
         self._extra = 0
         self._inner_left = 0
@@ -168,6 +199,18 @@ class EdgeProtocol(asyncio.Protocol):
                 transport.write(_simple_response(503, headers=[(b"retry-after", b"5")]))
                 transport.close()
                 return
+            # One client address holds at most its share of the sockets. A trusted proxy's connection is
+            # counted for the client it names, once its request head is read (``_count_forwarded``).
+            peer = transport.get_extra_info("peername")
+            key, self._trusted_peer = self.state.events.addresses.peer(
+                peer[0] if isinstance(peer, tuple) and peer else None
+            )
+            if key is not None and not self._trusted_peer:
+                if not self.state.count_address(key):
+                    transport.write(_simple_response(429, headers=[(b"retry-after", b"5")]))
+                    transport.close()
+                    return
+                self._address = self._client = key
             self.state.sockets += 1
             self._counted = True
             metrics.OPEN_SOCKETS.inc()
@@ -213,6 +256,9 @@ class EdgeProtocol(asyncio.Protocol):
             self._counted = False
             self.state.sockets -= 1
             metrics.OPEN_SOCKETS.dec()
+        if self._address is not None:
+            self.state.uncount_address(self._address)
+            self._address = None
         if self.inner is not None:
             self.inner.connection_lost(exc)
         if self._task is not None and not self._task.done():
@@ -252,6 +298,9 @@ class EdgeProtocol(asyncio.Protocol):
             metrics.EDGE_REFUSALS.labels("bad_request").inc()
             self._refuse(400)
             return
+        if self._trusted_peer and not self._count_forwarded():
+            self._refuse(429, [(b"retry-after", b"5")])
+            return
         session_id = None
         if method == b"GET" and not self.internal:
             session_id = match(url.path, self.state.limits.root_path)
@@ -260,11 +309,24 @@ class EdgeProtocol(asyncio.Protocol):
             return
         self.chunked = version != "1.0"
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in self._headers}
-        request = StreamRequest(session_id, url.query or b"", headers)
+        request = StreamRequest(session_id, url.query or b"", headers, self._client)
         log_target = (self._url.decode("latin-1"), version)
         self._url, self._headers = b"", []
         self._started = time.monotonic()
         self._task = self.loop.create_task(self._serve_stream(request, log_target))
+
+    def _count_forwarded(self) -> bool:
+        """A trusted proxy's request: counts the socket for the client the proxy names; False beyond its share."""
+        addresses = self.state.events.addresses
+        wanted = addresses.header.encode("latin-1")
+        forwarded = b",".join(value for name, value in self._headers if name == wanted)
+        key = addresses.forwarded(forwarded.decode("latin-1")) if forwarded else None
+        if key is None:
+            return True  # the proxy names no client: only the cap on all sockets applies
+        if not self.state.count_address(key):
+            return False
+        self._address = self._client = key
+        return True
 
     def _hand_over(self, head: bytes, rest: bytes) -> None:
         """Gives this one request to uvicorn's own protocol (which runs the ASGI app) and closes after it."""
@@ -346,7 +408,7 @@ class EdgeProtocol(asyncio.Protocol):
         if ends:
             stream.close("terminal")
         else:
-            events.register(stream, session_id)
+            events.register(stream, session_id, ticket)
             if events.connections.draining:
                 stream.close("draining")
 
@@ -387,7 +449,7 @@ class EdgeProtocol(asyncio.Protocol):
         return self.transport is None or self.transport.is_closing()
 
     # Helpers ----------------------------------------------------------------------------------------
-    def _refuse(self, status: int) -> None:
+    def _refuse(self, status: int, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         """Answers ``status`` and closes, lingering so that the client can read the answer.
 
         Closing at once with unread bytes from the client would send a reset, and the client's TCP
@@ -399,7 +461,7 @@ class EdgeProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        transport.write(_simple_response(status))
+        transport.write(_simple_response(status, headers=headers))
         self._lingering = True
         if transport.can_write_eof():
             transport.write_eof()

@@ -3,12 +3,18 @@
 Each limit every internet-facing server has: a deadline for the request head (slowloris), an idle
 timeout, a cap on header bytes (431), no unbounded reading ahead of pipelined requests, and one cap
 on all open sockets (the internal port stays reachable). Memory is read from the process (RSS).
+
+Per client address (the ``shared`` gateway; clients bind 127.0.0.2 and 127.0.0.3 as their source,
+Linux routes all of 127.0.0.0/8 to the loopback): one address holds at most its share of the sockets,
+so it cannot make another address's requests fail; behind a trusted proxy (127.0.0.1 there) the share
+applies per client the proxy names in X-Forwarded-For.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,6 +33,8 @@ pytestmark = pytest.mark.timeout(240)
 
 TENANT = "tenant-a"
 MAX_SOCKETS = 60
+SHARED_SOCKETS = 40
+ADDRESS_SHARE = SHARED_SOCKETS // 4  # the default: a quarter of GATEWAY_MAX_SOCKETS
 
 
 @dataclass
@@ -227,3 +235,156 @@ async def test_malformed_request_lines_get_400(edge: Edge) -> None:
         data = await asyncio.wait_for(reader.read(), 10)
         writer.close()
         assert data.startswith(b"HTTP/1.1 400 "), (garbage, data[:60])
+
+
+# --------------------------------------------------------------------------------------------------
+# A share of the sockets per client address
+
+
+@pytest_asyncio.fixture(scope="module")
+async def shared(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Edge]:
+    key = rsa_key("edge-shared")
+    jwks = JwksServer(keys=[key]).start()
+    topic = unique_topic("edge-shared")
+    await create_topic(kafka_bootstrap, topic, partitions=1)
+    env = gateway_env(
+        kafka_bootstrap,
+        topic,
+        jwks,
+        GATEWAY_HTTP_ENGINE="native",
+        GATEWAY_MAX_SOCKETS=str(SHARED_SOCKETS),
+        GATEWAY_TRUSTED_PROXIES="127.0.0.1/32",
+        GATEWAY_IDLE_TIMEOUT="30",  # the attacker's sockets are held for the whole test
+        GATEWAY_UNKNOWN_SESSION_WAIT="20",
+    )
+    gateway = GatewayProcess(env, tmp_path_factory.mktemp("edge-shared") / "gateway.log").start()
+    try:
+        await gateway.wait_ready(60)
+        yield Edge(gateway, topic, mint(key, tenant=TENANT), kafka_bootstrap)
+    finally:
+        gateway.stop()
+        jwks.stop()
+
+
+async def connect_from(edge: Edge, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", edge.gateway.port, local_addr=(source, 0))
+
+
+async def answer_of(reader: asyncio.StreamReader) -> bytes:
+    """What the server sent before it closed the connection (b"" for a reset)."""
+    try:
+        return await reader.read()
+    except ConnectionError:
+        return b""
+
+
+async def hold(
+    edge: Edge, source: str, count: int, request: bytes
+) -> tuple[list[asyncio.StreamWriter], list[asyncio.Task[bytes]]]:
+    """``count`` connections from ``source`` that each send ``request`` (if any) and keep their socket open."""
+    writers, answers = [], []
+    for _ in range(count):
+        reader, writer = await connect_from(edge, source)
+        if request:
+            writer.write(request)
+        writers.append(writer)
+        answers.append(asyncio.create_task(answer_of(reader)))
+    return writers, answers
+
+
+async def refused_now(answers: list[asyncio.Task[bytes]], count: int) -> list[bytes]:
+    def answered() -> bool:
+        return sum(answer.done() for answer in answers) >= count
+
+    await wait_until(answered, 20, f"{count} connections were never refused")
+    return [answer.result() for answer in answers if answer.done()]
+
+
+async def open_sockets(edge: Edge) -> float:
+    async with httpx.AsyncClient(timeout=10) as client:
+        text = (await client.get(f"{edge.gateway.internal_url}/metrics")).text
+    found = re.search(r"^gateway_open_sockets (\S+)$", text, re.MULTILINE)
+    assert found is not None
+    return float(found.group(1))
+
+
+async def test_one_address_holding_its_share_cannot_make_another_addresss_requests_fail(shared: Edge) -> None:
+    """The issue's attack: one address opens more idle connections than the whole socket cap and holds them."""
+    attempts = SHARED_SOCKETS + 10
+    writers, answers = await hold(shared, "127.0.0.2", attempts, b"")
+    try:
+
+        async def all_seen() -> bool:  # each connection is either refused (answered) or held open
+            return sum(answer.done() for answer in answers) + await open_sockets(shared) >= attempts
+
+        await wait_until(all_seen, 20, "the server never saw every connection")
+        # Meanwhile another address's requests all get through: several rounds, below its own share each.
+        transport = httpx.AsyncHTTPTransport(local_address="127.0.0.3")
+        failures: list[str] = []
+        async with httpx.AsyncClient(timeout=10, transport=transport) as victim:
+
+            async def one() -> None:
+                try:
+                    response = await victim.get(f"{shared.gateway.url}/livez")
+                    if response.status_code != 200:
+                        failures.append(str(response.status_code))
+                except httpx.HTTPError as error:
+                    failures.append(type(error).__name__)
+
+            rounds = 5
+            for _ in range(rounds):
+                await asyncio.gather(*(one() for _ in range(ADDRESS_SHARE - 2)))
+            assert failures == [], f"{len(failures)} of {rounds * (ADDRESS_SHARE - 2)} failed: {failures[:5]}"
+            stream = await victim.get(f"{shared.gateway.url}/session/{new_session('victim')}/events")
+            assert stream.status_code == 401, stream.text  # admitted to authentication, not refused by the edge
+        # The attacker holds exactly its share; every connection beyond it was refused at once.
+        refused = [answer.result() for answer in answers if answer.done()]
+        assert len(refused) == attempts - ADDRESS_SHARE, len(refused)
+        assert all(answer.startswith(b"HTTP/1.1 429 ") for answer in refused), {a[:40] for a in refused}
+        assert all(b"retry-after: " in answer for answer in refused)
+        async with httpx.AsyncClient(timeout=10) as client:
+            metrics = (await client.get(f"{shared.gateway.internal_url}/metrics")).text
+        assert 'gateway_limit_refusals_total{limit="sockets_per_address"}' in metrics
+    finally:
+        for writer in writers:
+            writer.close()
+        for answer in answers:
+            answer.cancel()
+
+
+async def test_behind_a_trusted_proxy_the_share_is_per_forwarded_client(shared: Edge) -> None:
+    """127.0.0.1 is a trusted proxy: its connections count for the client X-Forwarded-For names, after the head."""
+
+    def waiting_request(forwarded: str | None) -> bytes:
+        line = f"X-Forwarded-For: {forwarded}\r\n" if forwarded else ""
+        path = f"/session/{new_session('unknown')}/events?token={shared.token}"
+        return f"GET {path} HTTP/1.1\r\nHost: gateway\r\n{line}\r\n".encode()
+
+    held: list[asyncio.StreamWriter] = []
+    tasks: list[asyncio.Task[bytes]] = []
+    try:
+        # Requests for sessions that never appear wait (8 s), holding their sockets.
+        for _ in range(ADDRESS_SHARE + 3):
+            writers, answers = await hold(shared, "127.0.0.1", 1, waiting_request("192.0.2.50, 203.0.113.9"))
+            held += writers
+            tasks += answers
+        refused = await refused_now(tasks, 3)
+        assert all(answer.startswith(b"HTTP/1.1 429 ") for answer in refused), {a[:40] for a in refused}
+        # Another client behind the same proxy, and the proxy's own requests that name no client, still get in.
+        others, other_answers = await hold(shared, "127.0.0.1", 2, waiting_request("203.0.113.10"))
+        bare, bare_answers = await hold(shared, "127.0.0.1", ADDRESS_SHARE + 3, waiting_request(None))
+        held += others + bare
+        tasks += other_answers + bare_answers
+        async with httpx.AsyncClient(timeout=10) as client:
+
+            async def all_waiting() -> bool:
+                text = (await client.get(f"{shared.gateway.internal_url}/metrics")).text
+                return f"gateway_waiting_requests {float(2 * ADDRESS_SHARE + 5)}" in text
+
+            await wait_until(all_waiting, 20, "the other clients' requests are not all waiting")
+        assert sum(answer.done() for answer in tasks) == 3
+    finally:
+        for writer in held:
+            writer.close()
+        for answer in tasks:
+            answer.cancel()

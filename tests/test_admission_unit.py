@@ -1,0 +1,195 @@
+"""Admission logic in process (see ``test_admission`` and ``test_edge_limits`` for the same against real processes).
+
+- Refusing a request never walks the open streams: with 10,000 streams open, a refusal looks at the
+  streams of its own key only (at most its limit), and still notices one of them whose client is gone.
+- The waiting budget's shares per tenant and per client address, and their release.
+- Which address a connection counts for (``ClientAddresses``): the TCP peer, or behind a trusted proxy
+  the right-most address of the forwarded header that is not a trusted proxy.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from consumers.hub import Hub
+from gateway.connections import ClientAddresses, ConnectionRegistry, Ticket
+from gateway.errors import StreamRefused
+from gateway.native_stream import NativeStream
+from gateway.settings import GatewaySettings
+
+
+class Channel:
+    """The connection under a native stream, as ``StreamChannel``; counts how often it is asked whether it closed."""
+
+    def __init__(self) -> None:
+        self.closing = False
+        self.checks = 0
+
+    def write_event(self, data: bytes) -> None:
+        return None
+
+    def end(self, last: bytes = b"") -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def pending_bytes(self) -> int:
+        return 0
+
+    def buffered_bytes(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        self.checks += 1
+        return self.closing
+
+
+def settings(**values: object) -> GatewaySettings:
+    return GatewaySettings.model_validate(values)
+
+
+def open_stream(registry: ConnectionRegistry, session_id: str, tenant: str = "t") -> tuple[NativeStream, Channel]:
+    """Admits a stream and registers it as the engines do (closing it releases its ticket)."""
+    ticket = registry.reserve(tenant, "user", session_id, waiting=False)
+    channel = Channel()
+
+    def closed(stream: NativeStream, reason: str) -> None:
+        registry.release(ticket)
+        registry.remove(stream)
+
+    stream = NativeStream(channel, session_id, float("inf"), 65536, closed)
+    registry.add(stream, ticket)
+    return stream, channel
+
+
+def test_a_refusal_looks_only_at_the_streams_of_its_own_key() -> None:
+    registry = ConnectionRegistry(settings(max_connections_per_session=3), Hub(lambda transition: b""))
+    crowd = [open_stream(registry, f"open-{n}") for n in range(10_000)]
+    full = [open_stream(registry, "full") for _ in range(3)]
+    for _ in range(100):
+        with pytest.raises(StreamRefused) as refused:
+            registry.reserve("t", "user", "full", waiting=False)
+        assert refused.value.reason == "per_session"
+    assert sum(channel.checks for _, channel in crowd) == 0, "a refusal walked other sessions' streams"
+    assert sum(channel.checks for _, channel in full) <= 3 * 100
+    # Another tenant's session of the same id is another key.
+    registry.release(registry.reserve("other", "user", "full", waiting=False))
+
+
+def test_a_stream_whose_client_is_gone_does_not_count_against_its_session() -> None:
+    """A hang-up the transport has seen but not reported yet: the reload is still admitted."""
+    registry = ConnectionRegistry(settings(max_connections_per_session=2), Hub(lambda transition: b""))
+    (first, first_channel), _ = open_stream(registry, "reload"), open_stream(registry, "reload")
+    first_channel.closing = True
+    ticket = registry.reserve("t", "user", "reload", waiting=False)
+    assert first.close_reason == "client_disconnected"
+    assert len(registry) == 1
+    registry.release(ticket)
+
+
+def test_waiting_shares_per_tenant_and_per_address() -> None:
+    registry = ConnectionRegistry(
+        settings(max_waiting_requests=8, max_waiting_requests_per_address=2), Hub(lambda transition: b"")
+    )
+    assert (registry._tenant_share, registry._address_share) == (4, 2)  # half of the budget per tenant, as set
+
+    def wait(tenant: str, address: str | None) -> Ticket:
+        return registry.reserve(tenant, "user", "unknown", waiting=True, address=address)
+
+    held = [wait("a", "192.0.2.1"), wait("a", "192.0.2.1")]
+    with pytest.raises(StreamRefused) as refused:
+        wait("a", "192.0.2.1")
+    assert (refused.value.status, refused.value.reason) == (429, "waiting_per_address")
+    held += [wait("a", "192.0.2.2"), wait("a", None)]
+    with pytest.raises(StreamRefused) as refused:
+        wait("a", "192.0.2.3")
+    assert (refused.value.status, refused.value.reason) == (429, "waiting_per_tenant")
+    held.append(wait("b", "192.0.2.3"))  # another tenant still waits
+    # A request that stops waiting (its session appeared) gives its share back; so does one that ends.
+    registry.stop_waiting(held[0])
+    held.append(wait("a", "192.0.2.1"))
+    registry.release(held[1])
+    registry.release(held[0])
+    held.append(wait("a", "192.0.2.1"))
+    for ticket in held:
+        registry.release(ticket)
+    assert registry.waiting == 0
+    assert registry._waiting_per_tenant == {} and registry._waiting_per_address == {}
+    assert registry._per_session == {}
+
+
+def test_without_a_tenant_claim_there_is_no_tenant_share() -> None:
+    registry = ConnectionRegistry(settings(max_waiting_requests=4, tenant_claim=""), Hub(lambda transition: b""))
+    tickets = [registry.reserve("", "user", f"s{n}", waiting=True) for n in range(4)]
+    with pytest.raises(StreamRefused) as refused:
+        registry.reserve("", "user", "s", waiting=True)
+    assert refused.value.reason == "max_waiting_requests"
+    for ticket in tickets:
+        registry.release(ticket)
+
+
+def test_a_key_with_many_streams_keeps_its_tickets_in_a_set() -> None:
+    """A key with a high limit (a subject shared by many browsers): releasing one of its tickets stays O(1)."""
+    limits = {"max_connections": 50_000, "max_connections_per_subject": 50_000, "max_connections_per_session": 50_000}
+    registry = ConnectionRegistry(settings(**limits), Hub(lambda transition: b""))
+    tickets = [registry.reserve("t", "shared", "one-session", waiting=False) for _ in range(20_000)]
+    assert isinstance(registry._per_subject["t\x00shared"], set)
+    for ticket in tickets:
+        registry.release(ticket)
+    assert registry._per_subject == {} and registry._per_session == {}
+
+
+# --------------------------------------------------------------------------------------------------
+# Client addresses
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "client"),
+    [
+        ("203.0.113.5", None, "203.0.113.5"),  # the TCP peer is the client
+        ("203.0.113.5", "198.51.100.1", "203.0.113.5"),  # an untrusted peer's header is ignored
+        ("10.0.0.7", "198.51.100.1", "198.51.100.1"),  # a trusted proxy names the client
+        ("10.0.0.7", "192.0.2.9, 198.51.100.1", "198.51.100.1"),  # the left part is the client's own text
+        ("10.0.0.7", "192.0.2.9, 198.51.100.1, 10.0.0.8", "198.51.100.1"),  # trusted hops are skipped
+        ("10.0.0.7", "198.51.100.1:5123", "198.51.100.1"),  # with a port
+        ("10.0.0.7", None, None),  # a trusted proxy that names nobody: no per-address share
+        ("10.0.0.7", "10.0.0.9", None),
+        ("10.0.0.7", "192.0.2.9, unknown", None),  # not an address where the client must be
+        ("10.0.0.7", "2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),  # IPv6 by its /64
+        ("10.0.0.7", "[2001:db8:1:2:bbbb::2]:443", "2001:db8:1:2::/64"),
+        ("::ffff:198.51.100.4", None, "198.51.100.4"),  # IPv4-mapped
+        ("::ffff:10.0.0.7", "198.51.100.1", "198.51.100.1"),
+        ("2001:db8:9::1", None, "2001:db8:9::/64"),
+        ("fd00::5", "2001:db8:1::1", "2001:db8:1::/64"),
+        (None, "198.51.100.1", None),
+    ],
+)
+def test_the_client_address(peer: str | None, forwarded: str | None, client: str | None) -> None:
+    addresses = ClientAddresses(["10.0.0.0/8", "fd00::/8"], "X-Forwarded-For")
+    assert addresses.header == "x-forwarded-for"
+    assert addresses.client(peer, forwarded) == client
+
+
+def test_loopback_is_the_default_trusted_proxy_and_an_empty_list_trusts_nobody() -> None:
+    default = GatewaySettings.model_validate({})
+    addresses = ClientAddresses(default.trusted_proxies, default.client_address_header)
+    assert addresses.peer("127.0.0.1") == ("127.0.0.1", True)
+    assert addresses.peer("::1") == ("::/64", True)
+    assert addresses.client("127.0.0.1", "198.51.100.1") == "198.51.100.1"
+    assert ClientAddresses([], "x-forwarded-for").client("127.0.0.1", "198.51.100.1") == "127.0.0.1"
+
+
+def test_a_long_chain_of_trusted_hops_names_no_client() -> None:
+    addresses = ClientAddresses(["10.0.0.0/8"], "x-forwarded-for")
+    chain = ", ".join(["198.51.100.1", *(["10.0.0.1"] * (ClientAddresses.MAX_HOPS + 5))])
+    assert addresses.forwarded(chain) is None
+
+
+def test_the_default_shares_follow_the_limits_they_divide() -> None:
+    default = GatewaySettings.model_validate({})
+    assert (default.sockets_per_address, default.waiting_per_tenant, default.waiting_per_address) == (4096, 500, 250)
+    small = settings(max_sockets=40, max_waiting_requests=3, max_sockets_per_address=7)
+    assert (small.sockets_per_address, small.waiting_per_tenant, small.waiting_per_address) == (7, 1, 1)
+    with pytest.raises(ValueError, match="not an IP address or CIDR range"):
+        settings(trusted_proxies=["10.0.0.0/8", "proxy.internal"])

@@ -93,25 +93,36 @@ def find_token(
     is accepted agree). A mapping of already-decoded parameters is still accepted, with the old
     meaning, for callers that have not moved to the raw query yet.
     """
+    return locate_token(query, headers, cookie_name)[0]
+
+
+def locate_token(
+    query: Mapping[str, str] | bytes | str, headers: Mapping[str, str], cookie_name: str | None
+) -> tuple[str | None, str]:
+    """``find_token`` and where the token came from: ``query``, ``authorization``, ``cookie`` (or ``none``).
+
+    A cookie is the one source a browser adds to another site's request by itself, so the caller
+    checks the request's ``Origin`` for it (``CorsPolicy.sends_credentials``).
+    """
     if isinstance(query, bytes | str):
         found = _token_from_raw_query(query)
         if found:
-            return found
+            return found, "query"
     else:
         for name in TOKEN_QUERY_PARAMETERS:
             value = query.get(name)
             if value:
-                return value
+                return value, "query"
     authorization = headers.get("authorization", "")
     scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
+        return credentials.strip(), "authorization"
     if cookie_name:
         for part in headers.get("cookie", "").split(";"):
             name, _, value = part.strip().partition("=")
             if name == cookie_name and value:
-                return value
-    return None
+                return value, "cookie"
+    return None, "none"
 
 
 def _token_from_raw_query(query: bytes | str) -> str | None:

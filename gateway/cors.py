@@ -3,6 +3,10 @@
 EventSource sends a simple GET (no preflight); a fetch-based client that sends ``Authorization``
 or ``Last-Event-ID`` preflights with OPTIONS. Both are answered from here, for the stream route
 only: health, metrics and docs are not for browsers of other origins.
+
+A token cookie (``GATEWAY_TOKEN_COOKIE``) is sent by the browser with any site's request, also one
+whose page may not read the answer: such a request is refused (403) before it counts against the
+cookie owner's limits (``sends_credentials``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,26 @@ class CorsPolicy:
                 (b"vary", b"Origin"),
             ]
         return []
+
+    def sends_credentials(self, origin: str | None, host: str | None) -> bool:
+        """Whether a request from ``origin`` may be authenticated by a cookie (the browser sent it by itself).
+
+        Yes without an ``Origin`` header (a browser's same-origin GET, or not a browser), for the
+        gateway's own origin (``Origin`` naming the ``Host`` the request was sent to) and for an origin
+        listed in ``GATEWAY_CORS_ORIGINS`` by name; ``*`` allows reading without credentials only, so it
+        does not count. Anything else (another site, ``Origin: null``) may not.
+        """
+        if not origin:
+            return True
+        raw = origin.encode("latin-1", errors="replace")
+        if raw != b"*" and raw in self._origins:
+            return True
+        scheme, separator, authority = origin.partition("://")
+        return (
+            bool(separator and host)
+            and scheme.lower() in ("http", "https")
+            and authority.lower() == (host or "").strip().lower()
+        )
 
     def preflight(self, origin: str | None, method: str | None) -> tuple[int, list[tuple[bytes, bytes]]]:
         """Status and headers of the answer to an OPTIONS preflight."""

@@ -8,6 +8,7 @@ import orjson
 
 MISSING_TOKEN = "Authentication required. Provide a valid JWT token via the 'token' query parameter."
 INVALID_TOKEN = "Invalid or expired token"
+CROSS_ORIGIN_COOKIE = "Cookie authentication is not allowed from this origin"
 
 
 def not_found_message(session_id: str) -> str:

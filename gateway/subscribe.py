@@ -26,10 +26,17 @@ from consumers.hub import Hub
 from consumers.progress import PartitionProgress
 from consumers.store import SessionSnapshot, SessionStore, Transition
 from gateway import metrics
-from gateway.authentication import AuthenticationError, Principal, TokenVerifier, find_token
+from gateway.authentication import AuthenticationError, Principal, TokenVerifier, locate_token
 from gateway.connections import ClientAddresses, ConnectionRegistry, Ticket
 from gateway.cors import CorsPolicy
-from gateway.errors import INVALID_TOKEN, MISSING_TOKEN, StreamRefused, error_headers, not_found_message
+from gateway.errors import (
+    CROSS_ORIGIN_COOKIE,
+    INVALID_TOKEN,
+    MISSING_TOKEN,
+    StreamRefused,
+    error_headers,
+    not_found_message,
+)
 from gateway.logging_setup import request_id_var
 from gateway.settings import GatewaySettings
 from gateway.sse import EventPosition, encode_retry, encode_transition, parse_event_id
@@ -154,10 +161,15 @@ class EventsEndpoint:
         return Answer(status, cors)
 
     async def _authenticate(self, query: bytes, headers: dict[str, str]) -> Principal:
-        token = find_token(query, headers, self.settings.token_cookie)
+        token, source = locate_token(query, headers, self.settings.token_cookie)
         if not token:
             metrics.AUTH_FAILURES.labels("missing").inc()
             raise StreamRefused(401, MISSING_TOKEN, {"WWW-Authenticate": "Bearer"}, reason="missing_token")
+        if source == "cookie" and not self.cors.sends_credentials(headers.get("origin"), headers.get("host")):
+            # A browser sends the cookie with any page's request (SameSite=None): a page of an origin that
+            # may not read the stream must not hold streams (and use up limits) on the cookie owner's behalf.
+            metrics.AUTH_FAILURES.labels("cross_origin_cookie").inc()
+            raise StreamRefused(403, CROSS_ORIGIN_COOKIE, reason="cross_origin_cookie")
         try:
             principal = await self.verifier.verify(token)
         except AuthenticationError as error:

@@ -5,6 +5,7 @@
 - The waiting budget's shares per tenant and per client address, and their release.
 - Which address a connection counts for (``ClientAddresses``): the TCP peer, or behind a trusted proxy
   the right-most address of the forwarded header that is not a trusted proxy.
+- When a token cookie may authenticate (``CorsPolicy.sends_credentials``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pytest
 
 from consumers.hub import Hub
 from gateway.connections import ClientAddresses, ConnectionRegistry, Ticket
+from gateway.cors import CorsPolicy
 from gateway.errors import StreamRefused
 from gateway.native_stream import NativeStream
 from gateway.settings import GatewaySettings
@@ -193,3 +195,28 @@ def test_the_default_shares_follow_the_limits_they_divide() -> None:
     assert (small.sockets_per_address, small.waiting_per_tenant, small.waiting_per_address) == (7, 1, 1)
     with pytest.raises(ValueError, match="not an IP address or CIDR range"):
         settings(trusted_proxies=["10.0.0.0/8", "proxy.internal"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Cookies and origins
+
+
+@pytest.mark.parametrize(
+    ("origins", "origin", "host", "allowed"),
+    [
+        (["https://app.example"], None, "gw.example", True),  # no Origin: a same-origin GET, or not a browser
+        (["https://app.example"], "https://app.example", "gw.example", True),
+        (["https://app.example"], "https://evil.example", "gw.example", False),
+        (["https://app.example"], "null", "gw.example", False),
+        (["https://app.example"], "https://gw.example", "gw.example", True),  # the gateway's own origin
+        (["https://app.example"], "http://gw.example:8080", "GW.example:8080", True),
+        (["https://app.example"], "https://gw.example", "gw.example:8443", False),
+        (["*"], "https://evil.example", "gw.example", False),  # "*" means: readable without credentials
+        ([], "https://evil.example", "gw.example", False),
+        ([], "https://evil.example", None, False),
+    ],
+)
+def test_when_a_token_cookie_may_authenticate(
+    origins: list[str], origin: str | None, host: str | None, allowed: bool
+) -> None:
+    assert CorsPolicy(origins).sends_credentials(origin, host) is allowed

@@ -11,6 +11,9 @@ Gateways of this module (started once, in parallel, sharing one topic):
 - ``hostile``: trusting ``hostile_jwks``, with a 2 s ``GATEWAY_JWKS_TIMEOUT`` and no minimum refresh
   interval, so every unknown ``kid`` refetches from the hostile server.
 
+The cross-site cookie test starts a gateway of its own (a token cookie, one CORS origin, the default
+per-session limit).
+
 The second half holds unit tests of the pure logic (claims, headers, the cache, redaction,
 escaping) and a property test of ``TokenVerifier.verify`` that only ever sees ``AuthenticationError``.
 """
@@ -30,6 +33,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -52,6 +56,7 @@ from gateway.authentication import (
     VerifiedTokenCache,
     check_header,
     find_token,
+    locate_token,
     parse_compact,
 )
 from gateway.jwks import JwksCache
@@ -583,7 +588,85 @@ async def test_control_characters_cannot_forge_log_lines(
 
 
 # --------------------------------------------------------------------------------------------------
+# 8. A token cookie sent by another site's page does not count against its owner
+
+COOKIE = "gateway_token"
+APP_ORIGIN = "https://app.example"
+CROSS_ORIGIN_COOKIE = {
+    "statusCode": 403,
+    "message": "Cookie authentication is not allowed from this origin",
+    "error": "Forbidden",
+}
+
+
+async def test_cross_site_requests_with_the_token_cookie_are_refused_before_they_count(
+    kafka_bootstrap: str, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    """Another site's page opening the victim's session with the victim's (SameSite=None) cookie: 403, uncounted.
+
+    Before, each such request opened a stream (the page cannot read it, but it counted), and 20 of them
+    (``GATEWAY_MAX_CONNECTIONS_PER_SESSION``) locked the victim's own page out with 429.
+    """
+    key = rsa_key("cookie-origin")
+    jwks = JwksServer(keys=[key]).start()
+    topic = unique_topic("cookie-origin")
+    await create_topic(kafka_bootstrap, topic, partitions=1)
+    session = f"victim-{uuid.uuid4().hex[:10]}"
+    await produce(kafka_bootstrap, topic, [(session.encode(), event_bytes(session, TENANT, "active"))])
+    env = gateway_env(kafka_bootstrap, topic, jwks, GATEWAY_TOKEN_COOKIE=COOKIE, GATEWAY_CORS_ORIGINS=APP_ORIGIN)
+    gateway = GatewayProcess(env, tmp_path / "gateway.log").start()
+    cookie = {"cookie": f"theme=dark; {COOKIE}={mint(key, session=session)}"}
+    url = f"{gateway.url}/session/{session}/events"
+    try:
+        await gateway.wait_ready()
+        await eventually(lambda: _streams(client, url, cookie), 30, "the session never streamed")
+        async with contextlib.AsyncExitStack() as held:
+            # The attacker's page, 20 times at once (as many as the per-session limit), kept open.
+            answers = [
+                await held.enter_async_context(client.stream("GET", url, headers={**cookie, "origin": origin}))
+                for origin in ["https://evil.example"] * 19 + ["null"]
+            ]
+            # The victim's own page still gets its stream, also from the gateway's own origin or without Origin.
+            own: dict[str | None, int] = {}
+            for origin in (APP_ORIGIN, gateway.url, None):
+                headers = {**cookie, **({"origin": origin} if origin else {})}
+                async with client.stream("GET", url, headers=headers) as response:
+                    own[origin] = response.status_code
+            assert [answer.status_code for answer in answers] == [403] * 20, (
+                f"the attacker's requests: {[answer.status_code for answer in answers]}, then the victim's: {own}"
+            )
+            assert own == dict.fromkeys(own, 200), own
+            for answer in answers:
+                assert json.loads(await answer.aread()) == CROSS_ORIGIN_COOKIE
+                assert "access-control-allow-origin" not in answer.headers
+            # A token in the query is no ambient credential: another origin may use one it was given.
+            token = mint(key, session=session)
+            headers = {"origin": "https://evil.example"}
+            async with client.stream("GET", url, params={"token": token}, headers=headers) as given:
+                assert given.status_code == 200
+        samples = await scrape(client, gateway)
+        assert value(samples, "gateway_auth_failures_total", reason="cross_origin_cookie") == 20
+        assert value(samples, "gateway_limit_refusals_total", limit="per_session") == 0
+    finally:
+        gateway.stop()
+        jwks.stop()
+
+
+async def _streams(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> bool:
+    async with client.stream("GET", url, headers=headers) as response:
+        return response.status_code == 200
+
+
+# --------------------------------------------------------------------------------------------------
 # Unit tests of the pure logic
+
+
+def test_locate_token_says_where_the_token_came_from() -> None:
+    cookie = {"cookie": "a=1; sid=c.c.c"}
+    assert locate_token(b"token=q.q.q", {**cookie, "authorization": "Bearer h.h.h"}, "sid") == ("q.q.q", "query")
+    assert locate_token(b"", {**cookie, "authorization": "Bearer h.h.h"}, "sid") == ("h.h.h", "authorization")
+    assert locate_token(b"", cookie, "sid") == ("c.c.c", "cookie")
+    assert locate_token(b"", cookie, None) == (None, "none")
 
 
 def test_find_token_takes_only_the_plain_names_from_the_raw_query() -> None:

@@ -112,7 +112,7 @@ class GatewaySettings(BaseSettings):
     max_sockets_per_address: int | None = Field(
         None,
         ge=1,
-        description="Open connections on the public port per client address (429 beyond); unset: a quarter "
+        description="Open connections on the public port per client address (429 beyond); unset: half "
         "of max_sockets. IPv6 addresses count per /64 (native engine).",
     )
     max_waiting_requests_per_tenant: int | None = Field(
@@ -171,7 +171,7 @@ class GatewaySettings(BaseSettings):
 
     @property
     def sockets_per_address(self) -> int:
-        return self.max_sockets_per_address or max(1, self.max_sockets // 4)
+        return self.max_sockets_per_address or max(1, self.max_sockets // 2)
 
     @property
     def waiting_per_tenant(self) -> int:

@@ -190,7 +190,7 @@ def test_a_long_chain_of_trusted_hops_names_no_client() -> None:
 
 def test_the_default_shares_follow_the_limits_they_divide() -> None:
     default = GatewaySettings.model_validate({})
-    assert (default.sockets_per_address, default.waiting_per_tenant, default.waiting_per_address) == (4096, 500, 250)
+    assert (default.sockets_per_address, default.waiting_per_tenant, default.waiting_per_address) == (8192, 500, 250)
     small = settings(max_sockets=40, max_waiting_requests=3, max_sockets_per_address=7)
     assert (small.sockets_per_address, small.waiting_per_tenant, small.waiting_per_address) == (7, 1, 1)
     with pytest.raises(ValueError, match="not an IP address or CIDR range"):

@@ -123,8 +123,9 @@ class ReasonFolding:
         self._suppressed = suppressed  # a counter labelled by reason
         self._windows: dict[str, _Window] = {}
 
-    def log(self, level: int, reason: str, msg: str, *args: object) -> bool:
-        """Logs ``msg % args`` unless this reason already had its lines in this interval; True when logged."""
+    def log(self, level: int, reason: str, msg: str, *args: object, logger: logging.Logger | None = None) -> bool:
+        """Logs ``msg % args`` (on ``logger``, else this folding's) unless this reason already had its lines
+        in this interval; True when logged."""
         now = self.clock()
         window = self._windows.get(reason)
         if window is not None and now - window.started >= self.interval:
@@ -135,7 +136,7 @@ class ReasonFolding:
             window = self._windows[reason] = _Window(now, self._suppressed.labels(reason))
         if window.logged < self.lines:
             window.logged += 1
-            self.logger.log(level, msg, *args, stacklevel=2)  # names the caller's line
+            (logger or self.logger).log(level, msg, *args, stacklevel=2)  # names the caller's line
             return True
         window.suppressed += 1
         window.level = max(window.level, level)

@@ -9,6 +9,11 @@ EVENTS_DELIVERED = Counter("gateway_events_delivered_total", "Session events wri
 REQUESTS_REFUSED = Counter(
     "gateway_stream_requests_refused_total", "Stream requests answered with an error, by HTTP status.", ["status"]
 )
+REQUEST_LOG_SUPPRESSED = Counter(
+    "gateway_request_log_lines_suppressed_total",
+    "Log lines of refused requests folded into one summary line per reason and minute, by reason.",
+    ["reason"],
+)
 AUTH_FAILURES = Counter("gateway_auth_failures_total", "Token verification failures, by reason.", ["reason"])
 JWKS_FETCHES = Counter("gateway_jwks_fetches_total", "JWKS (and OIDC discovery) fetches attempted.")
 JWKS_FAILURES = Counter("gateway_jwks_fetch_failures_total", "JWKS fetches that failed.")

@@ -39,6 +39,12 @@ class GatewaySettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     access_log: bool = True
+    request_log_lines: int = Field(
+        10,
+        ge=0,
+        description="Refused requests logged in full per reason and minute; the rest are counted "
+        "(gateway_request_log_lines_suppressed_total) and summed up in one line per reason.",
+    )
 
     # Authentication
     jwks_url: str | None = None

@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl
 from starlette.types import Receive, Scope, Send
 
 from consumers.hub import Hub
+from consumers.log_aggregation import ReasonFolding
 from consumers.progress import PartitionProgress
 from consumers.store import SessionSnapshot, SessionStore, Transition
 from gateway import metrics
@@ -75,6 +76,7 @@ class Answer:
     status: int
     headers: Headers
     body: bytes = b""
+    reason: str = ""  # why a request was refused, for its one log line
 
 
 @dataclass(slots=True)
@@ -132,6 +134,10 @@ class EventsEndpoint:
         self.verifier = verifier
         self.connections = connections
         self.cors = CorsPolicy(settings.cors_origins)
+        # One line per refused request at most, folded per reason: their number is the clients' to choose.
+        self.refusal_log = ReasonFolding(
+            log, settings.request_log_lines, what="refused requests", suppressed=metrics.REQUEST_LOG_SUPPRESSED
+        )
         self.addresses = ClientAddresses(settings.trusted_proxies, settings.client_address_header)
 
     # Admission (both engines) --------------------------------------------------------------------
@@ -147,10 +153,17 @@ class EventsEndpoint:
             snapshot, ticket = await self._find_session(request.session_id, principal, last_seen, request.client)
         except StreamRefused as refused:
             metrics.REQUESTS_REFUSED.labels(str(refused.status)).inc()
-            log.info(
-                "stream refused session=%r status=%d reason=%s", request.session_id, refused.status, refused.reason
-            )
-            return Answer(refused.status, error_headers(refused, extra), refused.body())
+            answer = Answer(refused.status, error_headers(refused, extra), refused.body(), refused.reason)
+            if not self.settings.access_log:  # else the engine's access line says it, with the reason
+                self.refusal_log.log(
+                    logging.INFO,
+                    refused.reason,
+                    "stream refused session=%r status=%d reason=%s",
+                    request.session_id,
+                    refused.status,
+                    refused.reason,
+                )
+            return answer
         except _NoContent:
             metrics.REQUESTS_REFUSED.labels("204").inc()
             return Answer(204, extra)

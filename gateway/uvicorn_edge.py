@@ -375,7 +375,7 @@ class EdgeProtocol(asyncio.Protocol):
         if isinstance(result, Answer):
             transport.write(_simple_response(result.status, result.body, result.headers))
             transport.close()
-            self._log_access(log_target, result.status)
+            self._log_access(log_target, result.status, result.reason)
             return
         self._open(result)
         self._log_access(log_target, 200)
@@ -486,11 +486,25 @@ class EdgeProtocol(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
-    def _log_access(self, target: tuple[str, str], status: int) -> None:
+    def _log_access(self, target: tuple[str, str], status: int, reason: str = "") -> None:
+        """The access line; a refused request's names its reason and is folded per reason (its only line)."""
         if self.state.limits.access_log and access_log.isEnabledFor(logging.INFO):
             peer = self.transport.get_extra_info("peername") if self.transport is not None else None
             client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
-            access_log.info('%s - "GET %s HTTP/%s" %d', client, target[0], target[1], status)
+            if not reason:
+                access_log.info('%s - "GET %s HTTP/%s" %d', client, target[0], target[1], status)
+                return
+            self.state.events.refusal_log.log(
+                logging.INFO,
+                reason,
+                '%s - "GET %s HTTP/%s" %d reason=%s',
+                client,
+                target[0],
+                target[1],
+                status,
+                reason,
+                logger=access_log,
+            )
 
 
 class GatewayServer(uvicorn.Server):

@@ -102,6 +102,11 @@ _KEEP_RESIDENT_BYTES = 1024 * 1024
 _WINDOW_FULL = "failed to write whole buffer"  # cramjam's error when the output window is too small
 
 
+# Every batch may decompress to this much (or GATEWAY_MAX_DECOMPRESSED_BATCH_BYTES, if smaller): a bomb
+# costs at most this, transiently, and a few-record batch with an oversized record loses nothing else.
+BATCH_FLOOR_BYTES = 4 * 1024 * 1024
+
+
 class DecompressedTooLarge(Exception):
     """A compressed batch would decompress to more than its cap; raised before more memory was used."""
 
@@ -125,10 +130,14 @@ class DecompressionLimits:
         return cls(max_batch_bytes, 2 * max_record_bytes + RECORD_FRAMING_BYTES)
 
     def for_batch(self, records: int | None) -> int:
-        """The cap of one batch of ``records`` records (None: unknown, as in the legacy message format)."""
+        """The cap of one batch of ``records`` records (None: unknown, as in the legacy message format).
+
+        At least ``BATCH_FLOOR_BYTES``: a batch of a few records, one of them oversized, is still read, so its
+        valid records are applied and only the oversized one is rejected (as without compression).
+        """
         if records is None:
             return self.batch_bytes
-        return min(self.batch_bytes, max(1, records) * self.record_bytes)
+        return min(self.batch_bytes, max(BATCH_FLOOR_BYTES, max(1, records) * self.record_bytes))
 
 
 _DEFAULT_LIMITS = DecompressionLimits.from_sizes(

@@ -152,6 +152,34 @@ async def test_a_batch_over_the_decompressed_batch_cap_is_skipped_and_the_next_b
         assert running.progress.positions == {0: 310}
 
 
+async def test_an_oversized_record_in_a_small_compressed_batch_costs_only_itself(kafka_bootstrap: str) -> None:
+    """A compressed batch of a few records, one over ``GATEWAY_MAX_RECORD_BYTES``: only that one is lost."""
+    topic = unique_topic("batch-floor")
+    await create_topic(kafka_bootstrap, topic, partitions=1)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, compression_type="zstd", max_batch_size=4 << 20, max_request_size=4 << 20
+    )
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        for i in range(3):
+            session = f"kept-{i}"
+            batch.append(key=session.encode(), value=event_bytes(session, "t", "active"), timestamp=None)
+        huge = event_bytes("huge", "t", "active", pad="x" * 600_000)  # 600 KB: over the 64 KiB record limit
+        assert batch.append(key=b"huge", value=huge, timestamp=None) is not None
+        await (await producer.send_batch(batch, topic, partition=0))
+    finally:
+        await producer.stop()
+    too_large = metric("gateway_records_rejected_total", reason="too_large")
+    batches = metric("gateway_unreadable_batches_total", reason="too_large")
+    async with running_consumer(kafka_bootstrap, topic) as running:
+        await running.wait_caught_up(30)
+        assert all(f"kept-{i}" in running.store for i in range(3))
+        assert "huge" not in running.store
+        assert metric("gateway_records_rejected_total", reason="too_large") - too_large == 1
+        assert metric("gateway_unreadable_batches_total", reason="too_large") - batches == 0
+
+
 # --------------------------------------------------------------------------------------------------
 # A batch the client cannot parse
 

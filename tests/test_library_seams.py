@@ -130,9 +130,12 @@ def test_gzip_reads_every_member_and_their_padding_as_aiokafka_does() -> None:
 def test_a_batch_cap_follows_the_records_it_holds() -> None:
     limits = DecompressionLimits.from_sizes(max_batch_bytes=32 << 20, max_record_bytes=65536)
     assert limits.record_bytes == 2 * 65536 + 2048
-    assert limits.for_batch(1) == limits.for_batch(0) == limits.for_batch(-5) == 2 * 65536 + 2048
-    assert limits.for_batch(10) == 10 * (2 * 65536 + 2048)
+    floor = aiokafka_seam.BATCH_FLOOR_BYTES
+    assert limits.for_batch(1) == limits.for_batch(0) == limits.for_batch(-5) == floor
+    assert limits.for_batch(100) == 100 * (2 * 65536 + 2048) > floor
     assert limits.for_batch(1_000_000) == limits.for_batch(None) == 32 << 20
+    small = DecompressionLimits.from_sizes(max_batch_bytes=1 << 20, max_record_bytes=65536)
+    assert small.for_batch(1) == 1 << 20  # the setting bounds the floor too
 
 
 def test_an_untested_aiokafka_keeps_its_own_functions_and_the_gateway_says_so(

@@ -315,12 +315,18 @@ def create_app(
     internal.openapi = _openapi(internal, public)  # type: ignore[method-assign]
 
     if settings.dev_mode:
-        from gateway.dev import dev_router
+        from gateway.dev import LOOPBACK_ONLY, LoopbackOnly, dev_router
 
         log.warning("DEV MODE: demo page and unauthenticated publishing endpoints are enabled; never in production")
         public.include_router(dev_router(runtime))
+        public.add_middleware(LoopbackOnly)  # dev routes answer loopback peers only, however the server was started
 
-        @public.get("/dev/metrics", tags=["Development"], summary="Prometheus metrics for the demo page")
+        @public.get(
+            "/dev/metrics",
+            tags=["Development"],
+            summary="Prometheus metrics for the demo page",
+            responses=LOOPBACK_ONLY,
+        )
         async def dev_metrics() -> Response:
             return await prometheus_metrics()
 

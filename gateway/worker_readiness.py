@@ -37,7 +37,3 @@ class WorkerReadiness:
         """The indexes of the workers, this one included, that cannot serve or have not said so recently."""
         now = time.monotonic()
         return [index for index, until in enumerate(self._ready_until) if until <= now]
-
-    def others_not_ready(self) -> list[int]:
-        """The indexes of the other workers that cannot serve, or have not said so recently."""
-        return [index for index in self.not_ready() if index != self.index]

@@ -12,6 +12,15 @@ an update that arrived out of order is found too. Whatever a sweep has not reach
 served: ``get`` checks the TTL and the terminal retention itself. Removing a session removes every
 trace of it (its entries and, with its last session, its tenant's code), and the dicts are rebuilt
 when they shrink a lot, so memory follows the live sessions down after a flood.
+
+Record order cannot defeat the sweep: for expiry, a session's last update counts from its
+``updatedAt`` but never from later than its arrival plus ``MAX_CLOCK_SKEW_MS`` (a producer whose
+clock or data is ahead). Every entry ahead of a session in either dict arrived no later than it did,
+so each expires by that session's arrival plus the skew plus the TTL (or retention); from then on
+the sweep finds nothing live ahead of it. So every session is swept by the first sweep after its
+last update's arrival + ``MAX_CLOCK_SKEW_MS`` + its TTL or retention, whatever the records' dates.
+The clamped time costs 8 bytes, only for a session whose last update was dated beyond the skew
+(a flag in the header's type byte says it follows the header); ``updatedAt`` itself is kept as sent.
 """
 
 from __future__ import annotations
@@ -34,10 +43,17 @@ _RANK_BY_CODE = tuple(STATUS_RANK[s] for s in _STATUSES)
 _TYPES: tuple[SessionType | None, ...] = (None, *SessionType)
 _TYPE_CODE = {kind: code for code, kind in enumerate(_TYPES)}
 
-_HEADER = struct.Struct("<IB")  # tenant index, type code
+_HEADER = struct.Struct("<IB")  # tenant index, type code (| _CLAMPED)
 _TRANSITION = struct.Struct("<BIqq")  # status code, partition, offset, updatedAt ms
+_EXPIRY = struct.Struct("<q")  # after the header when _CLAMPED: the time the last update counts from, ms
 _H = _HEADER.size
 _T = _TRANSITION.size
+_TYPE_AT = 4  # the type code's byte in the header
+_CLAMPED = 0x80  # in the type code: the last update was dated beyond the skew, its expiry time follows
+_CLAMPED_START = _H + _EXPIRY.size
+
+# For expiry, an update counts from its updatedAt but from no later than its arrival plus this (see above).
+MAX_CLOCK_SKEW_MS = 30_000
 
 # How many live entries a sweep reads past, looking for expired ones that arrived out of order.
 SWEEP_LOOKAHEAD = 1024
@@ -97,11 +113,13 @@ class SessionStore:
         session_ttl_ms: int,
         max_sessions: int,
         clock: Callable[[], int] = wall_clock_ms,
+        max_clock_skew_ms: int = MAX_CLOCK_SKEW_MS,
     ) -> None:
         self.terminal_retention_ms = terminal_retention_ms
         self.session_ttl_ms = session_ttl_ms
         self.max_sessions = max_sessions
         self.clock = clock
+        self.max_clock_skew_ms = max_clock_skew_ms
         self._sessions: dict[str, bytes] = {}  # in the order of the last applied update
         self._terminal: dict[str, None] = {}  # terminal sessions, in the order they ended
         self._peak = 0
@@ -131,13 +149,18 @@ class SessionStore:
         terminal = code in _TERMINAL_CODES
         sessions = self._sessions
         data = sessions.get(session_id)
+        if now_ms is None:
+            now_ms = self.clock()
         if data is None:
-            if now_ms is None:
-                now_ms = self.clock()
             if updated_ms < now_ms - (self.terminal_retention_ms if terminal else self.session_ttl_ms):
                 return Outcome.STALE, None
             record = _TRANSITION.pack(code, partition, offset, updated_ms)
-            sessions[session_id] = _HEADER.pack(self._tenant_code(tenant_id), _TYPE_CODE[kind]) + record
+            latest = now_ms + self.max_clock_skew_ms  # the latest time an update may count from for expiry
+            if updated_ms > latest:
+                header = _HEADER.pack(self._tenant_code(tenant_id), _TYPE_CODE[kind] | _CLAMPED) + _EXPIRY.pack(latest)
+            else:
+                header = _HEADER.pack(self._tenant_code(tenant_id), _TYPE_CODE[kind])
+            sessions[session_id] = header + record
             count = len(sessions)
             self._peak = max(self._peak, count)
             if count > self.max_sessions:
@@ -153,6 +176,9 @@ class SessionStore:
             if _RANK_BY_CODE[code] < _RANK_BY_CODE[last]:
                 return Outcome.BACKWARD, None
             del sessions[session_id]  # re-inserted at the end: the dict stays in update order
+            latest = now_ms + self.max_clock_skew_ms
+            if updated_ms > latest or data[_TYPE_AT] & _CLAMPED:
+                data = _restamp(data, latest if updated_ms > latest else None)
             sessions[session_id] = data + _TRANSITION.pack(code, partition, offset, updated_ms)
         if terminal:
             self._terminal[session_id] = None
@@ -172,9 +198,13 @@ class SessionStore:
         if data is None or self._expired(data, self.clock() if now_ms is None else now_ms):
             return None
         tenant, kind = _HEADER.unpack_from(data)
+        start = _H
+        if kind & _CLAMPED:
+            kind ^= _CLAMPED
+            start = _CLAMPED_START
         transitions = tuple(
             Transition(session_id, _STATUSES[code], updated_ms, partition, offset)
-            for code, partition, offset, updated_ms in _TRANSITION.iter_unpack(data[_H:])
+            for code, partition, offset, updated_ms in _TRANSITION.iter_unpack(data[start:])
         )
         return SessionSnapshot(session_id, self._tenants[tenant], _TYPES[kind], transitions)
 
@@ -201,7 +231,7 @@ class SessionStore:
         expired: list[str] = []
         live = 0
         for session_id in ordered:
-            if self._last_ms(sessions[session_id]) < cutoff_ms:
+            if _counts_from(sessions[session_id]) < cutoff_ms:
                 expired.append(session_id)
             else:
                 live += 1
@@ -211,7 +241,7 @@ class SessionStore:
 
     def _expired(self, data: bytes, now_ms: int) -> bool:
         ttl = self.terminal_retention_ms if data[-_T] in _TERMINAL_CODES else self.session_ttl_ms
-        return self._last_ms(data) < now_ms - ttl
+        return _counts_from(data) < now_ms - ttl
 
     def _evict_for_capacity(self, keep: str) -> None:
         """Evicts the least recently updated sessions, a batch per pass over the dict's front."""
@@ -278,7 +308,21 @@ class SessionStore:
         self._tenant_refs[code] += 1
         return code
 
-    @staticmethod
-    def _last_ms(data: bytes) -> int:
-        updated_ms: int = _TRANSITION.unpack_from(data, len(data) - _T)[3]
-        return updated_ms
+
+def _counts_from(data: bytes) -> int:
+    """The time a session's last update counts from for expiry: its updatedAt, or its clamped time."""
+    if data[_TYPE_AT] & _CLAMPED:
+        clamped: int = _EXPIRY.unpack_from(data, _H)[0]
+        return clamped
+    updated_ms: int = _TRANSITION.unpack_from(data, len(data) - _T)[3]
+    return updated_ms
+
+
+def _restamp(data: bytes, clamped_ms: int | None) -> bytes:
+    """``data`` with the clamped expiry time ``clamped_ms`` after its header, or with none."""
+    tenant, kind = _HEADER.unpack_from(data)
+    start = _CLAMPED_START if kind & _CLAMPED else _H
+    kind &= ~_CLAMPED
+    if clamped_ms is None:
+        return _HEADER.pack(tenant, kind) + data[start:]
+    return _HEADER.pack(tenant, kind | _CLAMPED) + _EXPIRY.pack(clamped_ms) + data[start:]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -102,8 +101,12 @@ class Runtime:
         """
         checks, reasons, warnings = self._own_readiness()
         if self.workers is not None:
-            others = self.workers.others_not_ready()
-            checks["all_workers_ready"] = not others
+            # This worker's slot is written before it answers (see gateway.worker_readiness): its answer
+            # and what its siblings answer for it never disagree, whichever worker a probe reaches.
+            self.workers.publish(not reasons)
+            waiting = self.workers.not_ready()
+            checks["all_workers_ready"] = not waiting
+            others = [index for index in waiting if index != self.workers.index]
             if others:
                 reasons.append(f"worker {', '.join(map(str, others))} of this server not ready yet")
         report: dict[str, Any] = {"status": "ready" if not reasons else "not ready", "checks": checks}
@@ -164,10 +167,15 @@ class Runtime:
                 await jwks.load()
             await asyncio.sleep(1.0 if not jwks.loaded else 5.0)
 
-    async def _publish_worker_readiness(self, workers: WorkerReadiness) -> None:
+    def share_readiness(self) -> None:
+        """With ``--workers``: writes this worker's own readiness to its shared slot (see ``readiness``)."""
+        if self.workers is not None:
+            self.workers.publish(not self._own_readiness()[1])
+
+    async def _publish_worker_readiness(self) -> None:
         """Keeps this worker's slot current, whichever worker the probes reach."""
         while True:
-            workers.publish(not self._own_readiness()[1])
+            self.share_readiness()
             await asyncio.sleep(0.5)
 
     async def _flush_kafka_logs(self) -> None:
@@ -187,7 +195,7 @@ class Runtime:
         supervisor.start("stream-clock", self.connections.run_clock)
         supervisor.start("kafka-log-summary", self._flush_kafka_logs)
         if self.workers is not None:
-            supervisor.start("worker-readiness", functools.partial(self._publish_worker_readiness, self.workers))
+            supervisor.start("worker-readiness", self._publish_worker_readiness)
 
     async def stop(self) -> None:
         self.connections.close_all("shutdown")
@@ -307,12 +315,18 @@ def create_app(
     internal.openapi = _openapi(internal, public)  # type: ignore[method-assign]
 
     if settings.dev_mode:
-        from gateway.dev import dev_router
+        from gateway.dev import LOOPBACK_ONLY, LoopbackOnly, dev_router
 
         log.warning("DEV MODE: demo page and unauthenticated publishing endpoints are enabled; never in production")
         public.include_router(dev_router(runtime))
+        public.add_middleware(LoopbackOnly)  # dev routes answer loopback peers only, however the server was started
 
-        @public.get("/dev/metrics", tags=["Development"], summary="Prometheus metrics for the demo page")
+        @public.get(
+            "/dev/metrics",
+            tags=["Development"],
+            summary="Prometheus metrics for the demo page",
+            responses=LOOPBACK_ONLY,
+        )
         async def dev_metrics() -> Response:
             return await prometheus_metrics()
 

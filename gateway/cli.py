@@ -86,6 +86,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.workers is not None:
         overrides["workers"] = args.workers
     settings = GatewaySettings(**overrides)  # type: ignore[arg-type]
+    _check_dev_mode_host(settings)
     issuer = None
     if not (settings.jwks_url or settings.oidc_issuer):
         if not settings.dev_mode:
@@ -108,6 +109,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if issuer is not None:
             issuer.stop()
     return 0
+
+
+def _check_dev_mode_host(settings: GatewaySettings) -> None:
+    """Dev mode publishes without authentication and hands out tokens for any tenant: loopback hosts only."""
+    from gateway.dev_issuer import is_loopback
+
+    if settings.dev_mode and not is_loopback(settings.host):
+        raise UserError(
+            f"dev mode (--dev or GATEWAY_DEV_MODE=true) runs only on a loopback address, not on host "
+            f"{settings.host!r} (--host or GATEWAY_HOST): it lets anyone who reaches it publish statuses and get "
+            "tokens for any tenant; use 127.0.0.1 (and an SSH tunnel or a port-forward), or turn dev mode off"
+        )
 
 
 def _start_dev_issuer(settings: GatewaySettings) -> BackgroundIssuer:

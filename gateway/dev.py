@@ -9,12 +9,22 @@ must never be enabled in production.
 - ``POST /dev/sessions``: publishes a new session as ``active`` and returns a session-scoped
   token from the dev issuer (``GATEWAY_DEV_ISSUER_URL``) and the URL to stream its events.
 - ``POST /dev/sessions/{id}/status``: publishes the next status of a session.
+
+Dev mode runs on loopback only: ``serve`` refuses it on any other ``GATEWAY_HOST``, and every route
+here (and ``GET /dev/metrics``: the public port's routes but ``/livez``, through ``LoopbackOnly``)
+answers 403 to a request whose peer is not a loopback address, before reading it, however the server
+was started (uvicorn on ``0.0.0.0``, a container's published port). The peer is the ASGI client: the
+TCP peer, or, from a proxy the server trusts (uvicorn: loopback peers, unless ``FORWARDED_ALLOW_IPS``
+says otherwise), the client its ``X-Forwarded-For`` names; so a local proxy relaying a remote client
+is refused too. ``serve`` binds loopback only, so its TCP peers are always local: a tunnel or a
+port-forward to it is the supported way in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import re
 import uuid
@@ -26,8 +36,9 @@ from urllib.parse import quote, urlencode
 
 import httpx
 from fastapi import APIRouter, Body, FastAPI, HTTPException, Path
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.publish import StatusPublisher, build_event
 from schemas import TERMINAL_STATUSES, SessionStatus, SessionType
@@ -87,6 +98,54 @@ class PublishedStatus(BaseModel):
         description="What the gateway's store did with the record: `applied`, or `ignored: <why>` "
         "(repeated status, backward move, after a terminal status, tenant changed), or `not consumed yet`.",
     )
+
+
+def loopback_peer(client: object) -> bool:
+    """Whether an ASGI ``client`` (``(host, port)``) is a loopback address; an unknown peer (None) is not."""
+    if not isinstance(client, tuple | list) or not client or not isinstance(client[0], str):
+        return False
+    try:
+        address = ipaddress.ip_address(client[0].split("%", 1)[0])  # an IPv6 zone ("::1%lo") is not part of it
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def refusal(client: object) -> str | None:
+    """Why a dev route refuses a request from ``client``, or None when it comes from this machine."""
+    if loopback_peer(client):
+        return None
+    peer = client[0] if isinstance(client, tuple | list) and client else "an unknown address"
+    return (
+        f"Dev mode answers only requests from this machine (a loopback address); this one came from {peer}. "
+        "Reach a dev gateway through 127.0.0.1 (an SSH tunnel or a port-forward), never over the network."
+    )
+
+
+class LoopbackOnly:
+    """ASGI middleware of the public app in dev mode: 403 to a non-loopback peer, before its request is read.
+
+    Everything the public app serves in dev mode is a dev route, except the bare ``/livez``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/livez":
+            reason = refusal(scope.get("client"))
+            if reason is not None:
+                log.warning("dev: refused %s %s from a non-loopback peer", scope["method"], scope["path"])
+                await JSONResponse({"detail": reason}, status_code=403, headers=_NO_STORE)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+LOOPBACK_ONLY: dict[int | str, dict[str, Any]] = {
+    403: {"description": "The request did not come from a loopback address."}
+}
 
 
 # What the store does with a record that does not move the session forward (see consumers/store.py).
@@ -167,7 +226,7 @@ def dev_router(runtime: Runtime) -> APIRouter:
         finally:
             await publisher.close()
 
-    router = APIRouter(tags=[DEV_TAG], lifespan=lifespan)
+    router = APIRouter(tags=[DEV_TAG], lifespan=lifespan, responses=LOOPBACK_ONLY)
 
     def remember(session_id: str, tenant: str) -> None:
         tenants[session_id] = tenant

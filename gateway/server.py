@@ -51,6 +51,7 @@ async def drain(app: GatewayApp, sig: signal.Signals) -> None:
     seconds = app.runtime.settings.drain_seconds if sig == signal.SIGTERM else 0.0
     log.info("received %s: draining %d streams over %.1fs", sig.name, len(connections), seconds)
     connections.start_drain(seconds)
+    app.runtime.share_readiness()  # with --workers: the siblings answer not ready from now on too
     try:
         await asyncio.wait_for(connections.drained.wait(), timeout=seconds + 2.0)
     except TimeoutError:

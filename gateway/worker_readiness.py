@@ -8,6 +8,12 @@ that can serve renews its slot (``Runtime`` does it twice a second) with a deadl
 monotonic clock, and every worker's ``/readyz`` requires every slot to be current. A worker that is
 frozen (SIGSTOP, a blocked event loop) or dead stops renewing, so its slot runs out within
 ``VALIDITY`` seconds instead of reporting the pod ready forever.
+
+A worker's own answer and its slot change together: whenever it evaluates its own checks (each
+renewal, each ``/readyz`` it answers, the start of a drain) it writes the result to its slot first,
+and it answers ready only while every slot, its own included, is current. So the pod's answer is the
+same whichever worker a probe reaches: a worker never answers ready before its siblings can see it is,
+nor not ready while its siblings still see it as ready.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ class WorkerReadiness:
         """Records whether this worker, by itself, can serve (for the next ``VALIDITY`` seconds)."""
         self._ready_until[self.index] = time.monotonic() + VALIDITY if ready else 0.0
 
-    def others_not_ready(self) -> list[int]:
-        """The indexes of the other workers that cannot serve, or have not said so recently."""
+    def not_ready(self) -> list[int]:
+        """The indexes of the workers, this one included, that cannot serve or have not said so recently."""
         now = time.monotonic()
-        return [index for index, until in enumerate(self._ready_until) if until <= now and index != self.index]
+        return [index for index, until in enumerate(self._ready_until) if until <= now]

@@ -290,6 +290,38 @@ async def test_eviction_while_running(kafka_bootstrap: str) -> None:
         assert "live-2" in running.store
 
 
+async def test_future_dated_records_do_not_hold_back_eviction(kafka_bootstrap: str) -> None:
+    """Issue 19's scenario, scaled: 1,100 sessions dated 30 days ahead, then 20,000 normal ones, a short TTL.
+
+    The normal sessions used to stay (the sweep stopped after 1,024 live entries, and the future-dated ones
+    stayed live for 30 days); now every session is evicted within its arrival + skew + TTL.
+    """
+    topic = unique_topic("evict-ahead")
+    await create_topic(kafka_bootstrap, topic, partitions=1)
+    ttl = timedelta(seconds=10)  # room for producing and consuming 21,100 records on a loaded machine
+    async with running_consumer(kafka_bootstrap, topic, session_ttl=ttl, kafka_health_interval=0.2) as running:
+        running.store.max_clock_skew_ms = 2_000  # the default skew is 30 s; 2 s keeps the test short
+        await running.wait_caught_up(30)
+        ahead = datetime.now(UTC) + timedelta(days=30)
+        await produce(
+            kafka_bootstrap,
+            topic,
+            [(f"ahead-{i}".encode(), event_bytes(f"ahead-{i}", "t", "active", ahead)) for i in range(1_100)],
+            partition=0,
+        )
+        now = datetime.now(UTC)
+        normal = [(f"normal-{i}".encode(), event_bytes(f"normal-{i}", "t", "active", now)) for i in range(20_000)]
+        await produce(kafka_bootstrap, topic, normal, partition=0)
+        started = time.monotonic()
+        await running.wait_until(
+            lambda: running.store.evicted["ttl"] == 21_100,
+            60,
+            "not every session was evicted by its TTL",
+        )
+        print(f"\n21,100 sessions evicted {time.monotonic() - started:.1f}s after they were produced (TTL 10 s)")
+        assert len(running.store) == 0
+
+
 async def test_bad_records_are_skipped_and_counted(kafka_bootstrap: str) -> None:
     topic = unique_topic("bad")
     await create_topic(kafka_bootstrap, topic, partitions=1)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from consumers.records import StatusUpdate
-from consumers.store import Outcome, SessionStore, Transition
+from consumers.store import MAX_CLOCK_SKEW_MS, Outcome, SessionStore, Transition
 from schemas import SessionStatus, SessionStatusEvent, SessionType
 
 T0 = 1_714_564_800_000  # 2024-05-01T12:00:00Z in ms
@@ -52,14 +52,21 @@ def make_store(
 
 
 class Feeder:
-    """Applies events with increasing offsets, like a partition would deliver them."""
+    """Applies events with increasing offsets, like a partition would deliver them.
 
-    def __init__(self, store: SessionStore, partition: int = 0) -> None:
+    With ``clock``, each event arrives when it happened: the clock is moved forward to its ``updatedAt``
+    first (never back), so no event is dated ahead of its arrival.
+    """
+
+    def __init__(self, store: SessionStore, partition: int = 0, clock: Clock | None = None) -> None:
         self.store = store
         self.partition = partition
         self.offset = 0
+        self.clock = clock
 
     def __call__(self, event: StatusUpdate) -> tuple[Outcome, Transition | None]:
+        if self.clock is not None:
+            self.clock.now_ms = max(self.clock.now_ms, event.updated_ms)
         result = self.store.apply(event, self.partition, self.offset)
         self.offset += 1
         return result
@@ -277,8 +284,9 @@ def test_recreated_session_is_not_evicted_by_an_old_terminal_entry() -> None:
 
 
 def test_idle_sessions_are_evicted_after_ttl() -> None:
-    store = make_store(retention_ms=HOUR, ttl_ms=10 * MINUTE, clock=Clock(T0 - 20 * MINUTE))
-    feed = Feeder(store)
+    clock = Clock(T0 - 20 * MINUTE)
+    store = make_store(retention_ms=HOUR, ttl_ms=10 * MINUTE, clock=clock)
+    feed = Feeder(store, clock=clock)
     feed(ev("idle", "active", T0 - 20 * MINUTE))
     feed(ev("idle-fetched", "fetched", T0 - 15 * MINUTE))
     feed(ev("busy", "active", T0 - 20 * MINUTE))
@@ -313,21 +321,21 @@ def test_eviction_is_idempotent_and_cheap_when_nothing_expired() -> None:
 
 def test_ttl_eviction_does_not_depend_on_arrival_order() -> None:
     """A replay interleaves partitions, so an old update often arrives after a newer one."""
-    store = make_store(retention_ms=HOUR, ttl_ms=30 * MINUTE, clock=Clock(T0 - 2 * HOUR))
+    store = make_store(retention_ms=HOUR, ttl_ms=30 * MINUTE, clock=Clock(T0))
     feed = Feeder(store)
     feed(ev("fresh", "active", T0))
-    feed(ev("stale", "active", T0 - 2 * HOUR))  # arrives later, happened earlier
-    assert store.evict_expired(T0 + SECOND) == ["stale"]
+    feed(ev("stale", "active", T0 - 20 * MINUTE))  # arrives later, happened earlier
+    assert store.evict_expired(T0 + 15 * MINUTE) == ["stale"]
     assert store.evicted["ttl"] == 1
     assert "fresh" in store
 
 
 def test_terminal_retention_does_not_depend_on_arrival_order() -> None:
-    store = make_store(retention_ms=10 * MINUTE, ttl_ms=DAY, clock=Clock(T0 - HOUR))
+    store = make_store(retention_ms=10 * MINUTE, ttl_ms=DAY, clock=Clock(T0))
     feed = Feeder(store)
     feed(ev("done-now", "completed", T0))
-    feed(ev("done-long-ago", "completed", T0 - HOUR))  # arrives later, happened earlier
-    assert store.evict_expired(T0 + SECOND) == ["done-long-ago"]
+    feed(ev("done-earlier", "completed", T0 - 8 * MINUTE))  # arrives later, happened earlier
+    assert store.evict_expired(T0 + 5 * MINUTE) == ["done-earlier"]
     assert store.evicted["terminal_retention"] == 1
     assert "done-now" in store
 
@@ -519,3 +527,137 @@ def test_memory_returns_to_its_baseline_after_a_flood_of_300000_sessions() -> No
     assert peak_blocks > 900_000 and peak_tables > 10e6, "the flood should have cost memory"
     assert left_blocks < 1000, f"{left_blocks} blocks still held after the flood was evicted"
     assert left_tables < 64_000, f"{left_tables} bytes of tables still held after the flood was evicted"
+
+
+# --------------------------------------------------------------------------------------------------
+# Record order cannot defeat eviction: an update counts from no later than its arrival plus the skew
+
+SKEW = MAX_CLOCK_SKEW_MS
+SWEEP_EVERY = 5 * SECOND  # the consumer sweeps every GATEWAY_KAFKA_HEALTH_INTERVAL (5 s by default)
+
+
+def test_future_dated_sessions_do_not_hold_back_ttl_eviction() -> None:
+    """1,100 sessions dated 30 days ahead, then 20,000 normal ones; TTL 30 s, a sweep every 5 s.
+
+    The sweep reads at most SWEEP_LOOKAHEAD (1,024) live entries past the front of the store, and the
+    future-dated sessions counted as live for 30 days: nothing behind them was ever evicted (only
+    GATEWAY_MAX_SESSIONS bounded memory). Now nothing stays past its arrival + skew + TTL, so a session
+    is evicted at most ceil(skew / sweep interval) + 1 sweeps after it expired.
+    """
+    ttl = 30 * SECOND
+    clock = Clock(T0)
+    store = make_store(retention_ms=MINUTE, ttl_ms=ttl, clock=clock)
+    feed = Feeder(store)
+    arrived: dict[str, int] = {}
+    for i in range(1_100):
+        assert feed(ev(f"future-{i}", "active", T0 + 30 * DAY))[0] is Outcome.APPLIED
+        arrived[f"future-{i}"] = T0
+    for i in range(20_000):
+        clock.now_ms = T0 + i  # one a millisecond, each arriving as it happens
+        assert feed(ev(f"normal-{i}", "active", clock.now_ms))[0] is Outcome.APPLIED
+        arrived[f"normal-{i}"] = clock.now_ms
+    held: list[int] = []
+    sweeps = 0
+    while len(store) and sweeps < 40:
+        sweeps += 1
+        clock.now_ms = T0 + sweeps * SWEEP_EVERY
+        store.evict_expired(clock.now_ms)
+        held.append(len(store))
+        overdue = [s for s, at in arrived.items() if at + SKEW + ttl < clock.now_ms and s in store]
+        assert not overdue, (
+            f"sweep {sweeps} at +{sweeps * SWEEP_EVERY // SECOND}s: {len(overdue)} sessions held past their "
+            f"arrival + skew + TTL (e.g. {overdue[:3]}); sessions held after each sweep: {held}"
+        )
+    assert len(store) == 0, f"sessions held after each sweep: {held}"
+    # The future-dated sessions count from their arrival + skew: the first sweep after that + TTL takes them,
+    # and with them every normal session (all expired by then, the last one at +20 s + TTL).
+    assert sweeps == (SKEW + ttl) // SWEEP_EVERY + 1, held
+    print(f"\nsessions held after each sweep (every 5 s): {held}")
+    assert store.evicted == {"terminal_retention": 0, "ttl": 21_100, "max_sessions": 0}
+
+
+def test_a_future_dated_update_is_served_as_sent_and_expires_from_its_arrival() -> None:
+    clock = Clock(T0)
+    store = make_store(retention_ms=MINUTE, ttl_ms=HOUR, clock=clock)
+    feed = Feeder(store, partition=3)
+    assert feed(ev("ahead", "active", T0 + 30 * DAY, kind="presentation"))[0] is Outcome.APPLIED
+    snapshot = store.get("ahead")
+    assert snapshot is not None
+    assert snapshot.type is SessionType.PRESENTATION and snapshot.tenant_id == "tenant-a"
+    assert snapshot.transitions == (Transition("ahead", SessionStatus.ACTIVE, T0 + 30 * DAY, 3, 0),)
+    clock.now_ms = T0 + SKEW + HOUR
+    assert store.get("ahead") is not None
+    clock.now_ms += 1
+    assert store.get("ahead") is None, "served past its arrival + skew + TTL"
+    assert store.evict_expired(clock.now_ms) == ["ahead"]
+    assert store.tenant_count == 0
+
+
+def test_the_clamp_follows_the_last_update() -> None:
+    """A session dated ahead, then updated normally, counts from that update; dated ahead again, from its arrival."""
+    clock = Clock(T0)
+    store = make_store(retention_ms=MINUTE, ttl_ms=HOUR, clock=clock)
+    feed = Feeder(store)
+    feed(ev("s1", "active", T0 + DAY, kind="issuance"))
+    clock.now_ms = T0 + 10 * MINUTE
+    assert feed(ev("s1", "fetched", T0 + 10 * MINUTE))[0] is Outcome.APPLIED  # within the skew: not clamped
+    assert statuses(store, "s1") == ["active", "fetched"]
+    clock.now_ms = T0 + 10 * MINUTE + HOUR
+    assert store.get("s1") is not None, "counts from its own updatedAt again"
+    clock.now_ms += 1
+    assert store.get("s1") is None
+
+    clock.now_ms = T0
+    feed(ev("s2", "active", T0))
+    feed(ev("s2", "completed", T0 + 2 * DAY))  # a terminal update dated ahead: retention from its arrival
+    snapshot = store.get("s2")
+    assert snapshot is not None and snapshot.current.updated_ms == T0 + 2 * DAY
+    assert [t.updated_ms for t in snapshot.transitions] == [T0, T0 + 2 * DAY]
+    assert store.evict_expired(T0 + SKEW + MINUTE) == []
+    assert store.evict_expired(T0 + SKEW + MINUTE + 1) == ["s2"]
+
+
+def test_tenant_renumbering_keeps_clamped_sessions_intact() -> None:
+    clock = Clock(T0)
+    store = make_store(retention_ms=MINUTE, ttl_ms=HOUR, clock=clock)
+    feed = Feeder(store)
+    for i in range(5_000):  # 5,000 tenants that end, so that the codes are renumbered at the next sweep
+        feed(ev(f"gone-{i}", "completed", T0, tenant=f"gone-{i}"))
+    feed(ev("ahead", "fetched", T0 + DAY, tenant="kept", kind="issuance"))
+    store.evict_expired(T0 + SKEW + 2 * MINUTE)
+    snapshot = store.get("ahead", T0 + SKEW)
+    assert snapshot is not None and snapshot.tenant_id == "kept" and snapshot.type is SessionType.ISSUANCE
+    assert snapshot.transitions == (Transition("ahead", SessionStatus.FETCHED, T0 + DAY, 0, 5_000),)
+    assert store.get("ahead", T0 + SKEW + HOUR + 1) is None
+
+
+def test_no_record_order_or_date_keeps_a_session_past_its_arrival_plus_skew_plus_ttl() -> None:
+    """Random order, random dates (far ahead, just ahead, now, backdated, too old), random sweeps: the bound holds."""
+    import random
+
+    rng = random.Random(19)
+    ttl, retention = 20 * MINUTE, 2 * MINUTE
+    clock = Clock(T0)
+    store = make_store(retention_ms=retention, ttl_ms=ttl, clock=clock)
+    feed = Feeder(store)
+    next_status = {"active": ["fetched", "completed", "failed"], "fetched": ["completed", "expired", "cancelled"]}
+    current: dict[str, str] = {}
+    last_arrival: dict[str, int] = {}
+    dates = [30 * DAY, SKEW // 2, 0, -ttl // 2, -2 * ttl, 7 * DAY, -retention // 3]
+    for step in range(60_000):
+        clock.now_ms += rng.randrange(0, 200)
+        session = f"s{rng.randrange(8_000)}"
+        status = rng.choice(next_status.get(current.get(session, ""), ["active"]))
+        outcome, _ = feed(ev(session, status, clock.now_ms + rng.choice(dates)))
+        if outcome is Outcome.APPLIED:
+            current[session] = status
+            last_arrival[session] = clock.now_ms
+        if step % 997 == 0:
+            for gone in store.evict_expired(clock.now_ms):
+                current.pop(gone)
+            for session, status in current.items():
+                limit = retention if status in ("completed", "failed", "expired", "cancelled") else ttl
+                assert last_arrival[session] + SKEW + limit >= clock.now_ms, (
+                    f"{session} ({status}) held past its arrival + skew + {limit // SECOND}s at step {step}"
+                )
+    assert store.evicted["ttl"] + store.evicted["terminal_retention"] > 1_000

@@ -212,6 +212,60 @@ async def test_the_server_is_unready_while_any_worker_cannot_serve(
         gateway.stop()
 
 
+READY_STARTS = 4
+PROBES_AFTER_READY = 200
+
+
+async def readyz_status(probe: httpx.AsyncClient, url: str) -> int:
+    """One /readyz on a fresh connection: whichever worker the kernel picks answers (0: nobody listens yet)."""
+    try:
+        response = await probe.get(url, headers={"connection": "close"})
+    except httpx.ConnectError:
+        await asyncio.sleep(0.05)  # the workers have not bound the port yet
+        return 0
+    return response.status_code
+
+
+async def test_readiness_does_not_flap_right_after_the_first_200(
+    kafka_bootstrap: str, jwks: JwksServer, tmp_path: Path
+) -> None:
+    """Right after the pod's first 200, every probe on a fresh connection (either worker) is 200 too.
+
+    A worker used to answer 200 from its own checks as soon as it could serve, but to write its shared slot
+    only at its next renewal (up to 0.5 s later); a probe reaching its sibling meanwhile got 503 ("worker 1
+    of this server not ready yet"). Probed in a tight loop, that window shows on most starts.
+    """
+    topic = unique_topic("workers-flap")
+    await create_topic(kafka_bootstrap, topic, partitions=3)
+    sessions = [new_session(f"f{i}") for i in range(10)]
+    await produce(kafka_bootstrap, topic, [(s.encode(), event_bytes(s, TENANT, "active")) for s in sessions])
+    flapped: list[dict[int, int]] = []
+    for start in range(READY_STARTS):
+        gateway = two_workers(
+            kafka_bootstrap, topic, jwks, tmp_path / f"flap-{start}.log", GATEWAY_INSTANCE_ID=f"wflap{start}"
+        )
+        gateway.start()
+        try:
+            async with httpx.AsyncClient(timeout=5.0, limits=httpx.Limits(max_keepalive_connections=0)) as probe:
+                url = f"{gateway.internal_url}/readyz"
+                deadline = time.monotonic() + 90
+                while await readyz_status(probe, url) != 200:
+                    assert gateway.process is not None and gateway.process.poll() is None, gateway.logs()[-3000:]
+                    assert time.monotonic() < deadline, f"never ready:\n{gateway.logs()[-3000:]}"
+                answers = Counter([await readyz_status(probe, url) for _ in range(PROBES_AFTER_READY)])
+        finally:
+            gateway.stop()
+        probed = Counter(
+            str(entry.get("instance"))
+            for entry in log_entries(gateway)
+            if "/readyz" in str(entry.get("message", "")) and entry.get("logger") == "uvicorn.access"
+        )
+        assert set(probed) == {f"wflap{start}-w0", f"wflap{start}-w1"}, f"probes per worker: {probed}"
+        flapped.append({code: count for code, count in answers.items() if code != 200})
+    print(f"\nanswers other than 200 among {PROBES_AFTER_READY} probes right after the first 200, per start: {flapped}")
+    assert not any(flapped), f"readiness flapped after the first 200 (status: count, per start): {flapped}"
+
+
 def _catches(pid: int, sig: int) -> bool:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("SigCgt:"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -82,6 +83,9 @@ RECORD_LOG_SUPPRESSED = Counter(
 )
 
 
+_FOLDINGS: weakref.WeakSet[ReasonFolding] = weakref.WeakSet()
+
+
 class _Window:
     __slots__ = ("level", "logged", "started", "suppressed", "suppressed_total")
 
@@ -91,6 +95,12 @@ class _Window:
         self.suppressed = 0
         self.level = logging.NOTSET
         self.suppressed_total = suppressed_total  # the metric's child of this reason
+
+
+def flush_all() -> None:
+    """Summary lines of every folding whose interval is over (the runtime's log-summary task calls this)."""
+    for folding in list(_FOLDINGS):
+        folding.flush()
 
 
 class ReasonFolding:
@@ -122,6 +132,7 @@ class ReasonFolding:
         self.what = what  # what the lines are about, for the summary line
         self._suppressed = suppressed  # a counter labelled by reason
         self._windows: dict[str, _Window] = {}
+        _FOLDINGS.add(self)
 
     def log(self, level: int, reason: str, msg: str, *args: object, logger: logging.Logger | None = None) -> bool:
         """Logs ``msg % args`` (on ``logger``, else this folding's) unless this reason already had its lines

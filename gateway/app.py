@@ -183,6 +183,7 @@ class Runtime:
         while True:
             await asyncio.sleep(aggregator.interval / 4)
             aggregator.flush()
+            log_aggregation.flush_all()  # folded lines of refused requests and skipped records
 
     async def start(self) -> None:
         metrics.JWKS_LAST_REFRESH_AGE.set_function(self.jwks.seconds_since_refresh)

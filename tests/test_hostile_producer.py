@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from consumers.dead_letter import DeadLetter, DeadLetterWriter
+from consumers import log_aggregation
 from consumers.log_aggregation import ReasonFolding
 from consumers.settings import ConsumerSettings
 from tests.gateway_support import GatewayProcess, JwksServer, gateway_env, rsa_key
@@ -334,6 +335,13 @@ def test_folding_is_per_reason_and_interval_and_keeps_the_highest_level() -> Non
         assert emitted[-1][1].startswith("suppressed 1 more log lines of skipped records reason=a")
         silent = ReasonFolding(logger, lines=0, interval=60, clock=clock)
         assert silent.log(logging.WARNING, "c", "never") is False
+        # The runtime's log-summary task flushes every folding (refused requests have no poll loop).
+        requests = ReasonFolding(logger, lines=1, interval=60, clock=clock, what="refused requests")
+        requests.log(logging.INFO, "missing_token", "first")
+        requests.log(logging.INFO, "missing_token", "second")
+        clock.now += 60
+        log_aggregation.flush_all()
+        assert emitted[-1][1].startswith("suppressed 1 more log lines of refused requests reason=missing_token")
     finally:
         logger.removeHandler(handler)
 

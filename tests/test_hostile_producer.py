@@ -24,8 +24,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
-from consumers.dead_letter import DeadLetter, DeadLetterWriter
 from consumers import log_aggregation
+from consumers.dead_letter import DeadLetter, DeadLetterWriter
 from consumers.log_aggregation import ReasonFolding
 from consumers.settings import ConsumerSettings
 from tests.gateway_support import GatewayProcess, JwksServer, gateway_env, rsa_key

@@ -234,7 +234,7 @@ async def test_the_open_files_warning_says_what_it_checks(dev_serve: DevServe) -
 async def test_watch_with_a_token_from_dev_token(dev_serve: DevServe, kafka_bootstrap: str) -> None:
     session = new_session("first-watch")
     await produce(kafka_bootstrap, dev_serve.topic, [(session.encode(), event_bytes(session, "demo-tenant", "active"))])
-    # The README's command line: watch SESSION --token "$(session-gateway dev-token --tenant demo-tenant)".
+    # docs/cli.md's command line: watch SESSION --token "$(session-gateway dev-token --tenant demo-tenant)".
     command = (
         f"{shlex.join(cli_command())} watch {session} --url {dev_serve.url} --token "
         f'"$({shlex.join(cli_command())} dev-token --tenant demo-tenant --issuer {dev_serve.issuer_url})"'

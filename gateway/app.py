@@ -36,7 +36,7 @@ from gateway.docs import mount_docs
 from gateway.jwks import JwksCache
 from gateway.settings import GatewaySettings
 from gateway.sse import encode_transition
-from gateway.stream_route import PATH_TEMPLATE, match, openapi_operation
+from gateway.stream_route import PATH_TEMPLATE, openapi_operation
 from gateway.subscribe import EventsEndpoint
 from gateway.worker_readiness import WorkerReadiness
 
@@ -208,10 +208,10 @@ class Runtime:
 class GatewayApp:
     """ASGI entry point; see the module docstring.
 
-    The stream route goes to ``EventsEndpoint`` (matched once, on the raw path, see
-    ``gateway.stream_route``). The public port serves only that and a bare ``/livez`` (plus the demo
-    in dev mode); health details, metrics and docs are on the internal port, told apart by the
-    request's local port (``scope["server"]``). With ``GATEWAY_INTERNAL_PORT=0`` everything is on one port.
+    The stream route and its preflight never reach it: the HTTP edge serves them (``gateway.uvicorn_edge``).
+    The public port serves a bare ``/livez`` (plus the demo in dev mode); health details, metrics and docs
+    are on the internal port, told apart by the request's local port (``scope["server"]``). With
+    ``GATEWAY_INTERNAL_PORT=0`` everything is on one port.
     """
 
     def __init__(self, runtime: Runtime, public: FastAPI, internal: FastAPI, events: EventsEndpoint) -> None:
@@ -230,16 +230,9 @@ class GatewayApp:
         return server is not None and server[1] == self._internal_port
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        # A plain function returning the endpoint's coroutine: no frame of its own per open stream.
         if scope["type"] != "http":
             return self.internal(scope, receive, send)  # lifespan
-        internal = self.is_internal(scope)
-        if not internal or not self._internal_port:
-            raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
-            session_id = match(raw_path, scope.get("root_path") or self._root_path)
-            if session_id is not None and scope["method"] in ("GET", "OPTIONS"):
-                return self.events(scope, receive, send, session_id)
-        return (self.internal if internal else self.public)(scope, receive, send)
+        return (self.internal if self.is_internal(scope) else self.public)(scope, receive, send)
 
 
 def _openapi(internal: FastAPI, public: FastAPI) -> Callable[[], dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""One open SSE stream on the native engine: events go straight to the connection, no coroutine per stream.
+"""One open SSE stream: events go straight to the connection, no coroutine per stream.
 
 After the handshake a stream is this object, its connection's protocol and the transport: the hub
 writes an event with one ``write`` call, the shared clock writes heartbeats and checks for stalls.
@@ -16,7 +16,15 @@ from typing import Protocol
 
 from gateway import metrics
 from gateway.sse import HEARTBEAT
-from gateway.subscriber import ABORT_REASONS, observe_delivery
+
+# Reasons after which nothing more is written, not even what is buffered.
+ABORT_REASONS = frozenset({"slow_client", "client_disconnected"})
+
+
+def observe_delivery(record_timestamp_ms: int) -> None:
+    """Counts one delivered live event and its delay from the record's timestamp."""
+    metrics.DELIVERY_DELAY.observe(max(0.0, time.time() * 1000 - record_timestamp_ms) / 1000)
+    metrics.EVENTS_DELIVERED.inc()
 
 
 class StreamChannel(Protocol):

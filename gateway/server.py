@@ -8,7 +8,7 @@ gradually; only then does uvicorn shut down, bounded by ``GATEWAY_SHUTDOWN_GRACE
 SIGINT (Ctrl-C) drains at once; a second signal exits immediately.
 
 The public port (streams) and the internal port (health, metrics, docs) are two listening sockets
-of one uvicorn server. Which HTTP engine serves them is decided by ``gateway.uvicorn_edge``.
+of one uvicorn server, both read by the gateway's HTTP edge (``gateway.uvicorn_edge``).
 
 ``GATEWAY_WORKERS=N`` (``serve --workers N``) runs N such servers as separate processes, each an
 independent replica (its own Kafka consumer reading every partition, its own store, streams and
@@ -38,9 +38,17 @@ import uvicorn
 
 from consumers.settings import ConsumerSettings
 from gateway.app import GatewayApp, create_app
+from gateway.diagnostics import UserError
 from gateway.logging_setup import configure_logging
 from gateway.settings import GatewaySettings
-from gateway.uvicorn_edge import EdgeLimits, EdgeProtocol, EdgeState, GatewayServer, check_engine
+from gateway.uvicorn_edge import (
+    EdgeLimits,
+    EdgeProtocol,
+    EdgeState,
+    GatewayServer,
+    check_engine,
+    supported_versions,
+)
 from gateway.worker_readiness import WorkerReadiness
 
 log = logging.getLogger("gateway.server")
@@ -61,34 +69,34 @@ async def drain(app: GatewayApp, sig: signal.Signals) -> None:
     log.info("drain finished, %d streams left; shutting down", len(connections))
 
 
-def choose_engine(settings: GatewaySettings) -> str:
+def check_http_engine(settings: GatewaySettings) -> None:
+    """Raises ``UserError`` unless the gateway's HTTP edge can run here (see ``gateway.uvicorn_edge``)."""
     if settings.http_engine == "asgi":
-        return "asgi"
+        raise UserError(
+            "GATEWAY_HTTP_ENGINE=asgi: the portable ASGI engine was removed; the gateway serves on its own HTTP "
+            f"edge on {supported_versions()} (remove the setting, or set it to native)"
+        )
     problem = check_engine()
     if problem:
-        log.warning("native HTTP engine unavailable (%s): serving on the portable ASGI path", problem)
-        return "asgi"
-    return "native"
+        raise UserError(f"cannot serve: {problem}; the gateway's HTTP edge runs on {supported_versions()}")
 
 
 def build_server(
     settings: GatewaySettings, consumer_settings: ConsumerSettings, workers: WorkerReadiness | None = None
-) -> tuple[GatewayServer, str]:
+) -> GatewayServer:
     log_config = configure_logging(settings.log_level, settings.log_format, settings.instance_id)
+    check_http_engine(settings)
     app = create_app(settings, consumer_settings, workers)
-    engine = choose_engine(settings)
-    http: object = "httptools"
-    if engine == "native":
-        limits = EdgeLimits(
-            idle_timeout=settings.idle_timeout,
-            head_timeout=settings.request_head_timeout,
-            max_header_bytes=settings.max_header_bytes,
-            max_sockets=settings.max_sockets,
-            internal_port=settings.internal_port if settings.internal_port != settings.port else 0,
-            root_path=settings.root_path,
-            access_log=settings.access_log,
-        )
-        http = functools.partial(EdgeProtocol, EdgeState(limits, app.events))
+    limits = EdgeLimits(
+        idle_timeout=settings.idle_timeout,
+        head_timeout=settings.request_head_timeout,
+        max_header_bytes=settings.max_header_bytes,
+        max_sockets=settings.max_sockets,
+        internal_port=settings.internal_port if settings.internal_port != settings.port else 0,
+        root_path=settings.root_path,
+        access_log=settings.access_log,
+    )
+    http = functools.partial(EdgeProtocol, EdgeState(limits, app.events, app))
     config = uvicorn.Config(
         app,
         loop="uvloop",
@@ -106,7 +114,7 @@ def build_server(
         # GATEWAY_ROOT_PATH is applied by the stream route itself (with or without the prefix);
         # given to uvicorn too, it would be prepended a second time to paths that carry it.
     )
-    return GatewayServer(config, functools.partial(drain, app)), engine
+    return GatewayServer(config, functools.partial(drain, app))
 
 
 def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -137,6 +145,7 @@ def listening_sockets(settings: GatewaySettings) -> list[socket.socket]:
 
 
 def serve(settings: GatewaySettings, consumer_settings: ConsumerSettings) -> None:
+    check_http_engine(settings)
     if settings.workers > 1:
         raise SystemExit(supervise_workers(settings, consumer_settings))
     serve_one(settings, consumer_settings)
@@ -145,14 +154,13 @@ def serve(settings: GatewaySettings, consumer_settings: ConsumerSettings) -> Non
 def serve_one(
     settings: GatewaySettings, consumer_settings: ConsumerSettings, workers: WorkerReadiness | None = None
 ) -> None:
-    server, engine = build_server(settings, consumer_settings, workers)
+    server = build_server(settings, consumer_settings, workers)
     sockets = listening_sockets(settings)
     log.info(
-        "serving streams on %s:%d and health/metrics/docs on %s (%s HTTP engine)",
+        "serving streams on %s:%d and health/metrics/docs on %s",
         settings.host,
         settings.port,
         f"{settings.internal_host}:{settings.internal_port}" if len(sockets) > 1 else "the same port",
-        engine,
     )
     server.run(sockets=sockets)
 

@@ -33,7 +33,9 @@ class GatewaySettings(BaseSettings):
     )
     root_path: str = Field("", description="Path prefix a proxy strips before forwarding (ASGI root_path).")
     http_engine: Literal["native", "asgi"] = Field(
-        "native", description="native: the gateway's own HTTP edge on uvicorn; asgi: portable ASGI path."
+        "native",
+        description="native: the gateway's own HTTP edge on uvicorn (asgi, the removed portable engine, "
+        "is refused at start-up).",
     )
     instance_id: str = Field(default_factory=socket.gethostname, description="Replica name, for logs.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

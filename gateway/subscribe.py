@@ -1,10 +1,10 @@
 """``GET /session/{id}/events``: admits a stream request, then opens its stream.
 
-Admission (token, tenant, limits, waiting for a session or a resume position) is one path shared by
-both engines: the native one (``gateway.uvicorn_edge``, a stream is written straight to its
-connection) and the portable ASGI one (``__call__``, for any ASGI server). Everything a request
-parsed (headers, the query with the token, claims) lives in the admission's frames and is freed
-once the stream is open; a stream keeps only what it writes.
+Admission (token, tenant, limits, waiting for a session or a resume position), then the stream's first
+frames and its registration; ``gateway.uvicorn_edge`` reads the request and writes the stream straight
+to its connection (``gateway.native_stream``). Everything a request parsed (headers, the query with the
+token, claims) lives in the admission's frames and is freed once the stream is open; a stream keeps
+only what it writes.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
-
-from starlette.types import Receive, Scope, Send
 
 from consumers.hub import Hub
 from consumers.log_aggregation import ReasonFolding
@@ -42,7 +40,6 @@ from gateway.logging_setup import request_id_var
 from gateway.settings import GatewaySettings
 from gateway.sse import EventPosition, encode_retry, encode_transition, parse_event_id
 from gateway.stream_route import MAX_SESSION_ID_LENGTH
-from gateway.subscriber import StreamSubscriber
 
 log = logging.getLogger("gateway.stream")
 
@@ -340,74 +337,9 @@ class EventsEndpoint:
             after = time.monotonic() - started
             log.log(level, "stream closed session=%r reason=%s after=%.1fs", session_id, reason, after)
 
-    # The portable ASGI engine --------------------------------------------------------------------
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, session_id: str) -> None:
-        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
-        if scope["method"] == "OPTIONS":
-            await _send_answer(send, self.preflight(headers))
-            return
-        # uvicorn has already applied its own proxy-header rule to scope["client"] (FORWARDED_ALLOW_IPS,
-        # loopback by default); the gateway's rule (GATEWAY_TRUSTED_PROXIES) applies on top of it.
-        peer = scope.get("client")
-        wanted = self.addresses.header.encode("latin-1")
-        forwarded = ",".join(value.decode("latin-1") for name, value in scope["headers"] if name == wanted)
-        client = self.addresses.client(peer[0] if peer else None, forwarded)
-        result = await self.admit(StreamRequest(session_id, scope.get("query_string", b""), headers, client))
-        del headers
-        if isinstance(result, Answer):
-            await _send_answer(send, result)
-            return
-        await self._stream_asgi(result, receive, send)
-
-    async def _stream_asgi(self, admission: Admission, receive: Receive, send: Send) -> None:
-        session_id, ticket = admission.snapshot.session_id, admission.ticket
-        subscriber = StreamSubscriber(
-            session_id, self.expires_at(admission.principal), self.settings.max_buffered_bytes, send
-        )
-        subscriber.on_close = lambda: self.connections.release(ticket)
-        frames, ends = self.first_frames(admission)
-        for number, frame in enumerate(frames):
-            subscriber.queue(frame, is_event=number > 0)
-        if ends:
-            subscriber.end_after_flush = True
-        else:
-            self.register(subscriber, session_id, ticket)
-        headers = [*STREAM_HEADERS, *admission.headers]
-        del admission
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        metrics.STREAMS_OPENED.inc()
-        if self.connections.draining:
-            # A browser's EventSource gives up for good on any error status, so a client reaching a
-            # draining replica gets what it missed and a normal end of stream, then retries elsewhere.
-            subscriber.close("draining")
-        watcher = asyncio.ensure_future(_watch_disconnect(receive, subscriber))
-        started = time.monotonic()
-        reason = "error"
-        try:
-            reason = await subscriber.run()
-            if reason not in ("slow_client", "client_disconnected"):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            watcher.cancel()
-            self.closed(subscriber, session_id, ticket, reason, started)
-
-
-async def _send_answer(send: Send, answer: Answer) -> None:
-    headers = list(answer.headers)
-    if answer.body or answer.status not in (204, 304):
-        headers.append((b"content-length", str(len(answer.body)).encode()))
-    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-    await send({"type": "http.response.body", "body": answer.body})
-
 
 def _initial_transitions(snapshot: SessionSnapshot, last_seen: EventPosition | None) -> list[Transition]:
     """The current state, or exactly the transitions a resuming client missed."""
     if last_seen is None or last_seen.partition != snapshot.current.partition:
         return [snapshot.current]
     return [t for t in snapshot.transitions if t.offset > last_seen.offset]
-
-
-async def _watch_disconnect(receive: Receive, subscriber: StreamSubscriber) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    subscriber.close("client_disconnected")

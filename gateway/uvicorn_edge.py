@@ -1,47 +1,48 @@
 """The HTTP edge: everything that depends on how uvicorn works inside lives in this module, and only here.
 
-Mechanism (chosen because uvicorn's own protocol cannot be bounded from outside: it parses without a
-header limit, has no deadline for a request head, and queues pipelined requests without bound):
-uvicorn's supported protocol hook (``Config(http=...)``) gets ``EdgeProtocol``, our own
-``asyncio.Protocol`` on httptools (the parser uvicorn itself uses). It reads each connection's request
-head under hard limits (idle timeout, head deadline, header bytes, a cap on all open sockets and a
-share of them per client address: the TCP peer at accept time, or for a trusted proxy's connection
-the client it names, once the head is read; see ``gateway.connections.ClientAddresses``), then:
+uvicorn's own protocol cannot be bounded from outside (no header limit, no deadline for a request head,
+an unbounded queue of pipelined requests), so uvicorn's supported protocol hook (``Config(http=...)``)
+gets ``EdgeProtocol``: our own ``asyncio.Protocol`` on httptools (the parser uvicorn itself uses). It
+reads each request head under hard limits (idle timeout, head deadline, header bytes, a cap on all open
+sockets and a share per client address, see ``gateway.connections.ClientAddresses``), then:
 
-- ``GET /session/{id}/events`` on the public port is served natively: admission is the shared code
-  in ``gateway.subscribe``, and the stream is written straight to the connection
-  (``gateway.native_stream``): no ASGI cycle, no task or coroutine per open stream;
-- anything else is handed to uvicorn's own ``HttpToolsProtocol`` for exactly one request (with
-  ``connection: close``, the body bounded by its ``content-length``; more pipelined bytes are
-  dropped), which runs the ASGI app (FastAPI) as usual.
+- ``GET /session/{id}/events`` (public port) is admitted by ``gateway.subscribe`` and written straight
+  to the connection (``gateway.native_stream``): no ASGI cycle, task or coroutine per open stream; the
+  stream ends the connection's reuse;
+- a CORS preflight of the stream route is answered here;
+- any other request is one ASGI call of the app (FastAPI), with keep-alive: requests on a connection are
+  read one at a time (the next head is not parsed before the answer to the previous one is written, and
+  what a client sends ahead is bounded by the head limit), each under the same limits.
 
-What we rely on of uvicorn: the ``Config(http=callable)`` hook and the keyword arguments it calls the
-protocol with, the constructor of ``HttpToolsProtocol``, and ``Server.handle_exit`` (see
-``GatewayServer``). ``check_engine()`` verifies them at start-up against the versions tested; when
-they do not match, or with ``GATEWAY_HTTP_ENGINE=asgi``, the gateway runs on uvicorn's stock
-protocol and the portable ASGI path (``EventsEndpoint.__call__``), slower, with uvicorn's own
-(weaker) limits. CI runs the stream tests on both engines.
+What we rely on of uvicorn: the ``Config(http=callable)`` hook, and ``Server.handle_exit`` and
+``Server.on_tick`` (see ``GatewayServer``). ``check_engine()`` verifies them at start-up against the
+versions tested (pinned in pyproject.toml); on any other version the gateway refuses to start and names
+the supported ones. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import inspect
 import logging
 import signal
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import FrameType
 from typing import Any, cast
+from urllib.parse import unquote_to_bytes
 
 import httptools
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from starlette.types import ASGIApp, Message
 
 from gateway import metrics
+from gateway.logging_setup import clip
 from gateway.native_stream import NativeStream
 from gateway.stream_route import match
 from gateway.subscribe import STREAM_HEADERS, Admission, Answer, EventsEndpoint, StreamRequest
@@ -60,7 +61,7 @@ access_log = logging.getLogger("uvicorn.access")
 # The versions this module was written and tested against (pyproject pins the same ranges).
 TESTED_UVICORN = ("0.54.",)
 TESTED_HTTPTOOLS = ("0.6.", "0.7.", "0.8.", "0.9.")
-_MAX_HANDOVER_BODY = 1024 * 1024
+_MAX_BODY = 1024 * 1024  # a request body (only the dev routes take one)
 _LINGER_SECONDS = 2.0
 _MAX_TRAILING_BYTES = 64 * 1024  # what a stream's client may send after its request before it is cut
 
@@ -82,6 +83,7 @@ class EdgeState:
 
     limits: EdgeLimits
     events: EventsEndpoint
+    app: ASGIApp  # every request that is not a stream or its preflight
     sockets: int = 0
     # Open public sockets per client address (``ClientAddresses``): at most ``per_address_share`` each.
     per_address: dict[str, int] = field(default_factory=dict)
@@ -109,20 +111,24 @@ class EdgeState:
 
 
 def check_engine() -> str | None:
-    """None when the native engine can run on the installed uvicorn, else why not."""
+    """None when the edge can run on the installed uvicorn and httptools, else why not."""
     version = getattr(uvicorn, "__version__", "?")
     if not version.startswith(TESTED_UVICORN):
-        return f"uvicorn {version} is not a tested version ({', '.join(TESTED_UVICORN)}x)"
+        return f"uvicorn {version} is not a tested version"
     parser_version = getattr(httptools, "__version__", "?")
     if not parser_version.startswith(TESTED_HTTPTOOLS):
         return f"httptools {parser_version} is not a tested version"
-    parameters = inspect.signature(HttpToolsProtocol.__init__).parameters
-    missing = {"config", "server_state", "app_state", "_loop"} - set(parameters)
-    if missing:
-        return f"uvicorn's HttpToolsProtocol no longer takes {sorted(missing)}"
-    if not callable(getattr(uvicorn.Server, "handle_exit", None)):
-        return "uvicorn.Server.handle_exit is gone"
+    for hook in ("handle_exit", "on_tick"):
+        if not callable(getattr(uvicorn.Server, hook, None)):
+            return f"uvicorn.Server.{hook} is gone"
+    if "http" not in inspect.signature(uvicorn.Config.__init__).parameters:
+        return "uvicorn.Config no longer takes http="
     return None
+
+
+def supported_versions() -> str:
+    uvicorn_versions = ", ".join(v + "x" for v in TESTED_UVICORN)
+    return f"uvicorn {uvicorn_versions} with httptools {', '.join(v + 'x' for v in TESTED_HTTPTOOLS)}"
 
 
 def _simple_response(status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None) -> bytes:
@@ -137,25 +143,28 @@ def _simple_response(status: int, body: bytes = b"", headers: list[tuple[bytes, 
 
 
 class EdgeProtocol(asyncio.Protocol):
-    """One connection: a bounded request head, then a native stream or one request handed to uvicorn."""
+    """One connection: bounded request heads, then a native stream, or requests answered one at a time."""
 
     __slots__ = (
         "_address",
+        "_body_left",
         "_buffer",
         "_client",
         "_counted",
+        "_disconnected",
         "_extra",
         "_headers",
-        "_inner_left",
-        "_kwargs",
         "_lingering",
+        "_pending",
+        "_reading_paused",
+        "_request",
         "_started",
         "_task",
         "_timer",
         "_trusted_peer",
         "_url",
+        "_writable",
         "chunked",
-        "inner",
         "internal",
         "loop",
         "state",
@@ -165,10 +174,8 @@ class EdgeProtocol(asyncio.Protocol):
 
     def __init__(self, state: EdgeState, **uvicorn_kwargs: Any) -> None:
         self.state = state
-        self._kwargs = uvicorn_kwargs  # what uvicorn passes to a protocol, for the handover
         self.loop = uvicorn_kwargs.get("_loop") or asyncio.get_event_loop()
         self.transport: asyncio.Transport | None = None
-        self.inner: asyncio.Protocol | None = None
         self.stream: NativeStream | None = None
         self.internal = False
         self.chunked = True
@@ -177,13 +184,18 @@ class EdgeProtocol(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        self._request: _Request | None = None  # the request being answered (not a stream)
+        self._body_left = 0  # body bytes of ``_request`` still to come
+        self._pending: bytearray | None = None  # what the client sent ahead of the current answer
+        self._reading_paused = False
+        self._writable: asyncio.Event | None = None  # set while the transport takes writes (flow control)
+        self._disconnected: asyncio.Future[None] | None = None
         self._counted = False
         self._address: str | None = None  # the key this socket is counted under in the per-address share
         self._client: str | None = None  # the client address key for admission (waiting shares)
         self._trusted_peer = False
         self._lingering = False
         self._extra = 0
-        self._inner_left = 0
         self._started = 0.0
 
     # asyncio.Protocol --------------------------------------------------------------------------
@@ -219,14 +231,17 @@ class EdgeProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._lingering:
             return
-        if self.inner is not None:
-            self._forward(data)
-            return
-        if self._task is not None or self.stream is not None:
+        if self.stream is not None or (self._task is not None and self._request is None):
             self._extra += len(data)  # a stream's client has nothing more to say
             if self._extra > _MAX_TRAILING_BYTES and self.transport is not None:
                 self.transport.abort()
             return
+        if self._request is not None or self._pending is not None:
+            self._request_data(data)
+            return
+        self._head_data(data)
+
+    def _head_data(self, data: bytes) -> None:
         if not self._buffer:
             self._rearm(self.state.limits.head_timeout, "head")
         self._buffer += data
@@ -242,9 +257,25 @@ class EdgeProtocol(asyncio.Protocol):
             self._buffer = bytearray()
             self._on_head(head, rest)
 
+    def _request_data(self, data: bytes) -> None:
+        """Bytes while a request is answered: the rest of its body, then what the client sends ahead."""
+        request = self._request
+        if request is not None and self._body_left > 0:
+            part, data = data[: self._body_left], data[self._body_left :]
+            request.body += part
+            self._body_left -= len(part)
+            if self._body_left == 0:
+                self._start_app(request)
+        if data:
+            pending = self._pending = self._pending or bytearray()
+            pending += data
+            # Not parsed before this answer is written; bounded like a head: the reader pauses beyond it.
+            if len(pending) > self.state.limits.max_header_bytes and not self._reading_paused:
+                self._reading_paused = True
+                if self.transport is not None:
+                    self.transport.pause_reading()
+
     def eof_received(self) -> bool | None:
-        if self.inner is not None:
-            return self.inner.eof_received()
         if self._lingering and self.transport is not None:
             self._cancel_timer()
             self.transport.close()
@@ -259,10 +290,12 @@ class EdgeProtocol(asyncio.Protocol):
         if self._address is not None:
             self.state.uncount_address(self._address)
             self._address = None
-        if self.inner is not None:
-            self.inner.connection_lost(exc)
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        if self._disconnected is not None and not self._disconnected.done():
+            self._disconnected.set_result(None)
+        if self._writable is not None:
+            self._writable.set()  # a send waiting for the peer to read ends now (its writes go nowhere)
+        if self._task is not None and not self._task.done() and self._request is None:
+            self._task.cancel()  # a stream's admission: nobody is left to answer
         stream = self.stream
         if stream is not None:
             if stream.close_reason is None:
@@ -272,12 +305,15 @@ class EdgeProtocol(asyncio.Protocol):
             self.stream = None
 
     def pause_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.pause_writing()
+        if self._writable is None:
+            self._writable = asyncio.Event()
+        self._writable.clear()
 
     def resume_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.resume_writing()
+        if self._writable is not None:
+            self._writable.set()
+        if self._pending is not None and self._request is None and self._task is None:
+            self.loop.call_soon(self._read_ahead)
 
     # httptools callbacks -----------------------------------------------------------------------
     def on_url(self, url: bytes) -> None:
@@ -298,22 +334,50 @@ class EdgeProtocol(asyncio.Protocol):
             metrics.EDGE_REFUSALS.labels("bad_request").inc()
             self._refuse(400)
             return
-        if self._trusted_peer and not self._count_forwarded():
+        if self._trusted_peer and self._address is None and not self._count_forwarded():
             self._refuse(429, [(b"retry-after", b"5")])
             return
         session_id = None
-        if method == b"GET" and not self.internal:
+        if method in (b"GET", b"OPTIONS") and (not self.internal or not self.state.limits.internal_port):
             session_id = match(url.path, self.state.limits.root_path)
-        if session_id is None:
-            self._hand_over(head, rest)
-            return
-        self.chunked = version != "1.0"
-        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in self._headers}
-        request = StreamRequest(session_id, url.query or b"", headers, self._client)
-        log_target = (self._url.decode("latin-1"), version)
+        target, headers = self._url, self._headers
         self._url, self._headers = b"", []
-        self._started = time.monotonic()
-        self._task = self.loop.create_task(self._serve_stream(request, log_target))
+        if session_id is not None and method == b"GET":
+            self.chunked = version != "1.0"
+            request_headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers}
+            stream_request = StreamRequest(session_id, url.query or b"", request_headers, self._client)
+            self._started = time.monotonic()
+            log_target = (target.decode("latin-1"), version)
+            self._task = self.loop.create_task(self._serve_stream(stream_request, log_target))
+            return
+        length = 0
+        for name, value in headers:
+            if name == b"transfer-encoding":
+                metrics.EDGE_REFUSALS.labels("chunked_request").inc()
+                self._refuse(411)
+                return
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    self._refuse(400)
+                    return
+        if not 0 <= length <= _MAX_BODY:
+            self._refuse(413)
+            return
+        request = _Request(method, version, target, url, headers, keep_alive=_keep_alive(version, headers))
+        self._request = request
+        if session_id is not None:  # OPTIONS: the stream route's CORS preflight
+            self._answer_preflight(request)
+            self._request_data(rest)
+            return
+        self._body_left = length
+        expects = any(name == b"expect" and value.lower() == b"100-continue" for name, value in headers)
+        if expects and self.transport is not None and length > 0 and len(rest) < length:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if not length:
+            self._start_app(request)
+        self._request_data(rest)
 
     def _count_forwarded(self) -> bool:
         """A trusted proxy's request: counts the socket for the client the proxy names; False beyond its share."""
@@ -328,39 +392,95 @@ class EdgeProtocol(asyncio.Protocol):
         self._address = self._client = key
         return True
 
-    def _hand_over(self, head: bytes, rest: bytes) -> None:
-        """Gives this one request to uvicorn's own protocol (which runs the ASGI app) and closes after it."""
+    # Requests that are not streams: answered one at a time, with keep-alive ------------------------
+    def _answer_preflight(self, request: _Request) -> None:
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in request.headers}
+        answer = self.state.events.preflight(headers)
+        self._write_head(request, answer.status, list(answer.headers))
+        self._log_access((request.target.decode("latin-1"), request.version), answer.status, method=b"OPTIONS")
+        self._finish(request)
+
+    def _start_app(self, request: _Request) -> None:
+        self._task = self.loop.create_task(self._run_app(request))
+
+    async def _run_app(self, request: _Request) -> None:
         transport = self.transport
         assert transport is not None
-        length = 0
-        for name, value in self._headers:
-            if name == b"transfer-encoding":
-                metrics.EDGE_REFUSALS.labels("chunked_request").inc()
-                self._refuse(411)
-                return
-            if name == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    self._refuse(400)
-                    return
-        if not 0 <= length <= _MAX_HANDOVER_BODY:
-            self._refuse(413)
-            return
-        self._url, self._headers = b"", []
-        inner = HttpToolsProtocol(**self._kwargs)
-        self.inner = inner
-        inner.connection_made(transport)
-        # One request per connection: uvicorn closes after answering, and nothing pipelined is parsed.
-        head = head[:-2] + b"connection: close\r\n\r\n"
-        body, self._inner_left = rest[:length], length - min(length, len(rest))
-        inner.data_received(head + body)
+        sockname = transport.get_extra_info("sockname")
+        peer = transport.get_extra_info("peername")
+        client = (self._client or peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else None
+        url = request.url
+        raw_path = url.path
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": request.version,
+            "method": request.method.decode("ascii", errors="replace"),
+            "scheme": "http",
+            "path": unquote_to_bytes(raw_path).decode("utf-8", errors="surrogateescape"),
+            "raw_path": raw_path,
+            "query_string": url.query or b"",
+            "root_path": "",
+            "headers": request.headers,
+            "client": client,
+            "server": tuple(sockname[:2]) if isinstance(sockname, tuple) else None,
+            "state": {},
+        }
+        self._disconnected = self.loop.create_future()
+        try:
+            await self.state.app(scope, request.receive(self), request.send(self))
+        except Exception:
+            log.exception("the app failed on %s %s", scope["method"], clip(scope["path"]))
+        if not request.started:
+            request.keep_alive = False
+            self._write_head(request, 500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error")
+        elif not request.finished:  # the app failed or returned in the middle of its answer
+            request.keep_alive = False
+            request.end_body(self)
+        self._log_access((request.target.decode("latin-1"), request.version), request.status, method=request.method)
+        self._finish(request)
 
-    def _forward(self, data: bytes) -> None:
-        if self._inner_left > 0 and self.inner is not None:
-            body = data[: self._inner_left]
-            self._inner_left -= len(body)
-            self.inner.data_received(body)
+    def _write_head(
+        self, request: _Request, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b""
+    ) -> None:
+        """Writes a whole answer (head and body) that is not produced by the app."""
+        request.started = request.finished = True
+        request.status = status
+        if body or status not in (204, 304):
+            headers = [*headers, (b"content-length", b"%d" % len(body))]
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(request.head(status, headers) + (b"" if request.method == b"HEAD" else body))
+
+    def _finish(self, request: _Request) -> None:
+        """The answer is written: reads the next request on this connection, or closes it."""
+        self._task = None
+        self._request = None
+        self._body_left = 0
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not request.keep_alive or self.state.events.connections.draining:
+            self._linger()
+            return
+        self._rearm(self.state.limits.idle_timeout, "idle")
+        if self._pending is not None:
+            # Not at once (no recursion through pipelined answers), and only while the client reads them.
+            if self._writable is None or self._writable.is_set():
+                self.loop.call_soon(self._read_ahead)
+        elif self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+
+    def _read_ahead(self) -> None:
+        """Parses what the client sent ahead of the last answer, once that answer is written."""
+        pending, self._pending = self._pending, None
+        if pending is None or self._request is not None or self.transport is None or self.transport.is_closing():
+            self._pending = pending
+            return
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        self._head_data(bytes(pending))
 
     # The native stream --------------------------------------------------------------------------
     async def _serve_stream(self, request: StreamRequest, log_target: tuple[str, str]) -> None:
@@ -462,6 +582,14 @@ class EdgeProtocol(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         transport.write(_simple_response(status, headers=headers))
+        self._linger()
+
+    def _linger(self) -> None:
+        """Closes after what was written, discarding what the client still sends (at most ``_LINGER_SECONDS``)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._cancel_timer()
         self._lingering = True
         if transport.can_write_eof():
             transport.write_eof()
@@ -475,7 +603,11 @@ class EdgeProtocol(asyncio.Protocol):
         if which == "head":
             self._refuse(408)
         elif self.transport is not None:
-            self.transport.close()
+            # A client that does not read its answers would keep a graceful close waiting forever.
+            if self.transport.get_write_buffer_size():
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     def _rearm(self, delay: float, which: str) -> None:
         self._cancel_timer()
@@ -486,13 +618,14 @@ class EdgeProtocol(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
-    def _log_access(self, target: tuple[str, str], status: int, reason: str = "") -> None:
+    def _log_access(self, target: tuple[str, str], status: int, reason: str = "", method: bytes = b"GET") -> None:
         """The access line; a refused request's names its reason and is folded per reason (its only line)."""
         if self.state.limits.access_log and access_log.isEnabledFor(logging.INFO):
             peer = self.transport.get_extra_info("peername") if self.transport is not None else None
             client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
             if not reason:
-                access_log.info('%s - "GET %s HTTP/%s" %d', client, target[0], target[1], status)
+                verb = method.decode("ascii", errors="replace")
+                access_log.info('%s - "%s %s HTTP/%s" %d', client, verb, target[0], target[1], status)
                 return
             self.state.events.refusal_log.log(
                 logging.INFO,
@@ -505,6 +638,157 @@ class EdgeProtocol(asyncio.Protocol):
                 reason,
                 logger=access_log,
             )
+
+
+def _keep_alive(version: str, headers: list[tuple[bytes, bytes]]) -> bool:
+    """HTTP/1.1 keeps a connection unless the client says otherwise; HTTP/1.0 ends it after the answer."""
+    if version != "1.1":
+        return False
+    return not any(name == b"connection" and b"close" in value.lower() for name, value in headers)
+
+
+class _Clock:
+    """The ``date`` header, formatted once a second."""
+
+    second = -1
+    value = b""
+
+    @classmethod
+    def date(cls) -> bytes:
+        now = int(time.time())
+        if now != cls.second:
+            cls.second, cls.value = now, email.utils.formatdate(now, usegmt=True).encode("ascii")
+        return cls.value
+
+
+class _Request:
+    """One request that is not a stream: its head, its body, and the ASGI ``receive``/``send`` of its answer."""
+
+    __slots__ = (
+        "_chunked",
+        "_delivered",
+        "_head_written",
+        "body",
+        "finished",
+        "headers",
+        "keep_alive",
+        "method",
+        "started",
+        "status",
+        "target",
+        "url",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        version: str,
+        target: bytes,
+        url: Any,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+    ) -> None:
+        self.method = method
+        self.version = version
+        self.target = target
+        self.url = url
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.body = b""
+        self.status = 0
+        self.started = self.finished = False
+        self._head_written = self._chunked = self._delivered = False
+
+    def head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _phrase(status))]
+        lines += [name + b": " + value + b"\r\n" for name, value in headers]
+        lines.append(b"date: " + _Clock.date() + b"\r\n")
+        if not self.keep_alive:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def receive(self, protocol: EdgeProtocol) -> Callable[[], Awaitable[Message]]:
+        async def receive() -> Message:
+            if not self._delivered:
+                self._delivered = True
+                return {"type": "http.request", "body": self.body, "more_body": False}
+            if protocol._disconnected is not None:
+                await protocol._disconnected
+            return {"type": "http.disconnect"}
+
+        return receive
+
+    def send(self, protocol: EdgeProtocol) -> Callable[[Message], Awaitable[None]]:
+        async def send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                if self.started:
+                    raise RuntimeError("the response was started already")
+                self.started = True
+                self.status = int(message["status"])
+                self.headers = [(bytes(name).lower(), bytes(value)) for name, value in message.get("headers", ())]
+                return
+            if kind != "http.response.body" or not self.started or self.finished:
+                raise RuntimeError(f"unexpected ASGI message {kind!r}")
+            body: bytes = message.get("body", b"")
+            more: bool = message.get("more_body", False)
+            transport = protocol.transport
+            if transport is None or transport.is_closing():
+                self.finished = not more
+                return
+            out = b"" if self._head_written else self._start(len(body), more)
+            if body and self.method != b"HEAD":
+                out += b"%x\r\n%b\r\n" % (len(body), body) if self._chunked else body
+            if not more:
+                self.finished = True
+                if self._chunked and self.method != b"HEAD":
+                    out += b"0\r\n\r\n"
+            if out:
+                transport.write(out)
+            writable = protocol._writable
+            if writable is not None and not writable.is_set():
+                # The client reads slower than the app writes: wait for it, as long as a silent client may.
+                try:
+                    await asyncio.wait_for(writable.wait(), protocol.state.limits.idle_timeout)
+                except TimeoutError:
+                    metrics.EDGE_REFUSALS.labels("idle_timeout").inc()
+                    transport.abort()
+
+        return send
+
+    def end_body(self, protocol: EdgeProtocol) -> None:
+        """Ends a response the app left unfinished (a chunked body gets its terminator)."""
+        self.finished = True
+        if protocol.transport is not None and not protocol.transport.is_closing():
+            if not self._head_written:
+                protocol.transport.write(self._start(0, False))
+            elif self._chunked and self.method != b"HEAD":
+                protocol.transport.write(b"0\r\n\r\n")
+
+    def _start(self, length: int, more: bool) -> bytes:
+        self._head_written = True
+        headers = self.headers
+        if any(name == b"connection" and b"close" in value.lower() for name, value in headers):
+            self.keep_alive = False
+            headers = [(name, value) for name, value in headers if name != b"connection"]
+        if not any(name == b"content-length" for name, _ in headers) and self.status not in (204, 304):
+            if not more:
+                headers = [*headers, (b"content-length", b"%d" % length)]
+            elif self.version == "1.1":
+                self._chunked = True
+                headers = [*headers, (b"transfer-encoding", b"chunked")]
+            else:
+                self.keep_alive = False  # HTTP/1.0: the end of the connection ends the body
+        return self.head(self.status, headers)
+
+
+def _phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
 
 
 class GatewayServer(uvicorn.Server):

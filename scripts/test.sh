@@ -28,7 +28,3 @@ if [ "$#" -gt 0 ]; then
   exec pytest "$@"
 fi
 pytest
-# The stream suites once more on the portable ASGI engine (any ASGI server), not only the native one.
-echo "[test] pytest: stream suites on the portable ASGI engine (TEST_HTTP_ENGINE=asgi)" >&2
-TEST_HTTP_ENGINE=asgi exec pytest -p no:cacheprovider tests/test_gateway_stream.py tests/test_lifecycle.py \
-  tests/test_gateway_auth.py tests/test_edge_routes.py

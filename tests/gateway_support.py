@@ -261,8 +261,6 @@ def gateway_env(bootstrap: str, topic: str, jwks: JwksServer, **overrides: str) 
         "GATEWAY_LOG_LEVEL": "INFO",
         # Tests read refusal lines; folding them (10 per reason and minute by default) has its own test.
         "GATEWAY_REQUEST_LOG_LINES": "100000",
-        # scripts/test.sh runs the stream suites a second time on the portable ASGI engine.
-        "GATEWAY_HTTP_ENGINE": os.environ.get("TEST_HTTP_ENGINE", "native"),
     }
     env.update(overrides)
     return env

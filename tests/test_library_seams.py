@@ -16,9 +16,10 @@ import uvicorn
 
 from consumers import aiokafka_seam
 from consumers.aiokafka_seam import DecompressionLimits
-from gateway.server import choose_engine
+from gateway.diagnostics import UserError
+from gateway.server import check_http_engine
 from gateway.settings import GatewaySettings
-from gateway.uvicorn_edge import TESTED_UVICORN, check_engine
+from gateway.uvicorn_edge import TESTED_UVICORN, check_engine, supported_versions
 from tests.kafka_support import create_topic, metric, produce_unparseable_batch, running_consumer, unique_topic
 
 
@@ -27,25 +28,33 @@ def test_the_installed_versions_are_the_tested_ones() -> None:
     assert uvicorn.__version__.startswith(TESTED_UVICORN)
 
 
-def test_an_untested_uvicorn_falls_back_to_the_portable_engine(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_an_untested_uvicorn_is_refused_at_start_up_with_the_supported_versions(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(uvicorn, "__version__", "0.99.0")
     problem = check_engine()
     assert problem is not None and "0.99.0" in problem
-    with caplog.at_level(logging.WARNING, logger="gateway.server"):
-        assert choose_engine(GatewaySettings()) == "asgi"
-    assert "portable ASGI path" in caplog.text and "0.99.0" in caplog.text
+    with pytest.raises(UserError) as refused:
+        check_http_engine(GatewaySettings())
+    assert "0.99.0" in str(refused.value) and supported_versions() in str(refused.value)
 
 
-def test_an_untested_parser_falls_back_too(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_untested_parser_is_refused_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(httptools, "__version__", "1.0.0")
-    assert choose_engine(GatewaySettings()) == "asgi"
+    with pytest.raises(UserError, match=r"httptools 1\.0\.0"):
+        check_http_engine(GatewaySettings())
 
 
-def test_the_portable_engine_can_be_chosen() -> None:
-    assert choose_engine(GatewaySettings(http_engine="asgi")) == "asgi"
-    assert choose_engine(GatewaySettings()) == "native"
+@pytest.mark.parametrize("hook", ["handle_exit", "on_tick"])
+def test_a_uvicorn_without_a_hook_the_server_overrides_is_refused(monkeypatch: pytest.MonkeyPatch, hook: str) -> None:
+    monkeypatch.delattr(uvicorn.Server, hook)
+    assert check_engine() == f"uvicorn.Server.{hook} is gone"
+
+
+def test_the_removed_portable_engine_is_refused_by_name() -> None:
+    with pytest.raises(UserError, match="portable ASGI engine was removed"):
+        check_http_engine(GatewaySettings(http_engine="asgi"))
+    check_http_engine(GatewaySettings())  # native: fine
 
 
 async def test_kafka_metadata_refresh_falls_back_on_an_untested_aiokafka(

@@ -1,17 +1,13 @@
 """Stream lifecycle logic that a real gateway process cannot reach on demand (see ``test_lifecycle``).
 
 The slow-client cut needs a write the peer does not take, which one SSE stream over loopback never
-reaches (at most three events plus heartbeats, and the kernel absorbs megabytes). So both stream
-kinds run here through their own interfaces: the portable ASGI stream against an ASGI ``send`` that
-blocks while the peer does not read (as every ASGI server's does), and the native stream against a
-``StreamChannel`` whose bytes stay pending.
+reaches (at most three events plus heartbeats, and the kernel absorbs megabytes). So the stream runs
+here against a ``StreamChannel`` whose bytes stay pending.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import MutableMapping
-from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -20,76 +16,11 @@ from consumers.progress import PartitionProgress
 from consumers.store import Transition
 from gateway.native_stream import NativeStream
 from gateway.sse import HEARTBEAT, EventPosition, event_id, parse_event_id
-from gateway.subscriber import StreamSubscriber
 from schemas import SessionStatus
-
-
-class PausedSend:
-    """An ASGI ``send`` while the peer is not reading: it blocks until released or disconnected."""
-
-    def __init__(self) -> None:
-        self.resumed = asyncio.Event()
-        self.written: list[bytes] = []
-
-    async def __call__(self, message: MutableMapping[str, Any]) -> None:
-        await self.resumed.wait()
-        body = message.get("body", b"")
-        assert isinstance(body, bytes)
-        self.written.append(body)
-
-
-async def writing_subscriber(max_buffered: int = 1024) -> tuple[PausedSend, StreamSubscriber, asyncio.Task[str]]:
-    """A subscriber whose first write (its initial event) is stuck."""
-    send = PausedSend()
-    holder: list[StreamSubscriber] = []
-
-    async def run() -> str:
-        subscriber = StreamSubscriber("session", float("inf"), max_buffered, send)
-        holder.append(subscriber)
-        subscriber.queue(b"id: 0-1\nevent: message\ndata: {}\n\n")
-        return await subscriber.run()
-
-    task = asyncio.create_task(run())
-    for _ in range(10):
-        await asyncio.sleep(0)
-    subscriber = holder[0]
-    assert subscriber.writing
-    return send, subscriber, task
 
 
 def slow_client_cuts() -> float:
     return REGISTRY.get_sample_value("gateway_slow_client_disconnects_total") or 0.0
-
-
-async def test_stalled_stream_is_cut_once_its_buffer_overflows() -> None:
-    before = slow_client_cuts()
-    send, subscriber, task = await writing_subscriber(max_buffered=1024)
-    frame = b"x" * 300
-    for _ in range(3):
-        subscriber.deliver(frame, 0, False)
-    assert subscriber.close_reason is None, "cut before the buffer was full"
-    subscriber.deliver(frame, 0, False)  # 1200 bytes > 1024
-    assert await asyncio.wait_for(task, 1.0) == "slow_client"
-    assert send.written == [], "nothing may be written to a cut connection"
-    assert slow_client_cuts() - before == 1
-    subscriber.deliver(frame, 0, True)  # later deliveries are dropped quietly
-    assert subscriber.close_reason == "slow_client"
-
-
-async def test_a_reader_that_resumes_in_time_gets_everything() -> None:
-    send, subscriber, task = await writing_subscriber(max_buffered=1024)
-    subscriber.deliver(b"a" * 400, 0, False)
-    send.resumed.set()  # the client reads again
-    subscriber.deliver(b"b" * 400, 0, True)
-    assert await asyncio.wait_for(task, 1.0) == "terminal"
-    assert b"".join(send.written).endswith(b"a" * 400 + b"b" * 400)
-
-
-@pytest.mark.parametrize("reason", ["draining", "token_expired", "session_deleted"])
-async def test_close_ends_a_stream_whose_write_is_stuck(reason: str) -> None:
-    _, subscriber, task = await writing_subscriber()
-    subscriber.close(reason)
-    assert await asyncio.wait_for(task, 1.0) == reason
 
 
 class RecordingChannel:

@@ -45,9 +45,10 @@ _SUSPECT = re.compile(r"token|bearer|%|e[wy][A-Za-z0-9_-]{18}", re.IGNORECASE)
 # The shortest JWS header segment ("e[wy]" + 18) and claims segment the redaction looks for.
 _MIN_HEADER, _MIN_CLAIMS = 20, 12
 REDACTED = "[REDACTED]"
-# Values interpolated into a log line (ids, paths, names) are cut to this many characters, after
-# redaction; see docs in the README's security section.
+# Ids and request targets in log lines are cut to this many characters (``log_value``), after redaction;
+# any other value interpolated into a line to ``MAX_LOGGED_ARGUMENT``. See docs/security.md#logs.
 MAX_LOGGED_VALUE = 256
+MAX_LOGGED_ARGUMENT = 2048
 
 
 def _decodings(text: str) -> list[str]:
@@ -144,15 +145,21 @@ def clip(value: str, limit: int = MAX_LOGGED_VALUE) -> str:
     return f"{value[:limit]}...[{len(value) - limit} more characters]"
 
 
+def log_value(value: str) -> str:
+    """An id or request target for a log line: redacted, then cut to ``MAX_LOGGED_VALUE`` (no half token)."""
+    return clip(redact(value)) if len(value) > MAX_LOGGED_VALUE else value
+
+
 def _log_args(args: Any) -> Any:
-    """A record's arguments with long strings redacted, then clipped (redacting first: no half token)."""
-    if isinstance(args, tuple) and any(isinstance(arg, str) and len(arg) > MAX_LOGGED_VALUE for arg in args):
-        return tuple(clip(redact(arg)) if isinstance(arg, str) else arg for arg in args)
+    """A record's arguments with very long strings redacted, then clipped: no value makes a line huge."""
+    limit = MAX_LOGGED_ARGUMENT
+    if isinstance(args, tuple) and any(isinstance(arg, str) and len(arg) > limit for arg in args):
+        return tuple(clip(redact(arg), limit) if isinstance(arg, str) else arg for arg in args)
     return args
 
 
 def render_message(record: logging.LogRecord) -> str:
-    """The record's message, redacted, with long interpolated values clipped."""
+    """The record's message, redacted, with very long interpolated values clipped."""
     args = _log_args(record.args)
     if args is not record.args:
         record.args = args

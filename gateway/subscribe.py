@@ -36,7 +36,7 @@ from gateway.errors import (
     error_headers,
     not_found_message,
 )
-from gateway.logging_setup import request_id_var
+from gateway.logging_setup import log_value, request_id_var
 from gateway.settings import GatewaySettings
 from gateway.sse import EventPosition, encode_retry, encode_transition, parse_event_id
 from gateway.stream_route import MAX_SESSION_ID_LENGTH
@@ -156,7 +156,7 @@ class EventsEndpoint:
                     logging.INFO,
                     refused.reason,
                     "stream refused session=%r status=%d reason=%s",
-                    request.session_id,
+                    log_value(request.session_id),
                     refused.status,
                     refused.reason,
                 )

@@ -42,7 +42,7 @@ import uvicorn
 from starlette.types import ASGIApp, Message
 
 from gateway import metrics
-from gateway.logging_setup import clip
+from gateway.logging_setup import log_value
 from gateway.native_stream import NativeStream
 from gateway.stream_route import match
 from gateway.subscribe import STREAM_HEADERS, Admission, Answer, EventsEndpoint, StreamRequest
@@ -430,7 +430,7 @@ class EdgeProtocol(asyncio.Protocol):
         try:
             await self.state.app(scope, request.receive(self), request.send(self))
         except Exception:
-            log.exception("the app failed on %s %s", scope["method"], clip(scope["path"]))
+            log.exception("the app failed on %s %s", scope["method"], log_value(scope["path"]))
         if not request.started:
             request.keep_alive = False
             self._write_head(request, 500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error")
@@ -623,16 +623,17 @@ class EdgeProtocol(asyncio.Protocol):
         if self.state.limits.access_log and access_log.isEnabledFor(logging.INFO):
             peer = self.transport.get_extra_info("peername") if self.transport is not None else None
             client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
+            path = log_value(target[0])
             if not reason:
                 verb = method.decode("ascii", errors="replace")
-                access_log.info('%s - "%s %s HTTP/%s" %d', client, verb, target[0], target[1], status)
+                access_log.info('%s - "%s %s HTTP/%s" %d', client, verb, path, target[1], status)
                 return
             self.state.events.refusal_log.log(
                 logging.INFO,
                 reason,
                 '%s - "GET %s HTTP/%s" %d reason=%s',
                 client,
-                target[0],
+                path,
                 target[1],
                 status,
                 reason,

@@ -60,7 +60,15 @@ from gateway.authentication import (
     parse_compact,
 )
 from gateway.jwks import JwksCache
-from gateway.logging_setup import MAX_LOGGED_VALUE, REDACTED, JsonFormatter, TextFormatter, escape_controls, redact
+from gateway.logging_setup import (
+    MAX_LOGGED_ARGUMENT,
+    MAX_LOGGED_VALUE,
+    REDACTED,
+    JsonFormatter,
+    TextFormatter,
+    escape_controls,
+    redact,
+)
 from gateway.settings import GatewaySettings
 from tests.gateway_support import (
     AUDIENCE,
@@ -817,14 +825,14 @@ def test_long_values_are_redacted_before_they_are_clipped() -> None:
     """A token that straddles the clipping point is redacted whole, never cut into a visible half."""
     token = mint(rsa_key("k"))
     header, payload, _ = token.split(".")
-    value = "x" * (MAX_LOGGED_VALUE - 40) + token + " " + "y" * 1000
+    value = "x" * (MAX_LOGGED_ARGUMENT - 40) + token + " " + "y" * 3000
     record = logging.LogRecord("gateway.stream", logging.INFO, __file__, 1, "stream refused session=%r", (value,), None)
     for formatter in (JsonFormatter(), TextFormatter("%(message)s")):
         record.args = (value,)
         line = formatter.format(record)
         assert header[:20] not in line and payload[:20] not in line
         assert REDACTED in line and "more characters]" in line
-        assert len(line) < MAX_LOGGED_VALUE + 200
+        assert len(line) < MAX_LOGGED_ARGUMENT + 200
 
 
 def test_text_formatter_keeps_every_record_on_one_line() -> None:

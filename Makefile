@@ -1,7 +1,7 @@
 # The two commands of the README, plus a few conveniences.
 # Arguments for the script behind a target go in ARGS, e.g. `make bench ARGS=--quick` or
 # `make test ARGS="-k browser"` (make itself has no --quick option).
-.PHONY: run test bench bench-quick kafka-start kafka-stop lint schema help
+.PHONY: run test bench bench-quick kafka-start kafka-stop lint schema docs help
 ARGS ?=
 
 run:        ## local Kafka + gateway in dev mode (with its dev token issuer); prints the demo URL
@@ -24,6 +24,9 @@ kafka-stop:
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+
+docs:       ## regenerate docs/configuration.md from the settings (a test fails when it is stale)
+	.venv/bin/python -m gateway.configuration_reference
 
 schema:     ## regenerate schemas/session-status.schema.json from the pydantic models
 	.venv/bin/python -m schemas

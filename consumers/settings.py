@@ -20,7 +20,8 @@ _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}", re.ASCII)
 DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES = 32 * 1024 * 1024
 
 
-def _split(value: object) -> object:
+def split_list(value: object) -> object:
+    """A comma-separated setting as a list (every list setting of both packages goes through this)."""
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
@@ -29,46 +30,73 @@ def _split(value: object) -> object:
 class ConsumerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
 
-    kafka_bootstrap_servers: str = Field("localhost:9092", description="Comma-separated host:port list.")
+    kafka_bootstrap_servers: str = Field("localhost:9092", description="comma-separated `host:port` list")
     kafka_topic: str = Field(
         "session-status",
-        description="Topic(s) carrying session-status records, comma-separated; the order numbers them in event ids.",
+        description=(
+            "the session-status topic, or several comma-separated (their order numbers them in event ids: "
+            "append, never reorder; see [Several topics](event-bus.md#several-topics))"
+        ),
     )
-    kafka_client_id: str = Field("session-events-gateway", description="Kafka client.id, visible in broker logs.")
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: str | None = Field(None, repr=False)
-    kafka_ssl_cafile: Path | None = None
-    kafka_ssl_certfile: Path | None = None
-    kafka_ssl_keyfile: Path | None = None
-    kafka_ssl_check_hostname: bool = True
-    kafka_request_timeout_ms: int = Field(30_000, ge=1_000)
+    kafka_client_id: str = Field("session-events-gateway", description="Kafka `client.id`")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None,
+        description="`PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`",
+        json_schema_extra={"shown": "unset (`PLAIN` when SASL)"},
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user")
+    kafka_sasl_password: str | None = Field(None, repr=False, description="SASL password")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle (PEM) to verify the brokers")
+    kafka_ssl_certfile: Path | None = Field(None, description="client certificate (PEM) for mutual TLS")
+    kafka_ssl_keyfile: Path | None = Field(None, description="client key (PEM) for mutual TLS")
+    kafka_ssl_check_hostname: bool = Field(True, description="verify the broker's host name")
+    kafka_request_timeout_ms: int = Field(30000, ge=1000, description="Kafka request timeout")
     kafka_health_interval: float = Field(
-        5.0, gt=0, description="Seconds between broker probes (lag metrics, readiness, new partitions)."
+        5.0, gt=0, description="seconds between broker probes (readiness, lag, new partitions, eviction)"
     )
-    kafka_max_fetch_bytes: int = Field(50 * 1024 * 1024, ge=1024 * 1024)
+    kafka_max_fetch_bytes: int = Field(
+        50 * 1024 * 1024, ge=1024 * 1024, description="fetch size; bigger replays faster"
+    )
 
     replay_window: timedelta | None = Field(
-        None, description="Replay only this much of the log on start (e.g. 'PT6H' or seconds); default: all."
+        None,
+        description="replay only records newer than now minus this",
+        json_schema_extra={"shown": "unset (whole log)"},
     )
-    max_record_bytes: int = Field(64 * 1024, ge=256, description="Larger record values are rejected.")
+    max_record_bytes: int = Field(64 * 1024, ge=256, description="larger record values are rejected")
     max_decompressed_batch_bytes: int = Field(
         DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES,
         ge=64 * 1024,
         description=(
-            "A compressed batch that would decompress to more than this (or to more than twice "
-            "max_record_bytes plus 2 KiB per record it holds) is skipped before the memory is allocated."
+            "a compressed batch that would decompress to more than this, or to more than (twice "
+            "`GATEWAY_MAX_RECORD_BYTES` plus 2 KiB) per record it holds but at least 4 MiB, is skipped before"
+            " that memory is allocated (see "
+            "[Security](security.md#limits-on-what-a-producer-can-make-us-hold-or-write))"
         ),
+        json_schema_extra={"shown": "`33554432` (32 MiB)"},
     )
     record_log_lines: int = Field(
         10,
         ge=0,
-        description="Per-record log lines (skipped records) logged in full per reason and minute; then one summary.",
+        description=(
+            "log lines about skipped records written in full per reject reason and minute; the rest are "
+            "counted and summed up in one line per reason and minute"
+        ),
     )
-    terminal_retention: timedelta = Field(timedelta(minutes=10))
-    session_ttl: timedelta = Field(timedelta(hours=24))
-    max_sessions: int = Field(1_000_000, ge=1)
+    terminal_retention: timedelta = Field(
+        timedelta(minutes=10),
+        description="how long a finished session stays in the store",
+        json_schema_extra={"shown": "`600` (10 min)"},
+    )
+    session_ttl: timedelta = Field(
+        timedelta(hours=24),
+        description="a session without update for this long is evicted",
+        json_schema_extra={"shown": "`86400` (24 h)"},
+    )
+    max_sessions: int = Field(1000000, ge=1, description="hard cap; the least recently updated sessions go first")
 
     # Durations: plain seconds, 6h / 30m / 90s / 1d / 500ms, ISO 8601 (PT6H) or HH:MM:SS (consumers/durations.py).
     _seconds = timedelta_fields("replay_window", "terminal_retention", "session_ttl")
@@ -77,15 +105,29 @@ class ConsumerSettings(BaseSettings):
 
     # Formats (consumers.formats)
     cloudevents_types: Annotated[list[str], NoDecode] = Field(
-        [], description="CloudEvent types used; other types are ignored and counted. Empty: every type."
+        [],
+        description=(
+            "CloudEvent `type`s used; records of other types are ignored "
+            '(`gateway_records_ignored_total{reason="cloudevents_type"}`)'
+        ),
+        json_schema_extra={"shown": "empty (every type)"},
     )
     record_mapping: str | None = Field(
-        None, description="Mapping of records in another shape: inline JSON or a JSON file's path."
+        None,
+        description=(
+            "records in another shape: a mapping as inline JSON or the path of a JSON file (see [Records in "
+            "another shape](event-bus.md#records-in-another-shape))"
+        ),
     )
 
     # Dead-letter topic (consumers.dead_letter)
-    dlq_topic: str | None = Field(None, description="Rejected records are copied to this topic.")
-    dlq_writer: bool = Field(True, description="Whether this replica writes to the dead-letter topic.")
+    dlq_topic: str | None = Field(
+        None,
+        description=(
+            "copy every rejected record to this topic (see [Dead-letter topic](event-bus.md#dead-letter-topic))"
+        ),
+    )
+    dlq_writer: bool = Field(True, description="whether this replica writes to the dead-letter topic")
 
     _mapping: RecordMapping | None = PrivateAttr(None)
 
@@ -112,7 +154,7 @@ class ConsumerSettings(BaseSettings):
     @field_validator("cloudevents_types", mode="before")
     @classmethod
     def _types(cls, value: object) -> object:
-        return _split(value)
+        return split_list(value)
 
     @field_validator("dlq_topic", "record_mapping", mode="before")
     @classmethod
@@ -170,3 +212,36 @@ class ConsumerSettings(BaseSettings):
             context.check_hostname = self.kafka_ssl_check_hostname
             options["ssl_context"] = context
         return options
+
+
+# The configuration reference (docs/configuration.md, generated by ``make docs``) shows the fields in these
+# sections, in this order; a test checks that every field is in exactly one.
+REFERENCE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "Kafka and the store": (
+        "kafka_bootstrap_servers",
+        "kafka_topic",
+        "kafka_client_id",
+        "kafka_security_protocol",
+        "kafka_sasl_mechanism",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        "kafka_ssl_check_hostname",
+        "kafka_request_timeout_ms",
+        "kafka_health_interval",
+        "kafka_max_fetch_bytes",
+        "replay_window",
+        "max_record_bytes",
+        "max_decompressed_batch_bytes",
+        "record_log_lines",
+        "terminal_retention",
+        "session_ttl",
+        "max_sessions",
+        "cloudevents_types",
+        "record_mapping",
+        "dlq_topic",
+        "dlq_writer",
+    ),
+}

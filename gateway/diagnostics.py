@@ -25,7 +25,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumers.durations import DURATION_FIELDS, EXAMPLES, EXAMPLES_MS
@@ -45,7 +45,9 @@ class StartupSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
 
-    allow_unknown_settings: bool = False
+    allow_unknown_settings: bool = Field(
+        False, description="`true`: unknown `GATEWAY_*` variables are a warning instead of stopping `serve`"
+    )
 
 
 SETTINGS_CLASSES: list[type[BaseSettings]] = [GatewaySettings, ConsumerSettings, StartupSettings]

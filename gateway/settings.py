@@ -10,136 +10,312 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from consumers.durations import milliseconds_fields, seconds_fields
+from consumers.settings import split_list
 
 ALLOWED_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"}
 )
 
 
-def _split(value: object) -> object:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    internal_host: str = Field("127.0.0.1", description="Address of the internal port (health, metrics, docs).")
-    internal_port: int = Field(
-        9090, ge=0, le=65535, description="Health, metrics and docs; 0 serves them on the public port instead."
+    host: str = Field("127.0.0.1", description="bind address of the public port (`serve --host`)")
+    port: int = Field(
+        8080, ge=0, le=65535, description="public port: streams and a bare `/livez` only (`serve --port`)"
     )
-    root_path: str = Field("", description="Path prefix a proxy strips before forwarding (ASGI root_path).")
+    internal_host: str = Field(
+        "127.0.0.1", description="bind address of the internal port (`0.0.0.0` in a pod, for probes and scrapes)"
+    )
+    internal_port: int = Field(
+        9090,
+        ge=0,
+        le=65535,
+        description=(
+            "internal port: `/livez`, `/readyz`, `/metrics`, `/docs`, `/openapi.json`; `0` serves them on the"
+            " public port instead"
+        ),
+    )
+    root_path: str = Field(
+        "",
+        description=(
+            "path prefix a reverse proxy strips before forwarding (ASGI `root_path`); the stream route "
+            "matches with or without it"
+        ),
+    )
     http_engine: Literal["native", "asgi"] = Field(
         "native",
-        description="native: the gateway's own HTTP edge on uvicorn (asgi, the removed portable engine, "
-        "is refused at start-up).",
+        description=(
+            "the gateway's own HTTP edge on uvicorn, the only engine; `asgi` (the portable engine, removed) "
+            "is refused at start-up with the supported uvicorn and httptools versions, as is an untested "
+            "uvicorn"
+        ),
     )
-    instance_id: str = Field(default_factory=socket.gethostname, description="Replica name, for logs.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "text"] = "json"
-    access_log: bool = True
+    instance_id: str = Field(
+        default_factory=socket.gethostname,
+        description="replica name, added to every log line",
+        json_schema_extra={"shown": "host name"},
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="`DEBUG`, `INFO`, `WARNING`, `ERROR`"
+    )
+    log_format: Literal["json", "text"] = Field("json", description="`json` (one object per line) or `text`")
+    access_log: bool = Field(True, description="uvicorn's access log (tokens redacted)")
     request_log_lines: int = Field(
         10,
         ge=0,
-        description="Refused requests logged in full per reason and minute; the rest are counted "
-        "(gateway_request_log_lines_suppressed_total) and summed up in one line per reason.",
+        description=(
+            "log lines of refused requests written in full per refusal reason and minute; the rest are "
+            "counted (`gateway_request_log_lines_suppressed_total`) and summed up in one line per reason and "
+            "minute"
+        ),
     )
 
     # Authentication
-    jwks_url: str | None = None
-    oidc_issuer: str | None = None
-    jwt_issuer: str | None = None
-    jwt_audience: str | None = None
-    jwt_algorithms: Annotated[list[str], NoDecode] = ["RS256", "PS256", "ES256", "EdDSA", "Ed25519"]
-    jwt_leeway: float = Field(30.0, ge=0)
-    jwks_min_refresh: float = Field(10.0, ge=0)
-    jwks_max_waiting: int = Field(1000, ge=0, description="Requests that may wait for a deferred JWKS refetch.")
-    jwks_cache_ttl: float = Field(300.0, gt=0, description="JWKS lifetime when the response has no max-age.")
-    jwks_cache_min_ttl: float = Field(60.0, ge=0)
-    jwks_cache_max_ttl: float = Field(86_400.0, gt=0)
-    jwks_timeout: float = Field(5.0, gt=0)
-    token_cookie: str | None = None
-    max_token_bytes: int = Field(8192, ge=256)
+    jwks_url: str | None = Field(None, description="JWKS endpoint with the token signing keys")
+    oidc_issuer: str | None = Field(
+        None,
+        description=(
+            "alternative: discover the JWKS from `{issuer}/.well-known/openid-configuration`; also the "
+            "expected `iss` unless `GATEWAY_JWT_ISSUER` is set"
+        ),
+    )
+    jwt_issuer: str | None = Field(None, description="when set, `iss` must equal it")
+    jwt_audience: str | None = Field(None, description="when set, `aud` must contain it")
+    jwt_algorithms: Annotated[list[str], NoDecode] = Field(
+        ["RS256", "PS256", "ES256", "EdDSA", "Ed25519"],
+        description=(
+            "allow-list (`Ed25519` is RFC 9864's name for EdDSA over Ed25519); only asymmetric algorithms can"
+            " be listed (`none` and HMAC are always refused)"
+        ),
+    )
+    jwt_leeway: float = Field(30.0, ge=0, description="seconds of clock skew allowed for `exp`, `nbf`, `iat`")
+    jwks_min_refresh: float = Field(
+        10.0,
+        ge=0,
+        description=(
+            "an unknown `kid` refetches the JWKS at most this often (single-flight); inside the interval it "
+            "waits for the next allowed refetch"
+        ),
+    )
+    jwks_max_waiting: int = Field(
+        1000,
+        ge=0,
+        description=(
+            "requests that may wait for that deferred refetch at once; beyond, or while the JWKS endpoint "
+            "keeps failing (two fetches in a row), an unknown `kid` gets 401 at once (`0` = never wait)"
+        ),
+    )
+    jwks_cache_ttl: float = Field(
+        300.0, gt=0, description="JWKS lifetime when the response has no `Cache-Control: max-age`"
+    )
+    jwks_cache_min_ttl: float = Field(60.0, ge=0, description="lower bound applied to `max-age`")
+    jwks_cache_max_ttl: float = Field(86400.0, gt=0, description="upper bound applied to `max-age`")
+    jwks_timeout: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "total deadline in seconds for one JWKS refresh (discovery included), however slowly the server sends"
+        ),
+    )
+    token_cookie: str | None = Field(
+        None,
+        description=(
+            "cookie name to read the token from (after `token`, `access_token`, `Authorization`); query "
+            "parameter names are taken as sent, so `?tok%65n=` is not a token"
+        ),
+    )
+    max_token_bytes: int = Field(8192, ge=256, description="longer tokens are rejected before parsing")
 
     # Authorization
-    tenant_claim: str = "tenant_id"
-    session_claim: str = "session_id"
-    required_scope: str | None = None
+    tenant_claim: str = Field(
+        "tenant_id", description="claim that must equal the session's `tenantId`; empty disables the check"
+    )
+    session_claim: str = Field("session_id", description="if the token has this claim, it must equal the path id")
+    required_scope: str | None = Field(
+        None, description="the token's `scope` (space-separated) or `roles` must contain it"
+    )
 
     # Streams
-    cors_origins: Annotated[list[str], NoDecode] = []
-    unknown_session_wait: float = Field(5.0, ge=0)
-    resume_wait: float = Field(5.0, ge=0)
-    replay_wait: float = Field(10.0, ge=0, description="A stream request during the initial replay waits this long.")
-    heartbeat_interval: float = Field(15.0, gt=0)
-    retry_ms: int = Field(3000, ge=0)
-    retry_jitter: float = Field(0.5, ge=0, le=1, description="retry: varies by up to this fraction.")
-    max_buffered_bytes: int = Field(64 * 1024, ge=1024, description="Per-stream buffer before a slow client is cut.")
-    close_on_token_expiry: bool = True
-    max_connections: int = Field(16_000, ge=1, description="Open and waiting streams per process (503 beyond).")
-    max_connections_per_subject: int = Field(0, ge=0, description="0: no per-subject limit.")
-    max_waiting_requests: int = Field(1000, ge=1, description="Requests waiting for a session or position.")
-    max_connections_per_session: int = Field(20, ge=1)
-    drain_seconds: float = Field(20.0, ge=0)
-    shutdown_grace_seconds: float = Field(5.0, ge=0)
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        [], description="origins allowed to read streams cross-origin (`*` for any, without credentials)"
+    )
+    unknown_session_wait: float = Field(
+        5.0, ge=0, description="seconds to wait for a session not yet in the store before 404"
+    )
+    resume_wait: float = Field(
+        5.0,
+        ge=0,
+        description="seconds to wait for this replica to reach a client's `Last-Event-ID` position before 503",
+    )
+    replay_wait: float = Field(
+        10.0,
+        ge=0,
+        description=(
+            "a stream request reaching a replica that is still replaying its topic waits this long (counted "
+            "as waiting) before 503: a replica restarting alone does not turn its browsers' reconnects into "
+            "errors"
+        ),
+    )
+    heartbeat_interval: float = Field(
+        15.0, gt=0, description="seconds between SSE comment heartbeats on an idle stream"
+    )
+    retry_ms: int = Field(3000, ge=0, description="`retry:` sent to clients")
+    retry_jitter: float = Field(
+        0.5, ge=0, le=1, description="`retry:` varies per connection by up to this fraction, to spread reconnect storms"
+    )
+    max_buffered_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description=(
+            "per-stream buffer; a client that falls further behind is disconnected (it resumes by `Last-Event-ID`)"
+        ),
+    )
+    close_on_token_expiry: bool = Field(
+        True, description="end a stream when its token stops being accepted (`exp` plus `GATEWAY_JWT_LEEWAY`)"
+    )
+    max_connections: int = Field(16000, ge=1, description="open and waiting streams per process (503 beyond)")
+    max_connections_per_subject: int = Field(
+        0,
+        ge=0,
+        description=(
+            "open and waiting streams per tenant and token `sub` (429 beyond); off by default because many "
+            "browsers often share one client token"
+        ),
+        json_schema_extra={"shown": "`0` (off)"},
+    )
+    max_waiting_requests: int = Field(
+        1000,
+        ge=1,
+        description="requests waiting for a session that does not exist yet or for a resume position (503 beyond)",
+    )
+    max_connections_per_session: int = Field(
+        20,
+        ge=1,
+        description=(
+            "open and waiting streams per tenant and session (429 beyond); another tenant's requests never "
+            "count against it"
+        ),
+    )
+    drain_seconds: float = Field(20.0, ge=0, description="on SIGTERM, open streams are closed spread over this time")
+    shutdown_grace_seconds: float = Field(
+        5.0, ge=0, description="after the drain, uvicorn's bound on closing what is left"
+    )
 
     # HTTP edge (native engine)
-    idle_timeout: float = Field(10.0, gt=0, description="A connection that sends nothing for this long is closed.")
-    request_head_timeout: float = Field(10.0, gt=0, description="Deadline for a whole request head (408).")
-    max_header_bytes: int = Field(16 * 1024, ge=1024, description="Request line plus headers (431 beyond).")
-    max_sockets: int = Field(16_384, ge=1, description="Open connections on the public port (503 beyond).")
+    idle_timeout: float = Field(10.0, gt=0, description="a connection that has sent no byte for this long is closed")
+    request_head_timeout: float = Field(
+        10.0, gt=0, description="deadline for a complete request head from its first byte: slowloris gets 408"
+    )
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line plus headers; larger heads get 431")
+    max_sockets: int = Field(
+        16384,
+        ge=1,
+        description=(
+            "open connections on the public port, streams or not; more are answered 503 and closed; the "
+            "internal port is not counted, so probes get through; `serve` warns when the open-files limit is "
+            "below this plus 100 (see [Open files](operations.md#open-files))"
+        ),
+    )
 
     # Health
     readiness_strict: bool = Field(
-        False, description="Also require a reachable broker and fresh signing keys (see README: empties the fleet)."
+        False,
+        description=(
+            "also require a reachable broker and freshly refreshed keys for `/readyz` (an outage then empties"
+            " the fleet: see [Readiness](operations.md#readiness-means-can-serve))"
+        ),
     )
-    task_crash_limit: int = Field(5, ge=1, description="/livez fails when a task crashed more often than this ...")
-    task_crash_window: float = Field(300.0, gt=0, description="... within this many seconds.")
+    task_crash_limit: int = Field(
+        5, ge=1, description="`/livez` answers 503 when one supervised task crashed more often than this ..."
+    )
+    task_crash_window: float = Field(
+        300.0, gt=0, description="... within this many seconds (Kubernetes then restarts the replica)"
+    )
 
     # Development only
-    dev_mode: bool = False
-    dev_issuer_url: str = "http://127.0.0.1:8090"
+    dev_mode: bool = Field(
+        False, description="demo page and unauthenticated publishing endpoints: **never in production**"
+    )
+    dev_issuer_url: str = Field(
+        "http://127.0.0.1:8090",
+        description=(
+            "dev mode: where the demo obtains tokens; without `GATEWAY_JWKS_URL`/`GATEWAY_OIDC_ISSUER`, where"
+            " `serve --dev` starts its own dev issuer (loopback only)"
+        ),
+    )
 
     # --- Added by the auth branch (issue 11 / issue 10's token cache); lead: merge into the sections above.
     jwks_max_bytes: int = Field(
-        512 * 1024, ge=1024, description="A JWKS or discovery response larger than this is abandoned."
+        512 * 1024,
+        ge=1024,
+        description=(
+            "a JWKS or discovery response larger than this (512 KiB) is abandoned while streaming; the cached keys stay"
+        ),
     )
-    jwks_max_keys: int = Field(100, ge=1, description="A JWKS with more keys than this is refused.")
+    jwks_max_keys: int = Field(
+        100, ge=1, description="a JWKS with more keys than this is refused; the cached keys stay"
+    )
     token_cache_size: int = Field(
-        10_000, ge=0, description="Verified tokens remembered (by SHA-256) to skip signature checks; 0 disables."
+        10000,
+        ge=0,
+        description=(
+            "verified tokens remembered by their SHA-256 (never the token), so a reconnect costs no signature"
+            " check; an entry lasts until `exp` plus `GATEWAY_JWT_LEEWAY`, or until its key leaves the JWKS; "
+            "`0` disables"
+        ),
     )
     # --- End of the auth branch's block.
     # Worker processes (issue 16): each an independent replica on the same ports (SO_REUSEPORT).
     workers: int = Field(
-        1, ge=1, le=64, description="Server processes, each holding the whole store and reading every partition."
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "server processes (`serve --workers N`), each an independent replica on the same ports "
+            "(`SO_REUSEPORT`): its own consumer reading every partition, its own store and limits, so memory "
+            "grows by a whole replica per worker (see [Scaling](operations.md#scaling)); worker *i* logs as "
+            "`<instance id>-w<i>` and only worker 0 writes dead letters"
+        ),
     )
     # Fair shares (issue 19): no client address and no tenant can take what the others need.
     max_sockets_per_address: int | None = Field(
         None,
         ge=1,
-        description="Open connections on the public port per client address (429 beyond); unset: half "
-        "of max_sockets. IPv6 addresses count per /64 (native engine).",
+        description=(
+            "open connections on the public port from one client address (429 and closed beyond); IPv6 "
+            "addresses count per /64"
+        ),
+        json_schema_extra={"shown": "unset: half of `GATEWAY_MAX_SOCKETS` (8192)"},
     )
     max_waiting_requests_per_tenant: int | None = Field(
-        None, ge=1, description="Waiting requests per tenant (429 beyond); unset: half of max_waiting_requests."
+        None,
+        ge=1,
+        description=(
+            "waiting requests of one tenant (429 beyond), so that one tenant cannot take the whole waiting "
+            "budget; no share without `GATEWAY_TENANT_CLAIM`"
+        ),
+        json_schema_extra={"shown": "unset: half of `GATEWAY_MAX_WAITING_REQUESTS` (500)"},
     )
     max_waiting_requests_per_address: int | None = Field(
         None,
         ge=1,
-        description="Waiting requests per client address (429 beyond); unset: a quarter of max_waiting_requests.",
+        description="waiting requests of one client address (429 beyond)",
+        json_schema_extra={"shown": "unset: a quarter of `GATEWAY_MAX_WAITING_REQUESTS` (250)"},
     )
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         ["127.0.0.0/8", "::1"],
-        description="Addresses or CIDR ranges of proxies whose client_address_header names the client; "
-        "empty: none (every TCP peer is the client).",
+        description=(
+            "addresses or CIDR ranges of proxies (ingress, sidecar) whose `GATEWAY_CLIENT_ADDRESS_HEADER` "
+            "names the client for the per-address shares; empty: none"
+        ),
     )
     client_address_header: str = Field(
         "X-Forwarded-For",
-        description="Header in which a trusted proxy names the client (comma-separated, nearest hop last); "
-        "the right-most address that is not a trusted proxy is the client.",
+        description=(
+            "where a trusted proxy names the client: comma-separated, nearest hop last; the right-most "
+            "address that is not a trusted proxy is the client"
+        ),
     )
     # Durations: plain seconds or 6h / 30m / 90s / 1d / 500ms (consumers/durations.py).
     _seconds = seconds_fields(
@@ -152,7 +328,7 @@ class GatewaySettings(BaseSettings):
     @field_validator("jwt_algorithms", "cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
-        return _split(value)
+        return split_list(value)
 
     @field_validator("jwt_algorithms")
     @classmethod
@@ -188,3 +364,79 @@ class GatewaySettings(BaseSettings):
     @property
     def waiting_per_address(self) -> int:
         return self.max_waiting_requests_per_address or max(1, self.max_waiting_requests // 4)
+
+
+# The configuration reference (docs/configuration.md, generated by ``make docs``) shows the fields in these
+# sections, in this order; a test checks that every field is in exactly one.
+REFERENCE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "Authentication and authorization": (
+        "jwks_url",
+        "oidc_issuer",
+        "jwt_issuer",
+        "jwt_audience",
+        "jwt_algorithms",
+        "jwt_leeway",
+        "jwks_min_refresh",
+        "jwks_max_waiting",
+        "jwks_cache_ttl",
+        "jwks_cache_min_ttl",
+        "jwks_cache_max_ttl",
+        "jwks_timeout",
+        "jwks_max_bytes",
+        "jwks_max_keys",
+        "token_cookie",
+        "max_token_bytes",
+        "token_cache_size",
+        "tenant_claim",
+        "session_claim",
+        "required_scope",
+    ),
+    "Streams, limits, lifecycle": (
+        "host",
+        "port",
+        "internal_host",
+        "internal_port",
+        "root_path",
+        "http_engine",
+        "cors_origins",
+        "unknown_session_wait",
+        "replay_wait",
+        "resume_wait",
+        "heartbeat_interval",
+        "retry_ms",
+        "retry_jitter",
+        "max_buffered_bytes",
+        "close_on_token_expiry",
+        "max_connections",
+        "max_waiting_requests",
+        "max_connections_per_subject",
+        "max_connections_per_session",
+        "max_waiting_requests_per_tenant",
+        "max_waiting_requests_per_address",
+        "max_sockets_per_address",
+        "trusted_proxies",
+        "client_address_header",
+        "idle_timeout",
+        "request_head_timeout",
+        "max_header_bytes",
+        "max_sockets",
+        "drain_seconds",
+        "shutdown_grace_seconds",
+    ),
+    "Health": (
+        "readiness_strict",
+        "task_crash_limit",
+        "task_crash_window",
+    ),
+    "Process": (
+        "instance_id",
+        "workers",
+        "log_level",
+        "log_format",
+        "access_log",
+        "request_log_lines",
+        "dev_mode",
+        "dev_issuer_url",
+        "allow_unknown_settings",
+    ),
+}

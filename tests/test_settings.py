@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from consumers.durations import DURATION_FIELDS
 from consumers.settings import ConsumerSettings
+from gateway import configuration_reference
 from gateway.diagnostics import (
     SETTINGS_CLASSES,
     known_variables,
@@ -166,3 +167,24 @@ def test_sasl_and_tls_options_reach_the_kafka_client(tmp_path: Path) -> None:
     assert options["security_protocol"] == "SASL_PLAINTEXT"
     assert "ssl_context" not in options
     assert "secret" not in repr(settings)
+
+
+def test_the_configuration_reference_is_generated_from_the_settings() -> None:
+    """docs/configuration.md is what ``make docs`` writes from the settings: stale, it fails here."""
+    assert configuration_reference.render() == CONFIGURATION_DOC, "docs/configuration.md is stale: run `make docs`"
+    assert configuration_reference.main(["--check"]) == 0
+
+
+def test_every_setting_needs_a_section_and_a_description(monkeypatch: pytest.MonkeyPatch) -> None:
+    sections = dict(configuration_reference.SECTIONS)
+    process = sections["Process"]
+    monkeypatch.setitem(configuration_reference.SECTIONS, "Process", tuple(n for n in process if n != "workers"))
+    with pytest.raises(configuration_reference.ReferenceError, match=r"no section \['workers'\]"):
+        configuration_reference.render()
+    monkeypatch.setitem(configuration_reference.SECTIONS, "Process", (*process, "workers"))
+    with pytest.raises(configuration_reference.ReferenceError, match=r"in two \['workers'\]"):
+        configuration_reference.render()
+    monkeypatch.setitem(configuration_reference.SECTIONS, "Process", process)
+    monkeypatch.setattr(GatewaySettings.model_fields["workers"], "description", None)
+    with pytest.raises(configuration_reference.ReferenceError, match="workers has no description"):
+        configuration_reference.render()

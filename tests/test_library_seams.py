@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 
 from consumers import aiokafka_seam
-from consumers.aiokafka_seam import DecompressionLimits
+from consumers.aiokafka_seam import DecompressionLimits, _common, decompression, patching
 from gateway.diagnostics import UserError
 from gateway.server import check_http_engine
 from gateway.settings import GatewaySettings
@@ -62,7 +62,7 @@ async def test_kafka_metadata_refresh_falls_back_on_an_untested_aiokafka(
 ) -> None:
     assert aiokafka_seam.check() is None, "the installed aiokafka is the tested one"
     monkeypatch.setattr(aiokafka, "__version__", "0.99.0")
-    monkeypatch.setattr(aiokafka_seam, "_warned", set())
+    monkeypatch.setattr(_common, "_warned", set())
     with caplog.at_level(logging.WARNING, logger="gateway.consumer"):
         assert await aiokafka_seam.refresh_topics(object(), ["t"]) is False
         assert await aiokafka_seam.refresh_topics(object(), ["t"]) is False
@@ -71,7 +71,7 @@ async def test_kafka_metadata_refresh_falls_back_on_an_untested_aiokafka(
 
 
 # --------------------------------------------------------------------------------------------------
-# aiokafka: bounded decompression and unreadable batches (consumers/aiokafka_seam.py)
+# aiokafka: bounded decompression and unreadable batches (consumers/aiokafka_seam/)
 
 
 def _in_own_context(limits: DecompressionLimits, call: Callable[[], Any]) -> Any:
@@ -94,19 +94,19 @@ def test_the_aiokafka_seam_is_installed_where_aiokafka_looks() -> None:
     assert getattr(fetcher.PartitionRecords, "_seam_tracking", False)
     for module in (c_records, py_records):
         for name in ("gzip_decode", "snappy_decode", "lz4_decode", "zstd_decode"):
-            assert getattr(module, name).__module__ == "consumers.aiokafka_seam", (module.__name__, name)
+            assert getattr(module, name).__module__ == "consumers.aiokafka_seam.decompression", (module.__name__, name)
 
 
 PAYLOAD = b"".join(b'{"id": "s-%d", "status": "active"}' % i for i in range(2000))  # 68 KB
 CODECS: dict[str, tuple[Callable[[bytes], bytes], Callable[[Any], bytes]]] = {
-    "gzip": (aiokafka.codec.gzip_encode, aiokafka_seam._gzip_decode),
-    "snappy": (aiokafka.codec.snappy_encode, aiokafka_seam._snappy_decode),
+    "gzip": (aiokafka.codec.gzip_encode, decompression._gzip_decode),
+    "snappy": (aiokafka.codec.snappy_encode, decompression._snappy_decode),
     "snappy-raw": (
         lambda data: aiokafka.codec.snappy_encode(data, xerial_compatible=False),
-        aiokafka_seam._snappy_decode,
+        decompression._snappy_decode,
     ),
-    "lz4": (aiokafka.codec.lz4_encode, aiokafka_seam._lz4_decode),
-    "zstd": (aiokafka.codec.zstd_encode, aiokafka_seam._zstd_decode),
+    "lz4": (aiokafka.codec.lz4_encode, decompression._lz4_decode),
+    "zstd": (aiokafka.codec.zstd_encode, decompression._zstd_decode),
 }
 
 
@@ -131,9 +131,9 @@ def test_gzip_reads_every_member_and_their_padding_as_aiokafka_does() -> None:
     members = aiokafka.codec.gzip_encode(b"first,") + aiokafka.codec.gzip_encode(b"second") + b"\x00" * 8
     assert aiokafka.codec.gzip_decode(members) == b"first,second"
     limits = DecompressionLimits(batch_bytes=12, record_bytes=12)
-    assert _in_own_context(limits, lambda: aiokafka_seam._gzip_decode(members)) == b"first,second"
+    assert _in_own_context(limits, lambda: decompression._gzip_decode(members)) == b"first,second"
     with pytest.raises(aiokafka_seam.DecompressedTooLarge):
-        _in_own_context(DecompressionLimits(11, 11), lambda: aiokafka_seam._gzip_decode(members))
+        _in_own_context(DecompressionLimits(11, 11), lambda: decompression._gzip_decode(members))
 
 
 def test_a_batch_cap_follows_the_records_it_holds() -> None:
@@ -179,7 +179,7 @@ async def test_without_the_seam_unreadable_records_are_still_skipped_one_by_one(
     assert await produce_unparseable_batch(kafka_bootstrap, topic, "fallback", behind=2, after=1) == [0, 3]
     unreadable = metric("gateway_records_rejected_total", reason="unreadable")
     try:
-        monkeypatch.setattr(aiokafka_seam, "_self_test", lambda: "aiokafka's fetcher changed (simulated)")
+        monkeypatch.setattr(patching, "_self_test", lambda: "aiokafka's fetcher changed (simulated)")
         async with running_consumer(kafka_bootstrap, topic) as running:
             assert not aiokafka_seam.installed()
             await running.wait_until(lambda: "fallback-after-0" in running.store, 60, "the records were not skipped")

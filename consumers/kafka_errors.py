@@ -4,11 +4,10 @@ Kinds: ``auth`` (SASL authentication or authorization refused), ``ssl`` (TLS han
 or mismatching broker certificate), ``connection`` (refused, unreachable, timed out, other Kafka errors) and
 ``other`` (anything else, e.g. the topic does not exist yet).
 
-aiokafka reports a failed bootstrap as a bare ``KafkaConnectionError("Unable to bootstrap from [...]")``; the
-real cause (``SaslAuthenticationFailed``, ``SSLCertVerificationError``, ``ConnectionRefusedError``) appears only
-as an argument of the error line it logs just before. A filter on aiokafka's logger keeps that exception for
-the classifier and drops the line, because ``ConnectErrorLog`` reports the same failure itself: once, naming
-the cause and the settings to check, instead of once per retry.
+aiokafka's error for a failed bootstrap does not carry its real cause (``SaslAuthenticationFailed``,
+``SSLCertVerificationError``, ``ConnectionRefusedError``); ``consumers.aiokafka_seam`` finds it
+(``bootstrap_cause``), and drops aiokafka's own line about it, because ``ConnectErrorLog`` reports the same
+failure itself: once, naming the cause and the settings to check, instead of once per retry.
 
 Batches the client cannot read at all (a record it cannot parse, a batch that would decompress beyond its
 cap; see ``consumers.aiokafka_seam``) are skipped whole by the consumer and counted in
@@ -27,7 +26,6 @@ from aiokafka.errors import (
     AuthenticationMethodNotSupported,
     ClusterAuthorizationFailedError,
     IllegalSaslStateError,
-    KafkaConnectionError,
     KafkaError,
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
@@ -35,6 +33,7 @@ from aiokafka.errors import (
 )
 from prometheus_client import Counter
 
+from consumers import aiokafka_seam
 from consumers.settings import ConsumerSettings
 
 log = logging.getLogger("gateway.consumer")
@@ -62,45 +61,13 @@ _AUTH_ERRORS = (
     TopicAuthorizationFailedError,
     ClusterAuthorizationFailedError,
 )
-_BOOTSTRAP_FAILED = "Unable to bootstrap"
-_BOOTSTRAP_LINE = 'Unable connect to "'
-
-
-class _BootstrapCause(logging.Filter):
-    """Keeps the exception of aiokafka's 'Unable connect to "host:port": error' line, and drops the line."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.last: BaseException | None = None
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if (
-            isinstance(record.msg, str)
-            and record.msg.startswith(_BOOTSTRAP_LINE)
-            and isinstance(args, tuple)
-            and len(args) == 3
-            and isinstance(args[2], BaseException)
-        ):
-            self.last = args[2]
-            return False
-        return True
-
-
-_bootstrap_cause = _BootstrapCause()
-
-
-def install_bootstrap_filter() -> None:
-    """Idempotent: attaches the filter to aiokafka's logger (records of that logger pass it before any handler)."""
-    logger = logging.getLogger("aiokafka")
-    if _bootstrap_cause not in logger.filters:
-        logger.addFilter(_bootstrap_cause)
 
 
 def root_cause(exc: BaseException) -> BaseException:
     """The most specific exception behind ``exc``: aiokafka's logged bootstrap error, else the end of the chain."""
-    if isinstance(exc, KafkaConnectionError) and _BOOTSTRAP_FAILED in str(exc) and _bootstrap_cause.last:
-        return _bootstrap_cause.last
+    logged = aiokafka_seam.bootstrap_cause(exc)
+    if logged is not None:
+        return logged
     seen: set[int] = set()
     while id(exc) not in seen:
         seen.add(id(exc))
@@ -147,13 +114,13 @@ class ConnectErrorLog:
         self._last_kind: str | None = None
         self._last_logged = 0.0
         self._suppressed: dict[str, int] = {}
-        install_bootstrap_filter()
+        aiokafka_seam.watch_bootstrap_failures()  # what root_cause() reads; one line when it cannot be
 
     def report(self, error: BaseException, retry_in: float) -> str:
         """Counts and (rate-limited) logs one failed connect attempt; returns its one-line description."""
         kind = classify_kafka_error(error)
         description = self._message(kind, root_cause(error))
-        _bootstrap_cause.last = None  # a later failure must not be explained by this attempt's cause
+        aiokafka_seam.forget_bootstrap_cause()  # a later failure must not be explained by this attempt's cause
         KAFKA_CLIENT_ERRORS.labels(kind).inc()
         now = self._clock()
         if kind == self._last_kind and now - self._last_logged < self._interval:

@@ -8,6 +8,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import UnknownTopicOrPartitionError
 
+from consumers import aiokafka_seam
 from consumers.settings import ConsumerSettings
 from schemas import SessionStatus, SessionStatusEvent, SessionType
 
@@ -48,8 +49,7 @@ class StatusPublisher:
 
     async def check_topic(self) -> None:
         """Fails fast on a missing topic (a send would retry until the request timeout)."""
-        metadata = await self._producer.client.fetch_all_metadata()
-        if self._settings.primary_topic not in metadata.topics():
+        if self._settings.primary_topic not in await aiokafka_seam.cluster_topics(self._producer, self._settings):
             raise UnknownTopicOrPartitionError(f"topic {self._settings.primary_topic!r} does not exist")
 
     async def __aexit__(self, *exc: object) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from consumers import aiokafka_seam
 from consumers.settings import ConsumerSettings
 
 
@@ -20,12 +21,9 @@ async def create_topic(settings: ConsumerSettings, partitions: int = 6, replicat
             topic_configs={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
         )
         try:
-            response = await admin.create_topics([topic])
+            codes = await aiokafka_seam.create_topics(admin, [topic])
         except TopicAlreadyExistsError:
             return False
-        for _, code, *_ in getattr(response, "topic_errors", []) or getattr(response, "topics", []):
-            if code == TopicAlreadyExistsError.errno:
-                return False
-        return True
+        return TopicAlreadyExistsError.errno not in codes.values()
     finally:
         await admin.close()

@@ -8,15 +8,19 @@ import ssl
 import pytest
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, SaslAuthenticationFailed
 
+from consumers.aiokafka_seam import bootstrap
 from consumers.kafka_errors import ConnectErrorLog, classify_kafka_error
 from consumers.settings import ConsumerSettings
 from tests.kafka_support import metric
 
 
 def bootstrap_failure(cause: BaseException) -> KafkaConnectionError:
-    """What aiokafka does on a failed bootstrap: log the cause, raise a bare KafkaConnectionError."""
-    logging.getLogger("aiokafka").error('Unable connect to "%s:%s": %s', "127.0.0.1", 9093, cause)
-    return KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 9093, <AddressFamily.AF_INET: 2>)]")
+    """What aiokafka does on a failed bootstrap, as the seam reads it: log the cause, raise a bare error.
+
+    (tests/test_library_seams.py checks this against aiokafka's real bootstrap.)
+    """
+    logging.getLogger(bootstrap.LOGGER).error(bootstrap.LINE_TEMPLATE, "127.0.0.1", 9093, cause)
+    return KafkaConnectionError(f"{bootstrap.FAILED_TEXT}[('127.0.0.1', 9093, <AddressFamily.AF_INET: 2>)]")
 
 
 class Clock:

@@ -8,19 +8,45 @@ from collections.abc import Callable
 from typing import Any
 
 import aiokafka
+import aiokafka.client
 import aiokafka.codec
 import aiokafka.record.default_records
 import httptools
 import pytest
 import uvicorn
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import (
+    IllegalSaslStateError,
+    InvalidReplicationFactorError,
+    KafkaConnectionError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+)
+from aiokafka.protocol.admin import CreateTopicsRequest
+from aiokafka.protocol.types import Schema
 
 from consumers import aiokafka_seam
-from consumers.aiokafka_seam import DecompressionLimits, _common, decompression, patching
+from consumers.aiokafka_seam import DecompressionLimits, _common, admin, bootstrap, decompression, patching
+from consumers.kafka_errors import ConnectErrorLog, root_cause
+from consumers.settings import ConsumerSettings
 from gateway.diagnostics import UserError
+from gateway.publish import StatusPublisher
 from gateway.server import check_http_engine
 from gateway.settings import GatewaySettings
+from gateway.topic import create_topic as create_topic_as_the_cli_does
 from gateway.uvicorn_edge import TESTED_UVICORN, check_engine, supported_versions
-from tests.kafka_support import create_topic, metric, produce_unparseable_batch, running_consumer, unique_topic
+from tests.kafka_support import (
+    add_partitions,
+    create_topic,
+    make_settings,
+    metric,
+    produce_unparseable_batch,
+    running_consumer,
+    unique_topic,
+    wait_for_partitions,
+)
 
 
 def test_the_installed_versions_are_the_tested_ones() -> None:
@@ -187,3 +213,174 @@ async def test_without_the_seam_unreadable_records_are_still_skipped_one_by_one(
     finally:
         monkeypatch.undo()
         assert aiokafka_seam.install() is None
+
+
+# --------------------------------------------------------------------------------------------------
+# aiokafka: every concern of the seam is checked at start-up and has a fallback
+
+
+def test_every_aiokafka_seam_passes_its_check_with_the_installed_aiokafka() -> None:
+    assert aiokafka_seam.install() is None
+    assert aiokafka_seam.problems() == dict.fromkeys(aiokafka_seam.problems())
+
+
+def test_an_untested_aiokafka_takes_every_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        monkeypatch.setattr(aiokafka, "__version__", "0.99.0")
+        aiokafka_seam.install()
+        problems = aiokafka_seam.problems()
+        assert all(problem is not None and "0.99.0" in problem for problem in problems.values()), problems
+    finally:
+        monkeypatch.undo()
+        assert aiokafka_seam.install() is None
+
+
+async def test_metadata_is_refreshed_on_demand_and_falls_back_without_the_client_calls(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = unique_topic("seam-refresh")
+    await create_topic(kafka_bootstrap, topic, partitions=1)
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, request_timeout_ms=5_000)
+    await consumer.start()
+    try:
+        assert await aiokafka_seam.refresh_topics(consumer, [topic]) is True
+        assert consumer.partitions_for_topic(topic) == {0}
+        await add_partitions(kafka_bootstrap, topic, 3)
+        assert await aiokafka_seam.refresh_topics(consumer, [topic]) is True
+        assert consumer.partitions_for_topic(topic) == {0, 1, 2}  # now, not at the periodic refresh
+
+        monkeypatch.setattr(_common, "_warned", set())
+        monkeypatch.delattr(AIOKafkaClient, "force_metadata_update")
+        with caplog.at_level(logging.WARNING, logger="gateway.consumer"):
+            assert await aiokafka_seam.refresh_topics(consumer, [topic]) is False
+            assert await aiokafka_seam.refresh_topics(consumer, [topic]) is False
+        monkeypatch.undo()
+        assert caplog.text.count("cannot refresh Kafka metadata on demand") == 1
+        assert "force_metadata_update" in caplog.text
+    finally:
+        monkeypatch.undo()
+        await consumer.stop()
+
+
+async def test_publish_asks_the_producers_connection_for_topics_or_an_admin_client_of_its_own(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = unique_topic("seam-publish")
+    await create_topic(kafka_bootstrap, topic, partitions=1)
+    settings = make_settings(kafka_bootstrap, topic)
+    missing = make_settings(kafka_bootstrap, unique_topic("seam-missing"))
+    async with StatusPublisher(settings) as publisher, StatusPublisher(missing) as nowhere:
+        producer = publisher._producer
+        assert topic in await aiokafka_seam.cluster_topics(producer, settings)
+        await publisher.check_topic()
+        with pytest.raises(UnknownTopicOrPartitionError):
+            await nowhere.check_topic()
+
+        monkeypatch.setattr(_common, "_warned", set())
+        monkeypatch.delattr(AIOKafkaClient, "fetch_all_metadata")
+        try:
+            with caplog.at_level(logging.WARNING, logger="gateway.consumer"):
+                assert topic in await aiokafka_seam.cluster_topics(producer, settings)
+                await publisher.check_topic()
+                with pytest.raises(UnknownTopicOrPartitionError):
+                    await nowhere.check_topic()
+        finally:
+            monkeypatch.undo()
+    assert caplog.text.count("cannot ask the producer's connection for the Kafka topics") == 1
+    assert "fetch_all_metadata" in caplog.text
+
+
+async def _failed_bootstrap(settings: ConsumerSettings) -> BaseException:
+    consumer = AIOKafkaConsumer(**settings.kafka_client_options())
+    try:
+        await consumer.start()
+    except Exception as error:
+        return error
+    finally:
+        await consumer.stop()
+    raise AssertionError("the bootstrap succeeded")
+
+
+async def test_a_failed_bootstraps_cause_is_read_from_aiokafkas_line_or_from_the_chain(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SASL client at the broker's PLAINTEXT listener: aiokafka raises a bare KafkaConnectionError and logs
+    the broker's IllegalSaslStateError; with the seam that is an ``auth`` failure, without it a connection one."""
+    settings = make_settings(
+        kafka_bootstrap,
+        "seam-bootstrap",
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_username="gateway",
+        kafka_sasl_password="secret",
+    )
+    assert bootstrap.check_bootstrap_log() is None
+    errors = ConnectErrorLog(settings)
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="aiokafka")  # the CLI quiets it, in this process too
+    error = await _failed_bootstrap(settings)
+    assert isinstance(error, KafkaConnectionError)
+    assert isinstance(root_cause(error), IllegalSaslStateError)
+    assert "Kafka authentication failed" in errors.report(error, 1.0)
+    assert not [record for record in caplog.records if record.name == "aiokafka"]  # said once, by the gateway
+
+    # aiokafka's client logging elsewhere (a changed internal): the filter is not put where it sees nothing.
+    caplog.clear()
+    monkeypatch.setattr(_common, "_warned", set())
+    monkeypatch.setattr(aiokafka.client, "log", logging.getLogger("aiokafka.client"))
+    try:
+        errors = ConnectErrorLog(settings)
+        assert errors.report(await _failed_bootstrap(settings), 1.0).startswith("cannot connect to Kafka")
+        assert aiokafka_seam.watch_bootstrap_failures() is not None
+    finally:
+        monkeypatch.undo()
+    assert bootstrap._cause not in logging.getLogger("aiokafka").filters
+    warnings = [r.getMessage() for r in caplog.records if "cause of a failed Kafka bootstrap" in r.getMessage()]
+    assert len(warnings) == 1 and "'aiokafka' logger" in warnings[0]
+    assert [record for record in caplog.records if record.name == "aiokafka.client"]  # aiokafka's own line stays
+    assert aiokafka_seam.watch_bootstrap_failures() is None
+    assert bootstrap._cause in logging.getLogger("aiokafka").filters
+
+
+def test_the_bootstrap_check_reads_the_texts_aiokafka_logs_and_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert bootstrap.check_bootstrap_log() is None
+    monkeypatch.setattr(bootstrap, "LINE_TEMPLATE", 'Unable to connect to "%s:%s": %s')
+    problem = bootstrap.check_bootstrap_log()
+    assert problem is not None and "Unable to connect to" in problem
+
+
+def _renamed_create_topics_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if aiokafka named the answer's field as newer Kafka versions do (``topics``)."""
+    for request in CreateTopicsRequest._CLASSES:
+        schema = request.RESPONSE_TYPE.SCHEMA
+        names = ["topics" if name == "topic_errors" else name for name in schema.names]
+        monkeypatch.setattr(request.RESPONSE_TYPE, "SCHEMA", Schema(*zip(names, schema.fields, strict=True)))
+
+
+async def test_create_topic_reads_the_brokers_answer_or_asks_which_topics_exist(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = unique_topic("seam-create"), unique_topic("seam-create")
+    assert admin.check_create_topics() is None
+    assert await create_topic_as_the_cli_does(make_settings(kafka_bootstrap, first)) is True
+    assert await create_topic_as_the_cli_does(make_settings(kafka_bootstrap, first)) is False
+    client = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap, request_timeout_ms=15_000)
+    await client.start()
+    try:
+        impossible = NewTopic(unique_topic("seam-create"), num_partitions=1, replication_factor=3)
+        codes = await aiokafka_seam.create_topics(client, [impossible, NewTopic(first, 1, 1)])
+        assert codes == {impossible.name: InvalidReplicationFactorError.errno, first: TopicAlreadyExistsError.errno}
+
+        monkeypatch.setattr(_common, "_warned", set())
+        _renamed_create_topics_answers(monkeypatch)
+        problem = admin.check_create_topics()
+        assert problem is not None and "CreateTopicsResponse_v0" in problem
+        with caplog.at_level(logging.WARNING, logger="gateway.consumer"):
+            assert await create_topic_as_the_cli_does(make_settings(kafka_bootstrap, second)) is True
+            await wait_for_partitions(kafka_bootstrap, second, 6)  # what list_topics() sees: the metadata
+            assert await create_topic_as_the_cli_does(make_settings(kafka_bootstrap, second)) is False
+            codes = await aiokafka_seam.create_topics(client, [NewTopic(first, 1, 1)])
+            assert codes == {first: TopicAlreadyExistsError.errno}
+    finally:
+        monkeypatch.undo()
+        await client.close()
+    assert caplog.text.count("cannot read aiokafka's CreateTopics answer") == 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from consumers import aiokafka_seam
 from consumers.settings import ConsumerSettings
@@ -24,6 +24,12 @@ async def create_topic(settings: ConsumerSettings, partitions: int = 6, replicat
             codes = await aiokafka_seam.create_topics(admin, [topic])
         except TopicAlreadyExistsError:
             return False
-        return TopicAlreadyExistsError.errno not in codes.values()
+        code = codes.get(settings.primary_topic, 0)
+        if code == TopicAlreadyExistsError.errno:
+            return False
+        if code:  # e.g. a replication factor above the number of brokers (38)
+            error = for_code(code)
+            raise error(f"the broker refused to create topic {settings.primary_topic}: {error.__name__} ({code})")
+        return True
     finally:
         await admin.close()

@@ -274,6 +274,16 @@ async def test_create_topic_partitions_option(kafka_bootstrap: str) -> None:
     assert len(described[0]["partitions"]) == 2
 
 
+async def test_create_topic_says_when_the_broker_refuses(kafka_bootstrap: str) -> None:
+    """A replication factor above the brokers' number: the broker answers error 38; it said "created"."""
+    name = unique_topic("cli-refused")
+    env = clean_env(GATEWAY_KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
+    result = await run_cli("create-topic", "--topic", name, "--replication-factor", "3", env=env)
+    assert result.code != 0, result.describe()
+    assert "created" not in result.stdout
+    assert "InvalidReplicationFactorError" in result.stderr and "Traceback" not in result.stderr, result.describe()
+
+
 # --------------------------------------------------------------------------------------------------
 # watch
 

@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,17 @@ from tests.gateway_support import (
     sse,
     stopping,
 )
-from tests.kafka_support import LocalBroker, Record, create_topic, event_bytes, produce, unique_topic
+from tests.kafka_support import (
+    BackgroundBroker,
+    BrokerError,
+    LocalBroker,
+    Record,
+    background_broker,
+    create_topic,
+    event_bytes,
+    produce,
+    unique_topic,
+)
 from tests.support import new_session, wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -202,13 +212,16 @@ async def test_metrics_follow_known_traffic(kafka_bootstrap: str, world: World, 
         assert response.status_code == 401, response.text
 
     total = len(phase_one) + len(phase_two)
+    partitions = [str(p) for p in range(PARTITIONS)]
 
     async def settled() -> bool:
         now = await scrape(client, gateway)
         return (
             now.delta(before, "gateway_records_consumed_total") >= total
             and now.get("gateway_open_streams") == before.get("gateway_open_streams")
-            and all(value == 0 for value in now.labelled("gateway_consumer_lag_records", "partition").values())
+            # A broker probe (every GATEWAY_KAFKA_HEALTH_INTERVAL) since the traffic: every partition, no lag.
+            and now.labelled("gateway_consumer_lag_records", "partition") == dict.fromkeys(partitions, 0.0)
+            and now.labelled("gateway_consumer_position", "partition").get("0", 0.0) >= total
         )
 
     await wait_until(settled, 20, "the gateway never settled after the traffic")
@@ -308,8 +321,25 @@ async def test_readyz_waits_for_the_store_to_catch_up(
             assert event is not None and event.json()["status"] == "active"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def outage_broker_start(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BackgroundBroker]:
+    """The outage test's own broker, started in the background when this module begins if that test will run."""
+    with background_broker(request, tmp_path_factory, "outage_broker") as background:
+        yield background
+
+
+@pytest.fixture
+def outage_broker(outage_broker_start: BackgroundBroker) -> LocalBroker:
+    try:
+        return outage_broker_start.result(timeout=300)
+    except BrokerError as error:
+        pytest.fail(str(error), pytrace=False)
+
+
 async def test_a_broker_outage_keeps_the_replica_ready_and_serving(
-    world: World, client: httpx.AsyncClient, tmp_path: Path
+    world: World, client: httpx.AsyncClient, outage_broker: LocalBroker, tmp_path: Path
 ) -> None:
     """A broker of our own stops for 20 s under a ready gateway: it stays ready and serves from memory.
 
@@ -318,8 +348,7 @@ async def test_a_broker_outage_keeps_the_replica_ready_and_serving(
     the other choice: it turns unready. A stream opened during the outage gets the current state and,
     once the broker is back, the next transition.
     """
-    broker = LocalBroker.allocate(tmp_path / "kafka-state")
-    broker.start()
+    broker = outage_broker
     session = new_session("outage")
     try:
         async with gateway_world(

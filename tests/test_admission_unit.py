@@ -33,6 +33,7 @@ from gateway.native_stream import NativeStream
 from gateway.settings import GatewaySettings
 from gateway.subscribe import Admission, Answer, EventsEndpoint, StreamRequest
 from schemas import SessionStatus
+from tests.support import wait_until
 
 
 class Channel:
@@ -377,8 +378,7 @@ async def test_another_tenants_requests_for_a_session_id_never_use_up_the_owners
     gateway.create("victim", "tenant-a")
     attacker = gateway.tokens.token("tenant-b")
     probes = [asyncio.create_task(gateway.answer("victim", attacker)) for _ in range(12)]
-    while sum(probe.done() for probe in probes) < 9:
-        await asyncio.sleep(0)
+    await wait_until(lambda: sum(probe.done() for probe in probes) == 9, 5, "the probes beyond the limit waited")
     assert gateway.registry.waiting == 3
     assert {probe.result().status for probe in probes if probe.done()} == {429}  # type: ignore[union-attr]
     owner = gateway.tokens.token("tenant-a")
@@ -399,13 +399,13 @@ async def test_waiting_requests_count_like_open_streams(admissions: type[Admissi
     )
     burst = gateway.tokens.token("t", sub="burst")
     waiting = [asyncio.create_task(gateway.answer(f"later-{n}", burst)) for n in range(3)]
-    await asyncio.sleep(0)
-    assert gateway.registry.waiting == 3 and not any(task.done() for task in waiting)
+    await wait_until(lambda: gateway.registry.waiting == 3, 5, "the requests never waited for their sessions")
+    assert not any(task.done() for task in waiting)
     refused = await gateway.answer("later-3", burst)
     assert (refused.status, refused.reason) == (429, "per_subject")  # type: ignore[union-attr]
-    # Three other tenants (each below its share of 3) fill the cap: the next request is refused with 503.
+    # Three requests of other tenants fill the cap: the next request is refused with 503.
     others = [asyncio.create_task(gateway.answer(f"other-{n}", gateway.tokens.token(f"t{n}"))) for n in range(3)]
-    await asyncio.sleep(0)
+    await wait_until(lambda: gateway.registry.waiting == 6, 5, "the other tenants' requests never waited")
     full = await gateway.answer("other-x", gateway.tokens.token("t9"))
     assert isinstance(full, Answer) and (full.status, full.reason) == (503, "max_waiting_requests")
     assert (

@@ -139,6 +139,9 @@ class HostileJwks:
                 self.send_header("content-type", "application/json")
                 self.send_header("cache-control", "max-age=300")
                 self.send_header("content-length", str(length))
+                # Said, not only done (close_connection): a client that pooled the connection could send its
+                # next request on it as the server closes it, and see "Server disconnected" instead of the drip.
+                self.send_header("connection", "close")
                 self.end_headers()
 
             def _drip(self, data: bytes) -> None:

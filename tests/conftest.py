@@ -2,7 +2,7 @@
 
 Plain helpers shared by the test modules (free ports, session ids, event ids, ``wait_until``) are in
 ``tests/support.py``; Kafka helpers in ``tests/kafka_support.py``; gateway processes, keys and the SSE
-client in ``tests/gateway_support.py``.
+client in ``tests/gateway_support.py``; ``client`` is the HTTP client every gateway suite shares.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
+import pytest_asyncio
 
 from tests.kafka_support import BrokerError, LocalBroker, docker_available, testcontainers_broker
 from tests.support import on_the_terminal
@@ -88,3 +90,16 @@ def kafka_bootstrap(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
         yield broker.bootstrap
     finally:
         broker.stop()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    """One HTTP client per test module, for every suite that talks to gateway processes.
+
+    Room for hundreds of concurrent streams; no kept-alive connections, so no test's sockets outlive its
+    requests (several suites count the sockets or waiting requests of one client address), and a pooled
+    connection to a gateway another test stopped is never reused.
+    """
+    limits = httpx.Limits(max_connections=500, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0), limits=limits) as http:
+        yield http

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
+from tests.kafka_support import create_topic, produce, unique_topic
 from tests.support import free_port
 
 __all__ = ["free_port"]  # re-exported: one definition, in tests/support.py
@@ -100,6 +102,7 @@ class JwksServer:
     cache_control: str | None = "max-age=300"
     failing: bool = False
     fetches: int = 0
+    last_fetch: float = 0.0  # time.monotonic() of the last request for the JWKS (0: none yet)
     port: int = 0
     _server: ThreadingHTTPServer | None = None
 
@@ -120,6 +123,7 @@ class JwksServer:
                     body = json.dumps({"issuer": owner.issuer_url, "jwks_uri": owner.url}).encode()
                 elif self.path == "/jwks.json":
                     owner.fetches += 1
+                    owner.last_fetch = time.monotonic()
                     if owner.failing:
                         self.send_response(503)
                         self.end_headers()
@@ -149,6 +153,10 @@ class JwksServer:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+    def idle_for(self, seconds: float) -> bool:
+        """No JWKS request for at least ``seconds`` (a gateway's minimum refresh interval or key lifetime ran out)."""
+        return time.monotonic() - self.last_fetch >= seconds
 
 
 # --- gateway process ----------------------------------------------------------------------------
@@ -420,6 +428,129 @@ def stopping(*processes: GatewayProcess | DevIssuerProcess) -> Iterator[None]:
     finally:
         for process in processes:
             process.stop()
+
+
+async def stop_all(processes: Iterable[GatewayProcess | DevIssuerProcess]) -> None:
+    """Stops the processes at the same time (each stop waits for its process to exit)."""
+    await asyncio.gather(*(asyncio.to_thread(process.stop) for process in processes))
+
+
+async def start_all(gateways: Iterable[GatewayProcess], *, ready: bool = True, timeout: float = 60.0) -> None:
+    """Starts the gateways at once and waits for all of them (``/readyz``, or ``/livez`` with ``ready=False``).
+
+    On a failure every one of them is stopped before the error propagates.
+    """
+    started = list(gateways)
+    try:
+        for gateway in started:
+            gateway.start()
+        if ready:
+            await asyncio.gather(*(gateway.wait_ready(timeout) for gateway in started))
+        else:
+            await asyncio.gather(*(gateway.wait_status("/livez", 200, timeout) for gateway in started))
+    except BaseException:
+        await stop_all(started)
+        raise
+
+
+# --------------------------------------------------------------------------------------------------
+# The world of a gateway test: a topic, a key and its JWKS server, gateways reading and trusting them
+
+
+@dataclass
+class GatewayWorld:
+    """What ``gateway_world`` made: the broker and topic, the signing key and the JWKS server publishing it,
+    and the gateway processes (by name) reading that topic and trusting that server; logs under ``logs``."""
+
+    bootstrap: str
+    topic: str
+    key: SigningKey
+    jwks: JwksServer
+    gateways: dict[str, GatewayProcess]
+    logs: Path
+
+    @property
+    def gateway(self) -> GatewayProcess:
+        """The gateway of a world that has one (the first one named otherwise)."""
+        return next(iter(self.gateways.values()))
+
+    def __getitem__(self, name: str) -> GatewayProcess:
+        return self.gateways[name]
+
+    def token(self, tenant: str | None = "tenant-a", **claims: Any) -> str:
+        """A token signed by the world's key (see ``mint`` for ``claims``)."""
+        return mint(self.key, tenant=tenant, **claims)
+
+    def url(self, session_id: str, gateway: GatewayProcess | None = None) -> str:
+        """The events URL of ``session_id`` on ``gateway`` (the world's gateway by default)."""
+        return f"{(gateway or self.gateway).url}/session/{session_id}/events"
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """The settings of one more gateway on this world's topic and JWKS server (``gateway_env``)."""
+        return gateway_env(self.bootstrap, self.topic, self.jwks, **overrides)
+
+
+GatewaySettingsOverrides = Mapping[str, str | None]
+
+
+@asynccontextmanager
+async def gateway_world(
+    bootstrap: str,
+    logs: Path | pytest.TempPathFactory,
+    name: str,
+    *,
+    partitions: int = 1,
+    compacted: bool = False,
+    topic: str | None = None,
+    create: bool = True,
+    records: Sequence[tuple[bytes | None, bytes | None]] = (),
+    keys: Sequence[SigningKey] | None = None,
+    jwks: JwksServer | None = None,
+    gateways: Mapping[str, GatewaySettingsOverrides] | None = None,
+    common: Mapping[str, str] | None = None,
+    ready: bool = True,
+    **settings: str,
+) -> AsyncIterator[GatewayWorld]:
+    """A gateway against the broker and a key server, ready; everything it started is stopped at the end.
+
+    - the topic: ``topic``, or a new one named after ``name``; created (``partitions``, ``compacted``)
+      unless ``create=False`` (a test that creates it later), with ``records`` written before any gateway
+      starts;
+    - the key: ``keys[0]`` (``keys`` are all published), or a new RSA key named ``name``;
+    - the JWKS server: ``jwks`` (left running), or a new one that publishes ``keys``;
+    - the gateways: one named ``name`` with ``settings`` (and ``common``, the same as a mapping) on top of
+      ``gateway_env``, or one per entry of ``gateways`` with its own settings on top of those (a value
+      ``None`` removes that variable); started at once and awaited together (``/readyz``, or only
+      ``/livez`` with ``ready=False``).
+
+    ``logs`` is a directory, or pytest's ``tmp_path_factory`` (a new directory named ``name``).
+    """
+    directory = logs.mktemp(name) if isinstance(logs, pytest.TempPathFactory) else logs
+    signing = list(keys) if keys else [rsa_key(name)]
+    server = jwks if jwks is not None else JwksServer(keys=list(signing)).start()
+    processes: dict[str, GatewayProcess] = {}
+    try:
+        topic = topic or unique_topic(name)
+        if create:
+            await create_topic(bootstrap, topic, partitions=partitions, compacted=compacted)
+        if records:
+            await produce(bootstrap, topic, records)
+        for gateway_name, own in (gateways or {name: {}}).items():
+            env = gateway_env(bootstrap, topic, server, **(common or {}), **settings)
+            for variable, value in own.items():
+                if value is None:
+                    env.pop(variable, None)
+                else:
+                    env[variable] = value
+            processes[gateway_name] = GatewayProcess(env, directory / f"{gateway_name}.log")
+        await start_all(processes.values(), ready=ready)
+        try:
+            yield GatewayWorld(bootstrap, topic, signing[0], server, processes, directory)
+        finally:
+            await stop_all(processes.values())
+    finally:
+        if jwks is None:
+            server.stop()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import importlib
 import json
 import os
@@ -17,11 +18,13 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client import REGISTRY
@@ -116,8 +119,23 @@ class LocalBroker:
         """New free ports (a port chosen free a moment ago can be taken by the time the broker binds it)."""
         self.port, self.controller_port = free_ports(2)
 
+    def fetch(self, timeout: float = 900.0) -> None:
+        """Downloads the broker's jars unless they are cached (``scripts/kafka.sh fetch``), one process at a time:
+        the pytest-xdist workers each start a broker, and on a fresh machine they would all download at once."""
+        cache = Path(
+            os.environ.get("KAFKA_CACHE_DIR")
+            or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "session-events-gateway"
+        )
+        cache.mkdir(parents=True, exist_ok=True)
+        with (cache / ".fetch.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            code = self._run("fetch", timeout)
+        if code != 0:
+            raise BrokerError(f"`scripts/kafka.sh fetch` could not download the Kafka broker (exit code {code})")
+
     def start(self, timeout: float = 180.0, attempts: int = 3) -> None:
         """Starts the broker; a first start that lost its ports to another process retries on new ones."""
+        self.fetch()
         first = not (self.state_dir / "server.properties").exists()
         for attempt in range(attempts):
             code = self._run("start", timeout)
@@ -157,6 +175,51 @@ class LocalBroker:
         except OSError:
             return False
         return True
+
+
+class BackgroundBroker:
+    """A ``LocalBroker`` whose (10-30 s) start may overlap with other tests."""
+
+    def __init__(self, broker: LocalBroker) -> None:
+        self.broker = broker
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="background-broker")
+        self._started: Future[None] | None = None
+
+    def begin(self) -> None:
+        if self._started is None:
+            self._started = self._pool.submit(self.broker.start)
+
+    def result(self, timeout: float) -> LocalBroker:
+        self.begin()
+        assert self._started is not None
+        self._started.result(timeout=timeout)
+        return self.broker
+
+    def close(self) -> None:
+        if self._started is not None:
+            with contextlib.suppress(Exception):
+                self._started.result(timeout=300)
+            self.broker.stop()
+        self._pool.shutdown()
+
+
+@contextlib.contextmanager
+def background_broker(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, fixture: str
+) -> Iterator[BackgroundBroker]:
+    """For a module-scoped autouse fixture: a broker of the module's own, its start begun at once (in a thread)
+    when a test of this module that will run uses ``fixture``; stopped when the module ends."""
+    background = BackgroundBroker(LocalBroker.allocate(tmp_path_factory.mktemp("kafka-own")))
+    module = request.module
+    if any(
+        getattr(item, "module", None) is module and fixture in getattr(item, "fixturenames", ())
+        for item in request.session.items
+    ):
+        background.begin()
+    try:
+        yield background
+    finally:
+        background.close()
 
 
 def docker_available(timeout: float = 2.0) -> bool:

@@ -6,18 +6,34 @@
 - Which address a connection counts for (``ClientAddresses``): the TCP peer, or behind a trusted proxy
   the right-most address of the forwarded header that is not a trusted proxy.
 - When a token cookie may authenticate (``CorsPolicy.sends_credentials``).
+- The limits as a request meets them (``EventsEndpoint.admit`` with a real store, hub, registry and claims
+  validation; only the signature check is left out): each limit's answer, keys per tenant, tokens without
+  ``sub``, waiting requests counted like open streams. ``test_admission`` and ``test_lifecycle`` prove the
+  same answers through a real process.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any, cast
+
 import pytest
 
 from consumers.hub import Hub
+from consumers.progress import PartitionProgress
+from consumers.records import StatusUpdate
+from consumers.store import SessionStore
+from gateway.authentication import ClaimsValidator, Principal, TokenVerifier
 from gateway.connections import ClientAddresses, ConnectionRegistry, Ticket
 from gateway.cors import CorsPolicy
 from gateway.errors import StreamRefused
 from gateway.native_stream import NativeStream
 from gateway.settings import GatewaySettings
+from gateway.subscribe import Admission, Answer, EventsEndpoint, StreamRequest
+from schemas import SessionStatus
+from tests.support import wait_until
 
 
 class Channel:
@@ -220,3 +236,189 @@ def test_when_a_token_cookie_may_authenticate(
     origins: list[str], origin: str | None, host: str | None, allowed: bool
 ) -> None:
     assert CorsPolicy(origins).sends_credentials(origin, host) is allowed
+
+
+# --------------------------------------------------------------------------------------------------
+# The limits as a request meets them: ``EventsEndpoint.admit`` in process
+
+
+class ClaimsOnly:
+    """The verifier without the signature check: a token is the key of its claims in ``claims``."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.validator = ClaimsValidator(settings)
+        self.claims: dict[str, dict[str, Any]] = {}
+
+    def token(self, tenant: str, **claims: Any) -> str:
+        """A token of ``tenant`` with ``sub`` "user" unless ``claims`` say otherwise (``sub=None``: none)."""
+        now = int(time.time())
+        values: dict[str, Any] = {"sub": "user", "tenant_id": tenant, "iat": now, "exp": now + 600, **claims}
+        token = f"token-{len(self.claims)}"
+        self.claims[token] = {name: value for name, value in values.items() if value is not None}
+        return token
+
+    async def verify(self, token: str) -> Principal:
+        return self.validator.principal(self.claims[token])
+
+
+class Admissions:
+    """An ``EventsEndpoint`` over a caught-up store: what ``admit`` answers, and the tickets it handed out."""
+
+    def __init__(self, **values: object) -> None:
+        self.settings = settings(**values)
+        self.store = SessionStore(terminal_retention_ms=3_600_000, session_ttl_ms=86_400_000, max_sessions=10_000)
+        self.hub = Hub(lambda transition: b"")
+        self.registry = ConnectionRegistry(self.settings, self.hub)
+        progress = PartitionProgress()
+        progress.set_targets({0: 0})
+        self.tokens = ClaimsOnly(self.settings)
+        verifier = cast(TokenVerifier, self.tokens)
+        self.endpoint = EventsEndpoint(self.settings, self.store, self.hub, progress, verifier, self.registry)
+        self.admitted: list[Admission] = []
+        self.offset = 0
+
+    def create(self, session_id: str, tenant: str) -> None:
+        update = StatusUpdate(session_id, tenant, SessionStatus.ACTIVE, int(time.time() * 1000), None)
+        self.store.apply(update, 0, self.offset)
+        self.offset += 1
+
+    async def status(self, session_id: str, token: str, client: str | None = None) -> int:
+        """200 (admitted, its ticket kept until ``release_all``) or the refusal's status."""
+        answer = await self.answer(session_id, token, client)
+        return answer.status if isinstance(answer, Answer) else 200
+
+    async def answer(self, session_id: str, token: str, client: str | None = None) -> Admission | Answer:
+        result = await self.endpoint.admit(StreamRequest(session_id, f"token={token}".encode(), {}, client))
+        if isinstance(result, Admission):
+            self.admitted.append(result)
+        return result
+
+    def release_all(self) -> None:
+        for admission in self.admitted:
+            self.registry.release(admission.ticket)
+        self.admitted.clear()
+
+
+@pytest.fixture
+def admissions() -> Iterator[type[Admissions]]:
+    made: list[Admissions] = []
+
+    def make(**values: object) -> Admissions:
+        made.append(Admissions(**values))
+        return made[-1]
+
+    yield make  # type: ignore[misc]
+    for each in made:
+        each.release_all()
+
+
+def header(answer: Admission | Answer, name: bytes) -> str | None:
+    assert isinstance(answer, Answer), "admitted, not refused"
+    return next((value.decode() for key, value in answer.headers if key == name), None)
+
+
+async def test_each_limit_answers_with_its_status_and_retry_after(admissions: type[Admissions]) -> None:
+    """Per session and per subject 429, the whole process 503, each with a Retry-After (``test_lifecycle``: the
+    same through a process)."""
+    gateway = admissions(max_connections=6, max_connections_per_subject=3, max_connections_per_session=2)
+    for n in range(6):
+        gateway.create(f"s{n}", "t")
+    token = gateway.tokens.token
+    refusals: dict[str, Admission | Answer] = {}
+    # Per session: two subjects on session 0, a third is refused.
+    assert [await gateway.status("s0", token("t", sub=sub)) for sub in ("u1", "u2")] == [200, 200]
+    refusals["per_session"] = await gateway.answer("s0", token("t", sub="u3"))
+    # Per subject: u4 on three sessions, a fourth is refused.
+    assert [await gateway.status(f"s{n}", token("t", sub="u4")) for n in (1, 2, 3)] == [200, 200, 200]
+    refusals["per_subject"] = await gateway.answer("s4", token("t", sub="u4"))
+    # Whole process: a sixth stream fits, a seventh is refused.
+    assert await gateway.status("s4", token("t", sub="u5")) == 200
+    refusals["max_connections"] = await gateway.answer("s5", token("t", sub="u6"))
+    assert {limit: (answer.status, answer.reason) for limit, answer in refusals.items()} == {  # type: ignore[union-attr]
+        "per_session": (429, "per_session"),
+        "per_subject": (429, "per_subject"),
+        "max_connections": (503, "max_connections"),
+    }
+    assert {limit: header(answer, b"retry-after") for limit, answer in refusals.items()} == {
+        "per_session": "10",
+        "per_subject": "10",
+        "max_connections": "5",
+    }
+    # A stream that ends gives its place back.
+    gateway.registry.release(gateway.admitted.pop().ticket)
+    assert await gateway.status("s5", token("t", sub="u6")) == 200
+
+
+async def test_tokens_without_sub_share_a_bucket_only_within_their_tenant(admissions: type[Admissions]) -> None:
+    """A token without ``sub`` is subject "" of its tenant: such tokens share one per-subject bucket per tenant."""
+    gateway = admissions(max_connections_per_subject=2)
+    statuses: dict[str, list[int]] = {}
+    for tenant in ("tenant-a", "tenant-b"):
+        for n in range(3):
+            gateway.create(f"{tenant}-{n}", tenant)
+            token = gateway.tokens.token(tenant, sub=None)
+            statuses.setdefault(tenant, []).append(await gateway.status(f"{tenant}-{n}", token))
+    assert statuses == {"tenant-a": [200, 200, 429], "tenant-b": [200, 200, 429]}, statuses
+
+
+async def test_many_browsers_sharing_one_client_token_are_not_refused_by_default(admissions: type[Admissions]) -> None:
+    """No per-subject limit unless configured: the reference deployment mints one token per tenant's client."""
+    gateway = admissions()
+    token = gateway.tokens.token("tenant-a", sub="wallet-backend-client")
+    for n in range(200):
+        gateway.create(f"shared-{n}", "tenant-a")
+    assert {await gateway.status(f"shared-{n}", token) for n in range(200)} == {200}
+
+
+async def test_another_tenants_requests_for_a_session_id_never_use_up_the_owners_limit(
+    admissions: type[Admissions],
+) -> None:
+    """Another tenant's requests for the id wait (it is not theirs) and fill their own key only."""
+    gateway = admissions(max_connections_per_session=3, unknown_session_wait=30)
+    gateway.create("victim", "tenant-a")
+    attacker = gateway.tokens.token("tenant-b")
+    probes = [asyncio.create_task(gateway.answer("victim", attacker)) for _ in range(12)]
+    await wait_until(lambda: sum(probe.done() for probe in probes) == 9, 5, "the probes beyond the limit waited")
+    assert gateway.registry.waiting == 3
+    assert {probe.result().status for probe in probes if probe.done()} == {429}  # type: ignore[union-attr]
+    owner = gateway.tokens.token("tenant-a")
+    assert [await gateway.status("victim", owner) for _ in range(4)] == [200, 200, 200, 429]  # its own limit, whole
+    for probe in probes:
+        probe.cancel()
+    await asyncio.gather(*probes, return_exceptions=True)
+    assert gateway.registry.waiting == 0
+
+
+async def test_waiting_requests_count_like_open_streams(admissions: type[Admissions]) -> None:
+    """A request waiting for its session holds its place: the subject's limit and the cap on waiting requests."""
+    gateway = admissions(
+        max_connections_per_subject=3,
+        max_waiting_requests=6,
+        max_waiting_requests_per_tenant=6,
+        unknown_session_wait=30,
+    )
+    burst = gateway.tokens.token("t", sub="burst")
+    waiting = [asyncio.create_task(gateway.answer(f"later-{n}", burst)) for n in range(3)]
+    await wait_until(lambda: gateway.registry.waiting == 3, 5, "the requests never waited for their sessions")
+    assert not any(task.done() for task in waiting)
+    refused = await gateway.answer("later-3", burst)
+    assert (refused.status, refused.reason) == (429, "per_subject")  # type: ignore[union-attr]
+    # Three requests of other tenants fill the cap: the next request is refused with 503.
+    others = [asyncio.create_task(gateway.answer(f"other-{n}", gateway.tokens.token(f"t{n}"))) for n in range(3)]
+    await wait_until(lambda: gateway.registry.waiting == 6, 5, "the other tenants' requests never waited")
+    full = await gateway.answer("other-x", gateway.tokens.token("t9"))
+    assert isinstance(full, Answer) and (full.status, full.reason) == (503, "max_waiting_requests")
+    assert (
+        full.body
+        == b'{"statusCode":503,"message":"Too many requests waiting on this server","error":"Service Unavailable"}'
+    )
+    assert int(header(full, b"retry-after") or 0) > 0
+    # The session appears: the waiting request is admitted and keeps its place, no longer as a waiting one.
+    gateway.create("later-0", "t")
+    gateway.hub.publish(gateway.store.get("later-0").current, 0)  # type: ignore[union-attr]
+    admitted = await asyncio.wait_for(waiting[0], 5)
+    assert isinstance(admitted, Admission)
+    assert gateway.registry.waiting == 5
+    for task in [*waiting, *others]:
+        task.cancel()
+    await asyncio.gather(*waiting, *others, return_exceptions=True)

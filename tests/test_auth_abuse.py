@@ -33,7 +33,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -74,14 +73,15 @@ from tests.gateway_support import (
     AUDIENCE,
     ISSUER,
     GatewayProcess,
+    GatewayWorld,
     JwksServer,
     SigningKey,
     ed_key,
-    gateway_env,
+    gateway_world,
     mint,
     rsa_key,
 )
-from tests.kafka_support import create_topic, event_bytes, produce, unique_topic
+from tests.kafka_support import event_bytes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -147,6 +147,9 @@ class HostileJwks:
                 self.send_header("content-type", "application/json")
                 self.send_header("cache-control", "max-age=300")
                 self.send_header("content-length", str(length))
+                # Said, not only done (close_connection): a client that pooled the connection could send its
+                # next request on it as the server closes it, and see "Server disconnected" instead of the drip.
+                self.send_header("connection", "close")
                 self.end_headers()
 
             def _drip(self, data: bytes) -> None:
@@ -211,41 +214,32 @@ class World:
 @pytest_asyncio.fixture(scope="module")
 async def world(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     rsa, removable, attacker = rsa_key("rsa-1"), rsa_key("removable-1"), rsa_key("attacker-1")
-    jwks = JwksServer(keys=[rsa, removable]).start()
     hostile_jwks = HostileJwks(keys=[rsa]).start()
-    topic = unique_topic("auth-abuse")
-    await create_topic(kafka_bootstrap, topic, partitions=1)
     session = f"s-{uuid.uuid4().hex[:10]}"
-    await produce(kafka_bootstrap, topic, [(session.encode(), event_bytes(session, TENANT, "active"))])
-    logs = tmp_path_factory.mktemp("auth-abuse")
-
-    def env(server: JwksServer | HostileJwks, **overrides: str) -> dict[str, str]:
-        base = gateway_env(kafka_bootstrap, topic, jwks, **NO_LIMITS, GATEWAY_UNKNOWN_SESSION_WAIT="0.2")
-        base["GATEWAY_JWKS_URL"] = server.url
-        base.update(overrides)
-        return base
-
-    text = GatewayProcess(env(jwks, GATEWAY_LOG_FORMAT="text"), logs / "text.log")
-    json_gateway = GatewayProcess(env(jwks, GATEWAY_LOG_FORMAT="json"), logs / "json.log")
-    hostile = GatewayProcess(
-        env(hostile_jwks, GATEWAY_JWKS_TIMEOUT=str(JWKS_DEADLINE), GATEWAY_JWKS_MIN_REFRESH="0"), logs / "hostile.log"
-    )
-    gateways = [text, json_gateway, hostile]
     try:
-        for gateway in gateways:
-            gateway.start()
-        await asyncio.gather(*(gateway.wait_ready() for gateway in gateways))
-        yield World(rsa, removable, attacker, jwks, hostile_jwks, text, json_gateway, hostile, session)
+        async with gateway_world(
+            kafka_bootstrap,
+            tmp_path_factory,
+            "auth-abuse",
+            keys=[rsa, removable],
+            records=[(session.encode(), event_bytes(session, TENANT, "active"))],
+            gateways={
+                "text": {"GATEWAY_LOG_FORMAT": "text"},
+                "json": {"GATEWAY_LOG_FORMAT": "json"},
+                "hostile": {
+                    "GATEWAY_JWKS_URL": hostile_jwks.url,
+                    "GATEWAY_JWKS_TIMEOUT": str(JWKS_DEADLINE),
+                    "GATEWAY_JWKS_MIN_REFRESH": "0",
+                },
+            },
+            common=NO_LIMITS,
+            GATEWAY_UNKNOWN_SESSION_WAIT="0.2",
+        ) as made:
+            yield World(
+                rsa, removable, attacker, made.jwks, hostile_jwks, made["text"], made["json"], made["hostile"], session
+            )
     finally:
-        await asyncio.gather(*(asyncio.to_thread(gateway.stop) for gateway in gateways))
-        jwks.stop()
         hostile_jwks.stop()
-
-
-@pytest_asyncio.fixture(scope="module")
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
-        yield http
 
 
 # --------------------------------------------------------------------------------------------------
@@ -472,7 +466,8 @@ async def test_a_cached_token_is_refused_once_its_key_left_the_jwks(world: World
     world.jwks.keys.remove(world.removable)
     try:
         fetches = world.jwks.fetches
-        await asyncio.sleep(1.2)  # past GATEWAY_JWKS_MIN_REFRESH=1: an unknown kid refetches (and waits for it)
+        # An unknown kid refetches the JWKS, or inside GATEWAY_JWKS_MIN_REFRESH (1 s) waits for the deferred
+        # refetch: either way the answer comes after a fetch that no longer has the removed key.
         forged = mint(world.attacker, kid=f"unknown-{uuid.uuid4().hex[:8]}")
         assert (await status_of(client, world.text, world.session, forged))[0] == 401
         assert world.jwks.fetches > fetches, "the JWKS was not refetched"
@@ -566,9 +561,38 @@ async def test_a_tokenless_request_with_a_long_path_costs_no_redaction_time(worl
     assert all("more characters]" in line for line in lines)
 
 
+@dataclass
+class Own:
+    """The gateways whose counters the tests read as totals, one test each (``own``)."""
+
+    world: GatewayWorld
+    victim: str  # a session of TENANT, for the cookie test
+
+
+@pytest_asyncio.fixture(scope="module")
+async def own(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Own]:
+    """Three gateways on a topic of their own, started together: ``folding-true`` and ``folding-false`` (refusal
+    lines folded at 10 per reason, with and without the access log), and ``cookie`` (a token cookie, one CORS
+    origin, the default per-session limit)."""
+    victim = f"victim-{uuid.uuid4().hex[:10]}"
+    folding = {"GATEWAY_REQUEST_LOG_LINES": "10", "GATEWAY_LOG_FORMAT": "text", **NO_LIMITS}
+    async with gateway_world(
+        kafka_bootstrap,
+        tmp_path_factory,
+        "auth-abuse-own",
+        records=[(victim.encode(), event_bytes(victim, TENANT, "active"))],
+        gateways={
+            "folding-true": {**folding, "GATEWAY_ACCESS_LOG": "true"},
+            "folding-false": {**folding, "GATEWAY_ACCESS_LOG": "false"},
+            "cookie": {"GATEWAY_TOKEN_COOKIE": COOKIE, "GATEWAY_CORS_ORIGINS": APP_ORIGIN},
+        },
+    ) as world:
+        yield Own(world, victim)
+
+
 @pytest.mark.parametrize("access_log", ["true", "false"])
 async def test_refused_requests_log_one_line_each_folded_per_reason(
-    kafka_bootstrap: str, tmp_path: Any, client: httpx.AsyncClient, access_log: str
+    own: Own, client: httpx.AsyncClient, access_log: str
 ) -> None:
     """Issue 19.4: a tokenless request with a 16 KB path wrote two lines, ~33 KB; 3,000 wrote 98.5 MB.
 
@@ -576,58 +600,40 @@ async def test_refused_requests_log_one_line_each_folded_per_reason(
     the refusal line), its values clipped, and per reason only the first ``GATEWAY_REQUEST_LOG_LINES`` (10)
     a minute are written; the rest are counted.
     """
-    key = rsa_key("folding")
-    jwks = JwksServer(keys=[key]).start()
-    topic = unique_topic("folding")
-    await create_topic(kafka_bootstrap, topic, partitions=1)
-    env = gateway_env(
-        kafka_bootstrap,
-        topic,
-        jwks,
-        GATEWAY_ACCESS_LOG=access_log,
-        GATEWAY_REQUEST_LOG_LINES="10",
-        GATEWAY_LOG_FORMAT="text",
-        **NO_LIMITS,
-    )
-    gateway = GatewayProcess(env, tmp_path / "gateway.log").start()
-    try:
-        await gateway.wait_ready()
-        before = len(gateway.logs().encode())
-        marker = uuid.uuid4().hex
-        long_path = f"/session/{marker}{'ey' * 7000}/events?x=%25"
-        forged = mint(rsa_key("folding"), sub="forged")  # same kid, another key: a bad signature
-        for _ in range(60):
-            assert await raw_get(gateway.port, long_path) == 401
-        # An id that decodes to a line break stays on its line (escaped in the refusal line).
-        assert await raw_get(gateway.port, f"/session/abc%0D%0A{marker}/events?token={forged}") == 401
-        for _ in range(29):
-            assert await raw_get(gateway.port, f"/session/{marker}/events?token={forged}") == 401
-        samples: Samples = {}
+    gateway = own.world[f"folding-{access_log}"]
+    before = len(gateway.logs().encode())
+    marker = uuid.uuid4().hex
+    long_path = f"/session/{marker}{'ey' * 7000}/events?x=%25"
+    forged = mint(rsa_key(str(own.world.key.kid)), sub="forged")  # same kid, another key: a bad signature
+    for _ in range(60):
+        assert await raw_get(gateway.port, long_path) == 401
+    # An id that decodes to a line break stays on its line (escaped in the refusal line).
+    assert await raw_get(gateway.port, f"/session/abc%0D%0A{marker}/events?token={forged}") == 401
+    for _ in range(29):
+        assert await raw_get(gateway.port, f"/session/{marker}/events?token={forged}") == 401
+    samples: Samples = {}
 
-        async def counted() -> bool:
-            nonlocal samples
-            samples = await scrape(client, gateway)
-            return value(samples, "gateway_stream_requests_refused_total", status="401") == 90
+    async def counted() -> bool:
+        nonlocal samples
+        samples = await scrape(client, gateway)
+        return value(samples, "gateway_stream_requests_refused_total", status="401") == 90
 
-        await eventually(counted, 10, "the refusals were not counted")
-        suppressed = value(samples, "gateway_request_log_lines_suppressed_total", reason="missing_token")
-        assert suppressed == 50
-        assert value(samples, "gateway_request_log_lines_suppressed_total", reason="bad_signature") == 20
-        lines = [line for line in gateway.logs().splitlines() if marker in line]
-        assert len(lines) == 20, "\n".join(lines)
-        kind = "uvicorn.access" if access_log == "true" else "stream refused"
-        assert all(kind in line for line in lines), lines[0]
-        assert sum("reason=missing_token" in line for line in lines) == 10
-        assert sum("reason=bad_signature" in line for line in lines) == 10
-        assert not any(line.startswith(marker) for line in gateway.logs().splitlines())
-        if access_log == "false":
-            assert f"abc\\r\\n{marker}" in gateway.logs()
-        # Before: ~33 KB per long-path request, about 2 MB for these.
-        written = len(gateway.logs().encode()) - before
-        assert written < 40_000, f"90 refused requests wrote {written} bytes of logs"
-    finally:
-        gateway.stop()
-        jwks.stop()
+    await eventually(counted, 10, "the refusals were not counted")
+    suppressed = value(samples, "gateway_request_log_lines_suppressed_total", reason="missing_token")
+    assert suppressed == 50
+    assert value(samples, "gateway_request_log_lines_suppressed_total", reason="bad_signature") == 20
+    lines = [line for line in gateway.logs().splitlines() if marker in line]
+    assert len(lines) == 20, "\n".join(lines)
+    kind = "uvicorn.access" if access_log == "true" else "stream refused"
+    assert all(kind in line for line in lines), lines[0]
+    assert sum("reason=missing_token" in line for line in lines) == 10
+    assert sum("reason=bad_signature" in line for line in lines) == 10
+    assert not any(line.startswith(marker) for line in gateway.logs().splitlines())
+    if access_log == "false":
+        assert f"abc\\r\\n{marker}" in gateway.logs()
+    # Before: ~33 KB per long-path request, about 2 MB for these.
+    written = len(gateway.logs().encode()) - before
+    assert written < 40_000, f"90 refused requests wrote {written} bytes of logs"
 
 
 @pytest.mark.parametrize("gateway_name", ["text", "json"])
@@ -670,56 +676,44 @@ CROSS_ORIGIN_COOKIE = {
 
 
 async def test_cross_site_requests_with_the_token_cookie_are_refused_before_they_count(
-    kafka_bootstrap: str, tmp_path: Path, client: httpx.AsyncClient
+    own: Own, client: httpx.AsyncClient
 ) -> None:
     """Another site's page opening the victim's session with the victim's (SameSite=None) cookie: 403, uncounted.
 
     Before, each such request opened a stream (the page cannot read it, but it counted), and 20 of them
     (``GATEWAY_MAX_CONNECTIONS_PER_SESSION``) locked the victim's own page out with 429.
     """
-    key = rsa_key("cookie-origin")
-    jwks = JwksServer(keys=[key]).start()
-    topic = unique_topic("cookie-origin")
-    await create_topic(kafka_bootstrap, topic, partitions=1)
-    session = f"victim-{uuid.uuid4().hex[:10]}"
-    await produce(kafka_bootstrap, topic, [(session.encode(), event_bytes(session, TENANT, "active"))])
-    env = gateway_env(kafka_bootstrap, topic, jwks, GATEWAY_TOKEN_COOKIE=COOKIE, GATEWAY_CORS_ORIGINS=APP_ORIGIN)
-    gateway = GatewayProcess(env, tmp_path / "gateway.log").start()
+    gateway, key, session = own.world["cookie"], own.world.key, own.victim
     cookie = {"cookie": f"theme=dark; {COOKIE}={mint(key, session=session)}"}
     url = f"{gateway.url}/session/{session}/events"
-    try:
-        await gateway.wait_ready()
-        await eventually(lambda: _streams(client, url, cookie), 30, "the session never streamed")
-        async with contextlib.AsyncExitStack() as held:
-            # The attacker's page, 20 times at once (as many as the per-session limit), kept open.
-            answers = [
-                await held.enter_async_context(client.stream("GET", url, headers={**cookie, "origin": origin}))
-                for origin in ["https://evil.example"] * 19 + ["null"]
-            ]
-            # The victim's own page still gets its stream, also from the gateway's own origin or without Origin.
-            own: dict[str | None, int] = {}
-            for origin in (APP_ORIGIN, gateway.url, None):
-                headers = {**cookie, **({"origin": origin} if origin else {})}
-                async with client.stream("GET", url, headers=headers) as response:
-                    own[origin] = response.status_code
-            assert [answer.status_code for answer in answers] == [403] * 20, (
-                f"the attacker's requests: {[answer.status_code for answer in answers]}, then the victim's: {own}"
-            )
-            assert own == dict.fromkeys(own, 200), own
-            for answer in answers:
-                assert json.loads(await answer.aread()) == CROSS_ORIGIN_COOKIE
-                assert "access-control-allow-origin" not in answer.headers
-            # A token in the query is no ambient credential: another origin may use one it was given.
-            token = mint(key, session=session)
-            headers = {"origin": "https://evil.example"}
-            async with client.stream("GET", url, params={"token": token}, headers=headers) as given:
-                assert given.status_code == 200
-        samples = await scrape(client, gateway)
-        assert value(samples, "gateway_auth_failures_total", reason="cross_origin_cookie") == 20
-        assert value(samples, "gateway_limit_refusals_total", limit="per_session") == 0
-    finally:
-        gateway.stop()
-        jwks.stop()
+    await eventually(lambda: _streams(client, url, cookie), 30, "the session never streamed")
+    async with contextlib.AsyncExitStack() as held:
+        # The attacker's page, 20 times at once (as many as the per-session limit), kept open.
+        answers = [
+            await held.enter_async_context(client.stream("GET", url, headers={**cookie, "origin": origin}))
+            for origin in ["https://evil.example"] * 19 + ["null"]
+        ]
+        # The victim's own page still gets its stream, also from the gateway's own origin or without Origin.
+        victims: dict[str | None, int] = {}
+        for origin in (APP_ORIGIN, gateway.url, None):
+            headers = {**cookie, **({"origin": origin} if origin else {})}
+            async with client.stream("GET", url, headers=headers) as response:
+                victims[origin] = response.status_code
+        assert [answer.status_code for answer in answers] == [403] * 20, (
+            f"the attacker's requests: {[answer.status_code for answer in answers]}, then the victim's: {victims}"
+        )
+        assert victims == dict.fromkeys(victims, 200), victims
+        for answer in answers:
+            assert json.loads(await answer.aread()) == CROSS_ORIGIN_COOKIE
+            assert "access-control-allow-origin" not in answer.headers
+        # A token in the query is no ambient credential: another origin may use one it was given.
+        token = mint(key, session=session)
+        headers = {"origin": "https://evil.example"}
+        async with client.stream("GET", url, params={"token": token}, headers=headers) as given:
+            assert given.status_code == 200
+    samples = await scrape(client, gateway)
+    assert value(samples, "gateway_auth_failures_total", reason="cross_origin_cookie") == 20
+    assert value(samples, "gateway_limit_refusals_total", limit="per_session") == 0
 
 
 async def _streams(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> bool:

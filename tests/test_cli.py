@@ -34,7 +34,7 @@ from tests.gateway_support import (
     SigningKey,
     clean_env,
     dev_issuer_gateway_env,
-    gateway_env,
+    gateway_world,
     mint,
     rsa_key,
     sse,
@@ -138,18 +138,16 @@ class WatchWorld:
 async def watch_world(
     kafka_bootstrap: str, topic: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[WatchWorld]:
-    key = rsa_key("cli-key")
-    jwks = JwksServer(keys=[key]).start()
-    logs = tmp_path_factory.mktemp("cli-gateway")
-    gateway = GatewayProcess(
-        gateway_env(kafka_bootstrap, topic, jwks, GATEWAY_UNKNOWN_SESSION_WAIT="0.5"), logs / "gateway.log"
-    ).start()
-    try:
-        await gateway.wait_ready()
-        yield WatchWorld(jwks, key, gateway)
-    finally:
-        gateway.stop()
-        jwks.stop()
+    async with gateway_world(
+        kafka_bootstrap,
+        tmp_path_factory,
+        "cli-gateway",
+        topic=topic,
+        create=False,
+        keys=[rsa_key("cli-key")],
+        GATEWAY_UNKNOWN_SESSION_WAIT="0.5",
+    ) as world:
+        yield WatchWorld(world.jwks, world.key, world.gateway)
 
 
 # --------------------------------------------------------------------------------------------------

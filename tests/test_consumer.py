@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,12 +15,14 @@ from aiokafka import AIOKafkaProducer
 from consumers.records import RejectReason
 from consumers.store import Outcome
 from tests.kafka_support import (
+    BackgroundBroker,
     BrokerError,
     LocalBroker,
     Record,
     RecordingSubscriber,
     RunningConsumer,
     add_partitions,
+    background_broker,
     create_topic,
     event_bytes,
     metric,
@@ -683,44 +683,13 @@ async def test_stop_while_waiting_for_a_missing_topic(kafka_bootstrap: str) -> N
 # Broker outage: needs a broker the test may stop and start
 
 
-class BackgroundBroker:
-    """A ``LocalBroker`` whose (10-30 s) start may overlap with other tests."""
-
-    def __init__(self, broker: LocalBroker) -> None:
-        self.broker = broker
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outage-broker")
-        self._started: Future[None] | None = None
-
-    def begin(self) -> None:
-        if self._started is None:
-            self._started = self._pool.submit(self.broker.start)
-
-    def result(self, timeout: float) -> LocalBroker:
-        self.begin()
-        assert self._started is not None
-        self._started.result(timeout=timeout)
-        return self.broker
-
-    def close(self) -> None:
-        if self._started is not None:
-            with contextlib.suppress(Exception):
-                self._started.result(timeout=300)
-            self.broker.stop()
-        self._pool.shutdown()
-
-
 @pytest.fixture(scope="module", autouse=True)
 def outage_broker_start(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BackgroundBroker]:
     """The outage test's own broker, started in the background when this module begins if that test will run."""
-    background = BackgroundBroker(LocalBroker.allocate(tmp_path_factory.mktemp("kafka-outage")))
-    if any("outage_broker" in getattr(item, "fixturenames", ()) for item in request.session.items):
-        background.begin()
-    try:
+    with background_broker(request, tmp_path_factory, "outage_broker") as background:
         yield background
-    finally:
-        background.close()
 
 
 @pytest.fixture
@@ -770,13 +739,19 @@ async def test_broker_outage_loses_and_repeats_nothing(outage_broker: LocalBroke
             await asyncio.wait_for(asyncio.gather(*pending), 60)
         finally:
             await producer.stop()
-        await produce(bootstrap, topic, [(s.encode(), event_bytes(s, "t", "completed")) for s in sessions])
+        ends = await produce(bootstrap, topic, [(s.encode(), event_bytes(s, "t", "completed")) for s in sessions])
         await running.wait_until(
             lambda: all(len(running.subscribers[s].frames) >= 3 for s in sessions), 45, "transitions lost"
         )
         await running.wait_until(lambda: running.progress.broker_reachable, 15, "recovery not noticed")
         assert metric("gateway_broker_reachable") == 1
-        await asyncio.sleep(1.0)  # anything delivered twice would show up now
+        # Consumed to the end of every partition: a record delivered twice (a replay after the reconnect)
+        # was delivered before the last one written, so it shows in the frames now.
+        await running.wait_until(
+            lambda: all(running.progress.reached(partition, offset) for partition, offset in ends),
+            15,
+            "the consumer never read to the end of the topic",
+        )
 
         for session_id in sessions:
             subscriber = running.subscribers[session_id]

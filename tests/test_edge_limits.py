@@ -26,8 +26,8 @@ import psutil
 import pytest
 import pytest_asyncio
 
-from tests.gateway_support import GatewayProcess, JwksServer, gateway_env, mint, rsa_key, sse
-from tests.kafka_support import create_topic, event_bytes, produce, unique_topic
+from tests.gateway_support import GatewayProcess, GatewayWorld, gateway_world, sse
+from tests.kafka_support import event_bytes, produce
 from tests.support import new_session, wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -51,29 +51,36 @@ class Edge:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def edge(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Edge]:
-    key = rsa_key("edge-limits")
-    jwks = JwksServer(keys=[key]).start()
-    topic = unique_topic("edge-limits")
-    await create_topic(kafka_bootstrap, topic, partitions=1)
-    env = gateway_env(
+async def world(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayWorld]:
+    """The two gateways of this module, started together: ``edge`` (tight edge limits) and ``shared`` (a share of
+    the sockets per client address)."""
+    async with gateway_world(
         kafka_bootstrap,
-        topic,
-        jwks,
+        tmp_path_factory,
+        "edge-limits",
+        gateways={
+            "edge": {
+                "GATEWAY_IDLE_TIMEOUT": "1.5",
+                "GATEWAY_REQUEST_HEAD_TIMEOUT": "2",
+                "GATEWAY_MAX_HEADER_BYTES": "16384",
+                "GATEWAY_MAX_SOCKETS": str(MAX_SOCKETS),
+                "GATEWAY_UNKNOWN_SESSION_WAIT": "0",
+            },
+            "shared": {
+                "GATEWAY_MAX_SOCKETS": str(SHARED_SOCKETS),
+                "GATEWAY_TRUSTED_PROXIES": "127.0.0.1/32",
+                "GATEWAY_IDLE_TIMEOUT": "30",  # the attacker's sockets are held for the whole test
+                "GATEWAY_UNKNOWN_SESSION_WAIT": "20",
+            },
+        },
         GATEWAY_HTTP_ENGINE="native",
-        GATEWAY_IDLE_TIMEOUT="1.5",
-        GATEWAY_REQUEST_HEAD_TIMEOUT="2",
-        GATEWAY_MAX_HEADER_BYTES="16384",
-        GATEWAY_MAX_SOCKETS=str(MAX_SOCKETS),
-        GATEWAY_UNKNOWN_SESSION_WAIT="0",
-    )
-    gateway = GatewayProcess(env, tmp_path_factory.mktemp("edge-limits") / "gateway.log").start()
-    try:
-        await gateway.wait_ready(60)
-        yield Edge(gateway, topic, mint(key, tenant=TENANT), kafka_bootstrap)
-    finally:
-        gateway.stop()
-        jwks.stop()
+    ) as world:
+        yield world
+
+
+@pytest.fixture(scope="module")
+def edge(world: GatewayWorld) -> Edge:
+    return Edge(world["edge"], world.topic, world.token(TENANT), world.bootstrap)
 
 
 async def connect(edge: Edge) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -279,29 +286,9 @@ async def test_malformed_request_lines_get_400(edge: Edge) -> None:
 # A share of the sockets per client address
 
 
-@pytest_asyncio.fixture(scope="module")
-async def shared(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Edge]:
-    key = rsa_key("edge-shared")
-    jwks = JwksServer(keys=[key]).start()
-    topic = unique_topic("edge-shared")
-    await create_topic(kafka_bootstrap, topic, partitions=1)
-    env = gateway_env(
-        kafka_bootstrap,
-        topic,
-        jwks,
-        GATEWAY_HTTP_ENGINE="native",
-        GATEWAY_MAX_SOCKETS=str(SHARED_SOCKETS),
-        GATEWAY_TRUSTED_PROXIES="127.0.0.1/32",
-        GATEWAY_IDLE_TIMEOUT="30",  # the attacker's sockets are held for the whole test
-        GATEWAY_UNKNOWN_SESSION_WAIT="20",
-    )
-    gateway = GatewayProcess(env, tmp_path_factory.mktemp("edge-shared") / "gateway.log").start()
-    try:
-        await gateway.wait_ready(60)
-        yield Edge(gateway, topic, mint(key, tenant=TENANT), kafka_bootstrap)
-    finally:
-        gateway.stop()
-        jwks.stop()
+@pytest.fixture(scope="module")
+def shared(world: GatewayWorld) -> Edge:
+    return Edge(world["shared"], world.topic, world.token(TENANT), world.bootstrap)
 
 
 async def connect_from(edge: Edge, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

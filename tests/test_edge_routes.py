@@ -14,16 +14,14 @@ import asyncio
 import json
 import urllib.parse
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
 
-from tests.gateway_support import GatewayProcess, JwksServer, gateway_env, mint, rsa_key, sse
-from tests.kafka_support import create_topic, event_bytes, produce, unique_topic
+from tests.gateway_support import GatewayWorld, gateway_world, sse
+from tests.kafka_support import event_bytes, produce
 from tests.support import new_session
 
 pytestmark = pytest.mark.timeout(180)
@@ -32,44 +30,21 @@ TENANT = "tenant-a"
 ORIGIN = "https://wallet.example"
 
 
-@dataclass
-class Edge:
-    key: Any
-    jwks: JwksServer
-    topic: str
-    gateway: GatewayProcess
-
-    def token(self, **claims: Any) -> str:
-        return mint(self.key, tenant=TENANT, **claims)
+Edge = GatewayWorld
 
 
 @pytest_asyncio.fixture(scope="module")
 async def edge(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Edge]:
-    key = rsa_key("edge-routes")
-    jwks = JwksServer(keys=[key]).start()
-    topic = unique_topic("edge-routes")
-    await create_topic(kafka_bootstrap, topic, partitions=2)
-    env = gateway_env(
+    async with gateway_world(
         kafka_bootstrap,
-        topic,
-        jwks,
+        tmp_path_factory,
+        "edge-routes",
+        partitions=2,
         GATEWAY_ROOT_PATH="/v1",
         GATEWAY_CORS_ORIGINS=ORIGIN,
         GATEWAY_UNKNOWN_SESSION_WAIT="0",
-    )
-    gateway = GatewayProcess(env, tmp_path_factory.mktemp("edge-routes") / "gateway.log").start()
-    try:
-        await gateway.wait_ready(60)
-        yield Edge(key, jwks, topic, gateway)
-    finally:
-        gateway.stop()
-        jwks.stop()
-
-
-@pytest_asyncio.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=20) as http:
-        yield http
+    ) as world:
+        yield world
 
 
 async def test_the_public_port_serves_streams_and_a_bare_liveness_only(edge: Edge, client: httpx.AsyncClient) -> None:

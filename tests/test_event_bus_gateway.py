@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.v1.event import CloudEvent
 
-from tests.gateway_support import GatewayProcess, JwksServer, SigningKey, SseEvent, gateway_env, mint, rsa_key, sse
+from tests.gateway_support import GatewayProcess, SigningKey, SseEvent, gateway_world, mint, rsa_key, sse
 from tests.kafka_support import create_topic, event_bytes, rfc3339, unique_topic
 
 pytestmark = pytest.mark.timeout(120)
@@ -74,30 +74,27 @@ class Bus:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def bus(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Bus]:
-    key = rsa_key("bus-rsa")
-    jwks = JwksServer(keys=[key]).start()
+async def bus(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, client: httpx.AsyncClient
+) -> AsyncIterator[Bus]:
     issuance, presentation, foreign = unique_topic("e2e-iss"), unique_topic("e2e-pres"), unique_topic("e2e-foreign")
     dlq = unique_topic("e2e-dlq")
-    for topic in (issuance, presentation, foreign, dlq):
-        await create_topic(kafka_bootstrap, topic, partitions=1)
-    env = gateway_env(
+    await asyncio.gather(
+        *(create_topic(kafka_bootstrap, topic, partitions=1) for topic in (issuance, presentation, foreign, dlq))
+    )
+    async with gateway_world(
         kafka_bootstrap,
-        f"{issuance},{presentation},{foreign}",
-        jwks,
+        tmp_path_factory,
+        "bus-gateway",
+        topic=f"{issuance},{presentation},{foreign}",
+        create=False,
+        keys=[rsa_key("bus-rsa")],
         GATEWAY_CLOUDEVENTS_TYPES=TYPE,
         GATEWAY_RECORD_MAPPING=json.dumps({**MAPPING, "topics": [foreign]}),
         GATEWAY_DLQ_TOPIC=dlq,
         GATEWAY_UNKNOWN_SESSION_WAIT="5",
-    )
-    gateway = GatewayProcess(env, tmp_path_factory.mktemp("bus-gateway") / "gateway.log").start()
-    try:
-        await gateway.wait_ready()
-        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as client:
-            yield Bus(kafka_bootstrap, issuance, presentation, foreign, key, gateway, client)
-    finally:
-        await asyncio.to_thread(gateway.stop)
-        jwks.stop()
+    ) as world:
+        yield Bus(kafka_bootstrap, issuance, presentation, foreign, world.key, world.gateway, client)
 
 
 def now() -> str:

@@ -48,12 +48,13 @@ from tests.gateway_support import (
     SseEvent,
     ec_key,
     ed_key,
-    gateway_env,
+    gateway_world,
     mint,
     rsa_key,
     sse,
 )
-from tests.kafka_support import create_topic, event_bytes, produce, unique_topic
+from tests.kafka_support import event_bytes
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -118,16 +119,6 @@ def _new_session(label: str) -> str:
     return f"{label}-{uuid.uuid4().hex[:10]}"
 
 
-async def _start_all(gateways: list[GatewayProcess]) -> None:
-    for gateway in gateways:
-        gateway.start()
-    try:
-        await asyncio.gather(*(gateway.wait_ready() for gateway in gateways))
-    except BaseException:
-        await asyncio.gather(*(asyncio.to_thread(gateway.stop) for gateway in gateways))
-        raise
-
-
 @pytest_asyncio.fixture(scope="module")
 async def world(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     keys = Keys(
@@ -141,61 +132,56 @@ async def world(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) 
     jwks = JwksServer(keys=[keys.rsa, keys.rsa2, keys.ec, keys.ed]).start()
     flood_jwks = JwksServer(keys=[keys.rsa, keys.ec]).start()
     outage_jwks = JwksServer(keys=[keys.rsa, keys.ec], cache_control="max-age=1").start()
-    servers = [jwks, flood_jwks, outage_jwks]
-
-    topic = unique_topic("gateway-auth")
-    await create_topic(kafka_bootstrap, topic, partitions=3)
     session_a, session_a2, session_b = _new_session("a"), _new_session("a2"), _new_session("b")
-    await produce(
-        kafka_bootstrap,
-        topic,
-        [
-            (session_a.encode(), event_bytes(session_a, TENANT_A, "active")),
-            (session_a2.encode(), event_bytes(session_a2, TENANT_A, "active")),
-            (session_b.encode(), event_bytes(session_b, TENANT_B, "active")),
-        ],
-    )
-
-    logs = tmp_path_factory.mktemp("gateway-auth")
-
-    def env(server: JwksServer, **overrides: str) -> dict[str, str]:
-        return gateway_env(kafka_bootstrap, topic, server, **NO_LIMITS, **overrides)
-
-    oidc_env = env(jwks, GATEWAY_OIDC_ISSUER=jwks.issuer_url)
-    del oidc_env["GATEWAY_JWKS_URL"], oidc_env["GATEWAY_JWT_ISSUER"]
-    main = GatewayProcess(
-        env(jwks, GATEWAY_TOKEN_COOKIE=COOKIE, GATEWAY_UNKNOWN_SESSION_WAIT=str(UNKNOWN_SESSION_WAIT)),
-        logs / "main.log",
-    )
-    scoped = GatewayProcess(env(jwks, GATEWAY_REQUIRED_SCOPE=SCOPE), logs / "scoped.log")
-    oidc = GatewayProcess(oidc_env, logs / "oidc.log")
-    flood = GatewayProcess(
-        env(
-            flood_jwks,
-            GATEWAY_JWKS_MIN_REFRESH=str(FLOOD_MIN_REFRESH),
-            GATEWAY_JWKS_MAX_WAITING=str(FLOOD_MAX_WAITING),
-            GATEWAY_JWT_LEEWAY=str(FLOOD_LEEWAY),
-        ),
-        logs / "flood.log",
-    )
-    outage = GatewayProcess(env(outage_jwks, GATEWAY_JWKS_CACHE_MIN_TTL="0"), logs / "outage.log")
-    gateways = [main, scoped, oidc, flood, outage]
     try:
-        await _start_all(gateways)
-        yield World(
-            keys, jwks, flood_jwks, outage_jwks, main, scoped, oidc, flood, outage, session_a, session_a2, session_b
-        )
+        async with gateway_world(
+            kafka_bootstrap,
+            tmp_path_factory,
+            "gateway-auth",
+            partitions=3,
+            records=[
+                (session_a.encode(), event_bytes(session_a, TENANT_A, "active")),
+                (session_a2.encode(), event_bytes(session_a2, TENANT_A, "active")),
+                (session_b.encode(), event_bytes(session_b, TENANT_B, "active")),
+            ],
+            keys=jwks.keys,
+            jwks=jwks,
+            common=NO_LIMITS,
+            gateways={
+                "main": {
+                    "GATEWAY_TOKEN_COOKIE": COOKIE,
+                    "GATEWAY_UNKNOWN_SESSION_WAIT": str(UNKNOWN_SESSION_WAIT),
+                },
+                "scoped": {"GATEWAY_REQUIRED_SCOPE": SCOPE},
+                # Keys and issuer from OpenID discovery only.
+                "oidc": {"GATEWAY_OIDC_ISSUER": jwks.issuer_url, "GATEWAY_JWKS_URL": None, "GATEWAY_JWT_ISSUER": None},
+                "flood": {
+                    "GATEWAY_JWKS_URL": flood_jwks.url,
+                    "GATEWAY_JWKS_MIN_REFRESH": str(FLOOD_MIN_REFRESH),
+                    "GATEWAY_JWKS_MAX_WAITING": str(FLOOD_MAX_WAITING),
+                    "GATEWAY_JWT_LEEWAY": str(FLOOD_LEEWAY),
+                },
+                "outage": {"GATEWAY_JWKS_URL": outage_jwks.url, "GATEWAY_JWKS_CACHE_MIN_TTL": "0"},
+            },
+        ) as made:
+            g = made.gateways
+            yield World(
+                keys,
+                made.jwks,
+                flood_jwks,
+                outage_jwks,
+                g["main"],
+                g["scoped"],
+                g["oidc"],
+                g["flood"],
+                g["outage"],
+                session_a,
+                session_a2,
+                session_b,
+            )
     finally:
-        await asyncio.gather(*(asyncio.to_thread(gateway.stop) for gateway in gateways))
-        for server in servers:
+        for server in (jwks, flood_jwks, outage_jwks):
             server.stop()
-
-
-@pytest_asyncio.fixture(scope="module")
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    limits = httpx.Limits(max_connections=500, max_keepalive_connections=100)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(20.0), limits=limits) as http:
-        yield http
 
 
 async def ask(
@@ -707,7 +693,7 @@ async def _unknown_kid_waits(client: httpx.AsyncClient, gateway: GatewayProcess)
 
 async def test_unknown_kid_flood_shares_one_refetch(world: World, client: httpx.AsyncClient) -> None:
     """Past the 1 s minimum refresh an unknown kid does refetch, but 50 at once share that one fetch."""
-    await asyncio.sleep(1.2)
+    await wait_until(lambda: world.jwks.idle_for(1.1), 10, "the JWKS server kept being asked for its keys")
     before = world.jwks.fetches
     await _unknown_kid_flood(client, world, world.main, 50)
     fetched = world.jwks.fetches - before
@@ -720,15 +706,17 @@ async def test_cached_keys_survive_a_jwks_outage(world: World, client: httpx.Asy
 
     jwks.failing = True  # answers 503
     before = jwks.fetches
-    await asyncio.sleep(1.3)  # the keys' 1 s lifetime ran out: the next use refreshes in the background
+    # The keys' 1 s lifetime ran out (no fetch, so no fresh keys, for longer): the next use refreshes in the background.
+    await wait_until(lambda: jwks.idle_for(1.2), 10, "the JWKS server kept being asked for its keys")
     assert_streams(await ask(client, gateway, world.session_a, token=mint(world.keys.rsa)), world.session_a)
     assert_invalid_token(await ask(client, gateway, world.session_a, token=mint(world.keys.attacker_ec, alg="ES256")))
     assert_streams(await ask(client, gateway, world.session_a, token=mint(world.keys.ec, alg="ES256")), world.session_a)
     assert jwks.fetches > before, "the gateway never tried to refresh the expired keys"
 
     jwks.stop()  # connection refused from now on
-    await asyncio.sleep(1.3)
-    for _ in range(3):
+    # Past GATEWAY_JWKS_MIN_REFRESH (1 s) since the last attempt: the next use tries the stopped server.
+    await wait_until(lambda: jwks.idle_for(1.2), 10, "the JWKS server kept being asked for its keys")
+    for _ in range(3):  # uses spread over 1.5 s of the outage (the scenario), each from the cached keys
         assert_streams(await ask(client, gateway, world.session_a, token=mint(world.keys.rsa)), world.session_a)
         await asyncio.sleep(0.5)
     ready = await client.get(f"{gateway.internal_url}/readyz")

@@ -31,12 +31,11 @@ from tests.gateway_support import (
     SigningKey,
     SseEvent,
     SseStream,
-    gateway_env,
+    gateway_world,
     mint,
-    rsa_key,
     sse,
 )
-from tests.kafka_support import create_topic, event_bytes, produce, unique_topic, wait_until
+from tests.kafka_support import create_topic, event_bytes, produce, wait_until
 from tests.support import event_id, new_session
 
 pytestmark = pytest.mark.timeout(90)
@@ -83,33 +82,14 @@ def data_json(session_id: str, status: str, updated_at: str) -> str:
 
 @pytest_asyncio.fixture(scope="module")
 async def world(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
-    key = rsa_key("stream-rsa")
-    jwks = JwksServer(keys=[key]).start()
-    topic = unique_topic("gateway-stream")
-    await create_topic(kafka_bootstrap, topic, partitions=3)
-    logs = tmp_path_factory.mktemp("gateway-stream")
-    main = GatewayProcess(
-        gateway_env(kafka_bootstrap, topic, jwks, GATEWAY_CORS_ORIGINS=ALLOWED_ORIGIN), logs / "main.log"
-    )
-    quick = GatewayProcess(
-        gateway_env(kafka_bootstrap, topic, jwks, GATEWAY_UNKNOWN_SESSION_WAIT="1"), logs / "quick.log"
-    )
-    gateways = [main, quick]
-    try:
-        for gateway in gateways:
-            gateway.start()
-        await asyncio.gather(*(gateway.wait_ready() for gateway in gateways))
-        yield World(kafka_bootstrap, topic, key, jwks, main, quick)
-    finally:
-        await asyncio.gather(*(asyncio.to_thread(gateway.stop) for gateway in gateways))
-        jwks.stop()
-
-
-@pytest_asyncio.fixture(scope="module")
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    limits = httpx.Limits(max_connections=500, max_keepalive_connections=100)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0), limits=limits) as http:
-        yield http
+    async with gateway_world(
+        kafka_bootstrap,
+        tmp_path_factory,
+        "gateway-stream",
+        partitions=3,
+        gateways={"main": {"GATEWAY_CORS_ORIGINS": ALLOWED_ORIGIN}, "quick": {"GATEWAY_UNKNOWN_SESSION_WAIT": "1"}},
+    ) as made:
+        yield World(kafka_bootstrap, made.topic, made.key, made.jwks, made["main"], made["quick"])
 
 
 class RawReader:
@@ -277,21 +257,40 @@ async def test_subscribe_before_the_session_is_created(world: World, client: htt
     session_id = new_session("early")
 
     async def subscribe() -> tuple[int, SseEvent | None, float]:
-        started = time.monotonic()
         async with sse(client, world.url(world.main, session_id), params={"token": world.token()}) as stream:
-            answered = time.monotonic() - started
+            answered = time.monotonic()
             first = await stream.next_event() if stream.status == 200 else None
             return stream.status, first, answered
 
+    await wait_waiting(client, world.main, 0, "requests of an earlier test still wait")
+    started = time.monotonic()
     task = asyncio.create_task(subscribe())
-    await asyncio.sleep(1.0)
+    await wait_waiting(client, world.main, 1, "the request never waited for its session")
     assert not task.done(), "the gateway answered before the session existed"
+    publishing = time.monotonic()
     [position] = await world.publish((session_id, "active", None))
     status, first, answered = await task
     assert status == 200
     assert first is not None and first.id == event_id(position)
     assert first.json()["status"] == "active"
-    assert 0.9 <= answered < 5.0
+    # Answered once the record was written, well within the 5 s wait for an unknown session.
+    assert publishing <= answered < started + 5.0
+
+
+async def waiting_requests(client: httpx.AsyncClient, gateway: GatewayProcess) -> float:
+    text = (await client.get(f"{gateway.internal_url}/metrics")).text
+    found = re.search(r"^gateway_waiting_requests (\S+)$", text, re.MULTILINE)
+    assert found is not None
+    return float(found.group(1))
+
+
+async def wait_waiting(client: httpx.AsyncClient, gateway: GatewayProcess, count: int, what: str) -> None:
+    """Waits until ``count`` requests wait on ``gateway`` (for a session, a position or the replay)."""
+
+    async def reached() -> bool:
+        return await waiting_requests(client, gateway) == count
+
+    await wait_until(reached, 20, what)
 
 
 async def test_never_created_session_is_404_after_the_wait(world: World, client: httpx.AsyncClient) -> None:
@@ -469,11 +468,17 @@ async def test_503_while_the_store_is_not_caught_up(
 ) -> None:
     """A gateway whose topic does not exist yet cannot have loaded the store: 503 + Retry-After after the
     replay wait (here 1 s), until it has; a request that arrives during the replay waits for it and streams."""
-    topic = unique_topic("gateway-not-yet")
-    log = tmp_path_factory.mktemp("gateway-replay") / "gateway.log"
-    gateway = GatewayProcess(gateway_env(kafka_bootstrap, topic, world.jwks, GATEWAY_REPLAY_WAIT="1"), log).start()
-    try:
-        await gateway.wait_status("/livez", 200)
+    async with gateway_world(
+        kafka_bootstrap,
+        tmp_path_factory,
+        "gateway-not-yet",
+        create=False,
+        keys=[world.key],
+        jwks=world.jwks,
+        ready=False,
+        GATEWAY_REPLAY_WAIT="1",
+    ) as late:
+        gateway, topic = late.gateway, late.topic
         session_id = new_session("later")
         stream: SseStream
         async with sse(client, world.url(gateway, session_id), params={"token": world.token()}) as stream:
@@ -493,32 +498,34 @@ async def test_503_while_the_store_is_not_caught_up(
             assert stream.status == 200
             first = await stream.next_event()
         assert first is not None and first.json()["status"] == "active"
-    finally:
-        await asyncio.to_thread(gateway.stop)
 
 
 async def test_a_request_during_the_replay_waits_for_it(
     kafka_bootstrap: str, world: World, client: httpx.AsyncClient, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """A browser reconnecting to a replica that restarted alone gets its stream, not a 503 that ends it."""
-    topic = unique_topic("gateway-replaying")
-    log = tmp_path_factory.mktemp("gateway-replay-wait") / "gateway.log"
-    gateway = GatewayProcess(gateway_env(kafka_bootstrap, topic, world.jwks, GATEWAY_REPLAY_WAIT="30"), log).start()
-    try:
-        await gateway.wait_status("/livez", 200)
+    async with gateway_world(
+        kafka_bootstrap,
+        tmp_path_factory,
+        "gateway-replaying",
+        create=False,
+        keys=[world.key],
+        jwks=world.jwks,
+        ready=False,
+        GATEWAY_REPLAY_WAIT="30",
+    ) as replaying:
+        gateway, topic = replaying.gateway, replaying.topic
         session_id = new_session("replay-wait")
         request = asyncio.ensure_future(
             client.get(world.url(gateway, session_id), params={"token": world.token()}, timeout=60)
         )
-        await asyncio.sleep(1.0)
+        await wait_waiting(client, gateway, 1, "the request did not wait for the replay")
         assert not request.done(), "the request should wait for the replay"
         await create_topic(kafka_bootstrap, topic, partitions=1)
         await produce(kafka_bootstrap, topic, [(session_id.encode(), event_bytes(session_id, TENANT, "completed"))])
         response = await asyncio.wait_for(request, 45)
         assert response.status_code == 200, response.text
         assert '"status":"completed"' in response.text
-    finally:
-        await asyncio.to_thread(gateway.stop)
 
 
 # --------------------------------------------------------------------------------------------------

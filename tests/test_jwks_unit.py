@@ -195,8 +195,10 @@ async def test_a_refresh_that_brings_the_kid_ends_the_wait_without_another_fetch
         idp.keys.append(new)
         await cache.load()  # the set's own refresh (its max-age ran out), long before the deferred refetch
         assert cache_kid(await asyncio.wait_for(waiter, 5)) == "new"
-        await asyncio.sleep(0.05)
-        assert idp.jwks_requests == 2  # the load, the refresh: the deferred refetch did not run
+        deferred = cache._deferred
+        assert deferred is not None
+        await asyncio.wait_for(deferred, 5)  # it ended: the refresh it waited for had happened
+        assert idp.jwks_requests == 2  # the load, the refresh: the deferred refetch did not fetch
 
 
 async def test_waiting_for_the_deferred_refetch_is_bounded() -> None:

@@ -49,6 +49,7 @@ from tests.gateway_support import (
     SseEvent,
     SseStream,
     gateway_env,
+    gateway_world,
     mint,
     rsa_key,
     sse,
@@ -326,6 +327,18 @@ async def wait_open_streams(client: httpx.AsyncClient, gateway: GatewayProcess, 
     await wait_until(reached, 10, f"{gateway.url}: open streams never became {count}", interval=0.1)
 
 
+async def waiting_requests(client: httpx.AsyncClient, gateway: GatewayProcess) -> float:
+    """Requests waiting on ``gateway`` (for their session or their resume position)."""
+    return sample(await scrape(client, gateway), "gateway_waiting_requests")
+
+
+async def wait_waiting(client: httpx.AsyncClient, gateway: GatewayProcess, count: int, what: str) -> None:
+    async def reached() -> bool:
+        return await waiting_requests(client, gateway) == count
+
+    await wait_until(reached, 10, what, interval=0.05)
+
+
 async def wait_exit(gateway: GatewayProcess, timeout: float) -> int:
     process = gateway.process
     assert process is not None
@@ -394,8 +407,6 @@ async def running(*gateways: GatewayProcess) -> AsyncIterator[None]:
 
 @pytest_asyncio.fixture(scope="module")
 async def pair(kafka_bootstrap: str, jwks: JwksServer, logs: Path) -> AsyncIterator[Pair]:
-    topic = unique_topic("lifecycle")
-    await create_topic(kafka_bootstrap, topic, partitions=PARTITIONS)
     common = {
         "GATEWAY_HEARTBEAT_INTERVAL": "1",
         "GATEWAY_RESUME_WAIT": str(RESUME_WAIT),
@@ -406,20 +417,21 @@ async def pair(kafka_bootstrap: str, jwks: JwksServer, logs: Path) -> AsyncItera
         "GATEWAY_RETRY_JITTER": str(RETRY_JITTER),
         "GATEWAY_JWT_LEEWAY": "0",  # streams close at exp + leeway: 0 makes that exp itself
     }
-    first = GatewayProcess(gateway_env(kafka_bootstrap, topic, jwks, **common), logs / "pair-first.log")
-    second = GatewayProcess(
-        gateway_env(
-            kafka_bootstrap,
-            topic,
-            jwks,
-            **common,
-            GATEWAY_TERMINAL_RETENTION=str(SECOND_TERMINAL_RETENTION),
-            GATEWAY_CLOSE_ON_TOKEN_EXPIRY="false",
-        ),
-        logs / "pair-second.log",
-    )
-    async with running(first, second):
-        yield Pair(kafka_bootstrap, topic, first, second, jwks.keys[0])
+    second = {
+        "GATEWAY_TERMINAL_RETENTION": str(SECOND_TERMINAL_RETENTION),
+        "GATEWAY_CLOSE_ON_TOKEN_EXPIRY": "false",
+    }
+    async with gateway_world(
+        kafka_bootstrap,
+        logs,
+        "lifecycle",
+        partitions=PARTITIONS,
+        keys=jwks.keys,
+        jwks=jwks,
+        common=common,
+        gateways={"pair-first": {}, "pair-second": second},
+    ) as world:
+        yield Pair(kafka_bootstrap, world.topic, world["pair-first"], world["pair-second"], world.key)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -665,7 +677,7 @@ async def test_resume_waits_for_a_position_that_arrives_within_the_wait(pair: Pa
     """The client's position is produced while the request waits: the stream then sends what follows it.
 
     The client claims to have seen the next record of the partition (which will be this session's
-    ``fetched``); ``fetched`` and ``completed`` are produced ~1 s into the wait, and the stream
+    ``fetched``); ``fetched`` and ``completed`` are produced once the request waits, and the stream
     sends ``completed`` only.
     """
     session = new_session("arrives")
@@ -675,11 +687,12 @@ async def test_resume_waits_for_a_position_that_arrives_within_the_wait(pair: Pa
     claimed = f"{partition}-{offset + 1}"
     # Started beforehand: a fresh producer's start-up could take the rest of the wait on a loaded machine.
     async with http_client() as client, started_producer(pair.bootstrap) as producer:
+        await wait_waiting(client, pair.first, 0, "requests of an earlier test still wait")
         started = time.monotonic()
         request = asyncio.create_task(
             fetch_stream(client, pair.first, session, token, last_event_id=claimed, timeout=RESUME_WAIT + 5)
         )
-        await asyncio.sleep(1.0)
+        await wait_waiting(client, pair.first, 1, "the request did not wait for the position")
         assert not request.done(), "the request did not wait for the position"
         fetched, completed = await pair.publish(session, "fetched", "completed", producer=producer)
         answer = await request
@@ -861,22 +874,19 @@ class Limited:
 
 @pytest_asyncio.fixture(scope="module")
 async def limited(kafka_bootstrap: str, jwks: JwksServer, logs: Path) -> AsyncIterator[Limited]:
-    topic = unique_topic("lifecycle-limits")
-    await create_topic(kafka_bootstrap, topic, partitions=PARTITIONS)
-    gateway = GatewayProcess(
-        gateway_env(
-            kafka_bootstrap,
-            topic,
-            jwks,
-            GATEWAY_MAX_CONNECTIONS=str(LIMIT_TOTAL),
-            GATEWAY_MAX_CONNECTIONS_PER_SUBJECT=str(LIMIT_SUBJECT),
-            GATEWAY_MAX_CONNECTIONS_PER_SESSION=str(LIMIT_SESSION),
-            GATEWAY_UNKNOWN_SESSION_WAIT="5",
-        ),
-        logs / "limits.log",
-    )
-    async with running(gateway):
-        yield Limited(gateway, kafka_bootstrap, topic, jwks.keys[0])
+    async with gateway_world(
+        kafka_bootstrap,
+        logs,
+        "limits",
+        partitions=PARTITIONS,
+        keys=jwks.keys,
+        jwks=jwks,
+        GATEWAY_MAX_CONNECTIONS=str(LIMIT_TOTAL),
+        GATEWAY_MAX_CONNECTIONS_PER_SUBJECT=str(LIMIT_SUBJECT),
+        GATEWAY_MAX_CONNECTIONS_PER_SESSION=str(LIMIT_SESSION),
+        GATEWAY_UNKNOWN_SESSION_WAIT="5",
+    ) as world:
+        yield Limited(world.gateway, kafka_bootstrap, world.topic, world.key)
 
 
 async def test_connection_limits_refuse_with_retry_after_and_count_in_metrics(limited: Limited) -> None:
@@ -935,7 +945,11 @@ async def test_requests_waiting_for_their_session_cannot_exceed_the_subject_limi
     async with http_client() as client:
         await wait_open_streams(client, gateway, 0)
         watches = [asyncio.create_task(open_watch(client, gateway, s, token, timeout=10)) for s in sessions]
-        await asyncio.sleep(1.0)
+
+        async def all_arrived() -> bool:  # each request waits for its session, or was answered at once
+            return await waiting_requests(client, gateway) + sum(watch.done() for watch in watches) == len(watches)
+
+        await wait_until(all_arrived, 10, "the requests never reached the gateway")
         await publish_many(limited.bootstrap, limited.topic, [(s, "active") for s in sessions])
         opened = await asyncio.gather(*watches)
         try:

@@ -124,7 +124,8 @@ async def test_resume_wait_returns_once_the_position_is_consumed() -> None:
     waiting = asyncio.create_task(progress.wait_for(0, 7, 1.0))
     await asyncio.sleep(0)
     progress.advance(0, 7)  # offset 7 not consumed yet: position 7 is the next record to read
-    await asyncio.sleep(0.01)
+    # advance() wakes a waiter at once (it resolves its future); this one is still waiting.
+    assert [future.done() for _, future in progress._waiters[0]] == [False]
     assert not waiting.done()
     progress.advance(0, 8)
     assert await asyncio.wait_for(waiting, 1.0)

@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,23 +25,34 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.gateway_support import (
     DevIssuerProcess,
     GatewayProcess,
+    GatewayWorld,
     JwksServer,
-    SigningKey,
     dev_issuer_gateway_env,
     dev_mode_gateway,
-    gateway_env,
+    gateway_world,
     mint,
     rsa_key,
     sse,
     stopping,
 )
-from tests.kafka_support import LocalBroker, Record, create_topic, event_bytes, produce, unique_topic
+from tests.kafka_support import (
+    BackgroundBroker,
+    BrokerError,
+    LocalBroker,
+    Record,
+    background_broker,
+    create_topic,
+    event_bytes,
+    produce,
+    unique_topic,
+)
 from tests.support import new_session, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
 TENANT = "tenant-a"
 PARTITIONS = 3
+RECORD_AGE = 30  # seconds: how old the Kafka timestamps of the live records of the metrics test are
 
 
 # --------------------------------------------------------------------------------------------------
@@ -95,38 +106,22 @@ async def readyz(client: httpx.AsyncClient, gateway: GatewayProcess) -> tuple[in
 # Fixtures
 
 
-@dataclass
-class World:
-    key: SigningKey
-    jwks: JwksServer
-    topic: str
-    gateway: GatewayProcess
+World = GatewayWorld
 
 
 @pytest_asyncio.fixture(scope="module")
 async def world(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     """One gateway (dev mode off, JSON logs) on a topic of its own, with a JWKS server of its own."""
-    key = rsa_key("ops-key")
-    jwks = JwksServer(keys=[key]).start()
-    topic = unique_topic("operability")
     # Not compacted: a compacted topic refuses keyless records, and the metrics test writes one on purpose.
-    await create_topic(kafka_bootstrap, topic, partitions=PARTITIONS)
-    logs = tmp_path_factory.mktemp("operability")
-    gateway = GatewayProcess(
-        gateway_env(kafka_bootstrap, topic, jwks, GATEWAY_UNKNOWN_SESSION_WAIT="0.5"), logs / "gateway.log"
-    ).start()
-    try:
-        await gateway.wait_ready()
-        yield World(key, jwks, topic, gateway)
-    finally:
-        gateway.stop()
-        jwks.stop()
-
-
-@pytest_asyncio.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(15.0)) as http:
-        yield http
+    async with gateway_world(
+        kafka_bootstrap,
+        tmp_path_factory,
+        "operability",
+        partitions=PARTITIONS,
+        keys=[rsa_key("ops-key")],
+        GATEWAY_UNKNOWN_SESSION_WAIT="0.5",
+    ) as world:
+        yield world
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,8 +187,13 @@ async def test_metrics_follow_known_traffic(kafka_bootstrap: str, world: World, 
             (a.encode(), event_bytes(a, TENANT, "active")),  # ignored: backward
             (a.encode(), event_bytes(a, TENANT, "completed")),  # applied, delivered live, ends the stream
         ]
-        await produce(kafka_bootstrap, topic, phase_two, partition=0)
+        # Kafka timestamps RECORD_AGE seconds in the past: the delivery delay counts from them, so each live
+        # event's delay is RECORD_AGE plus the time from this line to its write (before ``written`` below).
+        stamped = time.time()
+        timestamp_ms = int(stamped * 1000) - RECORD_AGE * 1000
+        await produce(kafka_bootstrap, topic, phase_two, partition=0, timestamp_ms=timestamp_ms)
         rest = await stream.events_until_end(20)
+        written = time.time()
         assert [event.json()["status"] for event in rest] == ["fetched", "completed"]
 
     # Refused streams, one per authentication failure reason.
@@ -205,19 +205,23 @@ async def test_metrics_follow_known_traffic(kafka_bootstrap: str, world: World, 
         "unknown_key": {"token": mint(stranger, tenant=TENANT)},
     }
     fetches_before = world.jwks.fetches
-    await asyncio.sleep(1.1)  # past GATEWAY_JWKS_MIN_REFRESH=1, so the unknown kid refetches the JWKS once
+    # The unknown kid refetches the JWKS once: at once, or inside GATEWAY_JWKS_MIN_REFRESH (1 s) after the
+    # deferred refetch it waits for.
     for params in refusals.values():
         response = await client.get(f"{gateway.url}/session/{a}/events", params=params)
         assert response.status_code == 401, response.text
 
     total = len(phase_one) + len(phase_two)
+    partitions = [str(p) for p in range(PARTITIONS)]
 
     async def settled() -> bool:
         now = await scrape(client, gateway)
         return (
             now.delta(before, "gateway_records_consumed_total") >= total
             and now.get("gateway_open_streams") == before.get("gateway_open_streams")
-            and all(value == 0 for value in now.labelled("gateway_consumer_lag_records", "partition").values())
+            # A broker probe (every GATEWAY_KAFKA_HEALTH_INTERVAL) since the traffic: every partition, no lag.
+            and now.labelled("gateway_consumer_lag_records", "partition") == dict.fromkeys(partitions, 0.0)
+            and now.labelled("gateway_consumer_position", "partition").get("0", 0.0) >= total
         )
 
     await wait_until(settled, 20, "the gateway never settled after the traffic")
@@ -236,7 +240,12 @@ async def test_metrics_follow_known_traffic(kafka_bootstrap: str, world: World, 
 
     assert delta("gateway_events_delivered_total") == 3  # the current state, then two live transitions
     assert delta("gateway_delivery_delay_seconds_count") == 2  # live events only
-    assert delta("gateway_delivery_delay_seconds_sum") >= 0
+    delay = delta("gateway_delivery_delay_seconds_sum")
+    ceiling = 2 * (RECORD_AGE + written - stamped + 0.001)  # + 1 ms: the timestamp was rounded down
+    assert 2 * RECORD_AGE <= delay <= ceiling, (
+        f"{delay:.3f} s for two events written {RECORD_AGE} s after their records"
+    )
+    assert delta("gateway_delivery_delay_seconds_bucket", le="10.0") == 0  # neither delay was below RECORD_AGE
     assert after.get("gateway_delivery_delay_seconds_bucket", le="+Inf") == after.get(
         "gateway_delivery_delay_seconds_count"
     )
@@ -269,9 +278,10 @@ async def test_readyz_waits_for_the_store_to_catch_up(
     kafka_bootstrap: str, world: World, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     """A gateway whose topic does not exist yet is alive but not ready; once it can replay, it is."""
-    topic = unique_topic("late-topic")
-    gateway = GatewayProcess(gateway_env(kafka_bootstrap, topic, world.jwks), tmp_path / "gateway.log").start()
-    with stopping(gateway):
+    async with gateway_world(
+        kafka_bootstrap, tmp_path, "late-topic", create=False, keys=[world.key], jwks=world.jwks, ready=False
+    ) as late:
+        gateway, topic = late.gateway, late.topic
         response = await gateway.wait_status("/livez", 200, 30)
         assert response.json() == {"status": "alive"}
         status, body = await readyz(client, gateway)
@@ -311,8 +321,25 @@ async def test_readyz_waits_for_the_store_to_catch_up(
             assert event is not None and event.json()["status"] == "active"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def outage_broker_start(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BackgroundBroker]:
+    """The outage test's own broker, started in the background when this module begins if that test will run."""
+    with background_broker(request, tmp_path_factory, "outage_broker") as background:
+        yield background
+
+
+@pytest.fixture
+def outage_broker(outage_broker_start: BackgroundBroker) -> LocalBroker:
+    try:
+        return outage_broker_start.result(timeout=300)
+    except BrokerError as error:
+        pytest.fail(str(error), pytrace=False)
+
+
 async def test_a_broker_outage_keeps_the_replica_ready_and_serving(
-    world: World, client: httpx.AsyncClient, tmp_path: Path
+    world: World, client: httpx.AsyncClient, outage_broker: LocalBroker, tmp_path: Path
 ) -> None:
     """A broker of our own stops for 20 s under a ready gateway: it stays ready and serves from memory.
 
@@ -321,68 +348,69 @@ async def test_a_broker_outage_keeps_the_replica_ready_and_serving(
     the other choice: it turns unready. A stream opened during the outage gets the current state and,
     once the broker is back, the next transition.
     """
-    broker = LocalBroker.allocate(tmp_path / "kafka-state")
-    broker.start()
-    gateways: list[GatewayProcess] = []
+    broker = outage_broker
+    session = new_session("outage")
     try:
-        topic = unique_topic("outage")
-        await create_topic(broker.bootstrap, topic, partitions=2, compacted=True)
-        session = new_session("outage")
-        await produce(broker.bootstrap, topic, [(session.encode(), event_bytes(session, TENANT, "active"))])
-        env = gateway_env(broker.bootstrap, topic, world.jwks, GATEWAY_KAFKA_REQUEST_TIMEOUT_MS="3000")
-        gateway = GatewayProcess(env, tmp_path / "gateway.log").start()
-        strict = GatewayProcess({**env, "GATEWAY_READINESS_STRICT": "true"}, tmp_path / "strict.log").start()
-        gateways += [gateway, strict]
-        await gateway.wait_ready(60)
-        await strict.wait_ready(60)
-        assert (await scrape(client, gateway)).get("gateway_broker_reachable") == 1
+        async with gateway_world(
+            broker.bootstrap,
+            tmp_path,
+            "outage",
+            partitions=2,
+            compacted=True,
+            records=[(session.encode(), event_bytes(session, TENANT, "active"))],
+            keys=[world.key],
+            jwks=world.jwks,
+            gateways={"gateway": {}, "strict": {"GATEWAY_READINESS_STRICT": "true"}},
+            GATEWAY_KAFKA_REQUEST_TIMEOUT_MS="3000",
+        ) as outage:
+            gateway, strict = outage["gateway"], outage["strict"]
+            topic = outage.topic
+            assert (await scrape(client, gateway)).get("gateway_broker_reachable") == 1
 
-        await asyncio.to_thread(broker.stop)
-        outage_started = time.monotonic()
-        statuses: set[int] = set()
+            await asyncio.to_thread(broker.stop)
+            outage_started = time.monotonic()
+            statuses: set[int] = set()
 
-        async def outage_noticed() -> bool:
+            async def outage_noticed() -> bool:
+                status, body = await readyz(client, gateway)
+                statuses.add(status)
+                return body["checks"]["broker_reachable"] is False
+
+            await wait_until(outage_noticed, 60, "the gateway never noticed the outage")
             status, body = await readyz(client, gateway)
-            statuses.add(status)
-            return body["checks"]["broker_reachable"] is False
+            assert status == 200, body
+            assert body["checks"]["store_caught_up"] is True
+            assert any("broker" in warning.lower() for warning in body["warnings"]), body
+            assert (await scrape(client, gateway)).get("gateway_broker_reachable") == 0
+            await strict.wait_status("/readyz", 503, 30)
+            assert (await client.get(f"{gateway.url}/livez")).status_code == 200
 
-        await wait_until(outage_noticed, 60, "the gateway never noticed the outage")
-        status, body = await readyz(client, gateway)
-        assert status == 200, body
-        assert body["checks"]["store_caught_up"] is True
-        assert any("broker" in warning.lower() for warning in body["warnings"]), body
-        assert (await scrape(client, gateway)).get("gateway_broker_reachable") == 0
-        await strict.wait_status("/readyz", 503, 30)
-        assert (await client.get(f"{gateway.url}/livez")).status_code == 200
+            token = mint(world.key, tenant=TENANT)
+            async with sse(client, f"{gateway.url}/session/{session}/events", params={"token": token}) as stream:
+                assert stream.status == 200
+                event = await stream.next_event()
+                assert event is not None and event.json()["status"] == "active"
+                while time.monotonic() - outage_started < 20:  # readiness throughout a 20 s outage
+                    statuses.add((await readyz(client, gateway))[0])
+                    await asyncio.sleep(0.5)
+                assert statuses == {200}, f"/readyz answered {statuses} during the outage"
+                metrics = await scrape(client, gateway)
+                assert metrics.get("gateway_kafka_last_fetch_age_seconds") >= 15
+                # The client library's repeated connection errors are folded into a few lines.
+                kafka_lines = [line for line in gateway.logs().splitlines() if '"logger": "aiokafka' in line]
+                assert len(kafka_lines) <= 40, f"{len(kafka_lines)} aiokafka lines during a 20 s outage"
+                assert metrics.get("gateway_kafka_log_lines_suppressed_total") > 0
 
-        token = mint(world.key, tenant=TENANT)
-        async with sse(client, f"{gateway.url}/session/{session}/events", params={"token": token}) as stream:
-            assert stream.status == 200
-            event = await stream.next_event()
-            assert event is not None and event.json()["status"] == "active"
-            while time.monotonic() - outage_started < 20:  # readiness throughout a 20 s outage
-                statuses.add((await readyz(client, gateway))[0])
-                await asyncio.sleep(0.5)
-            assert statuses == {200}, f"/readyz answered {statuses} during the outage"
-            metrics = await scrape(client, gateway)
-            assert metrics.get("gateway_kafka_last_fetch_age_seconds") >= 15
-            # The client library's repeated connection errors are folded into a few lines.
-            kafka_lines = [line for line in gateway.logs().splitlines() if '"logger": "aiokafka' in line]
-            assert len(kafka_lines) <= 40, f"{len(kafka_lines)} aiokafka lines during a 20 s outage"
-            assert metrics.get("gateway_kafka_log_lines_suppressed_total") > 0
-
-            await asyncio.to_thread(broker.start)
-            await wait_until(
-                lambda: _ready_and_reachable(client, gateway), 90, lambda: _describe_readyz(client, gateway)
-            )
-            await strict.wait_ready(60)
-            # The stream opened during the outage receives what is written after it.
-            await produce(broker.bootstrap, topic, [(session.encode(), event_bytes(session, TENANT, "fetched"))])
-            event = await stream.next_event(45)
-            assert event is not None and event.json()["status"] == "fetched"
+                await asyncio.to_thread(broker.start)
+                await wait_until(
+                    lambda: _ready_and_reachable(client, gateway), 90, lambda: _describe_readyz(client, gateway)
+                )
+                await strict.wait_ready(60)
+                # The stream opened during the outage receives what is written after it.
+                await produce(broker.bootstrap, topic, [(session.encode(), event_bytes(session, TENANT, "fetched"))])
+                event = await stream.next_event(45)
+                assert event is not None and event.json()["status"] == "fetched"
     finally:
-        for process in gateways:
-            process.stop()
         if broker.is_running():
             await asyncio.to_thread(broker.stop)
 
@@ -398,21 +426,19 @@ async def test_an_identity_provider_outage_keeps_the_replica_ready(
     """The JWKS endpoint goes away after the keys were loaded: ready throughout, cached keys still verify."""
     key = rsa_key("idp-outage")
     jwks = JwksServer(keys=[key], cache_control="max-age=1").start()
-    topic = unique_topic("idp-outage")
-    await create_topic(kafka_bootstrap, topic, partitions=1)
     session = new_session("idp")
-    await produce(kafka_bootstrap, topic, [(session.encode(), event_bytes(session, TENANT, "active"))])
-    env = gateway_env(
+    async with gateway_world(
         kafka_bootstrap,
-        topic,
-        jwks,
+        tmp_path,
+        "idp-outage",
+        records=[(session.encode(), event_bytes(session, TENANT, "active"))],
+        keys=[key],
+        jwks=jwks,
         GATEWAY_JWKS_CACHE_TTL="1",
         GATEWAY_JWKS_CACHE_MIN_TTL="0",
         GATEWAY_JWKS_MIN_REFRESH="1",
-    )
-    gateway = GatewayProcess(env, tmp_path / "gateway.log").start()
-    try:
-        await gateway.wait_ready(60)
+    ) as idp:
+        gateway = idp.gateway
         jwks.stop()
         statuses: set[int] = set()
 
@@ -437,8 +463,6 @@ async def test_an_identity_provider_outage_keeps_the_replica_ready(
             assert stream.status == 200
             event = await stream.next_event()
             assert event is not None and event.json()["status"] == "active"
-    finally:
-        gateway.stop()
 
 
 async def _describe_readyz(client: httpx.AsyncClient, gateway: GatewayProcess) -> str:
@@ -462,8 +486,12 @@ async def test_logs_never_contain_tokens(kafka_bootstrap: str, world: World, cli
     expired = mint(world.key, tenant=TENANT, ttl=-3600, sub="user-expired")
     tokens = [in_query, alt_query, in_header, forged, expired]
 
+    requests = 0
+
     async def visible() -> bool:
         # The gateway waits only 0.5 s for an unknown session: poll until it consumed the record.
+        nonlocal requests
+        requests += 1
         async with sse(client, url, params={"token": in_query}) as stream:
             return stream.status == 200
 
@@ -484,15 +512,20 @@ async def test_logs_never_contain_tokens(kafka_bootstrap: str, world: World, cli
         response = await client.get(url, params=params, headers=headers)
         assert response.status_code == 401
 
-    await asyncio.sleep(0.5)  # let the process flush its last lines
+    def access_lines() -> list[str]:
+        entries = [json.loads(line) for line in gateway.logs().splitlines() if '"uvicorn.access"' in line]
+        return [entry["message"] for entry in entries if f"/session/{session}/events" in entry["message"]]
+
+    # Every request above has its access line (the streams' once they ended): the log holds all there is to check.
+    requests += 6
+    await wait_until(lambda: len(access_lines()) >= requests, 10, lambda: f"access lines so far: {access_lines()}")
     logs = gateway.logs()
     for token in tokens:
         header, payload, signature = token.split(".")
         assert token not in logs
         assert signature not in logs
         assert f"{header}.{payload}" not in logs
-    access = [json.loads(line) for line in logs.splitlines() if '"uvicorn.access"' in line]
-    stream_lines = [entry["message"] for entry in access if f"/session/{session}/events" in entry["message"]]
+    stream_lines = access_lines()
     assert len(stream_lines) >= 5, stream_lines
     assert any("?token=[REDACTED]" in line for line in stream_lines), stream_lines
     assert any("access_token=[REDACTED]" in line for line in stream_lines), stream_lines

@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import urllib.parse
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from gateway.connections import ConnectionRegistry
 from gateway.settings import GatewaySettings
 from gateway.sse import encode_transition, iso_millis
 from schemas import SessionStatus
-from tests.gateway_support import GatewayProcess, JwksServer, gateway_env, mint, rsa_key, sse
+from tests.gateway_support import gateway_world, sse
 from tests.kafka_support import (
     RecordingSubscriber,
     create_topic,
@@ -44,6 +43,7 @@ from tests.kafka_support import (
     running_consumer,
     unique_topic,
 )
+from tests.support import new_session, wait_until
 
 TENANT = "tenant-a"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -182,74 +182,57 @@ EDGE_TIMES = {
 HOSTILE_TIMES = {"year-10000": "9999-12-31T23:59:59-01:00", "year-0": "0001-01-01T00:30:00+01:00"}
 
 
-@pytest.fixture
-def jwks() -> Iterator[tuple[Any, JwksServer]]:
-    key = rsa_key("resilience")
-    server = JwksServer(keys=[key]).start()
-    try:
-        yield key, server
-    finally:
-        server.stop()
-
-
 async def test_edge_records_through_a_real_broker_neither_stop_nor_break_a_replica(
-    kafka_bootstrap: str, jwks: tuple[Any, JwksServer], tmp_path: Path
+    kafka_bootstrap: str, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    key, server = jwks
-    topic = unique_topic("edges")
-    await create_topic(kafka_bootstrap, topic, partitions=1)
+    canary = new_session("canary")
+    long_unicode = "ß" * 200 + "-\u2028-\U0001f600"
     # A TTL of ~12,700 years, so that sessions dated year 1 are still served (they are past any real TTL).
     # One partition keeps the order: once the canary's next step is delivered, every record before it
     # was consumed. The unknown-session wait covers the canary's first record still on its way.
-    env = gateway_env(kafka_bootstrap, topic, server, GATEWAY_UNKNOWN_SESSION_WAIT="3", GATEWAY_SESSION_TTL="4e11")
-    gateway = GatewayProcess(env, tmp_path / "gateway.log").start()
-    token = mint(key, tenant=TENANT)
-    canary = "canary-" + topic
-    long_unicode = "ß" * 200 + "-\u2028-\U0001f600"
-    try:
-        await gateway.wait_ready(60)
-        async with httpx.AsyncClient(timeout=30) as client:
-            await produce(kafka_bootstrap, topic, [(canary.encode(), event_bytes(canary, TENANT, "active"))])
-            async with sse(client, f"{gateway.url}/session/{canary}/events", params={"token": token}) as stream:
-                assert stream.status == 200
-                first = await stream.next_event(20)
-                assert first is not None and first.json()["status"] == "active"
-                # Hostile and edge records for watched and unwatched sessions, then the canary's next step.
-                records = [
-                    (f"{name}-{topic}".encode(), event_bytes(f"{name}-{topic}", TENANT, "active", when))
-                    for name, when in {**HOSTILE_TIMES, **EDGE_TIMES}.items()
-                ]
-                records.append((long_unicode.encode(), event_bytes(long_unicode, "tenänt-ü", "active")))
-                records.append((canary.encode(), event_bytes(canary, TENANT, "fetched")))
-                await produce(kafka_bootstrap, topic, records)
-                event = await stream.next_event(30)
-                assert event is not None and event.json()["status"] == "fetched", "the consumer stopped delivering"
+    async with gateway_world(
+        kafka_bootstrap, tmp_path, "edges", GATEWAY_UNKNOWN_SESSION_WAIT="3", GATEWAY_SESSION_TTL="4e11"
+    ) as world:
+        gateway, topic, token = world.gateway, world.topic, world.token(TENANT)
+        await produce(kafka_bootstrap, topic, [(canary.encode(), event_bytes(canary, TENANT, "active"))])
+        async with sse(client, f"{gateway.url}/session/{canary}/events", params={"token": token}) as stream:
+            assert stream.status == 200
+            first = await stream.next_event(20)
+            assert first is not None and first.json()["status"] == "active"
+            # Hostile and edge records for watched and unwatched sessions, then the canary's next step.
+            records = [
+                (f"{name}-{topic}".encode(), event_bytes(f"{name}-{topic}", TENANT, "active", when))
+                for name, when in {**HOSTILE_TIMES, **EDGE_TIMES}.items()
+            ]
+            records.append((long_unicode.encode(), event_bytes(long_unicode, "tenänt-ü", "active")))
+            records.append((canary.encode(), event_bytes(canary, TENANT, "fetched")))
+            await produce(kafka_bootstrap, topic, records)
+            event = await stream.next_event(30)
+            assert event is not None and event.json()["status"] == "fetched", "the consumer stopped delivering"
 
-            for name, when in EDGE_TIMES.items():
-                session = f"{name}-{topic}"
-                async with sse(client, f"{gateway.url}/session/{session}/events", params={"token": token}) as edge:
-                    assert edge.status == 200, (name, edge.response.text)
-                    event = await edge.next_event(20)
-                    assert event is not None
-                    printed = event.json()["updatedAt"]
-                    expected = datetime.fromisoformat(when.replace("Z", "+00:00")).astimezone(UTC)
-                    assert printed == iso_millis((expected - EPOCH) // timedelta(milliseconds=1)), (name, printed)
-            for name in HOSTILE_TIMES:
-                url = f"{gateway.url}/session/{name}-{topic}/events"
-                async with sse(client, url, params={"token": token}) as refused:
-                    assert refused.status == 404, "a record outside the printable range must never enter the store"
-            unicode_url = f"{gateway.url}/session/{urllib.parse.quote(long_unicode)}/events"
-            async with sse(client, unicode_url, params={"token": mint(key, tenant="tenänt-ü")}) as stream:
-                assert stream.status == 200
-                event = await stream.next_event(20)
-                assert event is not None and event.json()["id"] == long_unicode
-            metrics = (await client.get(f"{gateway.internal_url}/metrics")).text
-            assert 'gateway_records_rejected_total{reason="time_out_of_range"} 2.0' in metrics
-            assert (await client.get(f"{gateway.url}/livez")).status_code == 200
-            assert (await client.get(f"{gateway.internal_url}/readyz")).status_code == 200
+        for name, when in EDGE_TIMES.items():
+            session = f"{name}-{topic}"
+            async with sse(client, f"{gateway.url}/session/{session}/events", params={"token": token}) as edge:
+                assert edge.status == 200, (name, edge.response.text)
+                event = await edge.next_event(20)
+                assert event is not None
+                printed = event.json()["updatedAt"]
+                expected = datetime.fromisoformat(when.replace("Z", "+00:00")).astimezone(UTC)
+                assert printed == iso_millis((expected - EPOCH) // timedelta(milliseconds=1)), (name, printed)
+        for name in HOSTILE_TIMES:
+            url = f"{gateway.url}/session/{name}-{topic}/events"
+            async with sse(client, url, params={"token": token}) as refused:
+                assert refused.status == 404, "a record outside the printable range must never enter the store"
+        unicode_url = f"{gateway.url}/session/{urllib.parse.quote(long_unicode)}/events"
+        async with sse(client, unicode_url, params={"token": world.token("tenänt-ü")}) as stream:
+            assert stream.status == 200
+            event = await stream.next_event(20)
+            assert event is not None and event.json()["id"] == long_unicode
+        metrics = (await client.get(f"{gateway.internal_url}/metrics")).text
+        assert 'gateway_records_rejected_total{reason="time_out_of_range"} 2.0' in metrics
+        assert (await client.get(f"{gateway.url}/livez")).status_code == 200
+        assert (await client.get(f"{gateway.internal_url}/readyz")).status_code == 200
         assert "Traceback" not in gateway.logs()
-    finally:
-        gateway.stop()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -480,9 +463,9 @@ async def test_one_shot_tasks_are_not_restarted() -> None:
         raise RuntimeError("once")
 
     supervisor.start("once", once, restart=False)
-    await asyncio.sleep(0.1)
+    # Finished (a restarted task never is: it would crash again and again, backoff 0) after one run.
+    await wait_until(lambda: supervisor.report()["once"]["finished"] is True, 5, "the task never ran to its end")
     assert runs == 1
-    assert supervisor.report()["once"]["finished"] is True
     await supervisor.stop()
 
 

@@ -26,7 +26,7 @@ lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
 
 docs:       ## regenerate docs/configuration.md from the settings (a test fails when it is stale)
-	.venv/bin/python -m gateway.configuration_reference
+	.venv/bin/python -m gateway.cli.configuration_reference
 
 schema:     ## regenerate schemas/session-status.schema.json from the pydantic models
 	.venv/bin/python -m schemas

@@ -22,7 +22,7 @@ from typing import Any
 
 
 def _serve() -> int:
-    from gateway.cli import main
+    from gateway.cli.main import main
 
     return main(["serve"])
 

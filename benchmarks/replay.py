@@ -74,7 +74,7 @@ async def replay_gateway(bootstrap: str, topic: str, expected: int) -> dict[str,
     from consumers.progress import PartitionProgress
     from consumers.settings import ConsumerSettings
     from consumers.store import SessionStore
-    from gateway.sse import encode_transition
+    from gateway.streams.sse import encode_transition
 
     settings = ConsumerSettings(
         kafka_bootstrap_servers=bootstrap,

@@ -80,7 +80,7 @@ def freeze_heap() -> None:
     waits for (benchmarks/README.md: GC pauses of 40-47 ms at 10,000 sessions). Frozen objects are
     still freed by reference counting when the store drops them; only reference cycles among them
     would stay, and the store holds none. Done once, when the replay has caught up, in the server
-    process only (``gateway.app.Runtime``); nothing of a connection exists yet then, so no
+    process only (``gateway.runtime.app.Runtime``); nothing of a connection exists yet then, so no
     connection's garbage can be pinned by it.
     """
     started = time.perf_counter()
@@ -119,7 +119,7 @@ class SessionStatusConsumer:
         self._connect_errors = ConnectErrorLog(settings)
         self.record_log = ReasonFolding(log, settings.record_log_lines)
         aiokafka_seam.install()  # logs once when it cannot be (an untested aiokafka)
-        # The server process sets this (gateway.server); a library user's heap is left alone.
+        # The server process sets this (gateway.runtime.server); a library user's heap is left alone.
         progress.on_caught_up = lambda: metrics.STORE_CAUGHT_UP.set(1)
         metrics.KAFKA_LAST_FETCH_AGE.set_function(self.seconds_since_contact)
 

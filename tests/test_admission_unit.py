@@ -25,13 +25,13 @@ from consumers.hub import Hub
 from consumers.progress import PartitionProgress
 from consumers.records import StatusUpdate
 from consumers.store import SessionStore
-from gateway.authentication import ClaimsValidator, Principal, TokenVerifier
-from gateway.connections import ClientAddresses, ConnectionRegistry, Ticket
-from gateway.cors import CorsPolicy
-from gateway.errors import StreamRefused
-from gateway.native_stream import NativeStream
+from gateway.admission.endpoint import Admission, Answer, EventsEndpoint, StreamRequest
+from gateway.admission.registry import ClientAddresses, ConnectionRegistry, Ticket
+from gateway.auth.verifier import ClaimsValidator, Principal, TokenVerifier
+from gateway.edge.cors import CorsPolicy
+from gateway.edge.errors import StreamRefused
 from gateway.settings import GatewaySettings
-from gateway.subscribe import Admission, Answer, EventsEndpoint, StreamRequest
+from gateway.streams.stream import NativeStream
 from schemas import SessionStatus
 from tests.support import wait_until
 

@@ -47,7 +47,8 @@ from hypothesis import strategies as st
 from joserfc.jwk import OKPKey
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.authentication import (
+from gateway.auth.jwks import JwksCache
+from gateway.auth.verifier import (
     AuthenticationError,
     ClaimsValidator,
     Principal,
@@ -58,8 +59,7 @@ from gateway.authentication import (
     locate_token,
     parse_compact,
 )
-from gateway.jwks import JwksCache
-from gateway.logging_setup import (
+from gateway.runtime.logging_setup import (
     MAX_LOGGED_ARGUMENT,
     MAX_LOGGED_VALUE,
     REDACTED,

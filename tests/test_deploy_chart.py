@@ -281,7 +281,7 @@ def registered_metric_names() -> set[str]:
     """Every metric the gateway process registers (importing the app imports every module that defines one)."""
     from prometheus_client import REGISTRY
 
-    import gateway.app  # noqa: F401
+    import gateway.runtime.app  # noqa: F401
 
     names: set[str] = set()
     for family in REGISTRY.collect():

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.dev import loopback_peer, refusal
+from gateway.dev.routes import loopback_peer, refusal
 from tests.gateway_support import REPO, JwksServer, clean_env, gateway_env, rsa_key
 from tests.kafka_support import create_topic, event_bytes, produce, read_all, unique_topic
 from tests.support import free_port, new_session, wait_until
@@ -151,7 +151,7 @@ async def test_dev_routes_refuse_peers_that_are_not_loopback(
         GATEWAY_LOG_FORMAT="text",
     )
     env = {**clean_env(), **env}
-    command = [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--interface", "asgi3"]
+    command = [sys.executable, "-m", "uvicorn", "gateway.runtime.app:create_app", "--factory", "--interface", "asgi3"]
     log_path = tmp_path / "uvicorn.log"
     with log_path.open("wb") as log:
         command += ["--host", "0.0.0.0", "--port", str(port)]

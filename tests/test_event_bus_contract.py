@@ -19,7 +19,7 @@ from consumers.consumer import HANDLER_ERROR
 from consumers.formats import RecordDecoder
 from consumers.formats.mapping import RecordMapping
 from consumers.records import RejectReason, StatusUpdate, Tombstone
-from gateway.sse import parse_event_id
+from gateway.streams.sse import parse_event_id
 from schemas import SessionStatusEvent
 
 REPO = Path(__file__).resolve().parents[1]

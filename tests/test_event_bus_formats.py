@@ -23,7 +23,7 @@ from consumers.partitions import MAX_PARTITION, format_partition, global_partiti
 from consumers.records import Rejected, RejectReason, Skipped, StatusUpdate, Tombstone
 from consumers.settings import ConsumerSettings
 from consumers.store import Transition
-from gateway.sse import event_id, parse_event_id
+from gateway.streams.sse import event_id, parse_event_id
 from schemas import SessionStatus, SessionType
 
 LIMIT = 4096

@@ -31,12 +31,12 @@ from consumers import aiokafka_seam
 from consumers.aiokafka_seam import DecompressionLimits, _common, admin, bootstrap, decompression, patching
 from consumers.kafka_errors import ConnectErrorLog, root_cause
 from consumers.settings import ConsumerSettings
-from gateway.diagnostics import UserError
-from gateway.publish import StatusPublisher
-from gateway.server import check_http_engine
+from gateway.cli.diagnostics import UserError
+from gateway.cli.publish import StatusPublisher
+from gateway.cli.topic import create_topic as create_topic_as_the_cli_does
+from gateway.edge.connection import TESTED_UVICORN, check_engine, supported_versions
+from gateway.runtime.server import check_http_engine
 from gateway.settings import GatewaySettings
-from gateway.topic import create_topic as create_topic_as_the_cli_does
-from gateway.uvicorn_edge import TESTED_UVICORN, check_engine, supported_versions
 from tests.kafka_support import (
     add_partitions,
     create_topic,

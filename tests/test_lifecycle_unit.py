@@ -14,8 +14,8 @@ from prometheus_client import REGISTRY
 
 from consumers.progress import PartitionProgress
 from consumers.store import Transition
-from gateway.native_stream import NativeStream
-from gateway.sse import HEARTBEAT, EventPosition, event_id, parse_event_id
+from gateway.streams.sse import HEARTBEAT, EventPosition, event_id, parse_event_id
+from gateway.streams.stream import NativeStream
 from schemas import SessionStatus
 
 

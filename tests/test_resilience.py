@@ -29,9 +29,9 @@ from consumers.log_aggregation import RepeatedLogFilter
 from consumers.records import MAX_UPDATED_MS, MIN_UPDATED_MS, Rejected, RejectReason, StatusUpdate, decode_record
 from consumers.store import SessionStore, Transition
 from consumers.supervision import Supervisor
-from gateway.connections import ConnectionRegistry
+from gateway.admission.registry import ConnectionRegistry
 from gateway.settings import GatewaySettings
-from gateway.sse import encode_transition, iso_millis
+from gateway.streams.sse import encode_transition, iso_millis
 from schemas import SessionStatus
 from tests.gateway_support import gateway_world, sse
 from tests.kafka_support import (

@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from consumers.durations import DURATION_FIELDS
 from consumers.settings import ConsumerSettings
-from gateway import configuration_reference
-from gateway.diagnostics import (
+from gateway.cli import configuration_reference
+from gateway.cli.diagnostics import (
     SETTINGS_CLASSES,
     known_variables,
     open_files_problem,

@@ -12,11 +12,11 @@ and a public fallback, taken with one log line on any other version or when the 
    ``UnreadableBatch`` with the batch's offsets, so the consumer skips the batch in one step.
    ``install()`` (``patching``; the consumer, at start) puts 2 and 3 in place after a self-test. Fallback:
    unbounded decompression, unreadable records found one re-fetch at a time (``consumers.consumer``).
-4. **The topics a cluster has now** (``metadata.cluster_topics``; ``gateway.publish``): asked through the
+4. **The topics a cluster has now** (``metadata.cluster_topics``; ``gateway.cli.publish``): asked through the
    producer's own client. Fallback: the public ``AIOKafkaAdminClient.list_topics()``.
 5. **Why a bootstrap failed** (``bootstrap``; ``consumers.kafka_errors``): the cause aiokafka logs, kept
    by a filter on its logger. Fallback: the exception chain alone.
-6. **What CreateTopics did per topic** (``admin.create_topics``; ``gateway.topic``): the broker's error
+6. **What CreateTopics did per topic** (``admin.create_topics``; ``gateway.cli.topic``): the broker's error
    codes, read from aiokafka's response struct. Fallback: ``list_topics()`` before creating.
 
 ``problems()`` lists every concern's state; the modules' docstrings say which internals each one uses.

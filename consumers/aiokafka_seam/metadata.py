@@ -1,4 +1,4 @@
-"""1. Metadata on demand (the consumer) and 4. the topics a cluster has now (``gateway.publish``).
+"""1. Metadata on demand (the consumer) and 4. the topics a cluster has now (``gateway.cli.publish``).
 
 1. aiokafka has no public call that refreshes a topic's partition list now; its client does
    (``AIOKafkaConsumer._client``: ``add_topic``, ``force_metadata_update``). The gateway uses it to notice

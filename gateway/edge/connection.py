@@ -4,10 +4,10 @@ uvicorn's own protocol cannot be bounded from outside (no header limit, no deadl
 an unbounded queue of pipelined requests), so uvicorn's supported protocol hook (``Config(http=...)``)
 gets ``EdgeProtocol``: our own ``asyncio.Protocol`` on httptools (the parser uvicorn itself uses). It
 reads each request head under hard limits (idle timeout, head deadline, header bytes, a cap on all open
-sockets and a share per client address, see ``gateway.connections.ClientAddresses``), then:
+sockets and a share per client address, see ``gateway.admission.registry.ClientAddresses``), then:
 
-- ``GET /session/{id}/events`` (public port) is admitted by ``gateway.subscribe`` and written straight
-  to the connection (``gateway.native_stream``): no ASGI cycle, task or coroutine per open stream; the
+- ``GET /session/{id}/events`` (public port) is admitted by ``gateway.admission.endpoint`` and written straight
+  to the connection (``gateway.streams.stream``): no ASGI cycle, task or coroutine per open stream; the
   stream ends the connection's reuse;
 - a CORS preflight of the stream route is answered here;
 - any other request is one ASGI call of the app (FastAPI), with keep-alive: requests on a connection are
@@ -42,10 +42,10 @@ import uvicorn
 from starlette.types import ASGIApp, Message
 
 from gateway import metrics
-from gateway.logging_setup import log_value
-from gateway.native_stream import NativeStream
-from gateway.stream_route import match
-from gateway.subscribe import STREAM_HEADERS, Admission, Answer, EventsEndpoint, StreamRequest
+from gateway.admission.endpoint import STREAM_HEADERS, Admission, Answer, EventsEndpoint, StreamRequest
+from gateway.edge.route import match
+from gateway.runtime.logging_setup import log_value
+from gateway.streams.stream import NativeStream
 
 try:  # Linux: bytes in a socket's send queue not yet acknowledged by the peer
     import fcntl
@@ -269,11 +269,18 @@ class EdgeProtocol(asyncio.Protocol):
         if data:
             pending = self._pending = self._pending or bytearray()
             pending += data
-            # Not parsed before this answer is written; bounded like a head: the reader pauses beyond it.
-            if len(pending) > self.state.limits.max_header_bytes and not self._reading_paused:
-                self._reading_paused = True
-                if self.transport is not None:
-                    self.transport.pause_reading()
+            self._flow()
+
+    def _flow(self) -> None:
+        """What the client sends ahead is not parsed before the answer before it is written, and is bounded
+        like a head: reading pauses while more than ``max_header_bytes`` of it wait."""
+        over = self._pending is not None and len(self._pending) > self.state.limits.max_header_bytes
+        if over != self._reading_paused and self.transport is not None and not self.transport.is_closing():
+            self._reading_paused = over
+            if over:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         if self._lingering and self.transport is not None:
@@ -467,9 +474,8 @@ class EdgeProtocol(asyncio.Protocol):
             # Not at once (no recursion through pipelined answers), and only while the client reads them.
             if self._writable is None or self._writable.is_set():
                 self.loop.call_soon(self._read_ahead)
-        elif self._reading_paused:
-            self._reading_paused = False
-            transport.resume_reading()
+        else:
+            self._flow()
 
     def _read_ahead(self) -> None:
         """Parses what the client sent ahead of the last answer, once that answer is written."""
@@ -477,10 +483,8 @@ class EdgeProtocol(asyncio.Protocol):
         if pending is None or self._request is not None or self.transport is None or self.transport.is_closing():
             self._pending = pending
             return
-        if self._reading_paused:
-            self._reading_paused = False
-            self.transport.resume_reading()
         self._head_data(bytes(pending))
+        self._flow()  # reading resumes only once what waits is within the bound again
 
     # The native stream --------------------------------------------------------------------------
     async def _serve_stream(self, request: StreamRequest, log_target: tuple[str, str]) -> None:
@@ -532,7 +536,7 @@ class EdgeProtocol(asyncio.Protocol):
             if events.connections.draining:
                 stream.close("draining")
 
-    # StreamChannel (gateway.native_stream) -----------------------------------------------------
+    # StreamChannel (gateway.streams.stream) -----------------------------------------------------
     def write_event(self, data: bytes) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
@@ -793,7 +797,7 @@ def _phrase(status: int) -> bytes:
 
 
 class GatewayServer(uvicorn.Server):
-    """uvicorn's server with a graceful drain on the first SIGTERM (see ``gateway.server``).
+    """uvicorn's server with a graceful drain on the first SIGTERM (see ``gateway.runtime.server``).
 
     ``handle_exit`` is uvicorn's signal hook: the first signal is only recorded (the drain runs in
     the event loop), a second one exits at once. uvicorn's own bookkeeping of captured signals (it

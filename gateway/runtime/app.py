@@ -30,17 +30,17 @@ from consumers.settings import ConsumerSettings
 from consumers.store import SessionStore
 from consumers.supervision import Supervisor
 from gateway import metrics
-from gateway.authentication import TokenVerifier
-from gateway.connections import ConnectionRegistry
-from gateway.docs import mount_docs
-from gateway.jwks import JwksCache
+from gateway.admission.endpoint import EventsEndpoint
+from gateway.admission.registry import ConnectionRegistry
+from gateway.auth.jwks import JwksCache
+from gateway.auth.verifier import TokenVerifier
+from gateway.edge.route import PATH_TEMPLATE, openapi_operation
+from gateway.runtime.api_docs import mount_docs
+from gateway.runtime.workers import WorkerReadiness
 from gateway.settings import GatewaySettings
-from gateway.sse import encode_transition
-from gateway.stream_route import PATH_TEMPLATE, openapi_operation
-from gateway.subscribe import EventsEndpoint
-from gateway.worker_readiness import WorkerReadiness
+from gateway.streams.sse import encode_transition
 
-log = logging.getLogger("gateway.app")
+log = logging.getLogger("gateway.runtime.app")
 
 
 @dataclass
@@ -101,7 +101,7 @@ class Runtime:
         """
         checks, reasons, warnings = self._own_readiness()
         if self.workers is not None:
-            # This worker's slot is written before it answers (see gateway.worker_readiness): its answer
+            # This worker's slot is written before it answers (see gateway.runtime.workers): its answer
             # and what its siblings answer for it never disagree, whichever worker a probe reaches.
             self.workers.publish(not reasons)
             waiting = self.workers.not_ready()
@@ -208,7 +208,7 @@ class Runtime:
 class GatewayApp:
     """ASGI entry point; see the module docstring.
 
-    The stream route and its preflight never reach it: the HTTP edge serves them (``gateway.uvicorn_edge``).
+    The stream route and its preflight never reach it: the HTTP edge serves them (``gateway.edge.connection``).
     The public port serves a bare ``/livez`` (plus the demo in dev mode); health details, metrics and docs
     are on the internal port, told apart by the request's local port (``scope["server"]``). With
     ``GATEWAY_INTERNAL_PORT=0`` everything is on one port.
@@ -236,7 +236,7 @@ class GatewayApp:
 
 
 def _openapi(internal: FastAPI, public: FastAPI) -> Callable[[], dict[str, Any]]:
-    """FastAPI's document of both ports plus the stream route, from its one definition (``gateway.stream_route``)."""
+    """FastAPI's document of both ports plus the stream route, from its one definition (``gateway.edge.route``)."""
 
     def build() -> dict[str, Any]:
         if internal.openapi_schema is None:
@@ -309,7 +309,7 @@ def create_app(
     internal.openapi = _openapi(internal, public)  # type: ignore[method-assign]
 
     if settings.dev_mode:
-        from gateway.dev import LOOPBACK_ONLY, LoopbackOnly, dev_router
+        from gateway.dev.routes import LOOPBACK_ONLY, LoopbackOnly, dev_router
 
         log.warning("DEV MODE: demo page and unauthenticated publishing endpoints are enabled; never in production")
         public.include_router(dev_router(runtime))

@@ -35,10 +35,10 @@ from typing import Protocol
 
 from consumers.hub import Hub
 from gateway import metrics
-from gateway.errors import StreamRefused
+from gateway.edge.errors import StreamRefused
 from gateway.settings import GatewaySettings
 
-log = logging.getLogger("gateway.connections")
+log = logging.getLogger("gateway.admission.registry")
 
 TICK_SECONDS = 0.25
 _PER_KEY = frozenset({"per_session", "per_subject"})

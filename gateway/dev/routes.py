@@ -1,6 +1,6 @@
 """DEVELOPMENT ONLY: the demo page and unauthenticated endpoints that publish session statuses.
 
-Mounted by ``gateway.app`` only when ``GATEWAY_DEV_MODE`` is true. Anyone who can reach these
+Mounted by ``gateway.runtime.app`` only when ``GATEWAY_DEV_MODE`` is true. Anyone who can reach these
 endpoints can write to the session-status topic and obtain tokens from the dev issuer, so they
 must never be enabled in production.
 
@@ -40,13 +40,13 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.publish import StatusPublisher, build_event
+from gateway.cli.publish import StatusPublisher, build_event
 from schemas import TERMINAL_STATUSES, SessionStatus, SessionType
 
 if TYPE_CHECKING:
-    from gateway.app import Runtime
+    from gateway.runtime.app import Runtime
 
-log = logging.getLogger("gateway.dev")
+log = logging.getLogger("gateway.dev.routes")
 
 STATIC_DIR = FsPath(__file__).resolve().parent / "static"
 DEV_TAG = "Development only"

@@ -2,7 +2,7 @@
 
 User mistakes end with one readable line on stderr and a non-zero exit, never a traceback:
 unknown ``GATEWAY_*`` variables, invalid setting values and ports in use are checked before
-anything starts (``gateway.diagnostics``).
+anything starts (``gateway.cli.diagnostics``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 from pydantic import ValidationError
 
 from consumers.settings import ConsumerSettings
-from gateway.diagnostics import (
+from gateway.cli.diagnostics import (
     UserError,
     allow_unknown_settings,
     describe_settings_error,
@@ -27,7 +27,7 @@ from gateway.diagnostics import (
 from schemas import SessionStatus, SessionType
 
 if TYPE_CHECKING:
-    from gateway.dev_issuer import BackgroundIssuer
+    from gateway.dev.issuer import BackgroundIssuer
     from gateway.settings import GatewaySettings
 
 T = TypeVar("T")
@@ -71,8 +71,8 @@ def _kafka_settings(args: argparse.Namespace) -> ConsumerSettings:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.diagnostics import check_gateway_ports, open_files_problem
-    from gateway.server import serve
+    from gateway.cli.diagnostics import check_gateway_ports, open_files_problem
+    from gateway.runtime.server import serve
     from gateway.settings import GatewaySettings
 
     _check_environment(strict=True)
@@ -113,7 +113,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _check_dev_mode_host(settings: GatewaySettings) -> None:
     """Dev mode publishes without authentication and hands out tokens for any tenant: loopback hosts only."""
-    from gateway.dev_issuer import is_loopback
+    from gateway.dev.issuer import is_loopback
 
     if settings.dev_mode and not is_loopback(settings.host):
         raise UserError(
@@ -127,7 +127,7 @@ def _start_dev_issuer(settings: GatewaySettings) -> BackgroundIssuer:
     """``serve --dev`` without keys: a loopback dev issuer in this process, and how to get a token from it."""
     from urllib.parse import urlsplit
 
-    from gateway.dev_issuer import BANNER, is_loopback, start_background_issuer, token_help
+    from gateway.dev.issuer import BANNER, is_loopback, start_background_issuer, token_help
 
     wanted = urlsplit(settings.dev_issuer_url)
     host = wanted.hostname or "127.0.0.1"
@@ -155,7 +155,7 @@ def _url_host(host: str) -> str:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
-    from gateway.publish import StatusPublisher, build_event
+    from gateway.cli.publish import StatusPublisher, build_event
 
     settings = _kafka_settings(args)
     event = build_event(
@@ -174,7 +174,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 
 def _cmd_create_topic(args: argparse.Namespace) -> int:
-    from gateway.topic import create_topic
+    from gateway.cli.topic import create_topic
 
     settings = _kafka_settings(args)
     created = asyncio.run(_kafka_call(create_topic(settings, args.partitions, args.replication_factor), settings))
@@ -183,14 +183,14 @@ def _cmd_create_topic(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    from gateway.watch import watch
+    from gateway.cli.watch import watch
 
     return asyncio.run(watch(args.url, args.session_id, args.token, args.last_event_id))
 
 
 def _cmd_dev_issuer(args: argparse.Namespace) -> int:
-    from gateway.dev_issuer import is_loopback, serve_dev_issuer
-    from gateway.diagnostics import check_port_free
+    from gateway.cli.diagnostics import check_port_free
+    from gateway.dev.issuer import is_loopback, serve_dev_issuer
 
     if is_loopback(args.host):
         check_port_free(args.host, args.port, "--port")

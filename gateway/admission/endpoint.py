@@ -1,8 +1,8 @@
 """``GET /session/{id}/events``: admits a stream request, then opens its stream.
 
 Admission (token, tenant, limits, waiting for a session or a resume position), then the stream's first
-frames and its registration; ``gateway.uvicorn_edge`` reads the request and writes the stream straight
-to its connection (``gateway.native_stream``). Everything a request parsed (headers, the query with the
+frames and its registration; ``gateway.edge.connection`` reads the request and writes the stream straight
+to its connection (``gateway.streams.stream``). Everything a request parsed (headers, the query with the
 token, claims) lives in the admission's frames and is freed once the stream is open; a stream keeps
 only what it writes.
 """
@@ -25,10 +25,10 @@ from consumers.log_aggregation import ReasonFolding
 from consumers.progress import PartitionProgress
 from consumers.store import SessionSnapshot, SessionStore, Transition
 from gateway import metrics
-from gateway.authentication import AuthenticationError, Principal, TokenVerifier, locate_token
-from gateway.connections import ClientAddresses, ConnectionRegistry, Ticket
-from gateway.cors import CorsPolicy
-from gateway.errors import (
+from gateway.admission.registry import ClientAddresses, ConnectionRegistry, Ticket
+from gateway.auth.verifier import AuthenticationError, Principal, TokenVerifier, locate_token
+from gateway.edge.cors import CorsPolicy
+from gateway.edge.errors import (
     CROSS_ORIGIN_COOKIE,
     INVALID_TOKEN,
     MISSING_TOKEN,
@@ -36,10 +36,10 @@ from gateway.errors import (
     error_headers,
     not_found_message,
 )
-from gateway.logging_setup import log_value, request_id_var
+from gateway.edge.route import MAX_SESSION_ID_LENGTH
+from gateway.runtime.logging_setup import log_value, request_id_var
 from gateway.settings import GatewaySettings
-from gateway.sse import EventPosition, encode_retry, encode_transition, parse_event_id
-from gateway.stream_route import MAX_SESSION_ID_LENGTH
+from gateway.streams.sse import EventPosition, encode_retry, encode_transition, parse_event_id
 
 log = logging.getLogger("gateway.stream")
 

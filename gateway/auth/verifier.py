@@ -19,7 +19,7 @@ JOSE header parameters, deliberately (RFC 7515):
   so a token with ``crit`` is refused (``unsupported_crit``), as is ``b64`` other than ``true``
   (RFC 7797 unencoded payloads, ``unsupported_header``).
 - The header must start with ``{``: together with the compact form this makes every acceptable
-  token match the JWT shape that log redaction looks for (see ``gateway.logging_setup``).
+  token match the JWT shape that log redaction looks for (see ``gateway.runtime.logging_setup``).
 
 Claims are checked by type before use: the tenant claim must be a non-empty string when present,
 the session claim a non-empty string when present (``null`` is not "absent"), ``sub`` a string
@@ -52,7 +52,7 @@ from joserfc.jwk import Key
 from joserfc.jws import JWSRegistry
 from prometheus_client import Counter
 
-from gateway.jwks import JwksCache
+from gateway.auth.jwks import JwksCache
 from gateway.settings import GatewaySettings
 
 # Kept here, not in gateway.metrics, while that module is being reworked; same registry.

@@ -21,9 +21,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from gateway.logging_setup import configure_logging
+from gateway.runtime.logging_setup import configure_logging
 
-log = logging.getLogger("gateway.dev_issuer")
+log = logging.getLogger("gateway.dev.issuer")
 
 BANNER = (
     "\n"

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from gateway import metrics
-from gateway.sse import HEARTBEAT
+from gateway.streams.sse import HEARTBEAT
 
 # Reasons after which nothing more is written, not even what is buffered.
 ABORT_REASONS = frozenset({"slow_client", "client_disconnected"})
@@ -28,7 +28,7 @@ def observe_delivery(record_timestamp_ms: int) -> None:
 
 
 class StreamChannel(Protocol):
-    """The connection under a native stream (implemented by ``gateway.uvicorn_edge.EdgeProtocol``)."""
+    """The connection under a native stream (implemented by ``gateway.edge.connection.EdgeProtocol``)."""
 
     def write_event(self, data: bytes) -> None:
         """Writes one body chunk."""

@@ -15,10 +15,10 @@ from typing import Any
 from pydantic.fields import FieldInfo
 
 from consumers.settings import REFERENCE_SECTIONS as CONSUMER_SECTIONS
-from gateway.diagnostics import SETTINGS_CLASSES
+from gateway.cli.diagnostics import SETTINGS_CLASSES
 from gateway.settings import REFERENCE_SECTIONS as GATEWAY_SECTIONS
 
-DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 PREFIX = "GATEWAY_"
 
 PREAMBLE = """# Configuration

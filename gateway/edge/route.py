@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
-from gateway.errors import INVALID_TOKEN, MISSING_TOKEN
+from gateway.edge.errors import INVALID_TOKEN, MISSING_TOKEN
 
 PATH_TEMPLATE = "/session/{id}/events"
 _PREFIX = b"/session/"

@@ -8,7 +8,7 @@ gradually; only then does uvicorn shut down, bounded by ``GATEWAY_SHUTDOWN_GRACE
 SIGINT (Ctrl-C) drains at once; a second signal exits immediately.
 
 The public port (streams) and the internal port (health, metrics, docs) are two listening sockets
-of one uvicorn server, both read by the gateway's HTTP edge (``gateway.uvicorn_edge``).
+of one uvicorn server, both read by the gateway's HTTP edge (``gateway.edge.connection``).
 
 ``GATEWAY_WORKERS=N`` (``serve --workers N``) runs N such servers as separate processes, each an
 independent replica (its own Kafka consumer reading every partition, its own store, streams and
@@ -17,7 +17,7 @@ The parent only supervises: it forwards SIGTERM/SIGINT to every worker (each dra
 exits 0 once all of them have exited 0; if a worker dies on its own, the parent drains the others
 and exits non-zero, so the orchestrator restarts the pod as a whole rather than leaving it
 half-ready (a restarted worker would answer 503 while it replays). Every worker's ``/readyz`` is 200
-only once all workers can serve (``gateway.worker_readiness``), whichever worker a probe reaches.
+only once all workers can serve (``gateway.runtime.workers``), whichever worker a probe reaches.
 """
 
 from __future__ import annotations
@@ -37,11 +37,8 @@ from multiprocessing.process import BaseProcess
 import uvicorn
 
 from consumers.settings import ConsumerSettings
-from gateway.app import GatewayApp, create_app
-from gateway.diagnostics import UserError
-from gateway.logging_setup import configure_logging
-from gateway.settings import GatewaySettings
-from gateway.uvicorn_edge import (
+from gateway.cli.diagnostics import UserError
+from gateway.edge.connection import (
     EdgeLimits,
     EdgeProtocol,
     EdgeState,
@@ -49,9 +46,12 @@ from gateway.uvicorn_edge import (
     check_engine,
     supported_versions,
 )
-from gateway.worker_readiness import WorkerReadiness
+from gateway.runtime.app import GatewayApp, create_app
+from gateway.runtime.logging_setup import configure_logging
+from gateway.runtime.workers import WorkerReadiness
+from gateway.settings import GatewaySettings
 
-log = logging.getLogger("gateway.server")
+log = logging.getLogger("gateway.runtime.server")
 
 
 async def drain(app: GatewayApp, sig: signal.Signals) -> None:
@@ -70,7 +70,7 @@ async def drain(app: GatewayApp, sig: signal.Signals) -> None:
 
 
 def check_http_engine(settings: GatewaySettings) -> None:
-    """Raises ``UserError`` unless the gateway's HTTP edge can run here (see ``gateway.uvicorn_edge``)."""
+    """Raises ``UserError`` unless the gateway's HTTP edge can run here (see ``gateway.edge.connection``)."""
     if settings.http_engine == "asgi":
         raise UserError(
             "GATEWAY_HTTP_ENGINE=asgi: the portable ASGI engine was removed; the gateway serves on its own HTTP "

@@ -1,0 +1,3 @@
+"""DEVELOPMENT ONLY: the demo page and its routes (``routes``, assets in ``static/``) and a local token
+issuer (``issuer``). Never enabled in production: see docs/security.md.
+"""

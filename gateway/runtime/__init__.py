@@ -1,0 +1,3 @@
+"""The running gateway: composition root and health policy (``app``), the server and its workers
+(``server``, ``workers``), logging (``logging_setup``) and the API docs page (``api_docs``).
+"""

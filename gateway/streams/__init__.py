@@ -1,0 +1,1 @@
+"""The one open SSE stream (``stream``) and its wire format (``sse``)."""

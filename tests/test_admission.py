@@ -3,8 +3,9 @@
 - Requests parked on sessions that do not exist count from the moment they arrive: beyond
   ``GATEWAY_MAX_WAITING_REQUESTS`` they get 503 at once, and the process stays responsive.
 - Another tenant's requests for a victim's session id never count against the victim's own limit.
-- Tokens without ``sub`` share a bucket only within their tenant; the per-subject limit is off by
-  default (many browsers share one client token in the reference deployment).
+- The per-subject limit is off by default (many browsers share one client token in the reference
+  deployment). Tokens without ``sub`` sharing a bucket only within their tenant, and each limit's answer,
+  are checked in process (``test_admission_unit``): no process boundary is involved.
 - A wait for a session is answered at the same time whether or not another tenant's session of
   that id received a transition meanwhile.
 - The waiting budget is shared fairly (the ``fair`` gateway): one tenant holds at most its share, one

@@ -757,10 +757,6 @@ async def test_stalled_reader_is_cut_while_a_normal_reader_keeps_receiving(
     ASGI path cuts a stalled reader only once ``GATEWAY_MAX_BUFFERED_BYTES`` wait in its own buffer
     (``test_lifecycle_unit``), so this test runs the native engine on both passes of the suite.
     """
-    topic = unique_topic("lifecycle-slow")
-    await create_topic(kafka_bootstrap, topic, partitions=PARTITIONS)
-    env = gateway_env(kafka_bootstrap, topic, jwks, GATEWAY_HEARTBEAT_INTERVAL="0.25", GATEWAY_HTTP_ENGINE="native")
-    gateway = GatewayProcess(env, logs / "slow.log")
     session = new_session("stalled-" + "x" * 200)
     token = mint(jwks.keys[0])
     loop = asyncio.get_running_loop()
@@ -769,7 +765,21 @@ async def test_stalled_reader_is_cut_while_a_normal_reader_keeps_receiving(
     stalled.setblocking(False)
     latencies: list[float] = []
     # The producer is started beforehand: a latency below measures the send and the delivery, not its start-up.
-    async with running(gateway), http_client() as client, started_producer(kafka_bootstrap) as producer:
+    async with (
+        gateway_world(
+            kafka_bootstrap,
+            logs,
+            "lifecycle-slow",
+            partitions=PARTITIONS,
+            keys=jwks.keys,
+            jwks=jwks,
+            GATEWAY_HEARTBEAT_INTERVAL="0.25",
+            GATEWAY_HTTP_ENGINE="native",
+        ) as world,
+        http_client() as client,
+        started_producer(kafka_bootstrap) as producer,
+    ):
+        gateway, topic = world.gateway, world.topic
         try:
             (active,) = await publish(kafka_bootstrap, topic, session, "active", producer=producer)
             await loop.sock_connect(stalled, ("127.0.0.1", gateway.port))
@@ -979,24 +989,25 @@ async def test_sigterm_drains_open_streams_gradually_and_exits(
     """
     drain = 4.0
     count = 40
-    topic = unique_topic("lifecycle-drain")
-    await create_topic(kafka_bootstrap, topic, partitions=PARTITIONS)
     sessions = [new_session(f"drain{i}") for i in range(count)]
-    await publish_many(kafka_bootstrap, topic, [(s, "active") for s in sessions])
-    gateway = GatewayProcess(
-        gateway_env(
+    token = mint(jwks.keys[0])
+    watches: list[Watch] = []
+    async with (
+        gateway_world(
             kafka_bootstrap,
-            topic,
-            jwks,
+            logs,
+            "lifecycle-drain",
+            partitions=PARTITIONS,
+            records=[(s.encode(), event_bytes(s, TENANT, "active")) for s in sessions],
+            keys=jwks.keys,
+            jwks=jwks,
             GATEWAY_DRAIN_SECONDS=str(drain),
             GATEWAY_HEARTBEAT_INTERVAL="2",
             GATEWAY_MAX_CONNECTIONS_PER_SUBJECT="1000",
-        ),
-        logs / "drain.log",
-    )
-    token = mint(jwks.keys[0])
-    watches: list[Watch] = []
-    async with running(gateway), http_client() as client:
+        ) as world,
+        http_client() as client,
+    ):
+        gateway = world.gateway
         try:
             watches = list(await asyncio.gather(*(open_watch(client, gateway, s, token) for s in sessions)))
             await asyncio.gather(*(w.wait_events(1) for w in watches))

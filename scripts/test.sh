@@ -27,4 +27,5 @@ echo "[test] pytest (the first run downloads the Kafka broker jars; progress bel
 if [ "$#" -gt 0 ]; then
   exec pytest "$@"
 fi
-pytest
+# Two workers (pytest-xdist), each with its own broker; a test file stays on one worker.
+pytest -n 2 --dist loadfile

@@ -73,7 +73,6 @@ async def world(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) 
                 "GATEWAY_UNKNOWN_SESSION_WAIT": "20",
             },
         },
-        GATEWAY_HTTP_ENGINE="native",
     ) as world:
         yield world
 

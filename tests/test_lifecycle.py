@@ -774,7 +774,6 @@ async def test_stalled_reader_is_cut_while_a_normal_reader_keeps_receiving(
             keys=jwks.keys,
             jwks=jwks,
             GATEWAY_HEARTBEAT_INTERVAL="0.25",
-            GATEWAY_HTTP_ENGINE="native",
         ) as world,
         http_client() as client,
         started_producer(kafka_bootstrap) as producer,

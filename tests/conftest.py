@@ -17,7 +17,14 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from tests.kafka_support import BrokerError, LocalBroker, docker_available, testcontainers_broker
+from tests.kafka_support import (
+    BackgroundBroker,
+    BrokerError,
+    LocalBroker,
+    background_broker,
+    docker_available,
+    testcontainers_broker,
+)
 from tests.support import on_the_terminal
 
 # httpx logs every request URL at INFO, and stream URLs carry the token in their query: keep them out of
@@ -103,3 +110,21 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     limits = httpx.Limits(max_connections=500, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=httpx.Timeout(30.0), limits=limits) as http:
         yield http
+
+
+@pytest.fixture(scope="module", autouse=True)
+def outage_broker_start(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BackgroundBroker]:
+    """A module's own broker for outage tests (``outage_broker``), started in the background as the module
+    begins, only when a test of that module that will run asks for it."""
+    with background_broker(request, tmp_path_factory, "outage_broker") as background:
+        yield background
+
+
+@pytest.fixture
+def outage_broker(outage_broker_start: BackgroundBroker) -> LocalBroker:
+    try:
+        return outage_broker_start.result(timeout=300)
+    except BrokerError as error:
+        pytest.fail(str(error), pytrace=False)

@@ -454,7 +454,8 @@ async def send(
 # A record the Kafka client itself cannot parse: a header name that is not UTF-8 (librdkafka allows it; the
 # broker keeps header names as bytes). aiokafka refuses such names itself, so the producer runs aiokafka's
 # pure-Python batch builder (AIOKAFKA_NO_EXTENSIONS) with a name that encodes to invalid UTF-8. Two batches
-# built explicitly, so that their boundaries are known: [bad record, `behind` valid ones], [`after` valid ones].
+# built explicitly, so that their boundaries are known: [`before` valid ones, bad record, `behind` valid ones],
+# [`after` valid ones].
 _UNPARSEABLE_BATCH_PRODUCER = """
 import asyncio, json, sys
 from datetime import datetime, timezone
@@ -468,37 +469,42 @@ def value(session_id):
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return json.dumps({"id": session_id, "tenantId": "t", "status": "active", "updatedAt": now}).encode()
 
-async def main(bootstrap, topic, partition, prefix, behind, after):
+async def main(bootstrap, topic, partition, prefix, behind, after, before):
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=8 << 20, max_request_size=16 << 20)
     await producer.start()
     try:
         bad = producer.create_batch()
+        for i in range(before):
+            key = f"{prefix}-before-{i}".encode()
+            assert bad.append(key=key, value=value(key.decode()), timestamp=None) is not None
         key = (prefix + "-poison").encode()
         bad.append(key=key, value=value(key.decode()), timestamp=None, headers=[(NotUtf8("h"), b"v")])
         for i in range(behind):
             key = f"{prefix}-behind-{i}".encode()
             assert bad.append(key=key, value=value(key.decode()), timestamp=None) is not None
         first = await (await producer.send_batch(bad, topic, partition=partition))
-        good = producer.create_batch()
-        for i in range(after):
-            key = f"{prefix}-after-{i}".encode()
-            assert good.append(key=key, value=value(key.decode()), timestamp=None) is not None
-        second = await (await producer.send_batch(good, topic, partition=partition))
+        offsets = [first.offset]
+        if after:
+            good = producer.create_batch()
+            for i in range(after):
+                key = f"{prefix}-after-{i}".encode()
+                assert good.append(key=key, value=value(key.decode()), timestamp=None) is not None
+            offsets.append((await (await producer.send_batch(good, topic, partition=partition))).offset)
     finally:
         await producer.stop()
-    print(json.dumps([first.offset, second.offset]))
+    print(json.dumps(offsets))
 
-asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])))
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], *map(int, sys.argv[5:8])))
 """
 
 
 async def produce_unparseable_batch(
-    bootstrap: str, topic: str, prefix: str, behind: int, after: int, partition: int = 0
+    bootstrap: str, topic: str, prefix: str, behind: int, after: int, partition: int = 0, before: int = 0
 ) -> list[int]:
-    """``partition`` gets a batch of ``{prefix}-poison`` (a record the client cannot parse) and ``behind`` valid
-    records ``{prefix}-behind-<i>``, then a batch of ``after`` valid records ``{prefix}-after-<i>``; returns the
-    base offsets of both batches."""
-    arguments = [bootstrap, topic, str(partition), prefix, str(behind), str(after)]
+    """``partition`` gets a batch of ``before`` valid records ``{prefix}-before-<i>``, ``{prefix}-poison`` (a record
+    the client cannot parse) and ``behind`` valid records ``{prefix}-behind-<i>``, then a batch of ``after`` valid
+    records ``{prefix}-after-<i>`` (if any); returns the base offsets of the batches."""
+    arguments = [bootstrap, topic, str(partition), prefix, str(behind), str(after), str(before)]
     completed = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-c", _UNPARSEABLE_BATCH_PRODUCER, *arguments],

@@ -6,7 +6,6 @@ import asyncio
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,14 +14,11 @@ from aiokafka import AIOKafkaProducer
 from consumers.records import RejectReason
 from consumers.store import Outcome
 from tests.kafka_support import (
-    BackgroundBroker,
-    BrokerError,
     LocalBroker,
     Record,
     RecordingSubscriber,
     RunningConsumer,
     add_partitions,
-    background_broker,
     create_topic,
     event_bytes,
     metric,
@@ -681,23 +677,6 @@ async def test_stop_while_waiting_for_a_missing_topic(kafka_bootstrap: str) -> N
 
 # --------------------------------------------------------------------------------------------------
 # Broker outage: needs a broker the test may stop and start
-
-
-@pytest.fixture(scope="module", autouse=True)
-def outage_broker_start(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[BackgroundBroker]:
-    """The outage test's own broker, started in the background when this module begins if that test will run."""
-    with background_broker(request, tmp_path_factory, "outage_broker") as background:
-        yield background
-
-
-@pytest.fixture
-def outage_broker(outage_broker_start: BackgroundBroker) -> LocalBroker:
-    try:
-        return outage_broker_start.result(timeout=300)
-    except BrokerError as error:
-        pytest.fail(str(error), pytrace=False)
 
 
 async def test_broker_outage_loses_and_repeats_nothing(outage_broker: LocalBroker) -> None:

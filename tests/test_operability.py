@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +36,8 @@ from tests.gateway_support import (
     stopping,
 )
 from tests.kafka_support import (
-    BackgroundBroker,
-    BrokerError,
     LocalBroker,
     Record,
-    background_broker,
     create_topic,
     event_bytes,
     produce,
@@ -319,23 +316,6 @@ async def test_readyz_waits_for_the_store_to_catch_up(
             assert stream.status == 200
             event = await stream.next_event()
             assert event is not None and event.json()["status"] == "active"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def outage_broker_start(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[BackgroundBroker]:
-    """The outage test's own broker, started in the background when this module begins if that test will run."""
-    with background_broker(request, tmp_path_factory, "outage_broker") as background:
-        yield background
-
-
-@pytest.fixture
-def outage_broker(outage_broker_start: BackgroundBroker) -> LocalBroker:
-    try:
-        return outage_broker_start.result(timeout=300)
-    except BrokerError as error:
-        pytest.fail(str(error), pytrace=False)
 
 
 async def test_a_broker_outage_keeps_the_replica_ready_and_serving(

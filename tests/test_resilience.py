@@ -40,6 +40,7 @@ from tests.kafka_support import (
     event_bytes,
     metric,
     produce,
+    produce_unparseable_batch,
     running_consumer,
     unique_topic,
 )
@@ -512,66 +513,21 @@ def test_iso_millis_matches_javascript_at_the_range_ends() -> None:
     assert iso_millis((moment - EPOCH) // timedelta(milliseconds=1)) == "0999-05-01T12:00:00.000Z"
 
 
-# A record the Kafka client itself cannot parse: written by a producer that puts bytes which are not
-# UTF-8 into a header name (librdkafka allows it). aiokafka refuses such names itself, so the producer
-# here runs aiokafka's pure-Python record builder with a name that encodes to invalid UTF-8.
-_POISON_PRODUCER = """
-import asyncio, json, sys
-from datetime import datetime, timezone
-from aiokafka import AIOKafkaProducer
-
-class NotUtf8(str):
-    def encode(self, *args, **kwargs):
-        return b"\\xff\\xfe-not-utf8"
-
-def value(session_id):
-    now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return json.dumps({"id": session_id, "tenantId": "t", "status": "active", "updatedAt": now}).encode()
-
-async def main(bootstrap, topic):
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=200)
-    await producer.start()
-    sent = [
-        await producer.send(topic, key=b"before", value=value("before"), partition=0),
-        await producer.send(topic, key=b"poison", value=value("poison"), headers=[(NotUtf8("h"), b"v")], partition=0),
-        await producer.send(topic, key=b"behind", value=value("behind"), partition=0),
-    ]
-    offsets = [(await future).offset for future in sent]
-    await producer.stop()
-    print(json.dumps(offsets))
-
-asyncio.run(main(sys.argv[1], sys.argv[2]))
-"""
-
-
 async def test_a_record_the_kafka_client_cannot_parse_is_skipped_alone(kafka_bootstrap: str) -> None:
     """One batch: a good record, an unparseable one, a good one. The consumer survives and goes on.
 
     The record before is applied. The client cannot parse past the bad record within its batch, so the
     record behind it in the same batch is skipped too, and both are counted as unreadable.
     """
-    import os
-    import subprocess
-    import sys
-
     topic = unique_topic("unparseable")
     await create_topic(kafka_bootstrap, topic, partitions=1)
-    env = {**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"}
-    produced = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", _POISON_PRODUCER, kafka_bootstrap, topic],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert json.loads(produced.stdout) == [0, 1, 2], "the three records should share one batch, in order"
+    offsets = await produce_unparseable_batch(kafka_bootstrap, topic, "u", behind=1, after=0, before=1)
+    assert offsets[0] == 0, "the three records should share one batch, in order"
     skipped = metric("gateway_records_rejected_total", reason="unreadable")
     async with running_consumer(kafka_bootstrap, topic, subscribe=["canary"]) as running:
         await running.wait_caught_up(30)
-        assert "before" in running.store
-        assert "poison" not in running.store and "behind" not in running.store
+        assert "u-before-0" in running.store
+        assert "u-poison" not in running.store and "u-behind-0" not in running.store
         assert metric("gateway_records_rejected_total", reason="unreadable") - skipped == 2
         await produce(kafka_bootstrap, topic, [(b"canary", event_bytes("canary", TENANT, "active"))], partition=0)
         await running.wait_until(lambda: running.subscribers["canary"].statuses == ["active"], 15)

@@ -179,7 +179,7 @@ def test_build_stage_leaves_only_wheels_and_the_virtualenv(installed: Installed)
     assert all(name.endswith(".whl") for name in wheels), wheels
     # The project is installed from its wheel (not as an editable checkout), with its package data.
     site = next((installed.venv / "lib").glob("python3.*/site-packages"))
-    assert (site / "gateway" / "static" / "demo.html").exists()
+    assert (site / "gateway" / "dev" / "static" / "demo.html").exists()
     assert (site / "schemas" / "session-status.schema.json").exists()
     assert not list(site.glob("__editable__*"))
     assert list((site / "gateway" / "__pycache__").glob("*.pyc")), "bytecode must be compiled at build time"

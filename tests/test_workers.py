@@ -143,7 +143,11 @@ async def test_two_workers_serve_streams_and_drain_on_sigterm(
             signalled = time.monotonic()
             gateway.signal(signal.SIGTERM)
             results = await asyncio.wait_for(asyncio.gather(*reads), DRAIN + 10)
-        await wait_until(lambda: gateway.process is not None and gateway.process.poll() is not None, DRAIN + 10)
+        await wait_until(
+            lambda: gateway.process is not None and gateway.process.poll() is not None,
+            DRAIN + 10,
+            lambda: f"the server did not exit after its drain:\n{gateway.logs()[-4000:]}",
+        )
         exited_after = time.monotonic() - signalled
         code = gateway.process.returncode
     finally:

@@ -133,7 +133,12 @@ async def open_client(chromium: Any, url: str) -> tuple[Any, BrowserPage]:
             client.requests.append({"status": response.status, "last_event_id": headers.get("last-event-id")})
 
     page.on("response", on_response)
-    page.on("requestfailed", lambda request: client.requests.append({"status": None, "failure": request.failure}))
+
+    def on_failed(request: Any) -> None:
+        if request.resource_type == "eventsource":  # not the page's own resources (a favicon aborted at close)
+            client.requests.append({"status": None, "failure": request.failure})
+
+    page.on("requestfailed", on_failed)
     await page.goto(url)
     return context, client
 

@@ -126,16 +126,21 @@ async def open_client(chromium: Any, url: str) -> tuple[Any, BrowserPage]:
     page = await context.new_page()
     client = BrowserPage(page)
 
+    answered: list[Any] = []  # EventSource requests that got a response (before the driver round trip below)
+
     async def on_response(response: Any) -> None:
         request = response.request
         if request.resource_type == "eventsource":
+            answered.append(request)
             headers = await request.all_headers()
             client.requests.append({"status": response.status, "last_event_id": headers.get("last-event-id")})
 
     page.on("response", on_response)
 
     def on_failed(request: Any) -> None:
-        if request.resource_type == "eventsource":  # not the page's own resources (a favicon aborted at close)
+        # Only EventSource requests (not the page's own resources, e.g. a favicon aborted at close), and not one
+        # that was answered: EventSource abandons the body of an error answer, which Chromium reports as aborted.
+        if request.resource_type == "eventsource" and not any(request is seen for seen in answered):
             client.requests.append({"status": None, "failure": request.failure})
 
     page.on("requestfailed", on_failed)

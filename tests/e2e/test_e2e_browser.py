@@ -126,15 +126,21 @@ async def open_client(chromium: Any, url: str) -> tuple[Any, BrowserPage]:
     page = await context.new_page()
     client = BrowserPage(page)
 
-    answered: list[Any] = []  # EventSource requests that got a response (before the driver round trip below)
+    # EventSource requests that got a response, noted synchronously: an async handler runs a loop turn later,
+    # after a ``requestfailed`` of the same request dispatched right behind the response.
+    answered: list[Any] = []
+
+    def note_answered(response: Any) -> None:
+        if response.request.resource_type == "eventsource":
+            answered.append(response.request)
 
     async def on_response(response: Any) -> None:
         request = response.request
         if request.resource_type == "eventsource":
-            answered.append(request)
             headers = await request.all_headers()
             client.requests.append({"status": response.status, "last_event_id": headers.get("last-event-id")})
 
+    page.on("response", note_answered)
     page.on("response", on_response)
 
     def on_failed(request: Any) -> None:

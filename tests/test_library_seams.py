@@ -34,7 +34,7 @@ from consumers.settings import ConsumerSettings
 from gateway.cli.diagnostics import UserError
 from gateway.cli.publish import StatusPublisher
 from gateway.cli.topic import create_topic as create_topic_as_the_cli_does
-from gateway.edge.connection import TESTED_UVICORN, check_engine, supported_versions
+from gateway.edge.uvicorn_seam import TESTED_UVICORN, check_engine, supported_versions
 from gateway.runtime.server import check_http_engine
 from gateway.settings import GatewaySettings
 from tests.kafka_support import (

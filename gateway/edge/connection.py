@@ -1,4 +1,4 @@
-"""The HTTP edge: everything that depends on how uvicorn works inside lives in this module, and only here.
+"""One connection of the HTTP edge: bounded request heads, then a native stream or requests one at a time.
 
 uvicorn's own protocol cannot be bounded from outside (no header limit, no deadline for a request head,
 an unbounded queue of pipelined requests), so uvicorn's supported protocol hook (``Config(http=...)``)
@@ -14,35 +14,28 @@ sockets and a share per client address, see ``gateway.admission.registry.ClientA
   read one at a time (the next head is not parsed before the answer to the previous one is written, and
   what a client sends ahead is bounded by the head limit), each under the same limits.
 
-What we rely on of uvicorn: the ``Config(http=callable)`` hook, and ``Server.handle_exit`` and
-``Server.on_tick`` (see ``GatewayServer``). ``check_engine()`` verifies them at start-up against the
-versions tested (pinned in pyproject.toml); on any other version the gateway refuses to start and names
-the supported ones. See docs/architecture.md.
+What this relies on of uvicorn is checked at start-up in ``gateway.edge.uvicorn_seam``; a request that is
+not a stream is answered by ``gateway.edge.request``. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import inspect
 import logging
-import signal
 import struct
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from types import FrameType
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
 import httptools
-import uvicorn
-from starlette.types import ASGIApp, Message
+from starlette.types import ASGIApp
 
 from gateway import metrics
 from gateway.admission.endpoint import STREAM_HEADERS, Admission, Answer, EventsEndpoint, StreamRequest
+from gateway.edge.request import Request, keep_alive
 from gateway.edge.route import match
 from gateway.runtime.logging_setup import log_value
 from gateway.streams.stream import NativeStream
@@ -58,9 +51,6 @@ except (ImportError, AttributeError):  # pragma: no cover - other platforms rely
 log = logging.getLogger("gateway.edge")
 access_log = logging.getLogger("uvicorn.access")
 
-# The versions this module was written and tested against (pyproject pins the same ranges).
-TESTED_UVICORN = ("0.54.",)
-TESTED_HTTPTOOLS = ("0.6.", "0.7.", "0.8.", "0.9.")
 _MAX_BODY = 1024 * 1024  # a request body (only the dev routes take one)
 _LINGER_SECONDS = 2.0
 _MAX_TRAILING_BYTES = 64 * 1024  # what a stream's client may send after its request before it is cut
@@ -108,27 +98,6 @@ class EdgeState:
             self.per_address[address] = held
         else:
             self.per_address.pop(address, None)
-
-
-def check_engine() -> str | None:
-    """None when the edge can run on the installed uvicorn and httptools, else why not."""
-    version = getattr(uvicorn, "__version__", "?")
-    if not version.startswith(TESTED_UVICORN):
-        return f"uvicorn {version} is not a tested version"
-    parser_version = getattr(httptools, "__version__", "?")
-    if not parser_version.startswith(TESTED_HTTPTOOLS):
-        return f"httptools {parser_version} is not a tested version"
-    for hook in ("handle_exit", "on_tick"):
-        if not callable(getattr(uvicorn.Server, hook, None)):
-            return f"uvicorn.Server.{hook} is gone"
-    if "http" not in inspect.signature(uvicorn.Config.__init__).parameters:
-        return "uvicorn.Config no longer takes http="
-    return None
-
-
-def supported_versions() -> str:
-    uvicorn_versions = ", ".join(v + "x" for v in TESTED_UVICORN)
-    return f"uvicorn {uvicorn_versions} with httptools {', '.join(v + 'x' for v in TESTED_HTTPTOOLS)}"
 
 
 def _simple_response(status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None) -> bytes:
@@ -184,7 +153,7 @@ class EdgeProtocol(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
-        self._request: _Request | None = None  # the request being answered (not a stream)
+        self._request: Request | None = None  # the request being answered (not a stream)
         self._body_left = 0  # body bytes of ``_request`` still to come
         self._pending: bytearray | None = None  # what the client sent ahead of the current answer
         self._reading_paused = False
@@ -372,7 +341,7 @@ class EdgeProtocol(asyncio.Protocol):
         if not 0 <= length <= _MAX_BODY:
             self._refuse(413)
             return
-        request = _Request(method, version, target, url, headers, keep_alive=_keep_alive(version, headers))
+        request = Request(method, version, target, url, headers, keep_alive=keep_alive(version, headers))
         self._request = request
         if session_id is not None:  # OPTIONS: the stream route's CORS preflight
             self._answer_preflight(request)
@@ -400,17 +369,17 @@ class EdgeProtocol(asyncio.Protocol):
         return True
 
     # Requests that are not streams: answered one at a time, with keep-alive ------------------------
-    def _answer_preflight(self, request: _Request) -> None:
+    def _answer_preflight(self, request: Request) -> None:
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in request.headers}
         answer = self.state.events.preflight(headers)
         self._write_head(request, answer.status, list(answer.headers))
         self._log_access((request.target.decode("latin-1"), request.version), answer.status, method=b"OPTIONS")
         self._finish(request)
 
-    def _start_app(self, request: _Request) -> None:
+    def _start_app(self, request: Request) -> None:
         self._task = self.loop.create_task(self._run_app(request))
 
-    async def _run_app(self, request: _Request) -> None:
+    async def _run_app(self, request: Request) -> None:
         transport = self.transport
         assert transport is not None
         sockname = transport.get_extra_info("sockname")
@@ -447,9 +416,7 @@ class EdgeProtocol(asyncio.Protocol):
         self._log_access((request.target.decode("latin-1"), request.version), request.status, method=request.method)
         self._finish(request)
 
-    def _write_head(
-        self, request: _Request, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b""
-    ) -> None:
+    def _write_head(self, request: Request, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> None:
         """Writes a whole answer (head and body) that is not produced by the app."""
         request.started = request.finished = True
         request.status = status
@@ -458,7 +425,7 @@ class EdgeProtocol(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(request.head(status, headers) + (b"" if request.method == b"HEAD" else body))
 
-    def _finish(self, request: _Request) -> None:
+    def _finish(self, request: Request) -> None:
         """The answer is written: reads the next request on this connection, or closes it."""
         self._task = None
         self._request = None
@@ -643,185 +610,3 @@ class EdgeProtocol(asyncio.Protocol):
                 reason,
                 logger=access_log,
             )
-
-
-def _keep_alive(version: str, headers: list[tuple[bytes, bytes]]) -> bool:
-    """HTTP/1.1 keeps a connection unless the client says otherwise; HTTP/1.0 ends it after the answer."""
-    if version != "1.1":
-        return False
-    return not any(name == b"connection" and b"close" in value.lower() for name, value in headers)
-
-
-class _Clock:
-    """The ``date`` header, formatted once a second."""
-
-    second = -1
-    value = b""
-
-    @classmethod
-    def date(cls) -> bytes:
-        now = int(time.time())
-        if now != cls.second:
-            cls.second, cls.value = now, email.utils.formatdate(now, usegmt=True).encode("ascii")
-        return cls.value
-
-
-class _Request:
-    """One request that is not a stream: its head, its body, and the ASGI ``receive``/``send`` of its answer."""
-
-    __slots__ = (
-        "_chunked",
-        "_delivered",
-        "_head_written",
-        "body",
-        "finished",
-        "headers",
-        "keep_alive",
-        "method",
-        "started",
-        "status",
-        "target",
-        "url",
-        "version",
-    )
-
-    def __init__(
-        self,
-        method: bytes,
-        version: str,
-        target: bytes,
-        url: Any,
-        headers: list[tuple[bytes, bytes]],
-        keep_alive: bool,
-    ) -> None:
-        self.method = method
-        self.version = version
-        self.target = target
-        self.url = url
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.body = b""
-        self.status = 0
-        self.started = self.finished = False
-        self._head_written = self._chunked = self._delivered = False
-
-    def head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _phrase(status))]
-        lines += [name + b": " + value + b"\r\n" for name, value in headers]
-        lines.append(b"date: " + _Clock.date() + b"\r\n")
-        if not self.keep_alive:
-            lines.append(b"connection: close\r\n")
-        lines.append(b"\r\n")
-        return b"".join(lines)
-
-    def receive(self, protocol: EdgeProtocol) -> Callable[[], Awaitable[Message]]:
-        async def receive() -> Message:
-            if not self._delivered:
-                self._delivered = True
-                return {"type": "http.request", "body": self.body, "more_body": False}
-            if protocol._disconnected is not None:
-                await protocol._disconnected
-            return {"type": "http.disconnect"}
-
-        return receive
-
-    def send(self, protocol: EdgeProtocol) -> Callable[[Message], Awaitable[None]]:
-        async def send(message: Message) -> None:
-            kind = message["type"]
-            if kind == "http.response.start":
-                if self.started:
-                    raise RuntimeError("the response was started already")
-                self.started = True
-                self.status = int(message["status"])
-                self.headers = [(bytes(name).lower(), bytes(value)) for name, value in message.get("headers", ())]
-                return
-            if kind != "http.response.body" or not self.started or self.finished:
-                raise RuntimeError(f"unexpected ASGI message {kind!r}")
-            body: bytes = message.get("body", b"")
-            more: bool = message.get("more_body", False)
-            transport = protocol.transport
-            if transport is None or transport.is_closing():
-                self.finished = not more
-                return
-            out = b"" if self._head_written else self._start(len(body), more)
-            if body and self.method != b"HEAD":
-                out += b"%x\r\n%b\r\n" % (len(body), body) if self._chunked else body
-            if not more:
-                self.finished = True
-                if self._chunked and self.method != b"HEAD":
-                    out += b"0\r\n\r\n"
-            if out:
-                transport.write(out)
-            writable = protocol._writable
-            if writable is not None and not writable.is_set():
-                # The client reads slower than the app writes: wait for it, as long as a silent client may.
-                try:
-                    await asyncio.wait_for(writable.wait(), protocol.state.limits.idle_timeout)
-                except TimeoutError:
-                    metrics.EDGE_REFUSALS.labels("idle_timeout").inc()
-                    transport.abort()
-
-        return send
-
-    def end_body(self, protocol: EdgeProtocol) -> None:
-        """Ends a response the app left unfinished (a chunked body gets its terminator)."""
-        self.finished = True
-        if protocol.transport is not None and not protocol.transport.is_closing():
-            if not self._head_written:
-                protocol.transport.write(self._start(0, False))
-            elif self._chunked and self.method != b"HEAD":
-                protocol.transport.write(b"0\r\n\r\n")
-
-    def _start(self, length: int, more: bool) -> bytes:
-        self._head_written = True
-        headers = self.headers
-        if any(name == b"connection" and b"close" in value.lower() for name, value in headers):
-            self.keep_alive = False
-            headers = [(name, value) for name, value in headers if name != b"connection"]
-        if not any(name == b"content-length" for name, _ in headers) and self.status not in (204, 304):
-            if not more:
-                headers = [*headers, (b"content-length", b"%d" % length)]
-            elif self.version == "1.1":
-                self._chunked = True
-                headers = [*headers, (b"transfer-encoding", b"chunked")]
-            else:
-                self.keep_alive = False  # HTTP/1.0: the end of the connection ends the body
-        return self.head(self.status, headers)
-
-
-def _phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""
-
-
-class GatewayServer(uvicorn.Server):
-    """uvicorn's server with a graceful drain on the first SIGTERM (see ``gateway.runtime.server``).
-
-    ``handle_exit`` is uvicorn's signal hook: the first signal is only recorded (the drain runs in
-    the event loop), a second one exits at once. uvicorn's own bookkeeping of captured signals (it
-    re-raises them after shutdown) is skipped on purpose: after a completed drain the process exits 0.
-    """
-
-    def __init__(self, config: uvicorn.Config, drain: Any) -> None:
-        super().__init__(config)
-        self._drain = drain
-        self._drain_signal: int | None = None
-        self._drain_task: asyncio.Task[None] | None = None
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._drain_signal is None:
-            self._drain_signal = sig  # picked up by on_tick, inside the event loop
-            return
-        self.should_exit = True
-        self.force_exit = True
-
-    async def on_tick(self, counter: int) -> bool:
-        if self._drain_signal is not None and self._drain_task is None:
-            self._drain_task = asyncio.create_task(self._run_drain(self._drain_signal))
-        return await super().on_tick(counter)
-
-    async def _run_drain(self, sig: int) -> None:
-        await self._drain(signal.Signals(sig))
-        self.should_exit = True

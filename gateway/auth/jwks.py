@@ -48,7 +48,7 @@ _KEY_TYPES: tuple[type[Any], ...] = (RSAKey, ECKey, OKPKey)
 class JwksCache:
     def __init__(self, settings: GatewaySettings, client: httpx.AsyncClient) -> None:
         self._settings = settings
-        self._client = client
+        self._http = client
         self._keys: list[Key] = []
         self._by_kid: dict[str, Key] = {}
         self._expires_at = 0.0
@@ -226,7 +226,7 @@ class JwksCache:
         """The body of a 2xx answer, streamed and abandoned past ``jwks_max_bytes``."""
         limit = self._settings.jwks_max_bytes
         request_headers = {"accept": "application/json", "accept-encoding": "identity"}
-        async with self._client.stream(
+        async with self._http.stream(
             "GET", url, headers=request_headers, timeout=self._settings.jwks_timeout
         ) as response:
             response.raise_for_status()

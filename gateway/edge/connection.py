@@ -118,7 +118,7 @@ class EdgeProtocol(asyncio.Protocol):
         "_address",
         "_body_left",
         "_buffer",
-        "_client",
+        "_client_key",
         "_counted",
         "_disconnected",
         "_extra",
@@ -161,7 +161,7 @@ class EdgeProtocol(asyncio.Protocol):
         self._disconnected: asyncio.Future[None] | None = None
         self._counted = False
         self._address: str | None = None  # the key this socket is counted under in the per-address share
-        self._client: str | None = None  # the client address key for admission (waiting shares)
+        self._client_key: str | None = None  # the client address key for admission (waiting shares)
         self._trusted_peer = False
         self._lingering = False
         self._extra = 0
@@ -191,7 +191,7 @@ class EdgeProtocol(asyncio.Protocol):
                     transport.write(_simple_response(429, headers=[(b"retry-after", b"5")]))
                     transport.close()
                     return
-                self._address = self._client = key
+                self._address = self._client_key = key
             self.state.sockets += 1
             self._counted = True
             metrics.OPEN_SOCKETS.inc()
@@ -321,7 +321,7 @@ class EdgeProtocol(asyncio.Protocol):
         if session_id is not None and method == b"GET":
             self.chunked = version != "1.0"
             request_headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers}
-            stream_request = StreamRequest(session_id, url.query or b"", request_headers, self._client)
+            stream_request = StreamRequest(session_id, url.query or b"", request_headers, self._client_key)
             self._started = time.monotonic()
             log_target = (target.decode("latin-1"), version)
             self._task = self.loop.create_task(self._serve_stream(stream_request, log_target))
@@ -365,7 +365,7 @@ class EdgeProtocol(asyncio.Protocol):
             return True  # the proxy names no client: only the cap on all sockets applies
         if not self.state.count_address(key):
             return False
-        self._address = self._client = key
+        self._address = self._client_key = key
         return True
 
     # Requests that are not streams: answered one at a time, with keep-alive ------------------------
@@ -384,7 +384,7 @@ class EdgeProtocol(asyncio.Protocol):
         assert transport is not None
         sockname = transport.get_extra_info("sockname")
         peer = transport.get_extra_info("peername")
-        client = (self._client or peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else None
+        client = (self._client_key or peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else None
         url = request.url
         raw_path = url.path
         scope: dict[str, Any] = {

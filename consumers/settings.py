@@ -1,11 +1,15 @@
-"""Kafka connection, replay and store settings (environment prefix ``GATEWAY_``)."""
+"""Kafka, record and store settings (environment prefix ``GATEWAY_``), one class per concern.
+
+The consumer takes only these groups; ``ConsumerSettings`` is all of them, read from the environment once.
+Meaning and defaults: docs/configuration.md (generated from these classes by ``make docs``).
+"""
 
 from __future__ import annotations
 
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -27,8 +31,17 @@ def split_list(value: object) -> object:
     return value
 
 
-class ConsumerSettings(BaseSettings):
+class SettingsGroup(BaseSettings):
+    """One concern's settings; ``section`` is its title in docs/configuration.md."""
+
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+    section: ClassVar[str] = ""
+
+
+class KafkaSettings(SettingsGroup):
+    """How every Kafka client of this project connects, and what it reads."""
+
+    section: ClassVar[str] = "Kafka"
 
     kafka_bootstrap_servers: str = Field("localhost:9092", description="comma-separated `host:port` list")
     kafka_topic: str = Field(
@@ -61,75 +74,8 @@ class ConsumerSettings(BaseSettings):
         50 * 1024 * 1024, ge=1024 * 1024, description="fetch size; bigger replays faster"
     )
 
-    replay_window: timedelta | None = Field(
-        None,
-        description="replay only records newer than now minus this",
-        json_schema_extra={"shown": "unset (whole log)"},
-    )
-    max_record_bytes: int = Field(64 * 1024, ge=256, description="larger record values are rejected")
-    max_decompressed_batch_bytes: int = Field(
-        DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES,
-        ge=64 * 1024,
-        description=(
-            "a compressed batch that would decompress to more than this, or to more than (twice "
-            "`GATEWAY_MAX_RECORD_BYTES` plus 2 KiB) per record it holds but at least 4 MiB, is skipped before"
-            " that memory is allocated (see "
-            "[Security](security.md#limits-on-what-a-producer-can-make-us-hold-or-write))"
-        ),
-        json_schema_extra={"shown": "`33554432` (32 MiB)"},
-    )
-    record_log_lines: int = Field(
-        10,
-        ge=0,
-        description=(
-            "log lines about skipped records written in full per reject reason and minute; the rest are "
-            "counted and summed up in one line per reason and minute"
-        ),
-    )
-    terminal_retention: timedelta = Field(
-        timedelta(minutes=10),
-        description="how long a finished session stays in the store",
-        json_schema_extra={"shown": "`600` (10 min)"},
-    )
-    session_ttl: timedelta = Field(
-        timedelta(hours=24),
-        description="a session without update for this long is evicted",
-        json_schema_extra={"shown": "`86400` (24 h)"},
-    )
-    max_sessions: int = Field(1000000, ge=1, description="hard cap; the least recently updated sessions go first")
-
-    # Durations: plain seconds, 6h / 30m / 90s / 1d / 500ms, ISO 8601 (PT6H) or HH:MM:SS (consumers/durations.py).
-    _seconds = timedelta_fields("replay_window", "terminal_retention", "session_ttl")
-    _seconds_float = seconds_fields("kafka_health_interval")
-    _milliseconds = milliseconds_fields("kafka_request_timeout_ms")
-
-    # Formats (consumers.formats)
-    cloudevents_types: Annotated[list[str], NoDecode] = Field(
-        [],
-        description=(
-            "CloudEvent `type`s used; records of other types are ignored "
-            '(`gateway_records_ignored_total{reason="cloudevents_type"}`)'
-        ),
-        json_schema_extra={"shown": "empty (every type)"},
-    )
-    record_mapping: str | None = Field(
-        None,
-        description=(
-            "records in another shape: a mapping as inline JSON or the path of a JSON file (see [Records in "
-            "another shape](event-bus.md#records-in-another-shape))"
-        ),
-    )
-
-    # Dead-letter topic (consumers.dead_letter)
-    dlq_topic: str | None = Field(
-        None,
-        description=(
-            "copy every rejected record to this topic (see [Dead-letter topic](event-bus.md#dead-letter-topic))"
-        ),
-    )
-    dlq_writer: bool = Field(True, description="whether this replica writes to the dead-letter topic")
-
-    _mapping: RecordMapping | None = PrivateAttr(None)
+    _kafka_seconds = seconds_fields("kafka_health_interval")
+    _kafka_milliseconds = milliseconds_fields("kafka_request_timeout_ms")
 
     @field_validator("kafka_topic", mode="before")
     @classmethod
@@ -151,30 +97,6 @@ class ConsumerSettings(BaseSettings):
             raise ValueError(f"at most {MAX_TOPICS} topics")
         return ",".join(names)
 
-    @field_validator("cloudevents_types", mode="before")
-    @classmethod
-    def _types(cls, value: object) -> object:
-        return split_list(value)
-
-    @field_validator("dlq_topic", "record_mapping", mode="before")
-    @classmethod
-    def _blank_is_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @model_validator(mode="after")
-    def _check_formats_and_dlq(self) -> ConsumerSettings:
-        if self.record_mapping is not None:
-            self._mapping = load_mapping(self.record_mapping)
-            unknown = sorted(set(self._mapping.topics or ()) - set(self.kafka_topics))
-            if unknown:
-                raise ValueError(f"the record mapping names topics not in GATEWAY_KAFKA_TOPIC: {', '.join(unknown)}")
-        if self.dlq_topic is not None:
-            if not _TOPIC_NAME.fullmatch(self.dlq_topic):
-                raise ValueError("GATEWAY_DLQ_TOPIC is not a Kafka topic name")
-            if self.dlq_topic in self.kafka_topics:
-                raise ValueError("GATEWAY_DLQ_TOPIC must not be one of the topics the gateway reads")
-        return self
-
     @property
     def kafka_topics(self) -> tuple[str, ...]:
         """The topics read, in the order of the setting (a topic's index appears in its event ids)."""
@@ -184,10 +106,6 @@ class ConsumerSettings(BaseSettings):
     def primary_topic(self) -> str:
         """The first topic: where ``publish`` and the dev tools write."""
         return self.kafka_topics[0]
-
-    def mapping_for(self, topic: str) -> RecordMapping | None:
-        mapping = self._mapping
-        return mapping if mapping is not None and mapping.applies_to(topic) else None
 
     def kafka_client_options(self) -> dict[str, Any]:
         """Keyword arguments shared by every aiokafka client this project makes."""
@@ -214,34 +132,117 @@ class ConsumerSettings(BaseSettings):
         return options
 
 
-# The configuration reference (docs/configuration.md, generated by ``make docs``) shows the fields in these
-# sections, in this order; a test checks that every field is in exactly one.
-REFERENCE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "Kafka and the store": (
-        "kafka_bootstrap_servers",
-        "kafka_topic",
-        "kafka_client_id",
-        "kafka_security_protocol",
-        "kafka_sasl_mechanism",
-        "kafka_sasl_username",
-        "kafka_sasl_password",
-        "kafka_ssl_cafile",
-        "kafka_ssl_certfile",
-        "kafka_ssl_keyfile",
-        "kafka_ssl_check_hostname",
-        "kafka_request_timeout_ms",
-        "kafka_health_interval",
-        "kafka_max_fetch_bytes",
-        "replay_window",
-        "max_record_bytes",
-        "max_decompressed_batch_bytes",
-        "record_log_lines",
-        "terminal_retention",
-        "session_ttl",
-        "max_sessions",
-        "cloudevents_types",
-        "record_mapping",
-        "dlq_topic",
-        "dlq_writer",
-    ),
-}
+class RecordSettings(SettingsGroup):
+    """What a record may be and how it is read: sizes, formats, the mapping, dead letters."""
+
+    section: ClassVar[str] = "Records"
+
+    max_record_bytes: int = Field(64 * 1024, ge=256, description="larger record values are rejected")
+    max_decompressed_batch_bytes: int = Field(
+        DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES,
+        ge=64 * 1024,
+        description=(
+            "a compressed batch that would decompress to more than this, or to more than (twice "
+            "`GATEWAY_MAX_RECORD_BYTES` plus 2 KiB) per record it holds but at least 4 MiB, is skipped before"
+            " that memory is allocated (see "
+            "[Security](security.md#limits-on-what-a-producer-can-make-us-hold-or-write))"
+        ),
+        json_schema_extra={"shown": "`33554432` (32 MiB)"},
+    )
+    record_log_lines: int = Field(
+        10,
+        ge=0,
+        description=(
+            "log lines about skipped records written in full per reject reason and minute; the rest are "
+            "counted and summed up in one line per reason and minute"
+        ),
+    )
+    cloudevents_types: Annotated[list[str], NoDecode] = Field(
+        [],
+        description=(
+            "CloudEvent `type`s used; records of other types are ignored "
+            '(`gateway_records_ignored_total{reason="cloudevents_type"}`)'
+        ),
+        json_schema_extra={"shown": "empty (every type)"},
+    )
+    record_mapping: str | None = Field(
+        None,
+        description=(
+            "records in another shape: a mapping as inline JSON or the path of a JSON file (see [Records in "
+            "another shape](event-bus.md#records-in-another-shape))"
+        ),
+    )
+    dlq_topic: str | None = Field(
+        None,
+        description=(
+            "copy every rejected record to this topic (see [Dead-letter topic](event-bus.md#dead-letter-topic))"
+        ),
+    )
+    dlq_writer: bool = Field(True, description="whether this replica writes to the dead-letter topic")
+
+    _mapping: RecordMapping | None = PrivateAttr(None)
+
+    @field_validator("cloudevents_types", mode="before")
+    @classmethod
+    def _types(cls, value: object) -> object:
+        return split_list(value)
+
+    @field_validator("dlq_topic", "record_mapping", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _load_mapping(self) -> RecordSettings:
+        if self.record_mapping is not None:
+            self._mapping = load_mapping(self.record_mapping)
+        if self.dlq_topic is not None and not _TOPIC_NAME.fullmatch(self.dlq_topic):
+            raise ValueError("GATEWAY_DLQ_TOPIC is not a Kafka topic name")
+        return self
+
+    def mapping_for(self, topic: str) -> RecordMapping | None:
+        mapping = self._mapping
+        return mapping if mapping is not None and mapping.applies_to(topic) else None
+
+
+class StoreSettings(SettingsGroup):
+    """What the in-memory store keeps, and for how long."""
+
+    section: ClassVar[str] = "Store"
+
+    replay_window: timedelta | None = Field(
+        None,
+        description="replay only records newer than now minus this",
+        json_schema_extra={"shown": "unset (whole log)"},
+    )
+    terminal_retention: timedelta = Field(
+        timedelta(minutes=10),
+        description="how long a finished session stays in the store",
+        json_schema_extra={"shown": "`600` (10 min)"},
+    )
+    session_ttl: timedelta = Field(
+        timedelta(hours=24),
+        description="a session without update for this long is evicted",
+        json_schema_extra={"shown": "`86400` (24 h)"},
+    )
+    max_sessions: int = Field(1000000, ge=1, description="hard cap; the least recently updated sessions go first")
+
+    _store_timedeltas = timedelta_fields("replay_window", "terminal_retention", "session_ttl")
+
+
+class ConsumerSettings(KafkaSettings, RecordSettings, StoreSettings):
+    """Every consumer group, read from the environment once; checks what spans groups."""
+
+    @model_validator(mode="after")
+    def _topics_agree(self) -> ConsumerSettings:
+        mapping = self._mapping
+        if mapping is not None:
+            unknown = sorted(set(mapping.topics or ()) - set(self.kafka_topics))
+            if unknown:
+                raise ValueError(f"the record mapping names topics not in GATEWAY_KAFKA_TOPIC: {', '.join(unknown)}")
+        if self.dlq_topic is not None and self.dlq_topic in self.kafka_topics:
+            raise ValueError("GATEWAY_DLQ_TOPIC must not be one of the topics the gateway reads")
+        return self
+
+
+GROUPS: tuple[type[SettingsGroup], ...] = (KafkaSettings, RecordSettings, StoreSettings)

@@ -1,24 +1,32 @@
-"""Gateway settings (environment prefix ``GATEWAY_``); Kafka and store settings live in ``consumers``."""
+"""Gateway settings (environment prefix ``GATEWAY_``), one class per concern.
+
+Each component takes only its own group (``AuthSettings`` for the verifier, ``AdmissionSettings`` for
+the limits, ...); ``GatewaySettings`` is all of them, read from the environment once. Kafka and store
+settings live in ``consumers.settings``. Meaning and defaults: docs/configuration.md (generated from these
+classes by ``make docs``).
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
 from consumers.durations import milliseconds_fields, seconds_fields
-from consumers.settings import split_list
+from consumers.settings import SettingsGroup, split_list
 
 ALLOWED_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"}
 )
 
 
-class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+class EdgeSettings(SettingsGroup):
+    """The public and internal ports: where they listen and what one connection may hold."""
+
+    section: ClassVar[str] = "HTTP edge"
 
     host: str = Field("127.0.0.1", description="bind address of the public port (`serve --host`)")
     port: int = Field(
@@ -51,27 +59,74 @@ class GatewaySettings(BaseSettings):
             "uvicorn"
         ),
     )
-    instance_id: str = Field(
-        default_factory=socket.gethostname,
-        description="replica name, added to every log line",
-        json_schema_extra={"shown": "host name"},
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        [], description="origins allowed to read streams cross-origin (`*` for any, without credentials)"
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="`DEBUG`, `INFO`, `WARNING`, `ERROR`"
+    idle_timeout: float = Field(10.0, gt=0, description="a connection that has sent no byte for this long is closed")
+    request_head_timeout: float = Field(
+        10.0, gt=0, description="deadline for a complete request head from its first byte: slowloris gets 408"
     )
-    log_format: Literal["json", "text"] = Field("json", description="`json` (one object per line) or `text`")
-    access_log: bool = Field(True, description="uvicorn's access log (tokens redacted)")
-    request_log_lines: int = Field(
-        10,
-        ge=0,
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line plus headers; larger heads get 431")
+    max_sockets: int = Field(
+        16384,
+        ge=1,
         description=(
-            "log lines of refused requests written in full per refusal reason and minute; the rest are "
-            "counted (`gateway_request_log_lines_suppressed_total`) and summed up in one line per reason and "
-            "minute"
+            "open connections on the public port, streams or not; more are answered 503 and closed; the "
+            "internal port is not counted, so probes get through; `serve` warns when the open-files limit is "
+            "below this plus 100 (see [Open files](operations.md#open-files))"
+        ),
+    )
+    max_sockets_per_address: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "open connections on the public port from one client address (429 and closed beyond); IPv6 "
+            "addresses count per /64"
+        ),
+        json_schema_extra={"shown": "unset: half of `GATEWAY_MAX_SOCKETS` (8192)"},
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        ["127.0.0.0/8", "::1"],
+        description=(
+            "addresses or CIDR ranges of proxies (ingress, sidecar) whose `GATEWAY_CLIENT_ADDRESS_HEADER` "
+            "names the client for the per-address shares; empty: none"
+        ),
+    )
+    client_address_header: str = Field(
+        "X-Forwarded-For",
+        description=(
+            "where a trusted proxy names the client: comma-separated, nearest hop last; the right-most "
+            "address that is not a trusted proxy is the client"
         ),
     )
 
-    # Authentication
+    _edge_seconds = seconds_fields("idle_timeout", "request_head_timeout")
+
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @classmethod
+    def _edge_lists(cls, value: object) -> object:
+        return split_list(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not an IP address or CIDR range") from None
+        return value
+
+    @property
+    def sockets_per_address(self) -> int:
+        return self.max_sockets_per_address or max(1, self.max_sockets // 2)
+
+
+class AuthSettings(SettingsGroup):
+    """Who may read a session: token sources, the key set, the claims."""
+
+    section: ClassVar[str] = "Authentication and authorization"
+
     jwks_url: str | None = Field(None, description="JWKS endpoint with the token signing keys")
     oidc_issuer: str | None = Field(
         None,
@@ -118,6 +173,16 @@ class GatewaySettings(BaseSettings):
             "total deadline in seconds for one JWKS refresh (discovery included), however slowly the server sends"
         ),
     )
+    jwks_max_bytes: int = Field(
+        512 * 1024,
+        ge=1024,
+        description=(
+            "a JWKS or discovery response larger than this (512 KiB) is abandoned while streaming; the cached keys stay"
+        ),
+    )
+    jwks_max_keys: int = Field(
+        100, ge=1, description="a JWKS with more keys than this is refused; the cached keys stay"
+    )
     token_cookie: str | None = Field(
         None,
         description=(
@@ -126,8 +191,15 @@ class GatewaySettings(BaseSettings):
         ),
     )
     max_token_bytes: int = Field(8192, ge=256, description="longer tokens are rejected before parsing")
-
-    # Authorization
+    token_cache_size: int = Field(
+        10000,
+        ge=0,
+        description=(
+            "verified tokens remembered by their SHA-256 (never the token), so a reconnect costs no signature"
+            " check; an entry lasts until `exp` plus `GATEWAY_JWT_LEEWAY`, or until its key leaves the JWKS; "
+            "`0` disables"
+        ),
+    )
     tenant_claim: str = Field(
         "tenant_id", description="claim that must equal the session's `tenantId`; empty disables the check"
     )
@@ -136,17 +208,74 @@ class GatewaySettings(BaseSettings):
         None, description="the token's `scope` (space-separated) or `roles` must contain it"
     )
 
-    # Streams
-    cors_origins: Annotated[list[str], NoDecode] = Field(
-        [], description="origins allowed to read streams cross-origin (`*` for any, without credentials)"
+    _auth_seconds = seconds_fields(
+        "jwt_leeway", "jwks_min_refresh", "jwks_cache_ttl", "jwks_cache_min_ttl", "jwks_cache_max_ttl", "jwks_timeout"
+    )
+
+    @field_validator("jwt_algorithms", mode="before")
+    @classmethod
+    def _algorithm_list(cls, value: object) -> object:
+        return split_list(value)
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        refused = [alg for alg in value if alg not in ALLOWED_ALGORITHMS]
+        if refused:
+            raise ValueError(
+                f"algorithms {refused} are not allowed; choose from {sorted(ALLOWED_ALGORITHMS)} "
+                "('none' and HMAC algorithms are always refused)"
+            )
+        if not value:
+            raise ValueError("at least one algorithm is required")
+        return value
+
+
+class AdmissionSettings(SettingsGroup):
+    """How many streams and waiting requests the process, a tenant, a subject, a session and an address may hold."""
+
+    section: ClassVar[str] = "Admission and limits"
+
+    max_connections: int = Field(16000, ge=1, description="open and waiting streams per process (503 beyond)")
+    max_waiting_requests: int = Field(
+        1000,
+        ge=1,
+        description="requests waiting for a session that does not exist yet or for a resume position (503 beyond)",
+    )
+    max_connections_per_subject: int = Field(
+        0,
+        ge=0,
+        description=(
+            "open and waiting streams per tenant and token `sub` (429 beyond); off by default because many "
+            "browsers often share one client token"
+        ),
+        json_schema_extra={"shown": "`0` (off)"},
+    )
+    max_connections_per_session: int = Field(
+        20,
+        ge=1,
+        description=(
+            "open and waiting streams per tenant and session (429 beyond); another tenant's requests never "
+            "count against it"
+        ),
+    )
+    max_waiting_requests_per_tenant: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "waiting requests of one tenant (429 beyond), so that one tenant cannot take the whole waiting "
+            "budget; no share without `GATEWAY_TENANT_CLAIM`"
+        ),
+        json_schema_extra={"shown": "unset: half of `GATEWAY_MAX_WAITING_REQUESTS` (500)"},
+    )
+    max_waiting_requests_per_address: int | None = Field(
+        None,
+        ge=1,
+        description="waiting requests of one client address (429 beyond)",
+        json_schema_extra={"shown": "unset: a quarter of `GATEWAY_MAX_WAITING_REQUESTS` (250)"},
     )
     unknown_session_wait: float = Field(
         5.0, ge=0, description="seconds to wait for a session not yet in the store before 404"
-    )
-    resume_wait: float = Field(
-        5.0,
-        ge=0,
-        description="seconds to wait for this replica to reach a client's `Last-Event-ID` position before 503",
     )
     replay_wait: float = Field(
         10.0,
@@ -157,6 +286,28 @@ class GatewaySettings(BaseSettings):
             "errors"
         ),
     )
+    resume_wait: float = Field(
+        5.0,
+        ge=0,
+        description="seconds to wait for this replica to reach a client's `Last-Event-ID` position before 503",
+    )
+
+    _admission_seconds = seconds_fields("unknown_session_wait", "replay_wait", "resume_wait")
+
+    @property
+    def waiting_per_tenant(self) -> int:
+        return self.max_waiting_requests_per_tenant or max(1, self.max_waiting_requests // 2)
+
+    @property
+    def waiting_per_address(self) -> int:
+        return self.max_waiting_requests_per_address or max(1, self.max_waiting_requests // 4)
+
+
+class StreamSettings(SettingsGroup):
+    """One open stream: heartbeats, reconnect advice, the slow-client bound, token expiry and the drain."""
+
+    section: ClassVar[str] = "Streams"
+
     heartbeat_interval: float = Field(
         15.0, gt=0, description="seconds between SSE comment heartbeats on an idle stream"
     )
@@ -174,51 +325,20 @@ class GatewaySettings(BaseSettings):
     close_on_token_expiry: bool = Field(
         True, description="end a stream when its token stops being accepted (`exp` plus `GATEWAY_JWT_LEEWAY`)"
     )
-    max_connections: int = Field(16000, ge=1, description="open and waiting streams per process (503 beyond)")
-    max_connections_per_subject: int = Field(
-        0,
-        ge=0,
-        description=(
-            "open and waiting streams per tenant and token `sub` (429 beyond); off by default because many "
-            "browsers often share one client token"
-        ),
-        json_schema_extra={"shown": "`0` (off)"},
-    )
-    max_waiting_requests: int = Field(
-        1000,
-        ge=1,
-        description="requests waiting for a session that does not exist yet or for a resume position (503 beyond)",
-    )
-    max_connections_per_session: int = Field(
-        20,
-        ge=1,
-        description=(
-            "open and waiting streams per tenant and session (429 beyond); another tenant's requests never "
-            "count against it"
-        ),
-    )
     drain_seconds: float = Field(20.0, ge=0, description="on SIGTERM, open streams are closed spread over this time")
     shutdown_grace_seconds: float = Field(
         5.0, ge=0, description="after the drain, uvicorn's bound on closing what is left"
     )
 
-    # HTTP edge (native engine)
-    idle_timeout: float = Field(10.0, gt=0, description="a connection that has sent no byte for this long is closed")
-    request_head_timeout: float = Field(
-        10.0, gt=0, description="deadline for a complete request head from its first byte: slowloris gets 408"
-    )
-    max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line plus headers; larger heads get 431")
-    max_sockets: int = Field(
-        16384,
-        ge=1,
-        description=(
-            "open connections on the public port, streams or not; more are answered 503 and closed; the "
-            "internal port is not counted, so probes get through; `serve` warns when the open-files limit is "
-            "below this plus 100 (see [Open files](operations.md#open-files))"
-        ),
-    )
+    _stream_seconds = seconds_fields("heartbeat_interval", "drain_seconds", "shutdown_grace_seconds")
+    _stream_milliseconds = milliseconds_fields("retry_ms")
 
-    # Health
+
+class HealthSettings(SettingsGroup):
+    """What `/readyz` and `/livez` require."""
+
+    section: ClassVar[str] = "Health"
+
     readiness_strict: bool = Field(
         False,
         description=(
@@ -233,40 +353,19 @@ class GatewaySettings(BaseSettings):
         300.0, gt=0, description="... within this many seconds (Kubernetes then restarts the replica)"
     )
 
-    # Development only
-    dev_mode: bool = Field(
-        False, description="demo page and unauthenticated publishing endpoints: **never in production**"
-    )
-    dev_issuer_url: str = Field(
-        "http://127.0.0.1:8090",
-        description=(
-            "dev mode: where the demo obtains tokens; without `GATEWAY_JWKS_URL`/`GATEWAY_OIDC_ISSUER`, where"
-            " `serve --dev` starts its own dev issuer (loopback only)"
-        ),
-    )
+    _health_seconds = seconds_fields("task_crash_window")
 
-    # --- Added by the auth branch (issue 11 / issue 10's token cache); lead: merge into the sections above.
-    jwks_max_bytes: int = Field(
-        512 * 1024,
-        ge=1024,
-        description=(
-            "a JWKS or discovery response larger than this (512 KiB) is abandoned while streaming; the cached keys stay"
-        ),
+
+class ProcessSettings(SettingsGroup):
+    """The process: its name, workers, logs and development mode."""
+
+    section: ClassVar[str] = "Process"
+
+    instance_id: str = Field(
+        default_factory=socket.gethostname,
+        description="replica name, added to every log line",
+        json_schema_extra={"shown": "host name"},
     )
-    jwks_max_keys: int = Field(
-        100, ge=1, description="a JWKS with more keys than this is refused; the cached keys stay"
-    )
-    token_cache_size: int = Field(
-        10000,
-        ge=0,
-        description=(
-            "verified tokens remembered by their SHA-256 (never the token), so a reconnect costs no signature"
-            " check; an entry lasts until `exp` plus `GATEWAY_JWT_LEEWAY`, or until its key leaves the JWKS; "
-            "`0` disables"
-        ),
-    )
-    # --- End of the auth branch's block.
-    # Worker processes (issue 16): each an independent replica on the same ports (SO_REUSEPORT).
     workers: int = Field(
         1,
         ge=1,
@@ -278,165 +377,41 @@ class GatewaySettings(BaseSettings):
             "`<instance id>-w<i>` and only worker 0 writes dead letters"
         ),
     )
-    # Fair shares (issue 19): no client address and no tenant can take what the others need.
-    max_sockets_per_address: int | None = Field(
-        None,
-        ge=1,
-        description=(
-            "open connections on the public port from one client address (429 and closed beyond); IPv6 "
-            "addresses count per /64"
-        ),
-        json_schema_extra={"shown": "unset: half of `GATEWAY_MAX_SOCKETS` (8192)"},
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="`DEBUG`, `INFO`, `WARNING`, `ERROR`"
     )
-    max_waiting_requests_per_tenant: int | None = Field(
-        None,
-        ge=1,
+    log_format: Literal["json", "text"] = Field("json", description="`json` (one object per line) or `text`")
+    access_log: bool = Field(True, description="uvicorn's access log (tokens redacted)")
+    request_log_lines: int = Field(
+        10,
+        ge=0,
         description=(
-            "waiting requests of one tenant (429 beyond), so that one tenant cannot take the whole waiting "
-            "budget; no share without `GATEWAY_TENANT_CLAIM`"
-        ),
-        json_schema_extra={"shown": "unset: half of `GATEWAY_MAX_WAITING_REQUESTS` (500)"},
-    )
-    max_waiting_requests_per_address: int | None = Field(
-        None,
-        ge=1,
-        description="waiting requests of one client address (429 beyond)",
-        json_schema_extra={"shown": "unset: a quarter of `GATEWAY_MAX_WAITING_REQUESTS` (250)"},
-    )
-    trusted_proxies: Annotated[list[str], NoDecode] = Field(
-        ["127.0.0.0/8", "::1"],
-        description=(
-            "addresses or CIDR ranges of proxies (ingress, sidecar) whose `GATEWAY_CLIENT_ADDRESS_HEADER` "
-            "names the client for the per-address shares; empty: none"
+            "log lines of refused requests written in full per refusal reason and minute; the rest are "
+            "counted (`gateway_request_log_lines_suppressed_total`) and summed up in one line per reason and "
+            "minute"
         ),
     )
-    client_address_header: str = Field(
-        "X-Forwarded-For",
+    dev_mode: bool = Field(
+        False, description="demo page and unauthenticated publishing endpoints: **never in production**"
+    )
+    dev_issuer_url: str = Field(
+        "http://127.0.0.1:8090",
         description=(
-            "where a trusted proxy names the client: comma-separated, nearest hop last; the right-most "
-            "address that is not a trusted proxy is the client"
+            "dev mode: where the demo obtains tokens; without `GATEWAY_JWKS_URL`/`GATEWAY_OIDC_ISSUER`, where"
+            " `serve --dev` starts its own dev issuer (loopback only)"
         ),
     )
-    # Durations: plain seconds or 6h / 30m / 90s / 1d / 500ms (consumers/durations.py).
-    _seconds = seconds_fields(
-        "jwt_leeway", "jwks_min_refresh", "jwks_cache_ttl", "jwks_cache_min_ttl", "jwks_cache_max_ttl",
-        "jwks_timeout", "unknown_session_wait", "resume_wait", "heartbeat_interval", "drain_seconds",
-        "shutdown_grace_seconds", "task_crash_window", "replay_wait", "idle_timeout", "request_head_timeout",
-    )  # fmt: skip
-    _milliseconds = milliseconds_fields("retry_ms")
-
-    @field_validator("jwt_algorithms", "cors_origins", "trusted_proxies", mode="before")
-    @classmethod
-    def _comma_list(cls, value: object) -> object:
-        return split_list(value)
-
-    @field_validator("jwt_algorithms")
-    @classmethod
-    def _asymmetric_only(cls, value: list[str]) -> list[str]:
-        refused = [alg for alg in value if alg not in ALLOWED_ALGORITHMS]
-        if refused:
-            raise ValueError(
-                f"algorithms {refused} are not allowed; choose from {sorted(ALLOWED_ALGORITHMS)} "
-                "('none' and HMAC algorithms are always refused)"
-            )
-        if not value:
-            raise ValueError("at least one algorithm is required")
-        return value
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for network in value:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ValueError(f"{network!r} is not an IP address or CIDR range") from None
-        return value
-
-    @property
-    def sockets_per_address(self) -> int:
-        return self.max_sockets_per_address or max(1, self.max_sockets // 2)
-
-    @property
-    def waiting_per_tenant(self) -> int:
-        return self.max_waiting_requests_per_tenant or max(1, self.max_waiting_requests // 2)
-
-    @property
-    def waiting_per_address(self) -> int:
-        return self.max_waiting_requests_per_address or max(1, self.max_waiting_requests // 4)
 
 
-# The configuration reference (docs/configuration.md, generated by ``make docs``) shows the fields in these
-# sections, in this order; a test checks that every field is in exactly one.
-REFERENCE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "Authentication and authorization": (
-        "jwks_url",
-        "oidc_issuer",
-        "jwt_issuer",
-        "jwt_audience",
-        "jwt_algorithms",
-        "jwt_leeway",
-        "jwks_min_refresh",
-        "jwks_max_waiting",
-        "jwks_cache_ttl",
-        "jwks_cache_min_ttl",
-        "jwks_cache_max_ttl",
-        "jwks_timeout",
-        "jwks_max_bytes",
-        "jwks_max_keys",
-        "token_cookie",
-        "max_token_bytes",
-        "token_cache_size",
-        "tenant_claim",
-        "session_claim",
-        "required_scope",
-    ),
-    "Streams, limits, lifecycle": (
-        "host",
-        "port",
-        "internal_host",
-        "internal_port",
-        "root_path",
-        "http_engine",
-        "cors_origins",
-        "unknown_session_wait",
-        "replay_wait",
-        "resume_wait",
-        "heartbeat_interval",
-        "retry_ms",
-        "retry_jitter",
-        "max_buffered_bytes",
-        "close_on_token_expiry",
-        "max_connections",
-        "max_waiting_requests",
-        "max_connections_per_subject",
-        "max_connections_per_session",
-        "max_waiting_requests_per_tenant",
-        "max_waiting_requests_per_address",
-        "max_sockets_per_address",
-        "trusted_proxies",
-        "client_address_header",
-        "idle_timeout",
-        "request_head_timeout",
-        "max_header_bytes",
-        "max_sockets",
-        "drain_seconds",
-        "shutdown_grace_seconds",
-    ),
-    "Health": (
-        "readiness_strict",
-        "task_crash_limit",
-        "task_crash_window",
-    ),
-    "Process": (
-        "instance_id",
-        "workers",
-        "log_level",
-        "log_format",
-        "access_log",
-        "request_log_lines",
-        "dev_mode",
-        "dev_issuer_url",
-        "allow_unknown_settings",
-    ),
-}
+class GatewaySettings(EdgeSettings, AuthSettings, AdmissionSettings, StreamSettings, HealthSettings, ProcessSettings):
+    """Every gateway group, read from the environment once (``serve``); components take their own group."""
+
+
+GROUPS: tuple[type[SettingsGroup], ...] = (
+    EdgeSettings,
+    AuthSettings,
+    AdmissionSettings,
+    StreamSettings,
+    HealthSettings,
+    ProcessSettings,
+)

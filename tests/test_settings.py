@@ -18,7 +18,7 @@ from gateway.cli.diagnostics import (
     settings_problems,
     unknown_variables,
 )
-from gateway.settings import GatewaySettings
+from gateway.settings import AdmissionSettings, AuthSettings, GatewaySettings, ProcessSettings
 
 CONFIGURATION_DOC = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
 
@@ -176,15 +176,31 @@ def test_the_configuration_reference_is_generated_from_the_settings() -> None:
 
 
 def test_every_setting_needs_a_section_and_a_description(monkeypatch: pytest.MonkeyPatch) -> None:
-    sections = dict(configuration_reference.SECTIONS)
-    process = sections["Process"]
-    monkeypatch.setitem(configuration_reference.SECTIONS, "Process", tuple(n for n in process if n != "workers"))
-    with pytest.raises(configuration_reference.ReferenceError, match=r"no section \['workers'\]"):
+    groups = list(configuration_reference.GROUPS)
+    process = [n for n in groups if n is ProcessSettings]
+    assert process, "ProcessSettings is a documented group"
+    monkeypatch.setattr(configuration_reference, "GROUPS", [g for g in groups if g is not ProcessSettings])
+    with pytest.raises(configuration_reference.ReferenceError, match=r"no section \[.*'workers'.*\]"):
         configuration_reference.render()
-    monkeypatch.setitem(configuration_reference.SECTIONS, "Process", (*process, "workers"))
-    with pytest.raises(configuration_reference.ReferenceError, match=r"in two \['workers'\]"):
+    monkeypatch.setattr(configuration_reference, "GROUPS", [*groups, ProcessSettings])
+    with pytest.raises(configuration_reference.ReferenceError, match=r"in two \[.*'workers'.*\]"):
         configuration_reference.render()
-    monkeypatch.setitem(configuration_reference.SECTIONS, "Process", process)
+    monkeypatch.setattr(configuration_reference, "GROUPS", groups)
     monkeypatch.setattr(GatewaySettings.model_fields["workers"], "description", None)
     with pytest.raises(configuration_reference.ReferenceError, match="workers has no description"):
         configuration_reference.render()
+
+
+def test_each_component_group_reads_only_its_own_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group is its own settings class: it reads its variables from the environment and nothing else."""
+    monkeypatch.setenv("GATEWAY_JWT_AUDIENCE", "gateway")
+    monkeypatch.setenv("GATEWAY_MAX_CONNECTIONS", "12")
+    auth = AuthSettings()
+    assert auth.jwt_audience == "gateway"
+    assert not hasattr(auth, "max_connections")
+    assert AdmissionSettings().max_connections == 12
+    whole = GatewaySettings()
+    assert isinstance(whole, AuthSettings) and isinstance(whole, AdmissionSettings)
+    assert (whole.jwt_audience, whole.max_connections) == ("gateway", 12)
+    names = [name for group in configuration_reference.GROUPS for name in group.model_fields]
+    assert len(names) == len(set(names)), "a setting belongs to one group"

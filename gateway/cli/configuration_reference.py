@@ -14,9 +14,10 @@ from typing import Any
 
 from pydantic.fields import FieldInfo
 
-from consumers.settings import REFERENCE_SECTIONS as CONSUMER_SECTIONS
-from gateway.cli.diagnostics import SETTINGS_CLASSES
-from gateway.settings import REFERENCE_SECTIONS as GATEWAY_SECTIONS
+from consumers.settings import GROUPS as CONSUMER_GROUPS
+from consumers.settings import SettingsGroup
+from gateway.cli.diagnostics import SETTINGS_CLASSES, StartupSettings
+from gateway.settings import GROUPS as GATEWAY_GROUPS
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 PREFIX = "GATEWAY_"
@@ -24,8 +25,8 @@ PREFIX = "GATEWAY_"
 PREAMBLE = """# Configuration
 
 The reference of every setting: each `GATEWAY_*` variable with its default and meaning (one table
-row per setting). Generated from the settings classes (`gateway/settings.py`, `consumers/settings.py`)
-by `make docs`; edit those, not this file.
+row per setting). Generated from the settings classes (`gateway/settings.py`, `consumers/settings.py`; one
+section per class) by `make docs`; edit those, not this file.
 
 Every setting comes from an environment variable with the prefix `GATEWAY_` (pydantic-settings).
 Durations take a unit: `500ms`, `90s`, `30m`, `6h`, `1d` (or combined, `1h30m`); a plain number
@@ -35,11 +36,12 @@ keeps the unit of the table (seconds, or milliseconds for `_MS` settings); the `
 checks](cli.md#start-up-checks)).
 """
 
-SECTIONS: dict[str, tuple[str, ...]] = {**CONSUMER_SECTIONS, **GATEWAY_SECTIONS}
+# One section per concern, in this order; groups with the same title share a section.
+GROUPS: list[type[SettingsGroup]] = [*CONSUMER_GROUPS, *GATEWAY_GROUPS, StartupSettings]
 
 
 class ReferenceError(ValueError):
-    """A setting is in no section, in two, or has no description."""
+    """A setting is in no group, in two, or has no description."""
 
 
 def shown_default(field: FieldInfo) -> str:
@@ -69,17 +71,26 @@ def _show(value: Any) -> str:
     return f"`{value}`"
 
 
+def sections() -> dict[str, list[str]]:
+    """Section title -> the fields of the groups with that title, in the order of ``GROUPS``."""
+    result: dict[str, list[str]] = {}
+    for group in GROUPS:
+        result.setdefault(group.section, []).extend(group.model_fields)
+    return result
+
+
 def render() -> str:
     fields: dict[str, FieldInfo] = {}
     for settings in SETTINGS_CLASSES:
         fields.update(settings.model_fields)
-    listed = [name for names in SECTIONS.values() for name in names]
+    by_section = sections()
+    listed = [name for names in by_section.values() for name in names]
     if sorted(listed) != sorted(fields):
         missing, unknown = sorted(set(fields) - set(listed)), sorted(set(listed) - set(fields))
         twice = sorted({name for name in listed if listed.count(name) > 1})
         raise ReferenceError(f"settings in no section {missing}, in two {twice}, unknown {unknown}")
     lines = [PREAMBLE]
-    for title, names in SECTIONS.items():
+    for title, names in by_section.items():
         lines += [f"## {title}", "", "| variable | default | meaning |", "|---|---|---|"]
         for name in names:
             field = fields[name]

@@ -23,13 +23,13 @@ import re
 import socket
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings
 
 from consumers.durations import DURATION_FIELDS, EXAMPLES, EXAMPLES_MS
-from consumers.settings import ConsumerSettings
+from consumers.settings import ConsumerSettings, SettingsGroup
 from gateway.settings import GatewaySettings
 
 PREFIX = "GATEWAY_"
@@ -40,10 +40,10 @@ class UserError(Exception):
     """A mistake the user can fix; printed as one line."""
 
 
-class StartupSettings(BaseSettings):
-    """Settings of the start-up checks themselves."""
+class StartupSettings(SettingsGroup):
+    """Settings of the start-up checks themselves (read before, and apart from, every other group)."""
 
-    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
+    section: ClassVar[str] = "Process"
 
     allow_unknown_settings: bool = Field(
         False, description="`true`: unknown `GATEWAY_*` variables are a warning instead of stopping `serve`"

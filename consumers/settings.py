@@ -55,7 +55,10 @@ class ConsumerSettings(BaseSettings):
     kafka_ssl_check_hostname: bool = Field(True, description="verify the broker's host name")
     kafka_request_timeout_ms: int = Field(30000, ge=1000, description="Kafka request timeout")
     kafka_health_interval: float = Field(
-        5.0, gt=0, description="seconds between broker probes (readiness, lag, new partitions, eviction)"
+        5.0, gt=0, description="seconds between broker probes (readiness, lag, new partitions)"
+    )
+    store_eviction_interval: float = Field(
+        5.0, gt=0, description="seconds between store sweeps that evict finished and expired sessions"
     )
     kafka_max_fetch_bytes: int = Field(
         50 * 1024 * 1024, ge=1024 * 1024, description="fetch size; bigger replays faster"
@@ -100,7 +103,7 @@ class ConsumerSettings(BaseSettings):
 
     # Durations: plain seconds, 6h / 30m / 90s / 1d / 500ms, ISO 8601 (PT6H) or HH:MM:SS (consumers/durations.py).
     _seconds = timedelta_fields("replay_window", "terminal_retention", "session_ttl")
-    _seconds_float = seconds_fields("kafka_health_interval")
+    _seconds_float = seconds_fields("kafka_health_interval", "store_eviction_interval")
     _milliseconds = milliseconds_fields("kafka_request_timeout_ms")
 
     # Formats (consumers.formats)
@@ -231,6 +234,7 @@ REFERENCE_SECTIONS: dict[str, tuple[str, ...]] = {
         "kafka_ssl_check_hostname",
         "kafka_request_timeout_ms",
         "kafka_health_interval",
+        "store_eviction_interval",
         "kafka_max_fetch_bytes",
         "replay_window",
         "max_record_bytes",

@@ -69,11 +69,12 @@ def deep_size(root: Any) -> int:
 
 
 async def replay_gateway(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
-    from consumers.consumer import SessionStatusConsumer, freeze_heap
+    from consumers.consumer import SessionStatusConsumer
     from consumers.hub import Hub
     from consumers.progress import PartitionProgress
     from consumers.settings import ConsumerSettings
     from consumers.store import SessionStore
+    from gateway.runtime.heap import freeze_heap
     from gateway.streams.sse import encode_transition
 
     settings = ConsumerSettings(

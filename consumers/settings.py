@@ -68,7 +68,7 @@ class KafkaSettings(SettingsGroup):
     kafka_ssl_check_hostname: bool = Field(True, description="verify the broker's host name")
     kafka_request_timeout_ms: int = Field(30000, ge=1000, description="Kafka request timeout")
     kafka_health_interval: float = Field(
-        5.0, gt=0, description="seconds between broker probes (readiness, lag, new partitions, eviction)"
+        5.0, gt=0, description="seconds between broker probes (readiness, lag, new partitions)"
     )
     kafka_max_fetch_bytes: int = Field(
         50 * 1024 * 1024, ge=1024 * 1024, description="fetch size; bigger replays faster"
@@ -226,8 +226,12 @@ class StoreSettings(SettingsGroup):
         json_schema_extra={"shown": "`86400` (24 h)"},
     )
     max_sessions: int = Field(1000000, ge=1, description="hard cap; the least recently updated sessions go first")
+    store_eviction_interval: float = Field(
+        5.0, gt=0, description="seconds between store sweeps that evict finished and expired sessions"
+    )
 
     _store_timedeltas = timedelta_fields("replay_window", "terminal_retention", "session_ttl")
+    _store_seconds = seconds_fields("store_eviction_interval")
 
 
 class ConsumerSettings(KafkaSettings, RecordSettings, StoreSettings):

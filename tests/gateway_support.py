@@ -265,6 +265,7 @@ def gateway_env(bootstrap: str, topic: str, jwks: JwksServer, **overrides: str) 
         "GATEWAY_JWT_ISSUER": ISSUER,
         "GATEWAY_JWT_AUDIENCE": AUDIENCE,
         "GATEWAY_KAFKA_HEALTH_INTERVAL": "1",
+        "GATEWAY_STORE_EVICTION_INTERVAL": "1",
         "GATEWAY_JWKS_MIN_REFRESH": "1",
         "GATEWAY_LOG_LEVEL": "INFO",
         # Tests read refusal lines; folding them (10 per reason and minute by default) has its own test.
@@ -396,6 +397,7 @@ def dev_issuer_gateway_env(bootstrap: str, topic: str, issuer: DevIssuerProcess,
         "GATEWAY_JWT_ISSUER": issuer.url,
         "GATEWAY_DEV_ISSUER_URL": issuer.url,
         "GATEWAY_KAFKA_HEALTH_INTERVAL": "1",
+        "GATEWAY_STORE_EVICTION_INTERVAL": "1",
         "GATEWAY_LOG_LEVEL": "INFO",
     }
     if issuer.audience:

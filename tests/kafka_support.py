@@ -694,6 +694,7 @@ def make_settings(bootstrap: str, topic: str, **overrides: Any) -> ConsumerSetti
         "kafka_bootstrap_servers": bootstrap,
         "kafka_topic": topic,
         "kafka_health_interval": 0.5,
+        "store_eviction_interval": 0.5,
         "kafka_request_timeout_ms": 5_000,
     }
     values.update(overrides)

@@ -259,7 +259,7 @@ async def test_eviction_while_running(kafka_bootstrap: str) -> None:
         topic,
         terminal_retention=timedelta(seconds=retention_seconds),
         session_ttl=timedelta(minutes=30),
-        kafka_health_interval=0.2,
+        store_eviction_interval=0.2,
     ) as running:
         await running.wait_caught_up(30)
         await running.wait_until(
@@ -295,7 +295,7 @@ async def test_future_dated_records_do_not_hold_back_eviction(kafka_bootstrap: s
     topic = unique_topic("evict-ahead")
     await create_topic(kafka_bootstrap, topic, partitions=1)
     ttl = timedelta(seconds=10)  # room for producing and consuming 21,100 records on a loaded machine
-    async with running_consumer(kafka_bootstrap, topic, session_ttl=ttl, kafka_health_interval=0.2) as running:
+    async with running_consumer(kafka_bootstrap, topic, session_ttl=ttl, store_eviction_interval=0.2) as running:
         running.store.max_clock_skew_ms = 2_000  # the default skew is 30 s; 2 s keeps the test short
         await running.wait_caught_up(30)
         ahead = datetime.now(UTC) + timedelta(days=30)

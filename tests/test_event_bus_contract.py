@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from consumers import dead_letter
-from consumers.consumer import HANDLER_ERROR
+from consumers.consuming.batch import HANDLER_ERROR
 from consumers.formats import RecordDecoder
 from consumers.formats.mapping import RecordMapping
 from consumers.records import RejectReason, StatusUpdate, Tombstone

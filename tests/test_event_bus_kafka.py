@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.v1.event import CloudEvent
 
-from consumers.consumer import HANDLER_ERROR
+from consumers.consuming.batch import HANDLER_ERROR
 from consumers.dead_letter import (
     HEADER_DETAIL,
     HEADER_OFFSET,

@@ -7,7 +7,7 @@ graceful drain on SIGTERM, and a rolling restart under load that must lose and d
 Gateways of this module (each a subprocess on its own port, logs under pytest's temp dir):
 
 - ``pair.first`` and ``pair.second`` share one topic, so a client can move from one to the other.
-  Both: 1 s heartbeats, 3 s resume wait, 2 s unknown-session wait, 0.5 s broker probe,
+  Both: 1 s heartbeats, 3 s resume wait, 2 s unknown-session wait, 0.5 s broker probe and store sweep,
   ``GATEWAY_MAX_BUFFERED_BYTES=1024`` (the minimum). ``second`` also has a 10 s terminal retention
   (finished sessions leave its store quickly) and ``GATEWAY_CLOSE_ON_TOKEN_EXPIRY=false``.
 - ``limits``: tiny connection limits, on a topic of its own.
@@ -412,6 +412,7 @@ async def pair(kafka_bootstrap: str, jwks: JwksServer, logs: Path) -> AsyncItera
         "GATEWAY_RESUME_WAIT": str(RESUME_WAIT),
         "GATEWAY_UNKNOWN_SESSION_WAIT": str(UNKNOWN_SESSION_WAIT),
         "GATEWAY_KAFKA_HEALTH_INTERVAL": "0.5",
+        "GATEWAY_STORE_EVICTION_INTERVAL": "0.5",
         "GATEWAY_MAX_BUFFERED_BYTES": "1024",
         "GATEWAY_RETRY_MS": str(RETRY_MS),
         "GATEWAY_RETRY_JITTER": str(RETRY_JITTER),

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumers.consumer import HANDLER_ERROR
+from consumers.consuming.batch import HANDLER_ERROR
 from consumers.hub import Hub
 from consumers.log_aggregation import RepeatedLogFilter
 from consumers.records import MAX_UPDATED_MS, MIN_UPDATED_MS, Rejected, RejectReason, StatusUpdate, decode_record
@@ -304,7 +304,7 @@ async def test_a_probe_that_raises_is_restarted_and_counted(kafka_bootstrap: str
     restarts = metric("gateway_task_restarts_total", task="kafka-probe")
     async with running_consumer(kafka_bootstrap, topic, kafka_health_interval=0.2) as running:
         await running.wait_caught_up()
-        original = running.consumer._probe
+        original = running.consumer.probe.once
         calls = 0
 
         async def probe() -> None:
@@ -314,7 +314,7 @@ async def test_a_probe_that_raises_is_restarted_and_counted(kafka_bootstrap: str
                 raise RuntimeError("a bug in the probe")
             await original()
 
-        running.consumer._probe = probe  # type: ignore[method-assign]
+        running.consumer.probe.once = probe  # type: ignore[method-assign]
         running.supervisor.initial_backoff = 0.05
         await running.wait_until(lambda: calls >= 3, 15, "the probe was not restarted")
         assert metric("gateway_task_restarts_total", task="kafka-probe") - restarts == 1

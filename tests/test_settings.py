@@ -73,11 +73,17 @@ def test_unknown_variables_ignore_known_and_foreign_names() -> None:
 def test_durations_with_units_for_every_kind_of_duration_setting(
     monkeypatch: pytest.MonkeyPatch, text: str, seconds: float
 ) -> None:
-    for name in ("GATEWAY_REPLAY_WINDOW", "GATEWAY_KAFKA_HEALTH_INTERVAL", "GATEWAY_DRAIN_SECONDS"):
+    for name in (
+        "GATEWAY_REPLAY_WINDOW",
+        "GATEWAY_KAFKA_HEALTH_INTERVAL",
+        "GATEWAY_STORE_EVICTION_INTERVAL",
+        "GATEWAY_DRAIN_SECONDS",
+    ):
         monkeypatch.setenv(name, text)
     consumer, gateway = ConsumerSettings(), GatewaySettings()
     assert consumer.replay_window is not None and consumer.replay_window.total_seconds() == seconds
     assert consumer.kafka_health_interval == seconds
+    assert consumer.store_eviction_interval == seconds
     assert gateway.drain_seconds == seconds
 
 

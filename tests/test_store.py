@@ -533,7 +533,7 @@ def test_memory_returns_to_its_baseline_after_a_flood_of_300000_sessions() -> No
 # Record order cannot defeat eviction: an update counts from no later than its arrival plus the skew
 
 SKEW = MAX_CLOCK_SKEW_MS
-SWEEP_EVERY = 5 * SECOND  # the consumer sweeps every GATEWAY_KAFKA_HEALTH_INTERVAL (5 s by default)
+SWEEP_EVERY = 5 * SECOND  # the consumer sweeps every GATEWAY_STORE_EVICTION_INTERVAL (5 s by default)
 
 
 def test_future_dated_sessions_do_not_hold_back_ttl_eviction() -> None:

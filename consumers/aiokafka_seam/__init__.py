@@ -11,7 +11,7 @@ and a public fallback, taken with one log line on any other version or when the 
 3. **Which batch could not be read** (``batches``): a subclass of aiokafka's ``PartitionRecords`` raises
    ``UnreadableBatch`` with the batch's offsets, so the consumer skips the batch in one step.
    ``install()`` (``patching``; the consumer, at start) puts 2 and 3 in place after a self-test. Fallback:
-   unbounded decompression, unreadable records found one re-fetch at a time (``consumers.consumer``).
+   unbounded decompression, unreadable records found one re-fetch at a time (``consumers.consuming.loop``).
 4. **The topics a cluster has now** (``metadata.cluster_topics``; ``gateway.cli.publish``): asked through the
    producer's own client. Fallback: the public ``AIOKafkaAdminClient.list_topics()``.
 5. **Why a bootstrap failed** (``bootstrap``; ``consumers.kafka_errors``): the cause aiokafka logs, kept

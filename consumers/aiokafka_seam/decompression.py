@@ -5,10 +5,11 @@ aiokafka decompresses a whole batch in one call before it reads a record, so one
 check could run. ``consumers.aiokafka_seam.patching`` puts the functions below where aiokafka's record
 modules (``_DECODER_MODULES``: the C extension and the pure-Python modules alike) look up gzip, snappy, lz4
 and zstd; they stop at a cap and raise ``DecompressedTooLarge``: lz4 and zstd decompress into a fixed
-window of an anonymous mapping (pages are committed only as written, and returned afterwards), gzip
+window of an anonymous mapping (pages are committed only as written, and handed back to the OS after a
+refused batch or an output over 1 MiB, ``_KEEP_RESIDENT_BYTES``), gzip
 through ``zlib`` with a ``max_length``, snappy after reading the length its blocks declare. The cap is
-``DecompressionLimits.for_batch``: the batch's record count times what an accepted record can hold,
-never more than ``GATEWAY_MAX_DECOMPRESSED_BATCH_BYTES``.
+``DecompressionLimits.for_batch``: the batch's record count times what an accepted record can hold, at
+least ``BATCH_FLOOR_BYTES`` (4 MiB), never more than ``GATEWAY_MAX_DECOMPRESSED_BATCH_BYTES``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 up in the places the seam replaces and that its fetcher's ``PartitionRecords`` is the class the seam
 extends, then reads a small batch per codec through that class (within its cap, and over it). Any
 failure puts aiokafka's own functions back and says so in one log line: decompression is then unbounded
-and unreadable records are found one re-fetch at a time (``consumers.consumer``).
+and unreadable records are found one re-fetch at a time (``consumers.consuming.loop``).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 from consumers import log_aggregation
-from consumers.consumer import SessionStatusConsumer, freeze_heap
+from consumers.consumer import SessionStatusConsumer
 from consumers.hub import Hub
 from consumers.progress import PartitionProgress
 from consumers.settings import ConsumerSettings
@@ -36,6 +36,7 @@ from gateway.auth.jwks import JwksCache
 from gateway.auth.verifier import TokenVerifier
 from gateway.edge.route import PATH_TEMPLATE, openapi_operation
 from gateway.runtime.api_docs import mount_docs
+from gateway.runtime.heap import freeze_heap
 from gateway.runtime.workers import WorkerReadiness
 from gateway.settings import GatewaySettings
 from gateway.streams.sse import encode_transition

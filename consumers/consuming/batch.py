@@ -1,0 +1,152 @@
+"""Applying one fetched batch of one partition: decode, then the store, then the hub; rejects to dead letters.
+
+Kept apart from the client so that it runs without a broker (``tests/test_batch_apply.py``). A record's
+failure stays with that record: it is skipped, counted by reason and logged by position, never by content,
+and the batch goes on (docs/operations.md, "Failure boundaries"; reasons and dead letters:
+docs/event-bus.md). This is the replay's hot path: per-record work stays in one loop over locals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import traceback
+from collections import Counter as Tally
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from consumers import metrics
+from consumers.formats import RecordDecoder
+from consumers.hub import Hub
+from consumers.log_aggregation import ReasonFolding
+from consumers.partitions import global_partition
+from consumers.progress import PartitionProgress
+from consumers.records import Decoded, Rejected, Skipped, Tombstone, decode_record
+from consumers.settings import ConsumerSettings
+from consumers.store import Outcome, SessionStore
+
+HANDLER_ERROR = "handler_error"  # the reject reason of a record whose handling raised
+
+
+class DeadLetterSink(Protocol):
+    """Where rejected records are copied (``consumers.dead_letter.DeadLetterWriter``)."""
+
+    def offer(self, record: Any, topic: str, reason: str, detail: str) -> bool: ...
+
+
+def where_raised(error: BaseException) -> str:
+    """Where an exception was raised (file:line in function), without its message, which may quote data."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return "?"
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"
+
+
+class BatchApplier:
+    """Applies batches of aiokafka ``ConsumerRecord``s (anything with their attributes) of the topics read."""
+
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        store: SessionStore,
+        hub: Hub,
+        progress: PartitionProgress,
+        dead_letters: DeadLetterSink | None,
+        record_log: ReasonFolding,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.progress = progress
+        self.dead_letters = dead_letters
+        self.record_log = record_log
+        topics = settings.kafka_topics
+        self._topic_index = {topic: index for index, topic in enumerate(topics)}
+        self._decoders = [
+            RecordDecoder(settings.max_record_bytes, settings.cloudevents_types, settings.mapping_for(topic))
+            for topic in topics
+        ]
+
+    def apply(self, topic: str, records: Sequence[Any]) -> None:
+        """Applies one fetched batch of one partition; every record's failure stays with that record."""
+        store, hub = self.store, self.hub
+        index = self._topic_index[topic]
+        decoder = self._decoders[index]
+        decode, plain, max_bytes = decoder.decode, decoder.mapper is None, decoder.max_value_bytes
+        dead_letters = self.dead_letters
+        record_log = self.record_log
+        now_ms = int(time.time() * 1000)
+        applied = 0
+        ignored: Tally[str] = Tally()
+        rejected: Tally[str] = Tally()
+        for record in records:
+            try:
+                headers = record.headers
+                if plain and not headers:  # the replay-speed path: a plain record, no headers to look at
+                    decoded: Decoded | Skipped = decode_record(record.key, record.value, max_bytes)
+                else:
+                    decoded = decode(record.key, record.value, headers)
+                if isinstance(decoded, Rejected):
+                    rejected[decoded.reason] += 1
+                    if dead_letters is not None:
+                        self._dead_letter(dead_letters, topic, index, record, decoded.reason.value, decoded.detail)
+                    record_log.log(
+                        logging.WARNING,
+                        decoded.reason,
+                        "skipped malformed record topic=%s partition=%d offset=%d reason=%s: %s",
+                        topic,
+                        record.partition,
+                        record.offset,
+                        decoded.reason.value,
+                        decoded.detail,
+                    )
+                    continue
+                if isinstance(decoded, Skipped):
+                    ignored[decoded.reason] += 1
+                    continue
+                if isinstance(decoded, Tombstone):
+                    outcome = store.delete(decoded.session_id)
+                    if outcome is Outcome.DELETED:
+                        metrics.SESSIONS_DELETED.inc()
+                        hub.session_deleted(decoded.session_id)
+                    else:
+                        ignored[outcome] += 1
+                    continue
+                outcome, transition = store.apply(
+                    decoded, global_partition(index, record.partition), record.offset, now_ms
+                )
+                if transition is None:
+                    ignored[outcome] += 1
+                    continue
+                applied += 1
+                hub.publish(transition, record.timestamp)
+            except Exception as error:  # one record must never stop the consumer of every replica
+                rejected[HANDLER_ERROR] += 1
+                record_log.log(
+                    logging.ERROR,
+                    HANDLER_ERROR,
+                    "skipped record topic=%s partition=%d offset=%d reason=%s: %s raised at %s",
+                    topic,
+                    record.partition,
+                    record.offset,
+                    HANDLER_ERROR,
+                    type(error).__name__,
+                    where_raised(error),
+                )
+                if dead_letters is not None:
+                    with contextlib.suppress(Exception):
+                        detail = f"{type(error).__name__} raised at {where_raised(error)}"
+                        self._dead_letter(dead_letters, topic, index, record, HANDLER_ERROR, detail)
+        metrics.RECORDS_CONSUMED.inc(len(records))
+        if applied:
+            metrics.RECORDS_APPLIED.inc(applied)
+        for reason, count in ignored.items():
+            metrics.RECORDS_IGNORED.labels(reason).inc(count)
+        for reason, count in rejected.items():
+            metrics.RECORDS_REJECTED.labels(reason).inc(count)
+
+    def _dead_letter(self, sink: DeadLetterSink, topic: str, index: int, record: Any, reason: str, detail: str) -> None:
+        """Copies a rejected record, unless it was already in the log when this replica started (replay)."""
+        if record.offset >= self.progress.targets.get(global_partition(index, record.partition), 0):
+            sink.offer(record, topic, reason, detail)

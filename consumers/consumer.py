@@ -46,12 +46,16 @@ class SessionStatusConsumer:
         self.hub = hub
         self.progress = progress
         self.dead_letters = (
-            DeadLetterWriter(settings) if settings.dlq_topic is not None and settings.dlq_writer else None
+            DeadLetterWriter(settings, settings.dlq_topic)
+            if settings.dlq_topic is not None and settings.dlq_writer
+            else None
         )
         self.record_log = ReasonFolding(log, settings.record_log_lines)
         self._stop_requested = asyncio.Event()
         self.connection = Connection(settings, progress, Topics(settings.kafka_topics))
-        self.batches = BatchApplier(settings, store, hub, progress, self.dead_letters, self.record_log)
+        self.batches = BatchApplier(
+            settings, settings.kafka_topics, store, hub, progress, self.dead_letters, self.record_log
+        )
         self.loop = ConsumeLoop(self.connection, self.batches, progress, store, self.record_log, self._stop_requested)
         self.probe = BrokerProbe(settings.kafka_health_interval, self.connection, progress)
         self.eviction = StoreEviction(store, settings.store_eviction_interval)

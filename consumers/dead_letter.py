@@ -43,7 +43,7 @@ from aiokafka.errors import (
 )
 
 from consumers import metrics
-from consumers.settings import ConsumerSettings
+from consumers.settings import KafkaSettings
 
 log = logging.getLogger("gateway.dead_letter")
 
@@ -91,10 +91,9 @@ class DeadLetter:
 
 
 class DeadLetterWriter:
-    def __init__(self, settings: ConsumerSettings, max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES) -> None:
-        assert settings.dlq_topic is not None
+    def __init__(self, settings: KafkaSettings, topic: str, max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES) -> None:
         self.settings = settings
-        self.topic = settings.dlq_topic
+        self.topic = topic
         self.max_queued_bytes = max_queued_bytes
         self._queue: collections.deque[DeadLetter] = collections.deque()
         self._queued_bytes = 0

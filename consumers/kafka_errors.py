@@ -34,7 +34,7 @@ from aiokafka.errors import (
 from prometheus_client import Counter
 
 from consumers import aiokafka_seam
-from consumers.settings import ConsumerSettings
+from consumers.settings import KafkaSettings
 
 log = logging.getLogger("gateway.consumer")
 
@@ -106,7 +106,7 @@ class ConnectErrorLog:
     """
 
     def __init__(
-        self, settings: ConsumerSettings, interval: float = 300.0, clock: Callable[[], float] = time.monotonic
+        self, settings: KafkaSettings, interval: float = 300.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._settings = settings
         self._interval = interval

@@ -74,7 +74,14 @@ class KafkaSettings(SettingsGroup):
         50 * 1024 * 1024, ge=1024 * 1024, description="fetch size; bigger replays faster"
     )
 
+    replay_window: timedelta | None = Field(
+        None,
+        description="replay only records newer than now minus this",
+        json_schema_extra={"shown": "unset (whole log)"},
+    )
+
     _kafka_seconds = seconds_fields("kafka_health_interval")
+    _kafka_timedeltas = timedelta_fields("replay_window")
     _kafka_milliseconds = milliseconds_fields("kafka_request_timeout_ms")
 
     @field_validator("kafka_topic", mode="before")
@@ -210,11 +217,6 @@ class StoreSettings(SettingsGroup):
 
     section: ClassVar[str] = "Store"
 
-    replay_window: timedelta | None = Field(
-        None,
-        description="replay only records newer than now minus this",
-        json_schema_extra={"shown": "unset (whole log)"},
-    )
     terminal_retention: timedelta = Field(
         timedelta(minutes=10),
         description="how long a finished session stays in the store",
@@ -230,7 +232,7 @@ class StoreSettings(SettingsGroup):
         5.0, gt=0, description="seconds between store sweeps that evict finished and expired sessions"
     )
 
-    _store_timedeltas = timedelta_fields("replay_window", "terminal_retention", "session_ttl")
+    _store_timedeltas = timedelta_fields("terminal_retention", "session_ttl")
     _store_seconds = seconds_fields("store_eviction_interval")
 
 

@@ -85,7 +85,15 @@ def applying(store: SessionStore | None = None, **overrides: Any) -> Applying:
     hub = Hub(encode=encode_frame)
     progress = PartitionProgress()
     sink = Sink()
-    applier = BatchApplier(settings, store, hub, progress, sink, ReasonFolding(logging.getLogger("gateway.consumer")))
+    applier = BatchApplier(
+        settings,
+        settings.kafka_topics,
+        store,
+        hub,
+        progress,
+        sink,
+        ReasonFolding(logging.getLogger("gateway.consumer")),
+    )
     return Applying(applier, store, hub, progress, sink)
 
 

@@ -378,7 +378,7 @@ async def test_the_dead_letter_cap_bounds_the_memory_its_copies_hold(shape: str,
     0.6 <= held / cap <= 1.0.
     """
     cap = 4 * 1024 * 1024
-    writer = DeadLetterWriter(ConsumerSettings(dlq_topic="dead-letters"), max_queued_bytes=cap)
+    writer = DeadLetterWriter(ConsumerSettings(), "dead-letters", max_queued_bytes=cap)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]

@@ -26,7 +26,7 @@ from typing import Any
 import aiokafka.codec
 import cramjam
 
-from consumers.settings import DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES, ConsumerSettings
+from consumers.settings import DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES, RecordSettings
 
 # Besides its value and its headers (each at most GATEWAY_MAX_RECORD_BYTES when accepted), a record holds
 # its key (a session id: at most 256 characters) and a few varints.
@@ -56,7 +56,7 @@ class DecompressionLimits:
     record_bytes: int  # what one accepted record can hold, decompressed
 
     @classmethod
-    def of(cls, settings: ConsumerSettings) -> DecompressionLimits:
+    def of(cls, settings: RecordSettings) -> DecompressionLimits:
         return cls.from_sizes(settings.max_decompressed_batch_bytes, settings.max_record_bytes)
 
     @classmethod
@@ -75,7 +75,7 @@ class DecompressionLimits:
 
 
 _DEFAULT_LIMITS = DecompressionLimits.from_sizes(
-    DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES, ConsumerSettings.model_fields["max_record_bytes"].default
+    DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES, RecordSettings.model_fields["max_record_bytes"].default
 )
 _limits: ContextVar[DecompressionLimits] = ContextVar("decompression_limits", default=_DEFAULT_LIMITS)
 

@@ -20,7 +20,7 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.cluster import ClusterMetadata
 
 from consumers.aiokafka_seam._common import check, warn_once
-from consumers.settings import ConsumerSettings
+from consumers.settings import KafkaSettings
 
 _REFRESH = ("add_topic", "force_metadata_update")
 
@@ -67,7 +67,7 @@ def check_cluster_topics() -> str | None:
     return problem
 
 
-async def cluster_topics(producer: Any, settings: ConsumerSettings) -> set[str]:
+async def cluster_topics(producer: Any, settings: KafkaSettings) -> set[str]:
     """The topics the cluster has now, asked through the started ``producer`` (an ``AIOKafkaProducer``).
 
     Fallback: an admin client of its own (made from ``settings``) lists them.

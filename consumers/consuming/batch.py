@@ -23,7 +23,7 @@ from consumers.log_aggregation import ReasonFolding
 from consumers.partitions import global_partition
 from consumers.progress import PartitionProgress
 from consumers.records import Decoded, Rejected, Skipped, Tombstone, decode_record
-from consumers.settings import ConsumerSettings
+from consumers.settings import RecordSettings
 from consumers.store import Outcome, SessionStore
 
 HANDLER_ERROR = "handler_error"  # the reject reason of a record whose handling raised
@@ -49,7 +49,8 @@ class BatchApplier:
 
     def __init__(
         self,
-        settings: ConsumerSettings,
+        settings: RecordSettings,
+        topics: tuple[str, ...],
         store: SessionStore,
         hub: Hub,
         progress: PartitionProgress,
@@ -61,7 +62,6 @@ class BatchApplier:
         self.progress = progress
         self.dead_letters = dead_letters
         self.record_log = record_log
-        topics = settings.kafka_topics
         self._topic_index = {topic: index for index, topic in enumerate(topics)}
         self._decoders = [
             RecordDecoder(settings.max_record_bytes, settings.cloudevents_types, settings.mapping_for(topic))

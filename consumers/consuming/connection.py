@@ -20,7 +20,7 @@ from consumers import aiokafka_seam, metrics
 from consumers.kafka_errors import ConnectErrorLog
 from consumers.partitions import MAX_PARTITION, global_partition, split_partition
 from consumers.progress import PartitionProgress
-from consumers.settings import ConsumerSettings
+from consumers.settings import KafkaSettings
 
 log = logging.getLogger("gateway.consumer")
 
@@ -46,7 +46,7 @@ class Topics:
 class Connection:
     """The aiokafka consumer while connected, the partitions assigned to it, and when the broker last answered."""
 
-    def __init__(self, settings: ConsumerSettings, progress: PartitionProgress, topics: Topics) -> None:
+    def __init__(self, settings: KafkaSettings, progress: PartitionProgress, topics: Topics) -> None:
         self.settings = settings
         self.progress = progress
         self.topics = topics

@@ -247,7 +247,7 @@ class EdgeProtocol(asyncio.Protocol):
             return
         request = self._request = Request(head)
         if session_id is not None:  # OPTIONS: the stream route's CORS preflight
-            self._answer_preflight(request)
+            self._answer_preflight(request, head)
             self._request_data(rest)
             return
         self._body_left = length
@@ -271,10 +271,9 @@ class EdgeProtocol(asyncio.Protocol):
         return True
 
     # Requests that are not streams: answered one at a time, with keep-alive ------------------------
-    def _answer_preflight(self, request: Request) -> None:
+    def _answer_preflight(self, request: Request, head: Head) -> None:
         assert self.wire is not None
-        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in request.headers}
-        answer = self.state.events.preflight(headers)
+        answer = self.state.events.preflight(head.text_headers())
         request.write_whole(self.wire, answer.status, list(answer.headers))
         self._log_access((request.target.decode("latin-1"), request.version), answer.status, method=b"OPTIONS")
         self._finish(request)
@@ -316,8 +315,7 @@ class EdgeProtocol(asyncio.Protocol):
     def _start_stream(self, session_id: str, head: Head) -> None:
         assert self.wire is not None
         self.wire.chunked = head.version != "1.0"
-        request_headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
-        stream_request = StreamRequest(session_id, head.url.query or b"", request_headers, self._client_key)
+        stream_request = StreamRequest(session_id, head.url.query or b"", head.text_headers(), self._client_key)
         self._started = time.monotonic()
         log_target = (head.target.decode("latin-1"), head.version)
         self._task = self.loop.create_task(self._serve_stream(stream_request, log_target))

@@ -33,6 +33,10 @@ class Head:
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
 
+    def text_headers(self) -> dict[str, str]:
+        """The headers as text (latin-1, as HTTP/1.1 sends them), the last of a repeated name winning."""
+        return {name.decode("latin-1"): value.decode("latin-1") for name, value in self.headers}
+
     def body_length(self) -> tuple[int, int]:
         """``(length, 0)``, or ``(0, status)`` refusing the body: 411 chunked, 400 a malformed length, 413 too long."""
         length = 0

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message
 
 from gateway import metrics
 from gateway.edge.head import Head
-from gateway.edge.wire import LAST_CHUNK, Headers, Wire, response_head
+from gateway.edge.wire import LAST_CHUNK, Headers, Wire, response_head, with_length
 from gateway.runtime.logging_setup import log_value
 
 log = logging.getLogger("gateway.edge")
@@ -92,9 +92,8 @@ class Request:
         """Writes a whole answer (head and body) that is not produced by the app."""
         self.started = self.finished = True
         self.status = status
-        if body or status not in (204, 304):
-            headers = [*headers, (b"content-length", b"%d" % len(body))]
-        wire.write(self._head(status, headers) + (b"" if self.method == b"HEAD" else body))
+        head = self._head(status, with_length(status, headers, body))
+        wire.write(head + (b"" if self.method == b"HEAD" else body))
 
     def _head(self, status: int, headers: Headers) -> bytes:
         return response_head(status, headers, date=True, close=not self.keep_alive)

@@ -64,12 +64,18 @@ def response_head(
     return b"".join(lines)
 
 
+def with_length(status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> Headers:
+    """``headers`` and the content-length of ``body``, which a 204 or 304 without a body does not carry
+    (RFC 9110 8.6); for an answer whose whole body is known when its head is written."""
+    if body or status not in (204, 304):
+        return [*headers, (b"content-length", b"%d" % len(body))]
+    return list(headers)
+
+
 def closing_answer(status: int, body: bytes = b"", headers: Headers | None = None) -> bytes:
     """A whole answer after which the connection closes: the edge's refusals and a stream request's answer
     when it gets no stream (no ``date``, as before any stream)."""
-    if status != 204:  # a 204 carries no content-length (RFC 9110 8.6)
-        headers = [*(headers or ()), (b"content-length", b"%d" % len(body))]
-    return response_head(status, headers or (), close=True) + body
+    return response_head(status, with_length(status, headers or (), body), close=True) + body
 
 
 class Wire:

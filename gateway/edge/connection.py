@@ -2,9 +2,10 @@
 
 uvicorn's own protocol cannot be bounded from outside (no header limit, no deadline for a request head,
 an unbounded queue of pipelined requests), so uvicorn's supported protocol hook (``Config(http=...)``,
-checked in ``gateway.edge.uvicorn_seam``) gets ``EdgeProtocol``: our own ``asyncio.Protocol``. This module
-is the connection's life: accepting it under the socket caps, reading each head under the idle and head
-deadlines and the byte limit, sending it one way, keep-alive, timeouts and the closing linger.
+checked in ``gateway.edge.uvicorn_seam``) gets ``EdgeProtocol``: our own ``asyncio.Protocol``, the
+connection's life from the socket caps to the closing linger. It stays one class: the same few fields
+(``_request``, ``_task``, ``_pending``, ``stream``, ``_lingering``, the timer) decide what the next bytes
+mean, and split over objects pointing back at each other that state machine would be harder to follow.
 
 - ``GET /session/{id}/events`` (public port) is admitted by ``gateway.admission.endpoint`` and written
   straight to the connection's ``Wire`` (``gateway.streams.stream``): no ASGI cycle, task or coroutine per

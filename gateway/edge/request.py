@@ -1,52 +1,32 @@
 """One request that is not a stream, answered as one ASGI call of the app on a keep-alive connection.
 
-Its head and body, the ASGI ``receive``/``send`` of its answer, and the framing of that answer
-(content-length, chunked, HEAD, ``connection: close``); ``gateway.edge.connection`` reads requests one at
-a time and calls the app. See docs/http-api.md.
+The app (FastAPI) sees a plain ASGI ``http`` scope; what the edge adds is the framing of its answer
+(content-length, chunked, HEAD, ``connection: close``) and a bound on a client that does not read it.
+``gateway.edge.connection`` reads requests one at a time and starts each one here. See docs/http-api.md.
 """
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
-import time
+import logging
 from collections.abc import Awaitable, Callable
-from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from urllib.parse import unquote_to_bytes
 
-from starlette.types import Message
+from starlette.types import ASGIApp, Message
 
 from gateway import metrics
+from gateway.edge.head import Head
+from gateway.edge.wire import LAST_CHUNK, Headers, Wire, response_head, with_length
+from gateway.runtime.logging_setup import log_value
 
-if TYPE_CHECKING:
-    from gateway.edge.connection import EdgeProtocol
-
-
-def keep_alive(version: str, headers: list[tuple[bytes, bytes]]) -> bool:
-    """HTTP/1.1 keeps a connection unless the client says otherwise; HTTP/1.0 ends it after the answer."""
-    if version != "1.1":
-        return False
-    return not any(name == b"connection" and b"close" in value.lower() for name, value in headers)
-
-
-class _Clock:
-    """The ``date`` header, formatted once a second."""
-
-    second = -1
-    value = b""
-
-    @classmethod
-    def date(cls) -> bytes:
-        now = int(time.time())
-        if now != cls.second:
-            cls.second, cls.value = now, email.utils.formatdate(now, usegmt=True).encode("ascii")
-        return cls.value
+log = logging.getLogger("gateway.edge")
 
 
 class Request:
-    """One request that is not a stream: its head, its body, and the ASGI ``receive``/``send`` of its answer."""
+    """One request that is not a stream: its head and body, and the state of its answer."""
 
     __slots__ = (
+        "_answer_headers",
         "_chunked",
         "_delivered",
         "_head_written",
@@ -62,47 +42,73 @@ class Request:
         "version",
     )
 
-    def __init__(
-        self,
-        method: bytes,
-        version: str,
-        target: bytes,
-        url: Any,
-        headers: list[tuple[bytes, bytes]],
-        keep_alive: bool,
-    ) -> None:
-        self.method = method
-        self.version = version
-        self.target = target
-        self.url = url
-        self.headers = headers
-        self.keep_alive = keep_alive
+    def __init__(self, head: Head) -> None:
+        self.method = head.method
+        self.version = head.version
+        self.target = head.target
+        self.url = head.url
+        self.headers = head.headers
+        self.keep_alive = head.keep_alive()
         self.body = b""
         self.status = 0
         self.started = self.finished = False
+        self._answer_headers: Headers = []
         self._head_written = self._chunked = self._delivered = False
 
-    def head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _phrase(status))]
-        lines += [name + b": " + value + b"\r\n" for name, value in headers]
-        lines.append(b"date: " + _Clock.date() + b"\r\n")
-        if not self.keep_alive:
-            lines.append(b"connection: close\r\n")
-        lines.append(b"\r\n")
-        return b"".join(lines)
+    async def run(
+        self, app: ASGIApp, wire: Wire, client: tuple[str, int] | None, server: tuple[Any, ...] | None, timeout: float
+    ) -> None:
+        """Calls the app once and sees its answer written: a 500 when it failed before answering, the end of
+        the body when it stopped in the middle (and then the connection ends). ``timeout``: how long a send
+        waits for a client that does not read (the idle timeout)."""
+        raw_path = self.url.path
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": self.version,
+            "method": self.method.decode("ascii", errors="replace"),
+            "scheme": "http",
+            "path": unquote_to_bytes(raw_path).decode("utf-8", errors="surrogateescape"),
+            "raw_path": raw_path,
+            "query_string": self.url.query or b"",
+            "root_path": "",
+            "headers": self.headers,
+            "client": client,
+            "server": server,
+            "state": {},
+        }
+        try:
+            await app(scope, self._receive(wire), self._send(wire, timeout))
+        except Exception:
+            log.exception("the app failed on %s %s", scope["method"], log_value(scope["path"]))
+        if not self.started:
+            self.keep_alive = False
+            self.write_whole(wire, 500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error")
+        elif not self.finished:  # the app failed or returned in the middle of its answer
+            self.keep_alive = False
+            self._end_body(wire)
 
-    def receive(self, protocol: EdgeProtocol) -> Callable[[], Awaitable[Message]]:
+    def write_whole(self, wire: Wire, status: int, headers: Headers, body: bytes = b"") -> None:
+        """Writes a whole answer (head and body) that is not produced by the app."""
+        self.started = self.finished = True
+        self.status = status
+        head = self._head(status, with_length(status, headers, body))
+        wire.write(head + (b"" if self.method == b"HEAD" else body))
+
+    def _head(self, status: int, headers: Headers) -> bytes:
+        return response_head(status, headers, date=True, close=not self.keep_alive)
+
+    def _receive(self, wire: Wire) -> Callable[[], Awaitable[Message]]:
         async def receive() -> Message:
             if not self._delivered:
                 self._delivered = True
                 return {"type": "http.request", "body": self.body, "more_body": False}
-            if protocol._disconnected is not None:
-                await protocol._disconnected
+            await wire.disconnected()
             return {"type": "http.disconnect"}
 
         return receive
 
-    def send(self, protocol: EdgeProtocol) -> Callable[[Message], Awaitable[None]]:
+    def _send(self, wire: Wire, timeout: float) -> Callable[[Message], Awaitable[None]]:
         async def send(message: Message) -> None:
             kind = message["type"]
             if kind == "http.response.start":
@@ -110,14 +116,15 @@ class Request:
                     raise RuntimeError("the response was started already")
                 self.started = True
                 self.status = int(message["status"])
-                self.headers = [(bytes(name).lower(), bytes(value)) for name, value in message.get("headers", ())]
+                self._answer_headers = [
+                    (bytes(name).lower(), bytes(value)) for name, value in message.get("headers", ())
+                ]
                 return
             if kind != "http.response.body" or not self.started or self.finished:
                 raise RuntimeError(f"unexpected ASGI message {kind!r}")
             body: bytes = message.get("body", b"")
             more: bool = message.get("more_body", False)
-            transport = protocol.transport
-            if transport is None or transport.is_closing():
+            if wire.is_closing():
                 self.finished = not more
                 return
             out = b"" if self._head_written else self._start(len(body), more)
@@ -126,32 +133,28 @@ class Request:
             if not more:
                 self.finished = True
                 if self._chunked and self.method != b"HEAD":
-                    out += b"0\r\n\r\n"
+                    out += LAST_CHUNK
             if out:
-                transport.write(out)
-            writable = protocol._writable
-            if writable is not None and not writable.is_set():
-                # The client reads slower than the app writes: wait for it, as long as a silent client may.
-                try:
-                    await asyncio.wait_for(writable.wait(), protocol.state.limits.idle_timeout)
-                except TimeoutError:
-                    metrics.EDGE_REFUSALS.labels("idle_timeout").inc()
-                    transport.abort()
+                wire.write(out)
+            # The client reads slower than the app writes: wait for it, as long as a silent client may.
+            if not wire.writable() and not await wire.drain(timeout):
+                metrics.EDGE_REFUSALS.labels("idle_timeout").inc()
+                wire.abort()
 
         return send
 
-    def end_body(self, protocol: EdgeProtocol) -> None:
-        """Ends a response the app left unfinished (a chunked body gets its terminator)."""
+    def _end_body(self, wire: Wire) -> None:
+        """Ends an answer the app left unfinished (a chunked body gets its terminator)."""
         self.finished = True
-        if protocol.transport is not None and not protocol.transport.is_closing():
+        if not wire.is_closing():
             if not self._head_written:
-                protocol.transport.write(self._start(0, False))
+                wire.write(self._start(0, False))
             elif self._chunked and self.method != b"HEAD":
-                protocol.transport.write(b"0\r\n\r\n")
+                wire.write(LAST_CHUNK)
 
     def _start(self, length: int, more: bool) -> bytes:
         self._head_written = True
-        headers = self.headers
+        headers = self._answer_headers
         if any(name == b"connection" and b"close" in value.lower() for name, value in headers):
             self.keep_alive = False
             headers = [(name, value) for name, value in headers if name != b"connection"]
@@ -163,11 +166,4 @@ class Request:
                 headers = [*headers, (b"transfer-encoding", b"chunked")]
             else:
                 self.keep_alive = False  # HTTP/1.0: the end of the connection ends the body
-        return self.head(self.status, headers)
-
-
-def _phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""
+        return self._head(self.status, headers)

@@ -38,7 +38,8 @@ import uvicorn
 
 from consumers.settings import ConsumerSettings
 from gateway.cli.diagnostics import UserError
-from gateway.edge.connection import EdgeLimits, EdgeProtocol, EdgeState
+from gateway.edge.connection import EdgeProtocol
+from gateway.edge.state import EdgeLimits, EdgeState
 from gateway.edge.uvicorn_seam import GatewayServer, check_engine, supported_versions
 from gateway.runtime.app import GatewayApp, create_app
 from gateway.runtime.logging_setup import configure_logging

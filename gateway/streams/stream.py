@@ -1,11 +1,12 @@
 """One open SSE stream: events go straight to the connection, no coroutine per stream.
 
-After the handshake a stream is this object, its connection's protocol and the transport: the hub
-writes an event with one ``write`` call, the shared clock writes heartbeats and checks for stalls.
-A client that stops reading is cut (it resumes with Last-Event-ID): when more than
-``max_buffered`` bytes wait in the transport, or when bytes are pending towards the peer
-(transport buffer plus the socket's unacknowledged queue) at two clock checks in a row and none of
-them drained in between (the peer's window is closed, or it is gone without a FIN).
+After the handshake a stream is this object, its ``StreamChannel`` (the connection's
+``gateway.edge.wire.Wire``) and the transport: the hub writes an event with one ``write`` call, the
+shared clock (``gateway.admission.registry``) writes heartbeats and checks for stalls. A client that
+stops reading is cut (it resumes with Last-Event-ID): when more than ``max_buffered`` bytes wait in the
+transport, or when bytes are pending towards the peer (transport buffer plus the socket's
+unacknowledged queue) at two clock checks in a row and none of them drained in between (the peer's
+window is closed, or it is gone without a FIN). Limits: docs/security.md.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def observe_delivery(record_timestamp_ms: int) -> None:
 
 
 class StreamChannel(Protocol):
-    """The connection under a native stream (implemented by ``gateway.edge.connection.EdgeProtocol``)."""
+    """How a stream reaches its client (implemented by ``gateway.edge.wire.Wire``; tests use their own)."""
 
     def write_event(self, data: bytes) -> None:
         """Writes one body chunk."""

@@ -1,0 +1,166 @@
+"""The outbound side of one edge connection: how bytes reach the socket, how much waits, and the close.
+
+One ``Wire`` per connection, used by whatever answers on it: a request's answer (``gateway.edge.request``)
+and a native stream, whose ``StreamChannel`` it is (``gateway.streams.stream``). Kept apart from the
+connection's reading side so that the stream's hot path stays visible: one delivery is one
+``write_event``, one ``transport.write``. Every answer head is framed by ``response_head``, so a stream's
+head, a refusal and the app's answers differ only in what they say. See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import struct
+import time
+from collections.abc import Iterable
+from http import HTTPStatus
+
+try:  # Linux: bytes in a socket's send queue not yet acknowledged by the peer
+    import fcntl
+    import termios
+
+    _OUTQ: int | None = termios.TIOCOUTQ
+except (ImportError, AttributeError):  # pragma: no cover - other platforms rely on the buffer bound
+    _OUTQ = None
+
+Headers = list[tuple[bytes, bytes]]
+LAST_CHUNK = b"0\r\n\r\n"  # the end of a chunked body
+
+
+class _Clock:
+    """The ``date`` header, formatted once a second."""
+
+    second = -1
+    value = b""
+
+    @classmethod
+    def date(cls) -> bytes:
+        now = int(time.time())
+        if now != cls.second:
+            cls.second, cls.value = now, email.utils.formatdate(now, usegmt=True).encode("ascii")
+        return cls.value
+
+
+def _phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
+
+
+def response_head(
+    status: int, headers: Iterable[tuple[bytes, bytes]], *, date: bool = False, close: bool = False
+) -> bytes:
+    """The status line and headers of an answer, then ``date`` and ``connection: close`` when asked for."""
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, _phrase(status))]
+    lines += [name + b": " + value + b"\r\n" for name, value in headers]
+    if date:
+        lines.append(b"date: " + _Clock.date() + b"\r\n")
+    if close:
+        lines.append(b"connection: close\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def with_length(status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> Headers:
+    """``headers`` and the content-length of ``body``, which a 204 or 304 without a body does not carry
+    (RFC 9110 8.6); for an answer whose whole body is known when its head is written."""
+    if body or status not in (204, 304):
+        return [*headers, (b"content-length", b"%d" % len(body))]
+    return list(headers)
+
+
+def closing_answer(status: int, body: bytes = b"", headers: Headers | None = None) -> bytes:
+    """A whole answer after which the connection closes: the edge's refusals and a stream request's answer
+    when it gets no stream (no ``date``, as before any stream)."""
+    return response_head(status, with_length(status, headers or (), body), close=True) + body
+
+
+class Wire:
+    """Writes to one connection's transport, tracks whether the peer takes what is written, and closes it."""
+
+    __slots__ = ("_gone", "_lost", "_writable", "chunked", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.chunked = True  # a native stream's body: chunked, except towards an HTTP/1.0 client
+        self._writable: asyncio.Event | None = None  # set while the transport takes writes (flow control)
+        self._lost: asyncio.Future[None] | None = None
+        self._gone = False
+
+    def write(self, data: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+    # Flow control (the protocol's pause_writing/resume_writing and connection_lost) ---------------
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.Event()
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None:
+            self._writable.set()
+
+    def writable(self) -> bool:
+        """False while the transport holds more than its high-water mark (the peer does not read)."""
+        return self._writable is None or self._writable.is_set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Waits until the transport takes writes again; False when that did not happen within ``timeout``."""
+        if self._writable is not None and not self._writable.is_set():
+            try:
+                await asyncio.wait_for(self._writable.wait(), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    def lost(self) -> None:
+        """The connection is gone: a wait for the peer to read ends (writes go nowhere), ``disconnected`` returns."""
+        self._gone = True
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+        if self._writable is not None:
+            self._writable.set()
+
+    async def disconnected(self) -> None:
+        """Returns once the connection is lost."""
+        if not self._gone:
+            if self._lost is None:
+                self._lost = asyncio.get_running_loop().create_future()
+            await self._lost
+
+    # StreamChannel (gateway.streams.stream): the native stream's hot path ------------------------
+    def write_event(self, data: bytes) -> None:
+        transport = self.transport
+        if not transport.is_closing():
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+
+    def end(self, last: bytes = b"") -> None:
+        transport = self.transport
+        if not transport.is_closing():
+            if self.chunked:
+                transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(last), last) if last else LAST_CHUNK)
+            elif last:
+                transport.write(last)
+            transport.close()
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    def buffered_bytes(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    def pending_bytes(self) -> int:
+        transport = self.transport
+        pending = transport.get_write_buffer_size()
+        sock = transport.get_extra_info("socket")
+        if sock is not None and _OUTQ is not None:
+            with contextlib.suppress(OSError, ValueError):
+                pending += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
+        return pending
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.dev.routes import loopback_peer, refusal
+from gateway.dev.loopback import loopback_peer, refusal
 from tests.gateway_support import REPO, JwksServer, clean_env, gateway_env, rsa_key
 from tests.kafka_support import create_topic, event_bytes, produce, read_all, unique_topic
 from tests.support import free_port, new_session, wait_until

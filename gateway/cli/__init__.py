@@ -1,7 +1,10 @@
-"""``session-gateway``: the command line (``main``), start-up checks (``diagnostics``), and the
-integrator's tools (``publish``, ``watch``, ``topic``, ``configuration_reference``).
+"""``session-gateway``: the entry point (``main``), its options (``parser``) and commands (``commands``),
+start-up checks (``diagnostics``), and the integrator's tools (``publish``, ``watch``, ``topic``,
+``configuration_reference``). See docs/cli.md.
 """
 
-from gateway.cli.main import UserError, build_parser, main
+from gateway.cli.diagnostics import UserError
+from gateway.cli.main import main
+from gateway.cli.parser import build_parser
 
 __all__ = ["UserError", "build_parser", "main"]

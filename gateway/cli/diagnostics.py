@@ -1,16 +1,10 @@
-"""Start-up checks that turn a newcomer's mistake into one readable line.
+"""Start-up checks that turn a newcomer's mistake into one readable line, and how a command says it.
 
-- :func:`unknown_variables`: ``GATEWAY_*`` environment variables that no settings class reads
-  (typos such as ``GATEWAY_DEV_MOD``), each with the closest known name. ``serve`` refuses to start
-  with them unless ``GATEWAY_ALLOW_UNKNOWN_SETTINGS=true``; the other commands only warn.
-- :func:`describe_settings_error`: a pydantic ``ValidationError`` of a settings class, as lines
-  naming the environment variable, the value given and an example of a valid value.
-- :func:`check_port_free`: binds the port before uvicorn does, so a port in use is one line naming
-  the setting or flag to change.
-- :func:`open_files_problem`: lifts the open-files limit and says what to do when it is still too low.
-
-``SETTINGS_CLASSES`` is the one list of settings classes: add a new class there and its fields are
-known variables (and the README test checks they are documented).
+A misspelt setting silently keeps its default (a misspelt ``GATEWAY_JWT_AUDIENCE`` would disable the
+audience check), and a traceback hides the one thing to change; so unknown ``GATEWAY_*`` variables,
+invalid values, ports in use and a low open-files limit are each one line naming the variable or flag
+(docs/cli.md, "Start-up checks"). ``SETTINGS_CLASSES`` is the one list of settings classes: a field of
+a class listed there is a known variable and appears in docs/configuration.md (``configuration_reference``).
 """
 
 from __future__ import annotations
@@ -21,6 +15,7 @@ import errno
 import os
 import re
 import socket
+import sys
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
@@ -32,12 +27,22 @@ from consumers.durations import DURATION_FIELDS, EXAMPLES, EXAMPLES_MS
 from consumers.settings import ConsumerSettings, SettingsGroup
 from gateway.settings import GatewaySettings
 
+PROG = "session-gateway"
 PREFIX = "GATEWAY_"
 OPEN_FILES_HEADROOM = 100  # the process's own files and sockets besides the streams: Kafka, JWKS, logs, ...
 
 
 class UserError(Exception):
     """A mistake the user can fix; printed as one line."""
+
+
+class SettingsRejected(Exception):
+    """Start-up checks failed; the lines were printed already."""
+
+
+def say(kind: str, line: str) -> None:
+    """One line on stderr: ``session-gateway: error: ...`` (or ``warning``)."""
+    print(f"{PROG}: {kind}: {line}", file=sys.stderr, flush=True)
 
 
 class StartupSettings(SettingsGroup):
@@ -243,3 +248,19 @@ def settings_problems(
         except ValidationError as error:
             lines.extend(describe_settings_error(error, environ))
     return lines
+
+
+def check_environment(*, strict: bool) -> None:
+    """Reports unknown GATEWAY_* variables (errors when ``strict``, unless allowed) and every invalid value."""
+    unknown = unknown_variables()
+    fatal = strict and not allow_unknown_settings()
+    for line in unknown:
+        if fatal:
+            say("error", f"{line} (serve refuses unknown settings; GATEWAY_ALLOW_UNKNOWN_SETTINGS=true only warns)")
+        else:
+            say("warning", f"{line} (ignored)")
+    invalid = settings_problems()
+    for line in invalid:
+        say("error", f"invalid setting {line}")
+    if invalid or (unknown and fatal):
+        raise SettingsRejected

@@ -1,3 +1,4 @@
-"""DEVELOPMENT ONLY: the demo page and its routes (``routes``, assets in ``static/``) and a local token
-issuer (``issuer``). Never enabled in production: see docs/security.md.
+"""DEVELOPMENT ONLY: what ``serve --dev`` adds: the demo page (``demo``, assets in ``static/``), the session
+API that publishes without authentication (``sessions``, ``publisher``), all behind a loopback-only guard
+(``loopback``) and mounted as one router (``routes``); and a local token issuer (``issuer``). See docs/security.md.
 """

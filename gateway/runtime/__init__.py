@@ -1,4 +1,5 @@
-"""The running gateway: composition root and health policy (``app``), the server and its workers
-(``server``, ``workers``), the garbage-collector policy (``heap``), logging (``logging_setup``) and the API
-docs page (``api_docs``).
+"""The running gateway: the composition root (``app``), what each port serves (``ports``), the health
+policy (``health``), the background loops (``loops``), the
+garbage-collector policy (``heap``), the server and its workers (``server``,
+``workers``), logging (``logging_setup``) and the API docs (``api_docs``). See docs/architecture.md.
 """

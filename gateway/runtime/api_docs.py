@@ -1,21 +1,25 @@
-"""``/docs``: Swagger UI served from the ``swagger-ui-bundle-v2`` package, not a CDN.
+"""The internal port's API docs: the OpenAPI document of both ports and the stream route, and ``/docs``.
 
-The page works offline and under a strict Content-Security-Policy: every script and style comes from
-this server and there is no inline script (the initializer is a small JavaScript file of its own).
-``mount_docs(app)`` replaces FastAPI's CDN-based ``/docs`` (and ``/redoc``, which has no offline
-assets) on the app it is given::
-
-    mount_docs(api)   # after api = FastAPI(...)
+The stream route is served by the HTTP edge, not by FastAPI, so ``install_openapi`` adds it to
+FastAPI's document from its one definition (``gateway.edge.route``). ``mount_docs`` replaces
+FastAPI's CDN-based ``/docs`` (and ``/redoc``, which has no offline assets) with Swagger UI served
+from the ``swagger-ui-bundle-v2`` package: the page works offline and under a strict
+Content-Security-Policy (no inline script). The routes are listed in docs/http-api.md.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, HTTPException
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
+
+from gateway.edge.route import PATH_TEMPLATE, openapi_operation
 
 _ASSETS = {
     "swagger-ui.css": "text/css; charset=utf-8",
@@ -82,3 +86,26 @@ def mount_docs(app: FastAPI, path: str = "/docs") -> None:
 
 def _route_path_in(route: BaseRoute, paths: set[str]) -> bool:
     return isinstance(route, Route) and route.path in paths
+
+
+def install_openapi(internal: FastAPI, public: FastAPI) -> None:
+    """``internal``'s ``/openapi.json`` documents both ports' routes and the stream route."""
+    internal.openapi = _openapi(internal, public)  # type: ignore[method-assign]
+
+
+def _openapi(internal: FastAPI, public: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI's document of both ports plus the stream route, built on first use and kept."""
+
+    def build() -> dict[str, Any]:
+        if internal.openapi_schema is None:
+            document = get_openapi(
+                title=internal.title,
+                version=internal.version,
+                description=internal.description,
+                routes=[*internal.routes, *public.routes],
+            )
+            document.setdefault("paths", {})[PATH_TEMPLATE] = {"get": openapi_operation()}
+            internal.openapi_schema = document
+        return internal.openapi_schema
+
+    return build

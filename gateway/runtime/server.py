@@ -1,23 +1,12 @@
-"""Runs the gateway under uvicorn (uvloop) with its HTTP edge, two ports and a graceful drain on SIGTERM.
+"""Runs the gateway: one uvicorn server (uvloop) on two ports, its connections read by the HTTP edge.
 
-uvicorn on its own stops listening at once and then waits for open responses, which for SSE
-never end by themselves (the known uvicorn/sse-starlette shutdown hang). Instead, the first
-SIGTERM fails readiness at once, ends new streams right after their first events, and closes
-open streams spread over ``GATEWAY_DRAIN_SECONDS`` so clients reconnect to other replicas
-gradually; only then does uvicorn shut down, bounded by ``GATEWAY_SHUTDOWN_GRACE_SECONDS``.
-SIGINT (Ctrl-C) drains at once; a second signal exits immediately.
-
-The public port (streams) and the internal port (health, metrics, docs) are two listening sockets
-of one uvicorn server, both read by the gateway's HTTP edge (``gateway.edge.connection``).
-
-``GATEWAY_WORKERS=N`` (``serve --workers N``) runs N such servers as separate processes, each an
-independent replica (its own Kafka consumer reading every partition, its own store, streams and
-limits) binding both ports with ``SO_REUSEPORT``, so the kernel spreads new connections over them.
-The parent only supervises: it forwards SIGTERM/SIGINT to every worker (each drains as above) and
-exits 0 once all of them have exited 0; if a worker dies on its own, the parent drains the others
-and exits non-zero, so the orchestrator restarts the pod as a whole rather than leaving it
-half-ready (a restarted worker would answer 503 while it replays). Every worker's ``/readyz`` is 200
-only once all workers can serve (``gateway.runtime.workers``), whichever worker a probe reaches.
+uvicorn on its own stops listening and then waits for open responses, which for SSE never end by
+themselves (the known uvicorn/sse-starlette shutdown hang). So the first SIGTERM fails readiness at
+once and closes open streams spread over ``GATEWAY_DRAIN_SECONDS`` (``drain``), and clients move to
+other replicas gradually; only then does uvicorn shut down. ``--workers N`` runs N such servers as
+processes on the same ports (``SO_REUSEPORT``) under a parent that only supervises, so the pod
+restarts as a whole rather than staying half ready. See docs/operations.md ("Rolling restarts",
+"Scaling").
 """
 
 from __future__ import annotations
@@ -41,8 +30,9 @@ from gateway.cli.diagnostics import UserError
 from gateway.edge.connection import EdgeProtocol
 from gateway.edge.state import EdgeLimits, EdgeState
 from gateway.edge.uvicorn_seam import GatewayServer, check_engine, supported_versions
-from gateway.runtime.app import GatewayApp, create_app
+from gateway.runtime.app import create_app
 from gateway.runtime.logging_setup import configure_logging
+from gateway.runtime.ports import GatewayApp
 from gateway.runtime.workers import WorkerReadiness
 from gateway.settings import GatewaySettings
 
@@ -54,7 +44,7 @@ async def drain(app: GatewayApp, sig: signal.Signals) -> None:
     seconds = app.runtime.settings.drain_seconds if sig == signal.SIGTERM else 0.0
     log.info("received %s: draining %d streams over %.1fs", sig.name, len(connections), seconds)
     connections.start_drain(seconds)
-    app.runtime.share_readiness()  # with --workers: the siblings answer not ready from now on too
+    app.runtime.health.share_readiness()  # with --workers: the siblings answer not ready from now on too
     try:
         await asyncio.wait_for(connections.drained.wait(), timeout=seconds + 2.0)
     except TimeoutError:

@@ -4,8 +4,8 @@ The workers share the ports (``SO_REUSEPORT``), so a readiness probe reaches whi
 picks. Without this, the pod would turn ready as soon as one worker had caught up, and the streams the
 kernel hands to a worker still replaying would wait for it (and after ``GATEWAY_REPLAY_WAIT`` get a 503,
 which ends a browser's EventSource for good). The supervising parent shares one slot per worker; a worker
-that can serve renews its slot (``Runtime`` does it twice a second) with a deadline on the system-wide
-monotonic clock, and every worker's ``/readyz`` requires every slot to be current. A worker that is
+that can serve renews its slot twice a second (``gateway.runtime.loops``) with a deadline on the
+system-wide monotonic clock, and every worker's ``/readyz`` requires every slot to be current. A worker that is
 frozen (SIGSTOP, a blocked event loop) or dead stops renewing, so its slot runs out within
 ``VALIDITY`` seconds instead of reporting the pod ready forever.
 

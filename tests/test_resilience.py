@@ -29,7 +29,7 @@ from consumers.log_aggregation import RepeatedLogFilter
 from consumers.records import MAX_UPDATED_MS, MIN_UPDATED_MS, Rejected, RejectReason, StatusUpdate, decode_record
 from consumers.store import SessionStore, Transition
 from consumers.supervision import Supervisor
-from gateway.admission.registry import ConnectionRegistry
+from gateway.admission.clock import StreamClock as ConnectionRegistry  # these tests are the clock's
 from gateway.settings import GatewaySettings
 from gateway.streams.sse import encode_transition, iso_millis
 from schemas import SessionStatus

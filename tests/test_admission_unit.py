@@ -25,9 +25,11 @@ from consumers.hub import Hub
 from consumers.progress import PartitionProgress
 from consumers.records import StatusUpdate
 from consumers.store import SessionStore
+from gateway.admission.client_address import ClientAddresses
 from gateway.admission.endpoint import Admission, Answer, EventsEndpoint, StreamRequest
-from gateway.admission.registry import ClientAddresses, ConnectionRegistry, Ticket
-from gateway.auth.verifier import ClaimsValidator, Principal, TokenVerifier
+from gateway.admission.registry import ConnectionRegistry, Ticket
+from gateway.auth.claims import ClaimsValidator, Principal
+from gateway.auth.verifier import TokenVerifier
 from gateway.edge.cors import CorsPolicy
 from gateway.edge.errors import StreamRefused
 from gateway.settings import GatewaySettings

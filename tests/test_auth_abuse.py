@@ -47,18 +47,12 @@ from hypothesis import strategies as st
 from joserfc.jwk import OKPKey
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.auth.claims import AuthenticationError, ClaimsValidator, Principal
 from gateway.auth.jwks import JwksCache
-from gateway.auth.verifier import (
-    AuthenticationError,
-    ClaimsValidator,
-    Principal,
-    TokenVerifier,
-    VerifiedTokenCache,
-    check_header,
-    find_token,
-    locate_token,
-    parse_compact,
-)
+from gateway.auth.jws import check_header, parse_compact
+from gateway.auth.token_cache import VerifiedTokenCache
+from gateway.auth.token_sources import find_token, locate_token
+from gateway.auth.verifier import TokenVerifier
 from gateway.runtime.logging_setup import (
     MAX_LOGGED_ARGUMENT,
     MAX_LOGGED_VALUE,

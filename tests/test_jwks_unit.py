@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.auth.claims import AuthenticationError
 from gateway.auth.jwks import JwksCache, _parse_keys
-from gateway.auth.verifier import AuthenticationError
 from gateway.settings import GatewaySettings
 from tests.gateway_support import SigningKey, ec_key, ed_key, rsa_key
 from tests.support import wait_until

@@ -29,7 +29,7 @@ from consumers.log_aggregation import RepeatedLogFilter
 from consumers.records import MAX_UPDATED_MS, MIN_UPDATED_MS, Rejected, RejectReason, StatusUpdate, decode_record
 from consumers.store import SessionStore, Transition
 from consumers.supervision import Supervisor
-from gateway.admission.registry import ConnectionRegistry
+from gateway.admission.clock import StreamClock
 from gateway.settings import GatewaySettings
 from gateway.streams.sse import encode_transition, iso_millis
 from schemas import SessionStatus
@@ -353,21 +353,21 @@ class _ClockSubscriber:
 async def test_a_clock_tick_that_raises_closes_that_stream_only() -> None:
     settings = GatewaySettings(heartbeat_interval=0.25)
     hub = Hub(encode_transition)
-    registry = ConnectionRegistry(settings, hub)
+    clock = StreamClock(settings, hub)
     healthy, broken = _ClockSubscriber("ok", False), _ClockSubscriber("bad", True)
     for subscriber in (healthy, broken):
-        registry.add(subscriber)  # type: ignore[arg-type]
+        clock.add(subscriber)  # type: ignore[arg-type]
     errors = metric("gateway_stream_clock_errors_total")
     restarts = metric("gateway_task_restarts_total", task="stream-clock")
     supervisor = Supervisor()
-    supervisor.start("stream-clock", registry.run_clock)
+    supervisor.start("stream-clock", clock.run_clock)
     try:
         deadline = asyncio.get_running_loop().time() + 10
         while healthy.heartbeats < 3 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         assert healthy.heartbeats >= 3, "the clock stopped heartbeating the healthy stream"
         assert broken.close_reason == "clock_error"
-        assert len(registry) == 1
+        assert len(clock) == 1
         assert metric("gateway_stream_clock_errors_total") - errors == 1
         assert metric("gateway_task_restarts_total", task="stream-clock") - restarts == 0
     finally:
@@ -375,9 +375,9 @@ async def test_a_clock_tick_that_raises_closes_that_stream_only() -> None:
 
 
 async def test_a_crashing_clock_is_restarted_by_the_supervisor() -> None:
-    registry = ConnectionRegistry(GatewaySettings(), Hub(encode_transition))
+    clock = StreamClock(GatewaySettings(), Hub(encode_transition))
     crashes = 0
-    original = registry._sweep
+    original = clock._sweep
 
     def sweep(wall: float) -> None:
         nonlocal crashes
@@ -386,10 +386,10 @@ async def test_a_crashing_clock_is_restarted_by_the_supervisor() -> None:
             raise RuntimeError("sweep bug")
         original(wall)
 
-    registry._sweep = sweep  # type: ignore[method-assign]
+    clock._sweep = sweep  # type: ignore[method-assign]
     before = metric("gateway_task_restarts_total", task="stream-clock")
     supervisor = Supervisor(initial_backoff=0.01)
-    supervisor.start("stream-clock", registry.run_clock)
+    supervisor.start("stream-clock", clock.run_clock)
     try:
         deadline = asyncio.get_running_loop().time() + 15
         while crashes < 4 and asyncio.get_running_loop().time() < deadline:

@@ -1,16 +1,14 @@
 """``GET /session/{id}/events``: admits a stream request, then opens its stream.
 
-Admission (token, tenant, limits, waiting for a session or a resume position), then the stream's first
-frames and its registration; ``gateway.edge.connection`` reads the request and writes the stream straight
-to its connection (``gateway.streams.stream``). Everything a request parsed (headers, the query with the
-token, claims) lives in the admission's frames and is freed once the stream is open; a stream keeps
-only what it writes.
+Admission (token, scope, then the session as its tenant may see it, counted and waited for in
+``waiting``), then the stream's first frames and its registration; ``gateway.edge.connection`` reads
+the request and writes the stream straight to its connection (``gateway.streams.stream``). Everything a
+request parsed (headers, the query with the token, claims) lives in the admission's frames and is freed
+once the stream is open; a stream keeps only what it writes. See docs/http-api.md.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import random
 import re
@@ -25,8 +23,12 @@ from consumers.log_aggregation import ReasonFolding
 from consumers.progress import PartitionProgress
 from consumers.store import SessionSnapshot, SessionStore, Transition
 from gateway import metrics
-from gateway.admission.registry import ClientAddresses, ConnectionRegistry, Ticket
-from gateway.auth.verifier import AuthenticationError, Principal, TokenVerifier, locate_token
+from gateway.admission.client_address import ClientAddresses
+from gateway.admission.registry import ConnectionRegistry, Ticket
+from gateway.admission.waiting import NoContent, SessionFinder
+from gateway.auth.claims import AuthenticationError, Principal
+from gateway.auth.token_sources import locate_token
+from gateway.auth.verifier import TokenVerifier
 from gateway.edge.cors import CorsPolicy
 from gateway.edge.errors import (
     CROSS_ORIGIN_COOKIE,
@@ -34,9 +36,7 @@ from gateway.edge.errors import (
     MISSING_TOKEN,
     StreamRefused,
     error_headers,
-    not_found_message,
 )
-from gateway.edge.route import MAX_SESSION_ID_LENGTH
 from gateway.runtime.logging_setup import log_value, request_id_var
 from gateway.settings import GatewaySettings
 from gateway.streams.sse import EventPosition, encode_retry, encode_transition, parse_event_id
@@ -85,29 +85,6 @@ class Admission:
     ticket: Ticket
 
 
-class _Arrival:
-    """Hub subscriber that notices records of a session this request waits for."""
-
-    __slots__ = ("future",)
-
-    def __init__(self) -> None:
-        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def deliver(self, frame: bytes, record_timestamp_ms: int, terminal: bool) -> None:
-        if not self.future.done():
-            self.future.set_result(None)
-
-    def session_deleted(self) -> None:
-        return None
-
-    def close(self, reason: str) -> None:
-        return None
-
-
-class _NoContent(Exception):
-    """The client's last event was terminal: answer 204 so EventSource stops reconnecting."""
-
-
 def request_id(headers: dict[str, str]) -> str:
     """The caller's X-Request-ID when it is short and plain, else a new one (it is echoed and logged)."""
     offered = headers.get("x-request-id", "")
@@ -127,9 +104,9 @@ class EventsEndpoint:
         self.settings = settings
         self.store = store
         self.hub = hub
-        self.progress = progress
         self.verifier = verifier
         self.connections = connections
+        self.sessions = SessionFinder(settings, store, hub, progress, connections)
         self.cors = CorsPolicy(settings.cors_origins)
         # One line per refused request at most, folded per reason: their number is the clients' to choose.
         self.refusal_log = ReasonFolding(
@@ -137,7 +114,7 @@ class EventsEndpoint:
         )
         self.addresses = ClientAddresses(settings.trusted_proxies, settings.client_address_header)
 
-    # Admission (both engines) --------------------------------------------------------------------
+    # Admission --------------------------------------------------------------------------
     async def admit(self, request: StreamRequest) -> Admission | Answer:
         headers = request.headers
         rid = request_id(headers)
@@ -147,7 +124,7 @@ class EventsEndpoint:
             principal = await self._authenticate(request.query, headers)
             query = dict(parse_qsl(request.query.decode("latin-1"), keep_blank_values=True))
             last_seen = parse_event_id(headers.get("last-event-id") or query.get("lastEventId"))
-            snapshot, ticket = await self._find_session(request.session_id, principal, last_seen, request.client)
+            snapshot, ticket = await self.sessions.find(request.session_id, principal, last_seen, request.client)
         except StreamRefused as refused:
             metrics.REQUESTS_REFUSED.labels(str(refused.status)).inc()
             answer = Answer(refused.status, error_headers(refused, extra), refused.body(), refused.reason)
@@ -161,7 +138,7 @@ class EventsEndpoint:
                     refused.reason,
                 )
             return answer
-        except _NoContent:
+        except NoContent:
             metrics.REQUESTS_REFUSED.labels("204").inc()
             return Answer(204, extra)
         return Admission(principal, snapshot, last_seen, extra, ticket)
@@ -198,109 +175,7 @@ class EventsEndpoint:
             )
         return principal
 
-    async def _find_session(
-        self, session_id: str, principal: Principal, last_seen: EventPosition | None, client: str | None
-    ) -> tuple[SessionSnapshot, Ticket]:
-        settings = self.settings
-        if not self.progress.caught_up.is_set():
-            await self._await_replay(principal, session_id, client)
-        if settings.session_claim and principal.session is not None and principal.session != session_id:
-            raise StreamRefused(404, not_found_message(session_id), reason="session_claim_mismatch")
-        if len(session_id) > MAX_SESSION_ID_LENGTH:
-            raise StreamRefused(404, not_found_message(session_id), reason="unknown_session")
-        # Another tenant's session is treated exactly like an unknown one (same wait, same answers),
-        # so neither the status, the timing nor a 204 reveals that it exists.
-        snapshot = self._visible(self.store.get(session_id), principal)
-        if snapshot is None and last_seen is not None and last_seen.terminal:
-            raise _NoContent
-        draining = self.connections.draining
-        tenant = principal.tenant or ""
-        waits = snapshot is None or (
-            last_seen is not None
-            and last_seen.partition == snapshot.current.partition
-            and not self.progress.reached(last_seen.partition, last_seen.offset)
-        )
-        # Counted from here on, waiting included. A draining replica answers with the state and an
-        # immediate end of stream, so such a request holds nothing and is not refused by a limit.
-        ticket = (
-            Ticket.uncounted()
-            if draining
-            else self.connections.reserve(tenant, principal.subject, session_id, waiting=waits, address=client)
-        )
-        try:
-            if snapshot is None and settings.unknown_session_wait > 0:
-                snapshot = await self._await_visible(session_id, principal)
-            if snapshot is None:
-                raise StreamRefused(404, not_found_message(session_id), reason="unknown_session")
-            if last_seen is not None and last_seen.partition == snapshot.current.partition:
-                if not self.progress.reached(last_seen.partition, last_seen.offset):
-                    caught_up = await self.progress.wait_for(
-                        last_seen.partition, last_seen.offset, settings.resume_wait
-                    )
-                    if not caught_up:
-                        raise StreamRefused(
-                            503,
-                            "This server has not caught up with the stream yet",
-                            {"Retry-After": "2"},
-                            "resume_behind",
-                        )
-                    snapshot = self._visible(self.store.get(session_id), principal) or snapshot
-                if last_seen.offset >= snapshot.current.offset and snapshot.current.is_terminal:
-                    raise _NoContent
-        except BaseException:
-            self.connections.release(ticket)
-            raise
-        self.connections.stop_waiting(ticket)
-        return snapshot, ticket
-
-    async def _await_replay(self, principal: Principal, session_id: str, client: str | None) -> None:
-        """A request that reaches a replica still replaying waits (counted) for the replay, then 503.
-
-        A browser's EventSource gives up for good on an error status, and a replica restarting alone
-        (no other replica to route to) would otherwise refuse every reconnect until it is ready.
-        """
-        wait = self.settings.replay_wait
-        if wait > 0 and not self.connections.draining:
-            ticket = self.connections.reserve(
-                principal.tenant or "", principal.subject, session_id, waiting=True, address=client
-            )
-            try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.progress.caught_up.wait(), wait)
-            finally:
-                self.connections.release(ticket)
-        if not self.progress.caught_up.is_set():
-            raise StreamRefused(503, "Session state is still loading", {"Retry-After": "5"}, reason="replaying")
-
-    def _visible(self, snapshot: SessionSnapshot | None, principal: Principal) -> SessionSnapshot | None:
-        if snapshot is not None and self.settings.tenant_claim and principal.tenant != snapshot.tenant_id:
-            return None
-        return snapshot
-
-    async def _await_visible(self, session_id: str, principal: Principal) -> SessionSnapshot | None:
-        """Waits until the session exists for this caller, or the full wait has passed.
-
-        A record for the same id in another tenant wakes the wait but does not end it: the answer
-        comes at the same time as for an id that never appears.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.unknown_session_wait
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return None
-            arrival = _Arrival()
-            self.hub.subscribe(session_id, arrival)
-            try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(arrival.future, remaining)
-            finally:
-                self.hub.unsubscribe(session_id, arrival)
-            snapshot = self._visible(self.store.get(session_id), principal)
-            if snapshot is not None:
-                return snapshot
-
-    # Opening the stream (both engines) ------------------------------------------------------
+    # Opening the stream ------------------------------------------------------------
     def expires_at(self, principal: Principal) -> float:
         # Closed when the token stops being accepted (exp plus leeway): closing at exp itself would let
         # EventSource reconnect at once with the same, still accepted, token, in a loop.
@@ -313,7 +188,7 @@ class EventsEndpoint:
         jitter = 1 + random.uniform(-settings.retry_jitter, settings.retry_jitter)
         frames = [encode_retry(int(settings.retry_ms * jitter))]
         session_id = admission.snapshot.session_id
-        current = self._visible(self.store.get(session_id), admission.principal) or admission.snapshot
+        current = self.sessions.visible(self.store.get(session_id), admission.principal) or admission.snapshot
         ends = False
         for transition in _initial_transitions(current, admission.last_seen):
             frames.append(encode_transition(transition))

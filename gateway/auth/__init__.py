@@ -1,3 +1,4 @@
-"""Who is calling: token sources, JWS parsing, claims, the verified-token cache (``verifier``) and the
-signing keys of a JWKS or OIDC issuer (``jwks``). See docs/security.md.
+"""Who is calling: where a request's token comes from (``token_sources``), strict JWS parsing (``jws``),
+claims (``claims``), the verified-token cache (``token_cache``), the signing keys of a JWKS or OIDC
+issuer (``jwks``) and the verifier that runs them in order (``verifier``). See docs/security.md.
 """

@@ -16,7 +16,7 @@
   past ``jwks_max_bytes``; a document with more than ``jwks_max_keys`` keys is refused; JSON
   parsing and key import run in a worker thread, never on the event loop.
 - Only these keys verify tokens: key material or URLs found in a token's header (``jwk``, ``jku``,
-  ``x5u``, ``x5c``) are never used (see ``gateway.auth.verifier``).
+  ``x5u``, ``x5c``) are never used (see ``gateway.auth.jws``).
 - Listeners registered with ``on_keys_removed`` hear the RFC 7638 thumbprints of keys that a
   refresh removed or replaced, so that what those keys verified can be forgotten.
 """

@@ -6,7 +6,7 @@ a server would decode, not only on the bytes as sent:
 
 - a query parameter whose *percent-decoded* name is a token name (``tok%65n=``, ``access%5Ftoken=``)
   has its value redacted, although such names are not accepted as tokens
-  (``gateway.auth.verifier.find_token`` only takes the plain names);
+  (``gateway.auth.token_sources.find_token`` only takes the plain names);
 - anything shaped like a compact JWS/JWE is redacted, also when it is percent-encoded
   (``eyJ...%2E...``): a URL-ish run containing ``%`` is decoded (up to three times) and redacted
   whole if a JWT is inside. Every token the verifier accepts has this shape (its header starts

@@ -1,0 +1,115 @@
+"""What a verified token says (``Principal``), checked by type before any claim is used.
+
+A claim of the wrong type is refused, never coerced: a tenant of ``123`` or a session of ``null``
+would otherwise widen what the token may read. ``AuthenticationError`` is the one refusal every
+step of verification raises; its reason goes to logs and metrics, the client only ever hears
+"Invalid or expired token". See docs/security.md (Tokens).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.settings import GatewaySettings
+
+# 9999-12-31T23:59:59Z: any later numeric date is nonsense, and every one up to it fits a float.
+MAX_NUMERIC_DATE = 253_402_300_799
+
+
+class AuthenticationError(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    subject: str
+    tenant: str | None
+    session: str | None
+    scopes: frozenset[str]
+    expires_at: float
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
+    if name not in claims:
+        return None
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AuthenticationError(f"invalid_claim_{name}")
+    if not (0 <= value <= MAX_NUMERIC_DATE) or (isinstance(value, float) and not math.isfinite(value)):
+        raise AuthenticationError(f"invalid_claim_{name}")
+    return float(value)
+
+
+def _optional_string(claims: Mapping[str, Any], name: str, reason: str, *, non_empty: bool) -> str | None:
+    if not name or name not in claims:
+        return None
+    value = claims[name]
+    if not isinstance(value, str) or (non_empty and not value):
+        raise AuthenticationError(reason)
+    return value
+
+
+class ClaimsValidator:
+    """Validates the claims of a token whose signature was verified; returns who it is for."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self._settings = settings
+        self._issuer = settings.jwt_issuer or settings.oidc_issuer
+        self._audience = settings.jwt_audience
+        self._leeway = float(settings.jwt_leeway)
+
+    def principal(self, claims: Mapping[str, Any], now: float | None = None) -> Principal:
+        now = time.time() if now is None else now
+        settings = self._settings
+        # Types first, for every claim used, so that no check below can meet an unexpected type.
+        exp = _numeric_date(claims, "exp")
+        nbf = _numeric_date(claims, "nbf")
+        iat = _numeric_date(claims, "iat")
+        tenant = _optional_string(claims, settings.tenant_claim, "invalid_claim_tenant", non_empty=True)
+        session = _optional_string(claims, settings.session_claim, "invalid_claim_session", non_empty=True)
+        subject = _optional_string(claims, "sub", "invalid_claim_sub", non_empty=False)
+        if self._issuer:
+            if "iss" not in claims:
+                raise AuthenticationError("missing_claim_iss")
+            if claims["iss"] != self._issuer or not isinstance(claims["iss"], str):
+                raise AuthenticationError("invalid_claim_iss")
+        if self._audience:
+            self._check_audience(claims)
+        if exp is None:
+            raise AuthenticationError("missing_claim_exp")
+        # Accepted while now < exp + leeway: the same bound at which open streams are closed.
+        if exp + self._leeway <= now:
+            raise AuthenticationError("expired")
+        if nbf is not None and nbf - self._leeway > now:
+            raise AuthenticationError("invalid_claim_nbf")
+        if iat is not None and iat - self._leeway > now:
+            raise AuthenticationError("invalid_claim_iat")
+        scopes: set[str] = set()
+        scope = claims.get("scope")
+        if isinstance(scope, str):
+            scopes.update(scope.split())
+        roles = claims.get("roles")
+        if isinstance(roles, list):
+            scopes.update(role for role in roles if isinstance(role, str))
+        return Principal(
+            subject=subject or "", tenant=tenant, session=session, scopes=frozenset(scopes), expires_at=exp
+        )
+
+    def _check_audience(self, claims: Mapping[str, Any]) -> None:
+        if "aud" not in claims:
+            raise AuthenticationError("missing_claim_aud")
+        aud = claims["aud"]
+        if isinstance(aud, str):
+            audiences = [aud]
+        elif isinstance(aud, list) and all(isinstance(item, str) for item in aud):
+            audiences = aud
+        else:
+            raise AuthenticationError("invalid_claim_aud")
+        if self._audience not in audiences:
+            raise AuthenticationError("invalid_claim_aud")

@@ -26,6 +26,7 @@ from consumers.progress import PartitionProgress
 from consumers.records import StatusUpdate
 from consumers.store import SessionStore
 from gateway.admission.client_address import ClientAddresses
+from gateway.admission.clock import StreamClock
 from gateway.admission.endpoint import Admission, Answer, EventsEndpoint, StreamRequest
 from gateway.admission.registry import ConnectionRegistry, Ticket
 from gateway.auth.claims import ClaimsValidator, Principal
@@ -69,6 +70,12 @@ def settings(**values: object) -> GatewaySettings:
     return GatewaySettings.model_validate(values)
 
 
+def registry_for(settings: GatewaySettings, hub: Hub | None = None) -> ConnectionRegistry:
+    """The registry as the runtime builds it: its stream clock, tenant shares when tenants are enforced."""
+    hub = hub or Hub(lambda transition: b"")
+    return ConnectionRegistry(settings, StreamClock(settings, hub), tenant_shares=bool(settings.tenant_claim))
+
+
 def open_stream(registry: ConnectionRegistry, session_id: str, tenant: str = "t") -> tuple[NativeStream, Channel]:
     """Admits a stream and registers it as the engines do (closing it releases its ticket)."""
     ticket = registry.reserve(tenant, "user", session_id, waiting=False)
@@ -84,7 +91,7 @@ def open_stream(registry: ConnectionRegistry, session_id: str, tenant: str = "t"
 
 
 def test_a_refusal_looks_only_at_the_streams_of_its_own_key() -> None:
-    registry = ConnectionRegistry(settings(max_connections_per_session=3), Hub(lambda transition: b""))
+    registry = registry_for(settings(max_connections_per_session=3))
     crowd = [open_stream(registry, f"open-{n}") for n in range(10_000)]
     full = [open_stream(registry, "full") for _ in range(3)]
     for _ in range(100):
@@ -99,7 +106,7 @@ def test_a_refusal_looks_only_at_the_streams_of_its_own_key() -> None:
 
 def test_a_stream_whose_client_is_gone_does_not_count_against_its_session() -> None:
     """A hang-up the transport has seen but not reported yet: the reload is still admitted."""
-    registry = ConnectionRegistry(settings(max_connections_per_session=2), Hub(lambda transition: b""))
+    registry = registry_for(settings(max_connections_per_session=2))
     (first, first_channel), _ = open_stream(registry, "reload"), open_stream(registry, "reload")
     first_channel.closing = True
     ticket = registry.reserve("t", "user", "reload", waiting=False)
@@ -109,9 +116,7 @@ def test_a_stream_whose_client_is_gone_does_not_count_against_its_session() -> N
 
 
 def test_waiting_shares_per_tenant_and_per_address() -> None:
-    registry = ConnectionRegistry(
-        settings(max_waiting_requests=8, max_waiting_requests_per_address=2), Hub(lambda transition: b"")
-    )
+    registry = registry_for(settings(max_waiting_requests=8, max_waiting_requests_per_address=2))
     assert (registry._tenant_share, registry._address_share) == (4, 2)  # half of the budget per tenant, as set
 
     def wait(tenant: str, address: str | None) -> Ticket:
@@ -140,7 +145,7 @@ def test_waiting_shares_per_tenant_and_per_address() -> None:
 
 
 def test_without_a_tenant_claim_there_is_no_tenant_share() -> None:
-    registry = ConnectionRegistry(settings(max_waiting_requests=4, tenant_claim=""), Hub(lambda transition: b""))
+    registry = registry_for(settings(max_waiting_requests=4, tenant_claim=""))
     tickets = [registry.reserve("", "user", f"s{n}", waiting=True) for n in range(4)]
     with pytest.raises(StreamRefused) as refused:
         registry.reserve("", "user", "s", waiting=True)
@@ -152,7 +157,7 @@ def test_without_a_tenant_claim_there_is_no_tenant_share() -> None:
 def test_a_key_with_many_streams_keeps_its_tickets_in_a_set() -> None:
     """A key with a high limit (a subject shared by many browsers): releasing one of its tickets stays O(1)."""
     limits = {"max_connections": 50_000, "max_connections_per_subject": 50_000, "max_connections_per_session": 50_000}
-    registry = ConnectionRegistry(settings(**limits), Hub(lambda transition: b""))
+    registry = registry_for(settings(**limits))
     tickets = [registry.reserve("t", "shared", "one-session", waiting=False) for _ in range(20_000)]
     assert isinstance(registry._per_subject["t\x00shared"], set)
     for ticket in tickets:
@@ -270,7 +275,7 @@ class Admissions:
         self.settings = settings(**values)
         self.store = SessionStore(terminal_retention_ms=3_600_000, session_ttl_ms=86_400_000, max_sessions=10_000)
         self.hub = Hub(lambda transition: b"")
-        self.registry = ConnectionRegistry(self.settings, self.hub)
+        self.registry = registry_for(self.settings, self.hub)
         progress = PartitionProgress()
         progress.set_targets({0: 0})
         self.tokens = ClaimsOnly(self.settings)

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from consumers.hub import Hub
 from gateway import metrics
-from gateway.settings import GatewaySettings
+from gateway.settings import StreamSettings
 
 # The logger name its lines had before the clock left gateway.admission.registry.
 log = logging.getLogger("gateway.admission.registry")
@@ -45,7 +45,7 @@ class OpenStream(Protocol):
 class StreamClock:
     """Every open stream, in heartbeat slots; the clock (``run_clock``), the sweep and the drain."""
 
-    def __init__(self, settings: GatewaySettings, hub: Hub) -> None:
+    def __init__(self, settings: StreamSettings, hub: Hub) -> None:
         self._settings = settings
         self._hub = hub
         self._slot_count = max(1, math.ceil(settings.heartbeat_interval / TICK_SECONDS))

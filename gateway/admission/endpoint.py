@@ -26,6 +26,7 @@ from gateway import metrics
 from gateway.admission.client_address import ClientAddresses
 from gateway.admission.registry import ConnectionRegistry, Ticket
 from gateway.admission.waiting import NoContent, SessionFinder
+from gateway.auth.access import AccessRule
 from gateway.auth.claims import AuthenticationError, Principal
 from gateway.auth.token_sources import locate_token
 from gateway.auth.verifier import TokenVerifier
@@ -106,7 +107,7 @@ class EventsEndpoint:
         self.hub = hub
         self.verifier = verifier
         self.connections = connections
-        self.sessions = SessionFinder(settings, store, hub, progress, connections)
+        self.sessions = SessionFinder(settings, AccessRule(settings), store, hub, progress, connections)
         self.cors = CorsPolicy(settings.cors_origins)
         # One line per refused request at most, folded per reason: their number is the clients' to choose.
         self.refusal_log = ReasonFolding(

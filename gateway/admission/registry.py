@@ -19,11 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from consumers.hub import Hub
 from gateway import metrics
 from gateway.admission.clock import OpenStream, StreamClock
 from gateway.edge.errors import StreamRefused
-from gateway.settings import GatewaySettings
+from gateway.settings import AdmissionSettings
 
 _PER_KEY = frozenset({"per_session", "per_subject"})
 _SMALL = 16  # a key's tickets are a list up to this many (the common case: a few bytes each), then a set
@@ -59,14 +58,14 @@ Held = list[Ticket] | set[Ticket]
 class ConnectionRegistry:
     """The limits and shares of admitted requests; the open streams, their clock and drain in ``streams``."""
 
-    def __init__(self, settings: GatewaySettings, hub: Hub) -> None:
+    def __init__(self, settings: AdmissionSettings, streams: StreamClock, *, tenant_shares: bool) -> None:
         self._settings = settings
-        self.streams = StreamClock(settings, hub)
+        self.streams = streams
         # The tickets of each key (never more than its limit: refused beyond).
         self._per_session: dict[str, Held] = {}
         self._per_subject: dict[str, Held] = {}
         self._subject_limit = settings.max_connections_per_subject  # 0: off, and subjects are not tracked
-        self._tenant_share = settings.waiting_per_tenant if settings.tenant_claim else 0
+        self._tenant_share = settings.waiting_per_tenant if tenant_shares else 0  # no tenants without the claim
         self._address_share = settings.waiting_per_address
         self._waiting_per_tenant: dict[str, int] = {}
         self._waiting_per_address: dict[str, int] = {}

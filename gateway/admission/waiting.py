@@ -16,10 +16,11 @@ from consumers.hub import Hub
 from consumers.progress import PartitionProgress
 from consumers.store import SessionSnapshot, SessionStore
 from gateway.admission.registry import ConnectionRegistry, Ticket
+from gateway.auth.access import AccessRule
 from gateway.auth.claims import Principal
 from gateway.edge.errors import StreamRefused, not_found_message
 from gateway.edge.route import MAX_SESSION_ID_LENGTH
-from gateway.settings import GatewaySettings
+from gateway.settings import AdmissionSettings
 from gateway.streams.sse import EventPosition
 
 
@@ -51,13 +52,15 @@ class SessionFinder:
 
     def __init__(
         self,
-        settings: GatewaySettings,
+        settings: AdmissionSettings,
+        access: AccessRule,
         store: SessionStore,
         hub: Hub,
         progress: PartitionProgress,
         connections: ConnectionRegistry,
     ) -> None:
         self.settings = settings
+        self.access = access
         self.store = store
         self.hub = hub
         self.progress = progress
@@ -68,10 +71,9 @@ class SessionFinder:
     ) -> tuple[SessionSnapshot, Ticket]:
         """The snapshot to start from and the request's ticket; ``StreamRefused``, or ``NoContent`` when the
         client's last event was the session's end."""
-        settings = self.settings
         if not self.progress.caught_up.is_set():
             await self._await_replay(principal, session_id, client)
-        if settings.session_claim and principal.session is not None and principal.session != session_id:
+        if not self.access.session_allowed(principal, session_id):
             raise StreamRefused(404, not_found_message(session_id), reason="session_claim_mismatch")
         if len(session_id) > MAX_SESSION_ID_LENGTH:
             raise StreamRefused(404, not_found_message(session_id), reason="unknown_session")
@@ -95,14 +97,14 @@ class SessionFinder:
             else self.connections.reserve(tenant, principal.subject, session_id, waiting=waits, address=client)
         )
         try:
-            if snapshot is None and settings.unknown_session_wait > 0:
+            if snapshot is None and self.settings.unknown_session_wait > 0:
                 snapshot = await self._await_visible(session_id, principal)
             if snapshot is None:
                 raise StreamRefused(404, not_found_message(session_id), reason="unknown_session")
             if last_seen is not None and last_seen.partition == snapshot.current.partition:
                 if not self.progress.reached(last_seen.partition, last_seen.offset):
                     caught_up = await self.progress.wait_for(
-                        last_seen.partition, last_seen.offset, settings.resume_wait
+                        last_seen.partition, last_seen.offset, self.settings.resume_wait
                     )
                     if not caught_up:
                         raise StreamRefused(
@@ -140,10 +142,8 @@ class SessionFinder:
             raise StreamRefused(503, "Session state is still loading", {"Retry-After": "5"}, reason="replaying")
 
     def visible(self, snapshot: SessionSnapshot | None, principal: Principal) -> SessionSnapshot | None:
-        """The snapshot if the principal's tenant may see it, else None (as for an unknown session)."""
-        if snapshot is not None and self.settings.tenant_claim and principal.tenant != snapshot.tenant_id:
-            return None
-        return snapshot
+        """The snapshot if the principal may see it, else None (as for an unknown session)."""
+        return self.access.visible(snapshot, principal)
 
     async def _await_visible(self, session_id: str, principal: Principal) -> SessionSnapshot | None:
         """Waits until the session exists for this caller, or the full wait has passed.

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.settings import GatewaySettings
+from gateway.settings import AuthSettings
 
 # 9999-12-31T23:59:59Z: any later numeric date is nonsense, and every one up to it fits a float.
 MAX_NUMERIC_DATE = 253_402_300_799
@@ -58,7 +58,7 @@ def _optional_string(claims: Mapping[str, Any], name: str, reason: str, *, non_e
 class ClaimsValidator:
     """Validates the claims of a token whose signature was verified; returns who it is for."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: AuthSettings) -> None:
         self._settings = settings
         self._issuer = settings.jwt_issuer or settings.oidc_issuer
         self._audience = settings.jwt_audience

@@ -36,7 +36,7 @@ import httpx
 from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey
 
 from gateway import metrics
-from gateway.settings import GatewaySettings
+from gateway.settings import AuthSettings
 
 log = logging.getLogger("gateway.auth.jwks")
 
@@ -46,7 +46,7 @@ _KEY_TYPES: tuple[type[Any], ...] = (RSAKey, ECKey, OKPKey)
 
 
 class JwksCache:
-    def __init__(self, settings: GatewaySettings, client: httpx.AsyncClient) -> None:
+    def __init__(self, settings: AuthSettings, client: httpx.AsyncClient) -> None:
         self._settings = settings
         self._http = client
         self._keys: list[Key] = []

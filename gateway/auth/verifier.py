@@ -20,7 +20,7 @@ from gateway.auth.claims import AuthenticationError, ClaimsValidator, Principal
 from gateway.auth.jwks import JwksCache
 from gateway.auth.jws import Compact, check_header, json_object, parse_compact
 from gateway.auth.token_cache import VerifiedTokenCache
-from gateway.settings import GatewaySettings
+from gateway.settings import AuthSettings
 
 # Kept here, not in gateway.metrics, while that module is being reworked; same registry.
 TOKEN_CACHE_HITS = Counter(
@@ -30,7 +30,7 @@ SIGNATURE_CHECKS = Counter("gateway_token_signature_checks_total", "Token signat
 
 
 class TokenVerifier:
-    def __init__(self, settings: GatewaySettings, jwks: JwksCache) -> None:
+    def __init__(self, settings: AuthSettings, jwks: JwksCache) -> None:
         self._settings = settings
         self._jwks = jwks
         self._algorithms = list(settings.jwt_algorithms)

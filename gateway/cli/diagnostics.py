@@ -25,7 +25,7 @@ from pydantic_settings import BaseSettings
 
 from consumers.durations import DURATION_FIELDS, EXAMPLES, EXAMPLES_MS
 from consumers.settings import ConsumerSettings, SettingsGroup
-from gateway.settings import GatewaySettings
+from gateway.settings import EdgeSettings, GatewaySettings
 
 PROG = "session-gateway"
 PREFIX = "GATEWAY_"
@@ -194,7 +194,7 @@ def check_port_free(host: str, port: int, change: str) -> None:
             raise UserError(f"cannot bind {host}:{port}: {error.strerror}; change {change}") from None
 
 
-def check_gateway_ports(settings: GatewaySettings, *, port_flag: bool = True) -> None:
+def check_gateway_ports(settings: EdgeSettings, *, port_flag: bool = True) -> None:
     """The public port and, when the settings have one, the internal port."""
     check_port_free(settings.host, settings.port, "--port or GATEWAY_PORT" if port_flag else "GATEWAY_PORT")
     internal_port = getattr(settings, "internal_port", None)

@@ -23,6 +23,7 @@ from consumers.settings import ConsumerSettings
 from consumers.store import SessionStore
 from consumers.supervision import Supervisor
 from gateway import metrics
+from gateway.admission.clock import StreamClock
 from gateway.admission.endpoint import EventsEndpoint
 from gateway.admission.registry import ConnectionRegistry
 from gateway.auth.jwks import JwksCache
@@ -73,7 +74,9 @@ class Runtime:
         consumer = SessionStatusConsumer(consumer_settings, store, hub, progress)
         http = httpx.AsyncClient(follow_redirects=False, headers={"user-agent": "session-events-gateway"})
         jwks = JwksCache(settings, http)
-        connections = ConnectionRegistry(settings, hub)
+        connections = ConnectionRegistry(
+            settings, StreamClock(settings, hub), tenant_shares=bool(settings.tenant_claim)
+        )
         supervisor = Supervisor(settings.task_crash_limit, settings.task_crash_window)
         health = HealthPolicy(
             strict=settings.readiness_strict,

@@ -288,6 +288,24 @@ async def test_publishing_a_status_the_store_ignores_says_why(dev_serve: DevServ
     assert "blank" in blank.text
 
 
+async def test_the_demo_assets_load_one_after_another_on_one_keep_alive_connection(dev_serve: DevServe) -> None:
+    """A browser fetches the page, its stylesheet and its script over one connection; each answer is whole
+    (a file answer is streamed by the app while it listens for a disconnect: the listener of one request
+    being cancelled must not end the next request's answer)."""
+    static = Path(__file__).resolve().parent.parent / "gateway" / "dev" / "static"
+    async with httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=1)) as client:
+        for _ in range(2):
+            for path, name in (
+                ("/demo", "demo.html"),
+                ("/demo/static/demo.css", "demo.css"),
+                ("/demo/static/demo.js", "demo.js"),
+            ):
+                response = await client.get(f"{dev_serve.url}{path}")
+                assert response.status_code == 200, (path, response.status_code)
+                assert response.content == (static / name).read_bytes(), path
+                assert response.headers.get("connection") != "close", path
+
+
 async def test_demo_page_at_420px_shows_the_token_and_never_scrolls_sideways(
     dev_serve: DevServe, tmp_path: Path
 ) -> None:

@@ -130,7 +130,9 @@ class Wire:
         if not self._gone:
             if self._lost is None:
                 self._lost = asyncio.get_running_loop().create_future()
-            await self._lost
+            # Shielded: a waiter that is cancelled (Starlette cancels its disconnect listener when an answer
+            # is complete) must not cancel the future the next request on this connection waits on.
+            await asyncio.shield(self._lost)
 
     # StreamChannel (gateway.streams.stream): the native stream's hot path ------------------------
     def write_event(self, data: bytes) -> None:

@@ -1,7 +1,10 @@
 """Fan-out: hands each applied transition to the subscribers of its session.
 
 Lookup is one dict access, a session nobody watches costs nothing beyond the store update, and
-each event is encoded once (by the injected encoder) however many subscribers receive it.
+each event is encoded once (by the injected encoder) however many subscribers receive it. Tenant
+subscribers (``GET /tenant/events``) are indexed by tenant: a record costs one more dict lookup,
+whatever the number of tenant streams, and a tenant subscriber encodes its own frame (its event id is
+its own cursor, ``gateway.streams.cursor``).
 
 A subscriber that raises is a failure of that subscriber only: it is unsubscribed and told to
 close, the error is logged and counted, and the others still get the event. An event that cannot be
@@ -31,10 +34,32 @@ class Subscriber(Protocol):
         """Ends the subscriber's stream (called when it failed)."""
 
 
+class TenantSubscriber(Protocol):
+    def transition(self, transition: Transition, record_timestamp_ms: int) -> None:
+        """Queues one transition of the tenant's sessions; must not block."""
+
+    def close(self, reason: str) -> None:
+        """Ends the subscriber's stream (called when it failed)."""
+
+
 class Hub:
     def __init__(self, encode: Callable[[Transition], bytes]) -> None:
         self._encode = encode
         self._subscribers: dict[str, set[Subscriber]] = {}
+        self._tenants: dict[str, set[TenantSubscriber]] = {}
+
+    def subscribe_tenant(self, tenant_id: str, subscriber: TenantSubscriber) -> None:
+        self._tenants.setdefault(tenant_id, set()).add(subscriber)
+
+    def unsubscribe_tenant(self, tenant_id: str, subscriber: TenantSubscriber) -> None:
+        subscribers = self._tenants.get(tenant_id)
+        if subscribers is not None:
+            subscribers.discard(subscriber)
+            if not subscribers:
+                del self._tenants[tenant_id]
+
+    def tenant_count(self, tenant_id: str) -> int:
+        return len(self._tenants.get(tenant_id, ()))
 
     def subscribe(self, session_id: str, subscriber: Subscriber) -> None:
         subscribers = self._subscribers.get(session_id)
@@ -54,8 +79,11 @@ class Hub:
         subscribers = self._subscribers.get(session_id)
         return len(subscribers) if subscribers else 0
 
-    def publish(self, transition: Transition, record_timestamp_ms: int) -> int:
-        """Delivers one transition; returns how many subscribers got it."""
+    def publish(self, transition: Transition, record_timestamp_ms: int, tenant_id: str = "") -> int:
+        """Delivers one transition of ``tenant_id``'s session; returns how many session subscribers got it."""
+        watchers = self._tenants.get(tenant_id)
+        if watchers:
+            self._publish_tenant(tenant_id, watchers, transition, record_timestamp_ms)
         subscribers = self._subscribers.get(transition.session_id)
         if not subscribers:
             return 0
@@ -79,6 +107,21 @@ class Hub:
             except Exception as error:
                 self._fail(transition.session_id, subscriber, error)
         return delivered
+
+    def _publish_tenant(
+        self, tenant_id: str, watchers: set[TenantSubscriber], transition: Transition, record_timestamp_ms: int
+    ) -> None:
+        for watcher in tuple(watchers):
+            try:
+                watcher.transition(transition, record_timestamp_ms)
+            except Exception as error:
+                metrics.SUBSCRIBER_ERRORS.inc()
+                log.error("a tenant subscriber raised %s; closing it", type(error).__name__, exc_info=error)
+                self.unsubscribe_tenant(tenant_id, watcher)
+                try:
+                    watcher.close("subscriber_error")
+                except Exception:
+                    log.exception("closing a failed tenant subscriber raised too")
 
     def session_deleted(self, session_id: str) -> None:
         for subscriber in tuple(self._subscribers.get(session_id, ())):

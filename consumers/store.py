@@ -208,6 +208,20 @@ class SessionStore:
         )
         return SessionSnapshot(session_id, self._tenants[tenant], _TYPES[kind], transitions)
 
+    def tenant_sessions(self, tenant_id: str, now_ms: int | None = None) -> list[SessionSnapshot]:
+        """The tenant's sessions a client may see, least recently updated first (a tenant stream's snapshot).
+
+        One pass over the store comparing a 4-byte prefix per session: no per-tenant index is kept, so a
+        session costs no more memory; a tenant stream pays this once when it opens (docs/http-api.md).
+        """
+        code = self._tenant_codes.get(tenant_id)
+        if code is None:
+            return []
+        prefix = code.to_bytes(4, "little")
+        now_ms = self.clock() if now_ms is None else now_ms
+        found = [session_id for session_id, data in self._sessions.items() if data.startswith(prefix)]
+        return [snapshot for session_id in found if (snapshot := self.get(session_id, now_ms)) is not None]
+
     def evict_expired(self, now_ms: int) -> list[str]:
         """Removes terminal sessions past their retention and idle sessions past the TTL."""
         evicted: list[str] = []

@@ -3,6 +3,7 @@
 from prometheus_client import Counter, Gauge, Histogram
 
 OPEN_STREAMS = Gauge("gateway_open_streams", "SSE streams currently open.")
+TENANT_STREAMS_OPEN = Gauge("gateway_open_tenant_streams", "Tenant streams (GET /tenant/events) currently open.")
 STREAMS_OPENED = Counter("gateway_streams_opened_total", "SSE streams started (status 200).")
 STREAMS_CLOSED = Counter("gateway_streams_closed_total", "SSE streams ended, by reason.", ["reason"])
 EVENTS_DELIVERED = Counter("gateway_events_delivered_total", "Session events written to clients.")

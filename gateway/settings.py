@@ -207,6 +207,21 @@ class AuthSettings(SettingsGroup):
     required_scope: str | None = Field(
         None, description="the token's `scope` (space-separated) or `roles` must contain it"
     )
+    tenant_stream_scope: str | None = Field(
+        None,
+        description=(
+            "enables `GET /tenant/events` (404 while unset): a token must carry this in `scope` (space-separated),"
+            " `roles` or `GATEWAY_TENANT_STREAM_ROLES_CLAIM` to open its tenant's stream (403 without)"
+        ),
+        json_schema_extra={"shown": "unset (the tenant stream is off)"},
+    )
+    tenant_stream_roles_claim: str = Field(
+        "",
+        description=(
+            "a further claim holding a list of roles for `GATEWAY_TENANT_STREAM_SCOPE`, as a dotted path into the "
+            "token (Keycloak: `realm_access.roles`)"
+        ),
+    )
 
     _auth_seconds = seconds_fields(
         "jwt_leeway", "jwks_min_refresh", "jwks_cache_ttl", "jwks_cache_min_ttl", "jwks_cache_max_ttl", "jwks_timeout"
@@ -274,6 +289,14 @@ class AdmissionSettings(SettingsGroup):
         description="waiting requests of one client address (429 beyond)",
         json_schema_extra={"shown": "unset: a quarter of `GATEWAY_MAX_WAITING_REQUESTS` (250)"},
     )
+    max_tenant_streams_per_tenant: int = Field(
+        10,
+        ge=1,
+        description=(
+            "open and waiting tenant streams (`GET /tenant/events`) per tenant (429 beyond); they also count "
+            "against `GATEWAY_MAX_CONNECTIONS` and the per-subject limit"
+        ),
+    )
     unknown_session_wait: float = Field(
         5.0, ge=0, description="seconds to wait for a session not yet in the store before 404"
     )
@@ -324,6 +347,14 @@ class StreamSettings(SettingsGroup):
     )
     close_on_token_expiry: bool = Field(
         True, description="end a stream when its token stops being accepted (`exp` plus `GATEWAY_JWT_LEEWAY`)"
+    )
+    tenant_stream_max_snapshot: int = Field(
+        1000,
+        ge=1,
+        description=(
+            "sessions a tenant stream starts with (the most recently updated); beyond, one `truncated` event "
+            "says how many were left out"
+        ),
     )
     drain_seconds: float = Field(20.0, ge=0, description="on SIGTERM, open streams are closed spread over this time")
     shutdown_grace_seconds: float = Field(

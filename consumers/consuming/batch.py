@@ -120,7 +120,7 @@ class BatchApplier:
                     ignored[outcome] += 1
                     continue
                 applied += 1
-                hub.publish(transition, record.timestamp)
+                hub.publish(transition, record.timestamp, decoded.tenant_id)
             except Exception as error:  # one record must never stop the consumer of every replica
                 rejected[HANDLER_ERROR] += 1
                 record_log.log(

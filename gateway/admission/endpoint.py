@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from consumers.hub import Hub
@@ -41,6 +41,9 @@ from gateway.edge.errors import (
 from gateway.runtime.logging_setup import log_value, request_id_var
 from gateway.settings import GatewaySettings
 from gateway.streams.sse import EventPosition, encode_retry, encode_transition, parse_event_id
+
+if TYPE_CHECKING:
+    from gateway.admission.tenant import TenantEndpoint
 
 log = logging.getLogger("gateway.stream")
 
@@ -114,6 +117,7 @@ class EventsEndpoint:
             log, settings.request_log_lines, what="refused requests", suppressed=metrics.REQUEST_LOG_SUPPRESSED
         )
         self.addresses = ClientAddresses(settings.trusted_proxies, settings.client_address_header)
+        self.tenants: TenantEndpoint | None = None  # ``GET /tenant/events``, set up by the runtime when enabled
 
     # Admission --------------------------------------------------------------------------
     async def admit(self, request: StreamRequest) -> Admission | Answer:

@@ -24,14 +24,14 @@ from gateway.admission.clock import OpenStream, StreamClock
 from gateway.edge.errors import StreamRefused
 from gateway.settings import AdmissionSettings
 
-_PER_KEY = frozenset({"per_session", "per_subject"})
+_PER_KEY = frozenset({"per_session", "per_subject", "tenant_streams"})
 _SMALL = 16  # a key's tickets are a list up to this many (the common case: a few bytes each), then a set
 
 
 class Ticket:
     """One admitted request (waiting or streaming) as counted by the limits."""
 
-    __slots__ = ("address", "released", "session_key", "stream", "subject_key", "tenant", "waiting")
+    __slots__ = ("address", "released", "session_key", "stream", "subject_key", "tenant", "tenant_stream", "waiting")
 
     def __init__(
         self, subject_key: str, session_key: str, waiting: bool, tenant: str | None = None, address: str | None = None
@@ -42,6 +42,7 @@ class Ticket:
         self.tenant = tenant  # the waiting share's key; None: no per-tenant share (no tenant claim configured)
         self.address = address  # the waiting share's key; None: no per-address share (see ClientAddresses)
         self.released = False
+        self.tenant_stream = False  # a tenant stream's (``reserve`` with no session id)
         self.stream: OpenStream | None = None
 
     @classmethod
@@ -83,7 +84,10 @@ class ConnectionRegistry:
     def reserve(
         self, tenant: str, subject: str, session_id: str, *, waiting: bool, address: str | None = None
     ) -> Ticket:
-        """Counts a request against every limit, or raises ``StreamRefused``; O(1) (O(limit) to refuse)."""
+        """Counts a request against every limit, or raises ``StreamRefused``; O(1) (O(limit) to refuse).
+
+        ``session_id`` is empty for a tenant stream: its key (no session id is empty) is the tenant's, under
+        ``GATEWAY_MAX_TENANT_STREAMS_PER_TENANT`` instead of the per-session limit."""
         ticket = Ticket(
             f"{tenant}\x00{subject}",
             f"{tenant}\x00{session_id}",
@@ -91,6 +95,7 @@ class ConnectionRegistry:
             tenant if self._tenant_share else None,
             address,
         )
+        ticket.tenant_stream = not session_id
         refusal = self._refusal(ticket)
         if refusal is not None and refusal.reason in _PER_KEY and self._drop_disconnected(refusal.reason, ticket):
             refusal = self._refusal(ticket)
@@ -153,14 +158,21 @@ class ConnectionRegistry:
             return StreamRefused(
                 429, "Too many open streams for this token subject", {"Retry-After": "10"}, "per_subject"
             )
+        if ticket.tenant_stream:
+            if len(self._per_session.get(ticket.session_key, ())) >= settings.max_tenant_streams_per_tenant:
+                return StreamRefused(
+                    429, "Too many open tenant streams for this tenant", {"Retry-After": "10"}, "tenant_streams"
+                )
+            return None
         if len(self._per_session.get(ticket.session_key, ())) >= settings.max_connections_per_session:
             return StreamRefused(429, "Too many open streams for this session", {"Retry-After": "10"}, "per_session")
         return None
 
     def _drop_disconnected(self, reason: str, ticket: Ticket) -> int:
         """Closes the streams of the refused key whose client is already gone; how many it closed."""
-        holders = self._per_session if reason == "per_session" else self._per_subject
-        key = ticket.session_key if reason == "per_session" else ticket.subject_key
+        by_session = reason != "per_subject"
+        holders = self._per_session if by_session else self._per_subject
+        key = ticket.session_key if by_session else ticket.subject_key
         gone = [
             held.stream
             for held in holders.get(key, ())

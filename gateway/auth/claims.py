@@ -33,6 +33,7 @@ class Principal:
     session: str | None
     scopes: frozenset[str]
     expires_at: float
+    roles: frozenset[str] = frozenset()  # of ``GATEWAY_TENANT_STREAM_ROLES_CLAIM``, for the tenant stream only
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
@@ -53,6 +54,20 @@ def _optional_string(claims: Mapping[str, Any], name: str, reason: str, *, non_e
     if not isinstance(value, str) or (non_empty and not value):
         raise AuthenticationError(reason)
     return value
+
+
+def _roles(claims: Mapping[str, Any], path: str) -> frozenset[str]:
+    """The strings of the list at the dotted ``path`` (``realm_access.roles``); nothing for any other shape."""
+    if not path:
+        return frozenset()
+    value: Any = claims
+    for name in path.split("."):
+        if not isinstance(value, Mapping) or name not in value:
+            return frozenset()
+        value = value[name]
+    if not isinstance(value, list):
+        return frozenset()
+    return frozenset(role for role in value if isinstance(role, str))
 
 
 class ClaimsValidator:
@@ -98,7 +113,12 @@ class ClaimsValidator:
         if isinstance(roles, list):
             scopes.update(role for role in roles if isinstance(role, str))
         return Principal(
-            subject=subject or "", tenant=tenant, session=session, scopes=frozenset(scopes), expires_at=exp
+            subject=subject or "",
+            tenant=tenant,
+            session=session,
+            scopes=frozenset(scopes),
+            expires_at=exp,
+            roles=_roles(claims, settings.tenant_stream_roles_claim),
         )
 
     def _check_audience(self, claims: Mapping[str, Any]) -> None:

@@ -10,6 +10,7 @@ mean, and split over objects pointing back at each other that state machine woul
 - ``GET /session/{id}/events`` (public port) is admitted by ``gateway.admission.endpoint`` and written
   straight to the connection's ``Wire`` (``gateway.streams.stream``): no ASGI cycle, task or coroutine per
   open stream; the stream ends the connection's reuse;
+- ``GET /tenant/events`` (public port, when enabled) likewise, admitted by ``gateway.admission.tenant``;
 - a CORS preflight of the stream route is answered here;
 - any other request is one ASGI call of the app (``gateway.edge.request``), with keep-alive: the next
   head is not parsed before the answer to the previous one is written, and what a client sends ahead is
@@ -28,9 +29,11 @@ from typing import Any, cast
 
 from gateway import metrics
 from gateway.admission.endpoint import STREAM_HEADERS, Admission, Answer, StreamRequest
+from gateway.admission.tenant import TenantAdmission
 from gateway.edge.head import Head, parse_head
 from gateway.edge.request import Request
 from gateway.edge.route import match
+from gateway.edge.route import match_tenant as tenant_match
 from gateway.edge.state import EdgeState
 from gateway.edge.wire import Headers, Wire, closing_answer, response_head
 from gateway.runtime.logging_setup import log_value
@@ -240,6 +243,15 @@ class EdgeProtocol(asyncio.Protocol):
         if session_id is not None and method == b"GET":
             self._start_stream(session_id, head)
             return
+        tenants = self.state.events.tenants
+        if (
+            tenants is not None
+            and method == b"GET"
+            and not self.internal
+            and tenant_match(head.url.path, self.state.limits.root_path)
+        ):
+            self._start_stream(None, head)
+            return
         length, refusal = head.body_length()
         if refusal:
             if refusal == 411:
@@ -313,21 +325,22 @@ class EdgeProtocol(asyncio.Protocol):
             self._flow()
 
     # The native stream --------------------------------------------------------------------------
-    def _start_stream(self, session_id: str, head: Head) -> None:
+    def _start_stream(self, session_id: str | None, head: Head) -> None:
+        """A session's stream, or with no ``session_id`` the tenant stream (``gateway.admission.tenant``)."""
         assert self.wire is not None
         self.wire.chunked = head.version != "1.0"
-        stream_request = StreamRequest(session_id, head.url.query or b"", head.text_headers(), self._client_key)
+        stream_request = StreamRequest(session_id or "", head.url.query or b"", head.text_headers(), self._client_key)
         self._started = time.monotonic()
         log_target = (head.target.decode("latin-1"), head.version)
-        self._task = self.loop.create_task(self._serve_stream(stream_request, log_target))
+        self._task = self.loop.create_task(self._serve_stream(stream_request, log_target, session_id is None))
 
-    async def _serve_stream(self, request: StreamRequest, log_target: tuple[str, str]) -> None:
+    async def _serve_stream(self, request: StreamRequest, log_target: tuple[str, str], tenant: bool = False) -> None:
         events = self.state.events
-        result = await events.admit(request)
+        result = await (events.tenants.admit(request) if tenant and events.tenants else events.admit(request))
         del request
         transport = self.transport
         if transport is None or transport.is_closing():
-            if isinstance(result, Admission):
+            if not isinstance(result, Answer):
                 events.connections.release(result.ticket)
             return
         if isinstance(result, Answer):
@@ -335,7 +348,10 @@ class EdgeProtocol(asyncio.Protocol):
             transport.close()
             self._log_access(log_target, result.status, result.reason)
             return
-        self._open(result)
+        if isinstance(result, Admission):
+            self._open(result)
+        else:
+            self._open_tenant(result)
         self._log_access(log_target, 200)
 
     def _open(self, admission: Admission) -> None:
@@ -351,12 +367,7 @@ class EdgeProtocol(asyncio.Protocol):
         stream = NativeStream(
             wire, session_id, events.expires_at(admission.principal), events.settings.max_buffered_bytes, closed
         )
-        # The connection ends with the stream (clients must not pool it for another request).
-        framing: Headers = [(b"connection", b"close")]
-        if wire.chunked:
-            framing.append((b"transfer-encoding", b"chunked"))
-        wire.write(response_head(200, (*STREAM_HEADERS, *admission.headers, *framing)))
-        metrics.STREAMS_OPENED.inc()
+        self._write_stream_head(admission.headers)
         self.stream = stream
         frames, ends = events.first_frames(admission)
         for number, frame in enumerate(frames):
@@ -367,6 +378,22 @@ class EdgeProtocol(asyncio.Protocol):
             events.register(stream, session_id, ticket)
             if events.connections.draining:
                 stream.close("draining")
+
+    def _write_stream_head(self, headers: Headers) -> None:
+        wire = self.wire
+        assert wire is not None
+        # The connection ends with the stream (clients must not pool it for another request).
+        framing: Headers = [(b"connection", b"close")]
+        if wire.chunked:
+            framing.append((b"transfer-encoding", b"chunked"))
+        wire.write(response_head(200, (*STREAM_HEADERS, *headers, *framing)))
+        metrics.STREAMS_OPENED.inc()
+
+    def _open_tenant(self, admission: TenantAdmission) -> None:
+        tenants = self.state.events.tenants
+        assert tenants is not None and self.wire is not None
+        self._write_stream_head(admission.headers)
+        self.stream = tenants.open(admission, self.wire, self._started)
 
     # Closing, timeouts, the access line -------------------------------------------------------------
     def _refuse(self, status: int, headers: Headers | None = None) -> None:

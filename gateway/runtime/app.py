@@ -26,6 +26,7 @@ from gateway import metrics
 from gateway.admission.clock import StreamClock
 from gateway.admission.endpoint import EventsEndpoint
 from gateway.admission.registry import ConnectionRegistry
+from gateway.admission.tenant import TenantEndpoint
 from gateway.auth.jwks import JwksCache
 from gateway.auth.verifier import TokenVerifier
 from gateway.runtime import loops
@@ -136,6 +137,9 @@ def create_app(
     events = EventsEndpoint(
         settings, runtime.store, runtime.hub, runtime.progress, runtime.verifier, runtime.connections
     )
+
+    if settings.tenant_stream_scope:
+        events.tenants = TenantEndpoint(events, runtime.progress)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

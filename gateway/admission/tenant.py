@@ -85,7 +85,7 @@ class TenantEndpoint:
             query = parse_qsl(request.query.decode("latin-1"), keep_blank_values=True)
             statuses = parse_statuses(query)
             last = headers.get("last-event-id") or dict(query).get("lastEventId")
-            seen = parse_cursor(last)
+            seen = self._known(parse_cursor(last))
             ticket = await self._reserve(principal, tenant, seen, request.client)
         except StreamRefused as refused:
             metrics.REQUESTS_REFUSED.labels(str(refused.status)).inc()
@@ -99,6 +99,14 @@ class TenantEndpoint:
                 )
             return Answer(refused.status, error_headers(refused, extra), refused.body(), refused.reason)
         return TenantAdmission(principal, tenant, seen, statuses, extra, ticket)
+
+    def _known(self, seen: dict[int, int] | None) -> dict[int, int] | None:
+        """A cursor naming a partition this replica does not read is foreign: treated as no id at all."""
+        if seen is None:
+            return None
+        progress = self.progress
+        known = progress.targets.keys() | progress.positions.keys()
+        return seen if known and all(partition in known for partition in seen) else None
 
     def _allowed(self, principal: Principal) -> str:
         scope = self.scope

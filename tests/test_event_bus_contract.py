@@ -19,6 +19,7 @@ from consumers.consuming.batch import HANDLER_ERROR
 from consumers.formats import RecordDecoder
 from consumers.formats.mapping import RecordMapping
 from consumers.records import RejectReason, StatusUpdate, Tombstone
+from gateway.streams.cursor import parse_cursor
 from gateway.streams.sse import parse_event_id
 from schemas import SessionStatusEvent
 
@@ -159,3 +160,15 @@ def test_sse_examples_match_the_wire_format() -> None:
 def test_the_event_schema_reference_points_at_the_published_schema() -> None:
     ref = load()["components"]["schemas"]["SessionStatusEvent"]["$ref"]
     assert (DOCUMENT.parent / ref).resolve() == (REPO / "schemas" / "session-status.schema.json").resolve()
+
+
+def test_tenant_sse_examples_match_the_wire_format() -> None:
+    messages = load()["components"]["messages"]
+    message = messages["tenantStatusEvent"]
+    pattern = re.compile(message["x-event-id"]["pattern"])
+    for event_id in message["x-event-id"]["examples"]:
+        assert pattern.fullmatch(event_id) and parse_cursor(event_id), event_id
+    for example in message["examples"]:
+        jsonschema.validate(example["payload"], messages["statusEvent"]["payload"])
+    for example in messages["snapshotTruncated"]["examples"]:
+        jsonschema.validate(example["payload"], messages["snapshotTruncated"]["payload"])

@@ -222,9 +222,15 @@ async def test_refused_without_the_scope(world: World, client: httpx.AsyncClient
             assert (stream.status == 200) is allowed, claims
 
 
-async def test_off_unless_configured(world: World, client: httpx.AsyncClient) -> None:
+async def test_off_unless_configured_and_documented(world: World, client: httpx.AsyncClient) -> None:
     response = await client.get(world.url("off"), params={"token": world.token(new_tenant())})
     assert response.status_code == 404
+    openapi = (await client.get(f"{world.made['main'].internal_url}/openapi.json")).json()
+    operation = openapi["paths"][PATH]["get"]
+    assert operation["operationId"] == "tenant_events"
+    forbidden = operation["responses"]["403"]["content"]["application/json"]["example"]
+    assert forbidden == {"statusCode": 403, "message": "Insufficient scope", "error": "Forbidden"}
+    assert {p["name"] for p in operation["parameters"]} >= {"token", "status", "Last-Event-ID"}
 
 
 async def test_limit_per_tenant(world: World, client: httpx.AsyncClient) -> None:

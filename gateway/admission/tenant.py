@@ -24,6 +24,7 @@ from gateway.admission.endpoint import Answer, EventsEndpoint, Headers, StreamRe
 from gateway.admission.registry import Ticket
 from gateway.auth.claims import Principal
 from gateway.edge.errors import StreamRefused, error_headers
+from gateway.edge.tenant_route import INSUFFICIENT_SCOPE, NO_TENANT
 from gateway.runtime.logging_setup import request_id_var
 from gateway.streams.cursor import parse_cursor
 from gateway.streams.sse import encode_retry
@@ -33,8 +34,6 @@ from schemas import SessionStatus
 
 log = logging.getLogger("gateway.stream")
 
-PATH = "/tenant/events"
-NO_TENANT = "Token names no tenant"
 _STATUSES = {status.value: status for status in SessionStatus}
 _MAX_FILTER_ITEMS = len(_STATUSES)  # each status once at most
 _ROUTINE_ENDS = frozenset({"client_disconnected"})
@@ -114,7 +113,7 @@ class TenantEndpoint:
             metrics.AUTH_FAILURES.labels("insufficient_scope").inc()
             raise StreamRefused(
                 403,
-                "Insufficient scope",
+                INSUFFICIENT_SCOPE,
                 {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
                 reason="insufficient_scope",
             )

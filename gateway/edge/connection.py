@@ -33,8 +33,8 @@ from gateway.admission.tenant import TenantAdmission
 from gateway.edge.head import Head, parse_head
 from gateway.edge.request import Request
 from gateway.edge.route import match
-from gateway.edge.route import match_tenant as tenant_match
 from gateway.edge.state import EdgeState
+from gateway.edge.tenant_route import match_tenant
 from gateway.edge.wire import Headers, Wire, closing_answer, response_head
 from gateway.runtime.logging_setup import log_value
 from gateway.streams.stream import NativeStream
@@ -248,7 +248,7 @@ class EdgeProtocol(asyncio.Protocol):
             tenants is not None
             and method == b"GET"
             and not self.internal
-            and tenant_match(head.url.path, self.state.limits.root_path)
+            and match_tenant(head.url.path, self.state.limits.root_path)
         ):
             self._start_stream(None, head)
             return

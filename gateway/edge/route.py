@@ -36,18 +36,6 @@ def match(raw_path: bytes, root_path: str = "") -> str | None:
     return unquote(text, errors="replace") if "%" in text else text
 
 
-TENANT_PATH = "/tenant/events"
-_TENANT_PATH = TENANT_PATH.encode("ascii")
-
-
-def match_tenant(raw_path: bytes, root_path: str = "") -> bool:
-    """True for the tenant stream's path (``gateway.admission.tenant``), with or without ``root_path``."""
-    if raw_path == _TENANT_PATH:
-        return True
-    prefix = root_path.rstrip("/").encode("latin-1")
-    return bool(prefix) and raw_path == prefix + _TENANT_PATH
-
-
 def _parameter(name: str, where: str, description: str, **schema: Any) -> dict[str, Any]:
     return {
         "name": name,

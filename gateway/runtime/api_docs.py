@@ -20,6 +20,8 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.edge.route import PATH_TEMPLATE, openapi_operation
+from gateway.edge.tenant_route import TENANT_PATH
+from gateway.edge.tenant_route import openapi_operation as tenant_operation
 
 _ASSETS = {
     "swagger-ui.css": "text/css; charset=utf-8",
@@ -105,6 +107,7 @@ def _openapi(internal: FastAPI, public: FastAPI) -> Callable[[], dict[str, Any]]
                 routes=[*internal.routes, *public.routes],
             )
             document.setdefault("paths", {})[PATH_TEMPLATE] = {"get": openapi_operation()}
+            document["paths"][TENANT_PATH] = {"get": tenant_operation()}
             internal.openapi_schema = document
         return internal.openapi_schema
 

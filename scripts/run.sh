@@ -138,6 +138,7 @@ ISSUER_PID=$LAST_PID
 say "starting the gateway in dev mode on http://127.0.0.1:$GATEWAY_PORT (log: .run/gateway.log)"
 background "$RUN_DIR/gateway.log" env \
   GATEWAY_DEV_MODE=true \
+  GATEWAY_TENANT_STREAM_SCOPE="${GATEWAY_TENANT_STREAM_SCOPE:-sessions:watch}" \
   GATEWAY_JWKS_URL="$ISSUER_URL/jwks.json" \
   GATEWAY_JWT_ISSUER="$ISSUER_URL" \
   GATEWAY_DEV_ISSUER_URL="$ISSUER_URL" \

@@ -408,14 +408,12 @@ def dev_issuer_gateway_env(bootstrap: str, topic: str, issuer: DevIssuerProcess,
 
 @asynccontextmanager
 async def dev_mode_gateway(
-    bootstrap: str, topic: str, logs: Path
+    bootstrap: str, topic: str, logs: Path, **overrides: str
 ) -> AsyncIterator[tuple[DevIssuerProcess, GatewayProcess]]:
     """A dev issuer and a gateway in dev mode trusting it, as ``make run`` starts them; both ready."""
     issuer = DevIssuerProcess(logs / "issuer.log").start()
-    gateway = GatewayProcess(
-        dev_issuer_gateway_env(bootstrap, topic, issuer, GATEWAY_DEV_MODE="true", GATEWAY_LOG_FORMAT="text"),
-        logs / "gateway.log",
-    )
+    env = dev_issuer_gateway_env(bootstrap, topic, issuer, GATEWAY_DEV_MODE="true", GATEWAY_LOG_FORMAT="text")
+    gateway = GatewayProcess({**env, **overrides}, logs / "gateway.log")
     with stopping(gateway, issuer):
         await issuer.wait_ready()
         gateway.start()

@@ -53,7 +53,14 @@ class DevIssuer:
     def jwks(self) -> dict[str, Any]:
         return {"keys": [self.key.as_dict(private=False)]}
 
-    def mint(self, tenant: str, session: str | None = None, subject: str | None = None, ttl: int = 3600) -> str:
+    def mint(
+        self,
+        tenant: str,
+        session: str | None = None,
+        subject: str | None = None,
+        ttl: int = 3600,
+        scope: str | None = None,
+    ) -> str:
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -67,6 +74,8 @@ class DevIssuer:
             claims["aud"] = self.audience
         if session:
             claims["session_id"] = session
+        if scope:
+            claims["scope"] = scope
         return jwt.encode({"alg": "RS256", "kid": self.key.kid, "typ": "JWT"}, claims, self.key)
 
 
@@ -92,10 +101,12 @@ def create_issuer_app(issuer: DevIssuer) -> FastAPI:
         session: str | None = Query(None, max_length=256),
         sub: str | None = Query(None, max_length=256),
         ttl: int = Query(3600, ge=1, le=86_400),
+        scope: str | None = Query(None, max_length=256),
     ) -> dict[str, Any]:
         if not tenant.strip():
             raise HTTPException(400, "tenant is required")
-        return {"access_token": issuer.mint(tenant, session, sub, ttl), "token_type": "Bearer", "expires_in": ttl}
+        token = issuer.mint(tenant, session, sub, ttl, scope)
+        return {"access_token": token, "token_type": "Bearer", "expires_in": ttl}
 
     return app
 

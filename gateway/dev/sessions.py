@@ -19,6 +19,7 @@ from fastapi import APIRouter, Body, HTTPException, Path
 from pydantic import BaseModel, Field
 
 from gateway.dev.publisher import DevPublisher, PublishedStatus
+from gateway.edge.tenant_route import TENANT_PATH
 from schemas import SessionStatus, SessionType
 
 if TYPE_CHECKING:
@@ -42,6 +43,13 @@ class CreatedSession(BaseModel):
     tenant: str
     token: str = Field(description="A token from the dev issuer, scoped to this tenant and session.")
     eventsUrl: str = Field(description="Relative URL of the session's event stream, token included.")
+    tenantEventsUrl: str | None = Field(
+        None,
+        description=(
+            "Relative URL of the tenant stream (every session of the tenant), with a token carrying "
+            "`GATEWAY_TENANT_STREAM_SCOPE`; null when the tenant stream is off."
+        ),
+    )
 
 
 class ChangeStatus(BaseModel):
@@ -87,8 +95,15 @@ def add_session_routes(router: APIRouter, runtime: Runtime, publisher: DevPublis
         await publisher.publish(session_id, SessionStatus.ACTIVE, tenant, request.type)
         remember(session_id, tenant)
         events_url = f"/session/{quote(session_id, safe='')}/events?{urlencode({'token': token})}"
+        tenant_url = None
+        scope = runtime.settings.tenant_stream_scope
+        if scope:
+            tenant_token = await _mint_token(runtime, tenant, None, scope)
+            tenant_url = f"{TENANT_PATH}?{urlencode({'token': tenant_token})}"
         log.info("dev: created session %s for tenant %s", session_id, tenant)
-        return CreatedSession(id=session_id, tenant=tenant, token=token, eventsUrl=events_url)
+        return CreatedSession(
+            id=session_id, tenant=tenant, token=token, eventsUrl=events_url, tenantEventsUrl=tenant_url
+        )
 
     @router.post(
         "/dev/sessions/{id}/status",
@@ -131,14 +146,15 @@ def _require_consuming(runtime: Runtime) -> None:
         )
 
 
-async def _mint_token(runtime: Runtime, tenant: str, session_id: str) -> str:
+async def _mint_token(runtime: Runtime, tenant: str, session_id: str | None, scope: str | None = None) -> str:
     issuer = runtime.settings.dev_issuer_url.rstrip("/")
+    params = {"tenant": tenant, "ttl": str(_TOKEN_TTL_S)}
+    if session_id:
+        params["session"] = session_id
+    if scope:
+        params["scope"] = scope
     try:
-        response = await runtime.http.post(
-            f"{issuer}/token",
-            params={"tenant": tenant, "session": session_id, "ttl": str(_TOKEN_TTL_S)},
-            timeout=5.0,
-        )
+        response = await runtime.http.post(f"{issuer}/token", params=params, timeout=5.0)
         response.raise_for_status()
         document: Any = response.json()
         token = document["access_token"]

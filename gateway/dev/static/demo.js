@@ -24,6 +24,8 @@
     copy: $("copy"),
     statusButtons: Array.from(document.querySelectorAll(".status-btn")),
     metricsState: $("metrics-state"),
+    tenantState: $("tenant-state"),
+    tenantSessions: $("tenant-sessions"),
   };
 
   let session = null; // {id, tenant, token, eventsUrl}
@@ -171,6 +173,65 @@
     };
   }
 
+  // --- the tenant stream: every session of the tenant, one row each ---------------------------
+
+  let tenantSource = null;
+  let tenantOf = null; // the tenant tenantSource follows
+
+  function upsertTenantRow(data) {
+    const empty = ui.tenantSessions.querySelector("tr.empty");
+    if (empty) empty.remove();
+    let row = Array.from(ui.tenantSessions.rows).find((r) => r.dataset.id === data.id);
+    if (!row) {
+      row = document.createElement("tr");
+      row.dataset.id = data.id;
+      ui.tenantSessions.prepend(row);
+    }
+    row.dataset.status = data.status;
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    badge.dataset.status = data.status;
+    badge.textContent = data.status;
+    const statusCell = document.createElement("td");
+    statusCell.appendChild(badge);
+    row.replaceChildren(cell(data.id, "mono"), statusCell, cell(data.updatedAt || "", "mono"));
+  }
+
+  function openTenantStream(created) {
+    if (!created.tenantEventsUrl) {
+      ui.tenantState.textContent = "off: set GATEWAY_TENANT_STREAM_SCOPE (make run does)";
+      return;
+    }
+    if (tenantSource && tenantOf === created.tenant) return; // already following this tenant
+    if (tenantSource) tenantSource.close();
+    ui.tenantSessions.replaceChildren();
+    tenantOf = created.tenant;
+    tenantSource = new EventSource(created.tenantEventsUrl);
+    const mine = tenantSource;
+    ui.tenantState.textContent = `connecting (tenant ${created.tenant})…`;
+    mine.onopen = () => {
+      if (mine === tenantSource) ui.tenantState.textContent = `stream open (tenant ${created.tenant})`;
+    };
+    mine.onmessage = (event) => {
+      if (mine !== tenantSource) return;
+      try {
+        upsertTenantRow(JSON.parse(event.data));
+      } catch (_) {
+        // not an event of ours
+      }
+    };
+    mine.addEventListener("truncated", (event) => {
+      const counts = JSON.parse(event.data);
+      ui.tenantState.textContent = `showing the ${counts.sent} most recent; ${counts.leftOut} older left out`;
+    });
+    mine.onerror = () => {
+      if (mine !== tenantSource) return;
+      ui.tenantState.textContent = mine.readyState === EventSource.CLOSED
+        ? "tenant stream closed by the server"
+        : "reconnecting (resumes with Last-Event-ID)…";
+    };
+  }
+
   async function createSession() {
     showMessage("");
     showNotice("");
@@ -190,6 +251,7 @@
       ui.events.replaceChildren();
       renderSnippet();
       openStream(session.eventsUrl);
+      openTenantStream(session);
       setStatusButtons(true);
     } catch (error) {
       showMessage(`Could not create a session: ${error.message}`);

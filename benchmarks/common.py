@@ -290,11 +290,20 @@ class TokenMinter:
         self.key = RSAKey.import_key(private_jwk)
         self.kid = private_jwk.get("kid")
 
-    def mint(self, sub: str, tenant: str = TENANT, ttl: int = 3600) -> str:
+    def mint(self, sub: str, tenant: str = TENANT, ttl: int = 3600, scope: str | None = None) -> str:
         from joserfc import jwt
 
         now = int(time.time())
-        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "iat": now, "exp": now + ttl, "tenant_id": tenant}
+        claims: dict[str, Any] = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": sub,
+            "iat": now,
+            "exp": now + ttl,
+            "tenant_id": tenant,
+        }
+        if scope:
+            claims["scope"] = scope
         return jwt.encode({"alg": "RS256", "kid": self.kid, "typ": "JWT"}, claims, self.key, algorithms=["RS256"])
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import random
 import signal
+import socket
 import statistics
 import sys
 import time
@@ -37,6 +38,7 @@ from benchmarks.common import (
     JwksServer,
     KafkaBroker,
     ServerProcess,
+    TokenMinter,
     code_version,
     create_topic,
     delete_topics,
@@ -162,6 +164,7 @@ class Context:
     run_id: str
     profile: str | None
     impls: tuple[str, ...] = IMPLS
+    tenant_streams: int = 0  # fan-out: tenant streams (of other tenants) held open on the gateway meanwhile
     topics: list[str] = field(default_factory=list)
     live: list[Any] = field(default_factory=list)  # servers and load groups to stop on the way out
 
@@ -786,12 +789,19 @@ def fanout_run(ctx: Context, impl: str, rounds: int, workers: int = 1) -> dict[s
         "GATEWAY_MAX_CONNECTIONS_PER_SUBJECT": "20000",
         "GATEWAY_MAX_CONNECTIONS_PER_SESSION": str(subscribers + 50),
     }
+    watchers = ctx.tenant_streams if impl == "gateway" else 0
+    if watchers:
+        env["GATEWAY_TENANT_STREAM_SCOPE"] = TENANT_SCOPE
     deliveries = 0
     window = 0.0
     server_cpu_total = 0.0
     load_cpu_total = 0.0
     bursts = []
-    with ctx.server(impl, topic, "fanout", workers=workers, env=env) as server, ctx.load(server.port) as load:
+    with (
+        ctx.server(impl, topic, "fanout", workers=workers, env=env) as server,
+        ctx.load(server.port) as load,
+        tenant_streams(ctx, server.port, watchers),
+    ):
         mint(load, 64, f"fan-{impl}")
         warm_up(load, ids[-10:])
         for round_index in range(rounds):
@@ -854,6 +864,41 @@ def fanout_run(ctx: Context, impl: str, rounds: int, workers: int = 1) -> dict[s
         "load_cpu_s": round(load_cpu_total, 3),
         "bursts": bursts,
     }
+
+
+TENANT_SCOPE = "bench:tenant"
+
+
+@contextlib.contextmanager
+def tenant_streams(ctx: Context, port: int, count: int) -> Iterator[list[socket.socket]]:
+    """``count`` open ``GET /tenant/events`` streams, each of a tenant of its own (none of the fan-out's
+    sessions): what they cost the session streams is the hub's per-record tenant lookup. Closed at the end."""
+    minter = TokenMinter(ctx.private_jwk)
+    held: list[socket.socket] = []
+    try:
+        for index in range(count):
+            token = minter.mint(f"watcher-{index}", tenant=f"watched-{index}", scope=TENANT_SCOPE)
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            held.append(sock)
+            sock.sendall(
+                f"GET /tenant/events?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                "Accept: text/event-stream\r\n\r\n".encode("ascii")
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"tenant stream {index} refused: {head[:200]!r}")
+        if count:
+            log(f"  {count} tenant streams open")
+        yield held
+    finally:
+        for sock in held:
+            with contextlib.suppress(OSError):
+                sock.close()
 
 
 def bench_fanout(ctx: Context) -> list[Row]:
@@ -1155,8 +1200,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--gateway-only", action="store_true", help="skip the baseline (A/B experiments; implies --no-readme)"
     )
+    parser.add_argument(
+        "--tenant-streams",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fan-out (4): hold N tenant streams of other tenants open on the gateway (A/B; implies --no-readme)",
+    )
     args = parser.parse_args(argv)
-    if args.profile or args.gateway_only or args.cdf_label == "before":
+    if args.profile or args.gateway_only or args.cdf_label == "before" or args.tenant_streams:
         args.no_readme = True  # profiled figures are slowed down: never put them in the table
 
     scale = QUICK if args.quick else FULL
@@ -1192,6 +1244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = Context(scale, bootstrap, jwks, key.as_dict(private=True), run_id, args.profile)
         if args.gateway_only:
             ctx.impls = ("gateway",)
+        ctx.tenant_streams = args.tenant_streams
         ctx.out.mkdir(parents=True, exist_ok=True)
         runners: dict[int, Callable[[], list[Row]]] = {
             1: lambda: [bench_memory(ctx)],

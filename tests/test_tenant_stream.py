@@ -3,7 +3,7 @@
 Gateways of this module's topic (4 partitions): ``main`` (the tenant stream on, scope ``sessions:watch``
 or the Keycloak-style role claim, 2 tenant streams per tenant, 1 s resume wait), ``small`` (a snapshot
 bound of 3) and ``off`` (the tenant stream not configured). Every test uses tenants of its own. The
-restart test runs two gateways of its own.
+restart test runs two gateways of its own. ``small`` also has no JWT leeway and 1 s heartbeats.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -67,7 +68,12 @@ async def world(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) 
         partitions=4,
         gateways={
             "main": {**on, "GATEWAY_MAX_TENANT_STREAMS_PER_TENANT": "2", "GATEWAY_RESUME_WAIT": "1"},
-            "small": {**on, "GATEWAY_TENANT_STREAM_MAX_SNAPSHOT": "3"},
+            "small": {
+                **on,
+                "GATEWAY_TENANT_STREAM_MAX_SNAPSHOT": "3",
+                "GATEWAY_JWT_LEEWAY": "0",
+                "GATEWAY_HEARTBEAT_INTERVAL": "1",
+            },
             "off": {},
         },
     ) as made:
@@ -191,6 +197,17 @@ async def snapshot_size(world: World, client: httpx.AsyncClient, tenant: str, na
                     return True
         except TimeoutError:
             return False
+
+
+async def test_heartbeats_and_token_expiry_as_for_session_streams(world: World, client: httpx.AsyncClient) -> None:
+    tenant = new_tenant()
+    token = world.made.token(tenant, ttl=4, extra={"scope": SCOPE})
+    started = time.monotonic()
+    async with sse(client, world.url("small"), params={"token": token}) as stream:
+        assert stream.status == 200
+        assert await stream.next_event(20) is None  # nothing of this tenant: the stream ends at exp
+        assert stream.comments >= 2  # heartbeats meanwhile
+    assert 2 <= time.monotonic() - started < 15
 
 
 # --------------------------------------------------------------------------------------------------

@@ -239,6 +239,24 @@ async def test_refused_without_the_scope(world: World, client: httpx.AsyncClient
             assert (stream.status == 200) is allowed, claims
 
 
+async def test_cors_preflight_and_no_token_in_logs(world: World, client: httpx.AsyncClient) -> None:
+    preflight = await client.options(
+        world.url(), headers={"Origin": "http://evil.test", "Access-Control-Request-Method": "GET"}
+    )
+    session_preflight = await client.options(
+        f"{world.made['main'].url}/session/x/events",
+        headers={"Origin": "http://evil.test", "Access-Control-Request-Method": "GET"},
+    )
+    assert preflight.status_code == session_preflight.status_code != 404  # answered like the session route's
+    assert "access-control-allow-origin" not in preflight.headers  # no origin is allowed on this gateway
+    token = world.token(new_tenant(), scope=None)
+    response = await client.get(world.url(), params={"token": token})
+    assert response.status_code == 403
+    await wait_until(lambda: "tenant/events" in world.made["main"].logs(), 10, "no access line")
+    assert token not in world.made["main"].logs()
+    assert token.split(".")[2] not in world.made["main"].logs()
+
+
 async def test_off_unless_configured_and_documented(world: World, client: httpx.AsyncClient) -> None:
     response = await client.get(world.url("off"), params={"token": world.token(new_tenant())})
     assert response.status_code == 404

@@ -240,17 +240,14 @@ class EdgeProtocol(asyncio.Protocol):
         method = head.method
         if method in (b"GET", b"OPTIONS") and (not self.internal or not self.state.limits.internal_port):
             session_id = match(head.url.path, self.state.limits.root_path)
+            tenant_stream = session_id is None and self.state.events.tenants is not None  # when enabled
+            if tenant_stream and match_tenant(head.url.path, self.state.limits.root_path):
+                if method == b"GET":
+                    self._start_stream(None, head)
+                    return
+                session_id = ""  # the tenant stream's CORS preflight, below
         if session_id is not None and method == b"GET":
             self._start_stream(session_id, head)
-            return
-        tenants = self.state.events.tenants
-        if (
-            tenants is not None
-            and method == b"GET"
-            and not self.internal
-            and match_tenant(head.url.path, self.state.limits.root_path)
-        ):
-            self._start_stream(None, head)
             return
         length, refusal = head.body_length()
         if refusal:

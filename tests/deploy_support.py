@@ -101,6 +101,12 @@ class Rendered:
         assert len(found) == 1, f"expected one {kind} named *{name_suffix}, found {[d['metadata'] for d in found]}"
         return found[0]
 
+    def settings_config_map(self) -> dict[str, Any]:
+        """The ConfigMap with the gateway's settings (not the optional Grafana dashboard's)."""
+        found = [d for d in self.all("ConfigMap") if not d["metadata"]["name"].endswith("-dashboard")]
+        assert len(found) == 1, [d["metadata"]["name"] for d in found]
+        return found[0]
+
     def all(self, kind: str) -> list[dict[str, Any]]:
         return [d for d in self.documents if d["kind"] == kind]
 
@@ -111,7 +117,7 @@ class Rendered:
 
     def gateway_env_names(self) -> set[str]:
         """Every environment variable name the gateway container gets (ConfigMap keys + env)."""
-        names = set(self.one("ConfigMap")["data"])
+        names = set(self.settings_config_map()["data"])
         names |= {entry["name"] for entry in self.gateway_container().get("env", [])}
         return names
 

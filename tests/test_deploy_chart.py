@@ -7,9 +7,11 @@ and HTTPRoute CRDs); bad values must be refused at ``helm template`` time with a
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,7 +110,7 @@ def test_probes_and_metrics_use_the_internal_port_and_public_routes_only_the_str
     container = rendered.gateway_container()
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"http": 8080, "internal": 9090}
-    config = rendered.one("ConfigMap")["data"]
+    config = rendered.settings_config_map()["data"]
     assert config["GATEWAY_INTERNAL_PORT"] == "9090"
     assert config["GATEWAY_INTERNAL_HOST"] == "0.0.0.0"
     assert container["args"] == ["--host", "0.0.0.0", "--port", "8080"]  # after the entrypoint `... serve`
@@ -286,6 +288,8 @@ def registered_metric_names() -> set[str]:
     names: set[str] = set()
     for family in REGISTRY.collect():
         names.add(family.name + ("_total" if family.type == "counter" else ""))
+        if family.type == "histogram":
+            names |= {f"{family.name}_{suffix}" for suffix in ("bucket", "sum", "count")}
     return names
 
 
@@ -308,3 +312,73 @@ def test_prometheus_rule_alerts_use_real_metric_names(helm: Path) -> None:
     for r in rules:
         assert 'service="session-gateway-session-events-gateway-internal"' in r["expr"], r["alert"]
         assert r["labels"]["team"] == "wallet"
+
+
+# --- Grafana dashboard ------------------------------------------------------------------------------
+
+DASHBOARD = CHART / "dashboards" / "session-events-gateway.json"
+
+
+def dashboard() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return loaded
+
+
+def panel_queries(board: dict[str, Any]) -> list[str]:
+    return [target["expr"] for panel in board["panels"] for target in panel.get("targets", [])]
+
+
+def test_dashboard_is_valid_for_grafana_schema_39() -> None:
+    """The fields Grafana 10/11 (dashboard schemaVersion 39) needs to import the JSON as it is: a uid,
+    unique panel ids, a 24-column grid without overlaps, a data source variable every query uses."""
+    board = dashboard()
+    assert board["schemaVersion"] == 39 and board["uid"] and board["title"]
+    assert {"datasource", "namespace", "job"} <= {v["name"] for v in board["templating"]["list"]}
+    ids = [panel["id"] for panel in board["panels"]]
+    assert len(ids) == len(set(ids))
+    taken: set[tuple[int, int]] = set()
+    for panel in board["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24 and grid["h"] > 0, panel["title"]
+        cells = {(grid["y"] + dy, grid["x"] + dx) for dy in range(grid["h"]) for dx in range(grid["w"])}
+        assert not cells & taken, f"{panel['title']} overlaps another panel"
+        taken |= cells
+        assert panel["type"] in {"row", "timeseries", "stat"}, panel["type"]
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+            refs = [target["refId"] for target in panel["targets"]]
+            assert refs and len(refs) == len(set(refs)), panel["title"]
+            assert all(target["datasource"]["uid"] == "${datasource}" for target in panel["targets"])
+
+
+def test_dashboard_shows_what_an_operator_asks_first_with_real_metric_names() -> None:
+    queries = panel_queries(dashboard())
+    used = {name for query in queries for name in re.findall(r"\bgateway_[a-z_]+", query)}
+    unknown = used - registered_metric_names()
+    assert unknown == set(), unknown
+    assert all('namespace=~"$namespace"' in query and 'job=~"$job"' in query for query in queries)
+    for needed in (
+        "gateway_open_streams",
+        "gateway_streams_opened_total",
+        "gateway_stream_requests_refused_total",
+        "gateway_limit_refusals_total",
+        "gateway_delivery_delay_seconds_bucket",
+        "gateway_records_applied_total",
+        "gateway_records_rejected_total",
+        "gateway_consumer_lag_records",
+        "gateway_jwks_last_refresh_age_seconds",
+        "gateway_dlq_records_written_total",
+        "gateway_task_restarts_total",
+    ):
+        assert needed in used, needed
+
+
+def test_dashboard_configmap_carries_the_json_for_the_grafana_sidecar(helm: Path) -> None:
+    assert "grafana_dashboard" not in {
+        label for doc in render(helm, DEFAULT_VALUES).documents for label in doc["metadata"].get("labels", {})
+    }, "off by default"
+    maps = [doc for doc in render(helm, FULL_VALUES).documents if doc["kind"] == "ConfigMap"]
+    board = next(doc for doc in maps if doc["metadata"]["name"].endswith("-dashboard"))
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert board["metadata"]["annotations"] == {"grafana_folder": "Wallet"}
+    assert json.loads(board["data"]["session-events-gateway.json"]) == dashboard()

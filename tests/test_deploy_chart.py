@@ -367,15 +367,15 @@ def test_every_default_the_chart_documents_is_the_apps(monkeypatch: pytest.Monke
         documented += [(name, value.strip()) for name, value in _DOCUMENTED_DEFAULT.findall(comment)]
         documented += [(name, value.strip()) for name, value in _BOOTSTRAP_DEFAULT.findall(comment)]
     assert len(documented) >= 25, documented  # the parser still finds the comments
-    wrong = []
-    for name, value in documented:
+    wrong: list[tuple[str, str, object]] = []
+    for name, text_value in documented:
         default = _app_value(name, None, monkeypatch)
-        unquoted = re.split(r"[,;] ", value)[0].strip('"')  # "0, which means ..." is 0
+        unquoted = re.split(r"[,;] ", text_value)[0].strip('"')  # "0, which means ..." is 0
         if _UNSET.match(unquoted):
             if default not in (None, [], "", 0):
-                wrong.append((name, value, default))
+                wrong.append((name, text_value, default))
         elif _app_value(name, unquoted, monkeypatch) != default:
-            wrong.append((name, value, default))
+            wrong.append((name, text_value, default))
     # Values the chart renders by default (not null, not empty) must be the app's defaults too.
     values = yaml.safe_load(text)
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()

@@ -5,6 +5,8 @@
   documentation links; a discovery document gets the hint ``GATEWAY_OIDC_ISSUER=...``.
 - CORS: a page of an origin that may not read the stream gets one log line per origin and interval that
   names ``GATEWAY_CORS_ORIGINS``; clients choose origins, so the remembered ones are bounded.
+- The demo page's raw links reach metrics, readiness and the docs; ``openapi.json`` names the public port
+  for the routes it serves; the AsyncAPI document is served on the internal port and linked.
 """
 
 from __future__ import annotations
@@ -12,12 +14,17 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
 
 import httpx
 import pytest
+import yaml
 
 from gateway.edge.cors import RefusedOrigins
-from tests.gateway_support import JwksServer, gateway_world, rsa_key
+from tests.gateway_support import REPO, JwksServer, dev_mode_gateway, gateway_world, rsa_key
+from tests.kafka_support import unique_topic
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -162,3 +169,74 @@ def test_refused_origins_are_forgotten_after_the_interval_and_bounded() -> None:
     assert origins.first_time(huge)
     assert not origins.first_time(huge + "y")  # remembered by its first characters only
     assert len(origins) == 2
+
+
+# --- The demo's links, the API contracts --------------------------------------------------------
+
+
+def _resolve(server: dict[str, Any]) -> str:
+    url: str = server["url"]
+    for name, variable in server.get("variables", {}).items():
+        url = url.replace("{" + name + "}", variable["default"])
+    return url
+
+
+async def test_the_demo_pages_links_reach_metrics_readiness_and_docs(
+    kafka_bootstrap: str, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """The page is on the public port; its "/metrics · /readyz · API docs" links must not 404 there."""
+    async with dev_mode_gateway(kafka_bootstrap, unique_topic("day-demo"), tmp_path) as (_, gateway):
+        page = (await client.get(f"{gateway.url}/demo")).text
+        raw = re.search(r'<p[^>]*id="raw-links"[^>]*>(.*?)</p>', page, re.DOTALL)
+        assert raw is not None, page
+        links = dict((text, href) for href, text in re.findall(r'<a href="([^"]+)"[^>]*>([^<]+)</a>', raw.group(1)))
+        assert set(links) == {"/metrics", "/readyz", "API docs"}, links
+        answers = {}
+        for text, href in links.items():
+            response = await client.get(urljoin(f"{gateway.url}/demo", href), follow_redirects=True)
+            assert response.status_code == 200, (text, href, response.status_code)
+            answers[text] = response
+        assert "gateway_open_streams" in answers["/metrics"].text
+        assert answers["/readyz"].json()["status"] == "ready"
+        assert answers["API docs"].url == httpx.URL(f"{gateway.internal_url}/docs")
+        assert "swagger-ui" in answers["API docs"].text
+
+        # The dev routes are documented with the public port as their server, the internal ones without.
+        spec = (await client.get(f"{gateway.internal_url}/openapi.json")).json()
+        for path, item in spec["paths"].items():
+            if path.startswith(("/dev/", "/demo", "/session/")):
+                assert [_resolve(server) for server in item["servers"]] == [gateway.url], path
+            else:
+                assert "servers" not in item, path
+
+
+async def test_openapi_names_the_public_port_for_the_stream_and_serves_the_asyncapi_document(
+    kafka_bootstrap: str, client: httpx.AsyncClient, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    async with gateway_world(kafka_bootstrap, tmp_path_factory, "day-openapi") as world:
+        gateway = world.gateway
+        spec = (await client.get(f"{gateway.internal_url}/openapi.json")).json()
+        stream = spec["paths"]["/session/{id}/events"]
+        [server] = stream["servers"]
+        assert _resolve(server) == gateway.url
+        assert "GATEWAY_PORT" in server["description"]
+        for path in ("/readyz", "/metrics", "/livez"):
+            assert "servers" not in spec["paths"][path], path  # the document's own port
+        # "Try it out" on the stream route reaches the route (401 without a token), not the internal 404.
+        tried = await client.get(_resolve(server) + "/session/s-1/events")
+        assert tried.status_code == 401, tried.text
+        assert (await client.get(f"{gateway.internal_url}/session/s-1/events")).status_code == 404
+
+        # The Kafka contract next to it, linked from the description /docs shows.
+        asyncapi = await client.get(f"{gateway.internal_url}/asyncapi.yaml")
+        assert asyncapi.status_code == 200
+        assert asyncapi.headers["content-type"].startswith("application/yaml")
+        assert asyncapi.content == (REPO / "schemas" / "asyncapi.yaml").read_bytes()
+        assert yaml.safe_load(asyncapi.text)["asyncapi"] == "3.0.0"
+        link = re.search(r"\[AsyncAPI document\]\(([^)]+)\)", spec["info"]["description"])
+        assert link is not None, spec["info"]["description"]
+        assert urljoin(f"{gateway.internal_url}/docs", link.group(1)) == f"{gateway.internal_url}/asyncapi.yaml"
+        assert (await client.get(f"{gateway.url}/asyncapi.yaml")).status_code == 404  # not on the public port
+
+    readme = (REPO / "README.md").read_text()
+    assert "/asyncapi.yaml" in readme and "schemas/asyncapi.yaml" in readme

@@ -494,9 +494,9 @@ def test_records_dead_letters_and_root_path_are_values(
 @pytest.mark.parametrize(
     ("assignment", "message"),
     [
-        ("deadLetter.topic=bad topic", "deadLetter.topic"),
-        ("rootPath=gateway", "rootPath"),
-        ("deadLetter.writer=maybe", "deadLetter.writer"),
+        ("deadLetter.topic=bad topic", "/deadLetter/topic"),
+        ("rootPath=gateway", "/rootPath"),
+        ("deadLetter.writer=maybe", "/deadLetter/writer"),
     ],
 )
 def test_values_schema_rejects_bad_record_values(helm: Path, assignment: str, message: str) -> None:

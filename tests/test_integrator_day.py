@@ -24,7 +24,7 @@ import yaml
 
 from gateway.edge.cors import RefusedOrigins
 from tests.gateway_support import REPO, JwksServer, dev_mode_gateway, gateway_world, rsa_key
-from tests.kafka_support import unique_topic
+from tests.kafka_support import create_topic, unique_topic
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -185,7 +185,9 @@ async def test_the_demo_pages_links_reach_metrics_readiness_and_docs(
     kafka_bootstrap: str, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     """The page is on the public port; its "/metrics · /readyz · API docs" links must not 404 there."""
-    async with dev_mode_gateway(kafka_bootstrap, unique_topic("day-demo"), tmp_path) as (_, gateway):
+    topic = unique_topic("day-demo")
+    await create_topic(kafka_bootstrap, topic)
+    async with dev_mode_gateway(kafka_bootstrap, topic, tmp_path) as (_, gateway):
         page = (await client.get(f"{gateway.url}/demo")).text
         raw = re.search(r'<p[^>]*id="raw-links"[^>]*>(.*?)</p>', page, re.DOTALL)
         assert raw is not None, page

@@ -112,11 +112,15 @@ def install_openapi(internal: FastAPI, public: FastAPI, settings: EdgeSettings) 
     split = bool(settings.internal_port) and settings.internal_port != settings.port
     asyncapi = resources.files("schemas").joinpath("asyncapi.yaml").read_bytes()
 
+    public_paths: set[str] = set()
+
     @internal.get(url, include_in_schema=False)
     async def openapi_document(request: Request) -> JSONResponse:
         document = internal.openapi()
         if split:
-            document = with_servers(document, _public_paths(internal, public), _public_server(request, settings))
+            if not public_paths:
+                public_paths.update(_public_paths(internal, public))
+            document = with_servers(document, public_paths, _public_server(request, settings))
         return JSONResponse(document)
 
     @internal.get(ASYNCAPI_PATH, include_in_schema=False)
@@ -135,10 +139,12 @@ def with_servers(document: dict[str, Any], public_paths: set[str], public: dict[
 
 
 def _public_paths(internal: FastAPI, public: FastAPI) -> set[str]:
-    internal_paths = {route.path for route in internal.routes if isinstance(route, Route)}
-    return {PATH_TEMPLATE} | {
-        route.path for route in public.routes if isinstance(route, Route) and route.path not in internal_paths
-    }
+    """The documented paths only the public port serves (the app's routes may be routers: ask FastAPI)."""
+
+    def paths(app: FastAPI) -> set[str]:
+        return set(get_openapi(title=app.title, version=app.version, routes=app.routes).get("paths", {}))
+
+    return {PATH_TEMPLATE} | (paths(public) - paths(internal))
 
 
 def _public_server(request: Request, settings: EdgeSettings) -> dict[str, Any]:

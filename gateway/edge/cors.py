@@ -45,7 +45,7 @@ class CorsPolicy:
     @property
     def configured(self) -> str:
         """The setting's value as an operator wrote it, for a log line."""
-        return ",".join(sorted(origin.decode("latin-1") for origin in self._origins)) or "(empty)"
+        return ",".join(sorted(origin.decode("latin-1") for origin in self._origins)) or "unset"
 
     def refuses(self, origin: str | None, host: str | None) -> bool:
         """Whether a browser page of ``origin`` may not read the answer: a cross-origin request not allowed."""

@@ -242,3 +242,35 @@ async def test_openapi_names_the_public_port_for_the_stream_and_serves_the_async
 
     readme = (REPO / "README.md").read_text()
     assert "/asyncapi.yaml" in readme and "schemas/asyncapi.yaml" in readme
+
+
+def test_key_fetch_failures_read_as_one_line_without_httpx_links() -> None:
+    from gateway.auth.jwks import _parse_keys
+    from gateway.auth.key_errors import JwksFetchError, describe_failure, error_text
+
+    request = httpx.Request("GET", "https://idp.example.com/jwks.json")
+    status_error = httpx.HTTPStatusError("x", request=request, response=httpx.Response(404, request=request))
+    try:
+        httpx.Response(404, request=request).raise_for_status()
+    except httpx.HTTPStatusError as raised:
+        assert "developer.mozilla.org" in str(raised)  # what httpx says (the reason for error_text)
+        assert "developer.mozilla.org" not in error_text(raised)
+        status_error = raised
+    assert describe_failure(status_error) == (
+        "http_404",
+        "JWKS fetch failed: HTTP 404 Not Found from https://idp.example.com/jwks.json",
+    )
+    assert describe_failure(httpx.ConnectError("All connection attempts failed")) == (
+        "ConnectError",
+        "JWKS fetch failed: ConnectError: All connection attempts failed",
+    )
+    # A hostile discovery document: its values are quoted, cut, and cannot add lines.
+    with pytest.raises(JwksFetchError) as caught:
+        _parse_keys({"issuer": "https://idp\n" + "x" * 10_000, "jwks_uri": 7})
+    assert caught.value.kind == "discovery_document"
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 400, message
+    assert "GATEWAY_OIDC_ISSUER='https://idp\\n" in message
+    with pytest.raises(JwksFetchError, match="not a JWKS document") as not_jwks:
+        _parse_keys(["keys"])
+    assert not_jwks.value.kind == "not_jwks"

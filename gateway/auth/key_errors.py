@@ -31,8 +31,12 @@ def describe_failure(error: Exception) -> tuple[str, str]:
         return f"http_{response.status_code}", f"{message} from {error.request.url}"
     if isinstance(error, JwksFetchError):
         return error.kind, f"JWKS fetch failed: {error}"
-    text = str(error).split("\nFor more information", 1)[0].strip() or type(error).__name__
-    return type(error).__name__, f"JWKS fetch failed: {type(error).__name__}: {text}"
+    return type(error).__name__, f"JWKS fetch failed: {type(error).__name__}: {error_text(error)}"
+
+
+def error_text(error: Exception) -> str:
+    """An HTTP client error's message without the documentation link httpx appends to status errors."""
+    return str(error).split("\nFor more information", 1)[0].strip() or type(error).__name__
 
 
 def discovery_hint(document: dict[str, Any]) -> str:

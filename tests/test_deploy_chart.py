@@ -111,7 +111,7 @@ def test_probes_and_metrics_use_the_internal_port_and_public_routes_only_the_str
     container = rendered.gateway_container()
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"http": 8080, "internal": 9090}
-    config = rendered.one("ConfigMap")["data"]
+    config = rendered.config()
     assert config["GATEWAY_INTERNAL_PORT"] == "9090"
     assert config["GATEWAY_INTERNAL_HOST"] == "0.0.0.0"
     assert container["args"] == ["--host", "0.0.0.0", "--port", "8080"]  # after the entrypoint `... serve`
@@ -440,7 +440,7 @@ def test_records_dead_letters_and_root_path_are_values(
     rendered = render(helm, DEFAULT_VALUES, values)
     validator = KubeValidator(k8s_schemas, KUBE_VERSIONS[-1])
     assert [error for document in rendered.documents for error in validator.errors(document)] == []
-    config = rendered.one("ConfigMap", "-session-events-gateway")["data"]
+    config = rendered.config()
     assert config["GATEWAY_CLOUDEVENTS_TYPES"] == "eu.wallet.session.status"
     assert config["GATEWAY_DLQ_TOPIC"] == "session-status.dlq"
     assert config["GATEWAY_DLQ_WRITER"] == "false"
@@ -478,7 +478,7 @@ def test_records_dead_letters_and_root_path_are_values(
         DEFAULT_VALUES,
         set_values=("records.mapping.existingConfigMap=wallet-mapping", "records.mapping.key=v2.json"),
     )
-    assert existing.one("ConfigMap")["data"]["GATEWAY_RECORD_MAPPING"] == "/etc/gateway/record-mapping/v2.json"
+    assert existing.config()["GATEWAY_RECORD_MAPPING"] == "/etc/gateway/record-mapping/v2.json"
     volume = next(
         v for v in existing.one("Deployment")["spec"]["template"]["spec"]["volumes"] if v["name"] == "record-mapping"
     )

@@ -158,5 +158,5 @@ def create_app(
 
     internal = internal_app(runtime, lifespan)
     public = public_app(runtime)
-    install_openapi(internal, public)
+    install_openapi(internal, public, runtime.settings)
     return GatewayApp(runtime, public, internal, events)

@@ -19,7 +19,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.edge.route import PATH_TEMPLATE, openapi_operation
+from gateway.edge.route import PATH_TEMPLATE, STATUS_PATH_TEMPLATE, openapi_operation
+from gateway.reads.openapi import status_operation
 
 _ASSETS = {
     "swagger-ui.css": "text/css; charset=utf-8",
@@ -104,7 +105,9 @@ def _openapi(internal: FastAPI, public: FastAPI) -> Callable[[], dict[str, Any]]
                 description=internal.description,
                 routes=[*internal.routes, *public.routes],
             )
-            document.setdefault("paths", {})[PATH_TEMPLATE] = {"get": openapi_operation()}
+            paths = document.setdefault("paths", {})
+            paths[PATH_TEMPLATE] = {"get": openapi_operation()}
+            paths[STATUS_PATH_TEMPLATE] = {"get": status_operation()}
             internal.openapi_schema = document
         return internal.openapi_schema
 

@@ -34,6 +34,7 @@ UNKNOWN_WAIT = 4.0
 # Per address: a quarter of the waiting requests (GATEWAY_MAX_WAITING_REQUESTS_PER_ADDRESS's default).
 MAX_WAITING = 8
 ADDRESS_SHARE = MAX_WAITING // 4
+TENANT_SHARE = MAX_WAITING // 2  # GATEWAY_MAX_WAITING_REQUESTS_PER_TENANT's default
 ETAG = re.compile(r'"[A-Za-z0-9_-]{16}"')
 
 
@@ -236,29 +237,38 @@ async def test_a_long_poll_answers_when_the_state_changes_or_304_after_its_wait(
 
 
 async def test_a_flood_of_waiting_reads_is_bounded_by_the_waiting_limits(world: GatewayWorld) -> None:
+    """Waiting reads hold a waiting stream request's ticket: the per-address share (the client a trusted proxy
+    names; loopback is a trusted proxy by default) and the tenant's share bound them, with the stream's 429."""
     token = world.token(TENANT)
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=50)) as client:
-        flood = [
-            client.get(status_url(world, new_session("flood")), params={"token": token, "wait": "3"}) for _ in range(12)
-        ]
-        answers = await asyncio.gather(*flood)
-        refused = [a for a in answers if a.status_code == 429]
-        waited = [a for a in answers if a.status_code == 404]
-        assert len(waited) == ADDRESS_SHARE and len(refused) == len(answers) - ADDRESS_SHARE, [
-            a.status_code for a in answers
-        ]
-        assert refused[0].json()["message"] == "Too many requests waiting from this address"
-        assert refused[0].headers["retry-after"] == "5"
-        # A client that hangs up while its long poll waits gives its place back at once.
-        reader, writer = await asyncio.open_connection("127.0.0.1", world.gateway.port)
-        writer.write(f"GET /session/{new_session('gone')}?token={token}&wait=4 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        await writer.drain()
-        await wait_until(lambda: _some_waiting(world), 10, "the read to wait")
-        writer.close()
-        started = time.monotonic()
-        await wait_until(lambda: _none_waiting(world), 10, "the hung-up read to release its place")
-        print(f"a hung-up long poll released its place after {time.monotonic() - started:.3f}s")
-        del reader
+    for headers, share, message in (
+        ({"x-forwarded-for": "203.0.113.7"}, ADDRESS_SHARE, "Too many requests waiting from this address"),
+        ({}, TENANT_SHARE, "Too many requests waiting for this tenant"),
+    ):
+        # New connections each round: a proxy's connection counts for the first client it named.
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=50)) as client:
+            flood = [
+                client.get(
+                    status_url(world, new_session("flood")), params={"token": token, "wait": "3"}, headers=headers
+                )
+                for _ in range(12)
+            ]
+            answers = await asyncio.gather(*flood)
+            refused = [a for a in answers if a.status_code == 429]
+            waited = [a for a in answers if a.status_code == 404]
+            assert len(waited) == share and len(refused) == len(answers) - share, [a.status_code for a in answers]
+            assert refused[0].json()["message"] == message
+            assert refused[0].headers["retry-after"] == "5"
+    # A client that hangs up while its long poll waits gives its place back at once.
+    reader, writer = await asyncio.open_connection("127.0.0.1", world.gateway.port)
+    writer.write(f"GET /session/{new_session('gone')}?token={token}&wait=4 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    await wait_until(lambda: _some_waiting(world), 10, "the read to wait")
+    writer.close()
+    started = time.monotonic()
+    # Well before its wait (GATEWAY_UNKNOWN_SESSION_WAIT) would have ended it.
+    await wait_until(lambda: _none_waiting(world), UNKNOWN_WAIT - 1, "the hung-up read to release its place")
+    print(f"a hung-up long poll released its place after {time.monotonic() - started:.3f}s")
+    del reader
 
 
 async def _none_waiting(world: GatewayWorld) -> bool:

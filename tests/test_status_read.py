@@ -1,7 +1,7 @@
 """``GET /session/{id}``, the status read, against a real gateway process and a real broker.
 
-The latest state (the stream's event data, byte for byte) with its ETag, 304 for a matching
-``If-None-Match``, the stream's tenant and unknown-session rules and bodies, ``?wait=N`` for an unknown
+The latest state (the stream's event data, byte for byte) with its ETag (the same on two replicas), 304
+for a matching ``If-None-Match``, the stream's tenant and unknown-session rules and bodies, ``?wait=N`` for an unknown
 session and as a long poll (answered by the hub's delivery), the waiting limits under a flood, CORS, and
 1,000 reads on one keep-alive connection without the process's sockets growing. Hostile input (bad
 ``wait`` values, many ``If-None-Match`` values, another tenant's ETag) is kept here as tests.
@@ -48,6 +48,7 @@ async def world(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) 
         GATEWAY_MAX_WAITING_REQUESTS=str(MAX_WAITING),
         GATEWAY_CORS_ORIGINS=ORIGIN,
         GATEWAY_TOKEN_COOKIE=COOKIE,
+        gateways={"replica-a": {}, "replica-b": {}},  # the ETag is the same on every replica
     ) as world:
         yield world
 
@@ -117,6 +118,11 @@ async def test_the_latest_state_is_the_streams_event_data_with_an_etag_and_304(w
             assert not_modified.content == b""
             assert not_modified.headers["etag"] == etag
             assert not_modified.headers["cache-control"] == "no-store"
+        # Another replica that read as far computes the same tag: a poller may land on either.
+        other_replica = await client.get(
+            f"{world['replica-b'].url}/session/{session}", params={"token": token}, headers={"if-none-match": etag}
+        )
+        assert other_replica.status_code == 304 and other_replica.headers["etag"] == etag
         stale = await read(client, world, session, token, **{"if-none-match": '"something-else"'})
         assert stale.status_code == 200 and stale.content == answer.content
         # HEAD: the GET's head without its body.

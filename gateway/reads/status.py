@@ -18,7 +18,6 @@ import contextlib
 import logging
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
 
 from consumers.store import SessionSnapshot
 from gateway import metrics
@@ -33,7 +32,7 @@ from gateway.streams.sse import encode_payload
 
 log = logging.getLogger("gateway.status")
 
-_WAIT = re.compile(r"\d{1,9}(?:\.\d{1,9})?", re.ASCII)
+_WAIT = re.compile(rb"\d{1,9}(?:\.\d{1,9})?")
 _BAD_WAIT = "wait must be a number of seconds"
 _PREFLIGHT_METHODS = ("GET", "HEAD")
 _PREFLIGHT_HEADERS = b"authorization, if-none-match"
@@ -51,6 +50,22 @@ class StatusRead:
     headers: dict[str, str]
     if_none_match: bytes = b""  # every If-None-Match header's value, joined by commas
     client: str | None = None  # the client address key of the waiting shares (``ClientAddresses``)
+
+
+def parse_wait(query: bytes) -> float:
+    """The last ``wait`` parameter of a raw query in seconds (0 without one); ``StreamRefused`` 400 unless it is a
+    plain decimal. The name is taken as sent, like the token's (``?w%61it=`` is not ``wait``)."""
+    value = None
+    if b"wait=" in query:
+        for pair in query.split(b"&"):
+            name, _, raw = pair.partition(b"=")
+            if name == b"wait":
+                value = raw
+    if value is None:
+        return 0.0
+    if not _WAIT.fullmatch(value):
+        raise StreamRefused(400, _BAD_WAIT, reason="bad_wait")
+    return float(value)
 
 
 class _Change:
@@ -132,14 +147,7 @@ class StatusReads:
 
     def _wait(self, query: bytes) -> float:
         """``?wait=N`` in seconds, at most ``GATEWAY_UNKNOWN_SESSION_WAIT``; 400 unless a plain decimal."""
-        if b"wait=" not in query:
-            return 0.0
-        values = [value for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True) if name == "wait"]
-        if not values:
-            return 0.0
-        if not _WAIT.fullmatch(values[-1]):
-            raise StreamRefused(400, _BAD_WAIT, reason="bad_wait")
-        return min(float(values[-1]), self.settings.unknown_session_wait)
+        return min(parse_wait(query), self.settings.unknown_session_wait)
 
     async def _find(self, request: StatusRead, principal: Principal, wait: float) -> SessionSnapshot:
         """The visible snapshot to answer with, after the wait the client asked for (counted while it lasts)."""

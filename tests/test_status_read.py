@@ -370,6 +370,10 @@ async def test_a_thousand_status_reads_on_one_keep_alive_connection(world: Gatew
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         request = f"GET /session/{session}?token={token} HTTP/1.1\r\nHost: x\r\n".encode()
+        # One read first, so that the server has accepted this connection before its sockets are counted.
+        writer.write(request + b"\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
         sockets_before = public_sockets()
         assert sockets_before >= 1
         counts = {200: 0, 304: 0}

@@ -962,6 +962,15 @@ def bench_status(ctx: Context) -> list[Row]:
                 log(f"  {impl} status reads, {result['connections']} connection(s): {result}")
                 setattr(rows[name], side, result["reads_per_cpu_s"])
                 rows[name].details[impl] = result
+    if "gateway" in ctx.impls:  # what the access line costs a read (one line per request, on by default)
+        topic = ctx.topic("status-quiet")
+        kafka(publish_active_sessions(ctx.bootstrap, topic, [session_id]))
+        with ctx.server("gateway", topic, "status-quiet", env={"GATEWAY_ACCESS_LOG": "false"}) as server:
+            status_window(server, f"/session/{session_id}", token, 1, 1, 1.0)
+            for name, (processes, connections) in shapes.items():
+                result = status_window(server, f"/session/{session_id}", token, processes, connections, seconds)
+                log(f"  gateway without access log, {result['connections']} connection(s): {result}")
+                rows[name].details["gateway_access_log_off"] = result
     return list(rows.values())
 
 

@@ -157,7 +157,7 @@ class EdgeProtocol(asyncio.Protocol):
             self._address = None
         if self.wire is not None:
             self.wire.lost()
-        if self._task is not None and not self._task.done() and (self._request is None or self._status_id):
+        if self._task is not None and not self._task.done() and (self._request is None or self._status_id is not None):
             self._task.cancel()  # a stream's admission or a waiting status read: nobody is left to answer
         stream = self.stream
         if stream is not None:

@@ -40,6 +40,7 @@ from gateway.runtime.logging_setup import log_value
 from gateway.streams.stream import NativeStream
 
 access_log = logging.getLogger("uvicorn.access")
+log = logging.getLogger("gateway.edge")
 
 _LINGER_SECONDS = 2.0
 _MAX_TRAILING_BYTES = 64 * 1024  # what a stream's client may send after its request before it is cut
@@ -304,7 +305,12 @@ class EdgeProtocol(asyncio.Protocol):
             b",".join(value for name, value in headers if name == b"if-none-match"),
             self._client_key,
         )
-        answer = await self.state.reads.read(read)
+        try:
+            answer = await self.state.reads.read(read)
+        except Exception:  # a bug must not leave the connection without an answer (as ``Request.run`` for the app)
+            log.exception("the status read of session %r failed", log_value(session_id))
+            request.keep_alive = False
+            answer = Answer(500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error")
         del read
         if self.wire is None or self.wire.is_closing():
             return

@@ -55,3 +55,6 @@ EDGE_REFUSALS = Counter(
     "Connections the HTTP edge refused or closed before a request was served, by reason.",
     ["reason"],
 )
+STATUS_READS = Counter(
+    "gateway_status_reads_total", "Status reads (GET /session/{id}) answered, by status.", ["status"]
+)

@@ -170,6 +170,10 @@ class EventsEndpoint:
         else:
             metrics.REQUEST_LOG_SUPPRESSED.labels("origin_not_allowed").inc()
 
+    async def authenticate(self, query: bytes, headers: dict[str, str]) -> Principal:
+        """The one authentication step of every read (the stream, the status read in ``gateway.reads``)."""
+        return await self._authenticate(query, headers)
+
     async def _authenticate(self, query: bytes, headers: dict[str, str]) -> Principal:
         token, source = locate_token(query, headers, self.settings.token_cookie)
         if not token:

@@ -68,15 +68,23 @@ class CorsPolicy:
             return True
         return _same_origin(origin, host)
 
-    def preflight(self, origin: str | None, method: str | None) -> tuple[int, list[tuple[bytes, bytes]]]:
-        """Status and headers of the answer to an OPTIONS preflight."""
+    def preflight(
+        self,
+        origin: str | None,
+        method: str | None,
+        *,
+        methods: tuple[str, ...] = ("GET",),
+        allowed_headers: bytes = _ALLOWED_HEADERS,
+    ) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """Status and headers of the answer to an OPTIONS preflight (the stream's; the status read passes its own
+        methods and headers)."""
         allowed = self.headers(origin)
-        if not allowed or (method or "").upper() != "GET":
+        if not allowed or (method or "").upper() not in methods:
             return 400, [(b"vary", b"Origin")]
         return 204, [
             *allowed,
-            (b"access-control-allow-methods", b"GET"),
-            (b"access-control-allow-headers", _ALLOWED_HEADERS),
+            (b"access-control-allow-methods", ", ".join(methods).encode("ascii")),
+            (b"access-control-allow-headers", allowed_headers),
             (b"access-control-max-age", b"600"),
         ]
 

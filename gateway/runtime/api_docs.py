@@ -26,7 +26,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.edge.route import PATH_TEMPLATE, openapi_operation
+from gateway.edge.route import PATH_TEMPLATE, STATUS_PATH_TEMPLATE, openapi_operation
+from gateway.reads.openapi import status_operation
 from gateway.settings import EdgeSettings
 
 ASYNCAPI_PATH = "/asyncapi.yaml"
@@ -144,7 +145,7 @@ def _public_paths(internal: FastAPI, public: FastAPI) -> set[str]:
     def paths(app: FastAPI) -> set[str]:
         return set(get_openapi(title=app.title, version=app.version, routes=app.routes).get("paths", {}))
 
-    return {PATH_TEMPLATE} | (paths(public) - paths(internal))
+    return {PATH_TEMPLATE, STATUS_PATH_TEMPLATE} | (paths(public) - paths(internal))
 
 
 def _public_server(request: Request, settings: EdgeSettings) -> dict[str, Any]:
@@ -176,7 +177,9 @@ def _openapi(internal: FastAPI, public: FastAPI) -> Callable[[], dict[str, Any]]
                 description=(internal.description or "") + ASYNCAPI_LINK,
                 routes=[*internal.routes, *public.routes],
             )
-            document.setdefault("paths", {})[PATH_TEMPLATE] = {"get": openapi_operation()}
+            paths = document.setdefault("paths", {})
+            paths[PATH_TEMPLATE] = {"get": openapi_operation()}
+            paths[STATUS_PATH_TEMPLATE] = {"get": status_operation()}
             internal.openapi_schema = document
         return internal.openapi_schema
 

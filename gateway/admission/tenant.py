@@ -79,7 +79,7 @@ class TenantEndpoint:
         request_id_var.set(rid)
         extra = [(b"x-request-id", rid.encode("ascii")), *events.cors.headers(headers.get("origin"))]
         try:
-            principal = await events._authenticate(request.query, headers)  # the same checks
+            principal = await events.authenticate(request.query, headers)
             tenant = self._allowed(principal)
             query = parse_qsl(request.query.decode("latin-1"), keep_blank_values=True)
             statuses = parse_statuses(query)

@@ -69,8 +69,8 @@ def iso_millis(updated_ms: int) -> str:
 _UNICODE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
 
 
-def transition_data(transition: Transition) -> str:
-    """The event's ``data``: ``{"id","status","updatedAt"}`` on one line (session and tenant streams)."""
+def encode_payload(transition: Transition) -> str:
+    """The event's data, ``{"id","status","updatedAt"}``: also the body of a status read (``gateway.reads``)."""
     data = orjson.dumps(
         {"id": transition.session_id, "status": transition.status.value, "updatedAt": iso_millis(transition.updated_ms)}
     ).decode()
@@ -80,9 +80,7 @@ def transition_data(transition: Transition) -> str:
 
 
 def encode_transition(transition: Transition) -> bytes:
-    return ServerSentEvent(
-        data=transition_data(transition), event="message", id=event_id(transition), sep="\n"
-    ).encode()
+    return ServerSentEvent(data=encode_payload(transition), event="message", id=event_id(transition), sep="\n").encode()
 
 
 def encode_retry(retry_ms: int) -> bytes:

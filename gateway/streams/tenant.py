@@ -22,7 +22,7 @@ from sse_starlette import ServerSentEvent
 
 from consumers.store import SessionSnapshot, Transition
 from gateway.streams.cursor import encode_cursor
-from gateway.streams.sse import transition_data
+from gateway.streams.sse import encode_payload
 from gateway.streams.stream import NativeStream
 from schemas import SessionStatus
 
@@ -30,7 +30,7 @@ Statuses = frozenset[SessionStatus] | None  # None: every status
 
 
 def encode_event(transition: Transition, cursor: dict[int, int]) -> bytes:
-    data = transition_data(transition)
+    data = encode_payload(transition)
     return ServerSentEvent(data=data, event="message", id=encode_cursor(cursor), sep="\n").encode()
 
 

@@ -56,14 +56,16 @@ class CorsPolicy:
             and authority.lower() == (host or "").strip().lower()
         )
 
-    def preflight(self, origin: str | None, method: str | None) -> tuple[int, list[tuple[bytes, bytes]]]:
-        """Status and headers of the answer to an OPTIONS preflight."""
+    def preflight(
+        self, origin: str | None, method: str | None, allow: str = "GET", allow_headers: bytes = _ALLOWED_HEADERS
+    ) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """Status and headers of the answer to an OPTIONS preflight (of ``allow``, the route's one method)."""
         allowed = self.headers(origin)
-        if not allowed or (method or "").upper() != "GET":
+        if not allowed or (method or "").upper() != allow:
             return 400, [(b"vary", b"Origin")]
         return 204, [
             *allowed,
-            (b"access-control-allow-methods", b"GET"),
-            (b"access-control-allow-headers", _ALLOWED_HEADERS),
+            (b"access-control-allow-methods", allow.encode("ascii")),
+            (b"access-control-allow-headers", allow_headers),
             (b"access-control-max-age", b"600"),
         ]

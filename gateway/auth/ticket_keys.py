@@ -49,7 +49,8 @@ def parse_ticket_keys(entries: list[str]) -> list[TicketKey]:
     secrets: set[bytes] = set()
     for number, entry in enumerate(entries, start=1):
         kid, separator, encoded = entry.strip().partition(":")
-        where = f"entry {number} (kid {kid!r})" if _KID.fullmatch(kid) else f"entry {number}"
+        # The kid is named only when it is one: an entry without its kid may be a bare secret.
+        where = f"entry {number} (kid {kid!r})" if separator and _KID.fullmatch(kid) else f"entry {number}"
         if not separator or not _KID.fullmatch(kid):
             raise ValueError(f"{where}: expected kid:secret, the kid 1-32 characters of A-Z a-z 0-9 . _ -")
         secret = decode_secret(encoded.strip())

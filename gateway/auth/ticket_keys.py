@@ -44,6 +44,16 @@ def decode_secret(text: str) -> bytes | None:
 
 def parse_ticket_keys(entries: list[str]) -> list[TicketKey]:
     """``kid:secret`` entries as keys, in order; ``ValueError`` naming the entry (never its secret)."""
+    try:
+        return _parse(entries)
+    except ValueError as error:
+        raise ValueError(f"{error}; use e.g. {_EXAMPLE}") from None
+
+
+_EXAMPLE = "k2:<new secret>,k1:<old secret>, each from python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def _parse(entries: list[str]) -> list[TicketKey]:
     keys: list[TicketKey] = []
     kids: set[str] = set()
     secrets: set[bytes] = set()
@@ -58,8 +68,7 @@ def parse_ticket_keys(entries: list[str]) -> list[TicketKey]:
             raise ValueError(f"{where}: the secret is not base64url (A-Z a-z 0-9 - _, padding optional)")
         if not MIN_SECRET_BYTES <= len(secret) <= MAX_SECRET_BYTES:
             raise ValueError(
-                f"{where}: the secret decodes to {len(secret)} bytes; use {MIN_SECRET_BYTES} to "
-                f"{MAX_SECRET_BYTES} random bytes, e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                f"{where}: the secret decodes to {len(secret)} bytes, not {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES}"
             )
         if len(set(secret)) < _MIN_DISTINCT_BYTES:
             raise ValueError(f"{where}: the secret is not random (too few distinct bytes); draw it from secrets")

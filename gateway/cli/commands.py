@@ -182,7 +182,8 @@ async def _kafka_call(call: Awaitable[T], settings: ConsumerSettings) -> T:
 def cmd_watch(args: argparse.Namespace) -> int:
     from gateway.cli.watch import watch
 
-    return asyncio.run(watch(args.url, args.session_id, args.token, args.last_event_id))
+    credential = {"ticket": args.ticket} if args.ticket else {"token": args.token}
+    return asyncio.run(watch(args.url, args.session_id, credential, args.last_event_id))
 
 
 def cmd_dev_issuer(args: argparse.Namespace) -> int:

@@ -172,6 +172,8 @@ async def test_a_backend_trades_its_token_for_a_ticket_and_a_browser_streams_wit
     last = {"last-event-id": events[-1].id}
     status, _, _ = await stream_status(client, world, session_id, {"ticket": ticket}, headers=last)
     assert status == 204
+    spec = (await client.get(f"{world['main'].internal_url}/openapi.json")).json()
+    assert spec["paths"]["/session/{id}/ticket"]["post"]["operationId"] == "session_ticket"
 
 
 async def test_a_shorter_lifetime_may_be_asked_for_never_a_longer_one(

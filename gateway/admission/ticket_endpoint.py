@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from prometheus_client import Counter
@@ -163,3 +164,55 @@ async def _read_body(receive: Receive) -> bytes:
 async def _send(send: Send, status: int, headers: Headers, body: bytes = b"") -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _error(status: int, message: str, error: str) -> dict[str, Any]:
+    example = {"statusCode": status, "message": message, "error": error}
+    return {"description": message, "content": {"application/json": {"example": example}}}
+
+
+def openapi_operation() -> dict[str, Any]:
+    """The route's OpenAPI 3.1 operation object (the route itself is not a FastAPI route)."""
+    return {
+        "tags": ["Session Events"],
+        "summary": "Get a stream ticket for one session (backends only)",
+        "operationId": "session_ticket",
+        "description": (
+            "Trades the caller's token, sent in `Authorization: Bearer` only (never the query or a cookie), for a "
+            "ticket that opens this one session of the caller's tenant: `GET /session/{id}/events?ticket=...`. "
+            "Only when `GATEWAY_TICKET_KEYS` is set (else 404). See docs/tickets.md."
+        ),
+        "security": [{"bearer": []}],
+        "parameters": [
+            {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 256}},
+        ],
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {"ttl": {"type": "number", "exclusiveMinimum": 0}},
+                    }
+                }
+            },
+        },
+        "responses": {
+            "201": {
+                "description": "The ticket (`Cache-Control: no-store`).",
+                "content": {
+                    "application/json": {
+                        "example": {"ticket": "v1.eyJ....q_84", "expiresAt": "2026-11-28T10:15:00.000Z"}
+                    }
+                },
+            },
+            "400": _error(
+                400, "This route takes no query parameters: send the token in the Authorization header", "Bad Request"
+            ),
+            "401": _error(401, "Invalid or expired token", "Unauthorized"),
+            "403": _error(403, "Insufficient scope", "Forbidden"),
+            "404": _error(404, "Session abc not found", "Not Found"),
+            "413": _error(413, f"The body is limited to {MAX_BODY} bytes", "Payload Too Large"),
+        },
+    }

@@ -19,6 +19,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.admission.ticket_endpoint import PATH_TEMPLATE as TICKET_PATH
+from gateway.admission.ticket_endpoint import openapi_operation as ticket_operation
 from gateway.edge.route import PATH_TEMPLATE, openapi_operation
 
 _ASSETS = {
@@ -105,6 +107,7 @@ def _openapi(internal: FastAPI, public: FastAPI) -> Callable[[], dict[str, Any]]
                 routes=[*internal.routes, *public.routes],
             )
             document.setdefault("paths", {})[PATH_TEMPLATE] = {"get": openapi_operation()}
+            document["paths"][TICKET_PATH] = {"post": ticket_operation()}
             internal.openapi_schema = document
         return internal.openapi_schema
 

@@ -24,7 +24,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any, cast
 
-from benchmarks.common import HOST, TokenMinter, raise_nofile_limit
+from benchmarks.common import HOST, TENANT, TokenMinter, raise_nofile_limit
 
 _LINGER_ABORT = struct.pack("ii", 1, 0)  # close with RST: no TIME_WAIT left behind on the client side
 _UPDATED_AT = b'"updatedAt":"'
@@ -214,12 +214,13 @@ class LoadProcess:
         self.port: int = config["port"]
         self.minter = TokenMinter(config["private_jwk"])
         self.tokens: list[str] = []
+        self.parameter = "token"  # or "ticket", once ``mint_tickets`` minted stream tickets
         self.stats = Stats()
         self.streams: list[SseClient] = []
 
     def request(self, session_id: str, token: str) -> bytes:
         return (
-            f"GET /session/{session_id}/events?token={token} HTTP/1.1\r\n"
+            f"GET /session/{session_id}/events?{self.parameter}={token} HTTP/1.1\r\n"
             f"Host: {HOST}:{self.port}\r\n"
             "Accept: text/event-stream\r\n"
             "Cache-Control: no-cache\r\n"
@@ -230,7 +231,20 @@ class LoadProcess:
     def mint(self, count: int, prefix: str) -> dict[str, Any]:
         started = time.monotonic()
         self.tokens = [self.minter.mint(f"{prefix}-{i}") for i in range(count)]
+        self.parameter = "token"
         return {"minted": count, "seconds": time.monotonic() - started}
+
+    def mint_tickets(self, sessions: list[str], keys: str, prefix: str) -> dict[str, Any]:
+        """One stream ticket per session, in order, as a backend holding the ticket key mints them (docs/tickets.md)."""
+        from gateway.auth.ticket_keys import parse_ticket_keys
+        from gateway.auth.tickets import Grant, TicketCodec
+
+        started = time.monotonic()
+        codec = TicketCodec(parse_ticket_keys(keys.split(",")), 0.0)
+        expires = int(time.time()) + 3600
+        self.tokens = [codec.mint(Grant(f"{prefix}-{i}", TENANT, s, expires)) for i, s in enumerate(sessions)]
+        self.parameter = "ticket"
+        return {"minted": len(sessions), "seconds": time.monotonic() - started}
 
     async def open(
         self, sessions: list[str], concurrency: int, timeout: float, deadline_s: float, distinct_tokens: bool
@@ -327,6 +341,8 @@ async def _serve(conn: multiprocessing.connection.Connection, config: dict[str, 
                 break
             if command == "mint":
                 reply: dict[str, Any] = process.mint(**message)
+            elif command == "mint_tickets":
+                reply = process.mint_tickets(**message)
             elif command == "open":
                 reply = await process.open(**message)
             elif command == "counters":

@@ -20,6 +20,7 @@ import orjson
 from prometheus_client import Counter
 from starlette.types import Receive, Scope, Send
 
+from consumers.log_aggregation import ReasonFolding
 from gateway.admission.authentication import Authenticator
 from gateway.admission.endpoint import request_id
 from gateway.auth.access import AccessRule
@@ -77,8 +78,10 @@ class TicketEndpoint:
         codec: TicketCodec,
         cors: CorsPolicy,
         root_path: str = "",
+        refusals: ReasonFolding | None = None,
     ) -> None:
         self._root_path = root_path
+        self._refusals = refusals or ReasonFolding(log, what="refused ticket requests")
         self._settings = settings
         self._authenticator = authenticator
         self._codec = codec
@@ -111,8 +114,14 @@ class TicketEndpoint:
             status, answer = 201, await self._issue(session_id, scope.get("query_string", b""), headers, body)
         except StreamRefused as refused:
             TICKET_REQUESTS_REFUSED.labels(refused.reason or str(refused.status)).inc()
-            log.info(
-                "ticket refused session=%r status=%d reason=%s", log_value(session_id), refused.status, refused.reason
+            # One line per refused request at most, folded per reason: their number is the clients' to choose.
+            self._refusals.log(
+                logging.INFO,
+                f"ticket_{refused.reason}",
+                "ticket refused session=%r status=%d reason=%s",
+                log_value(session_id),
+                refused.status,
+                refused.reason,
             )
             own = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in refused.headers.items()]
             await _send(send, refused.status, [*_JSON, *own, *extra], refused.body())

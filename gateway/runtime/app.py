@@ -148,7 +148,9 @@ def create_app(
         settings, runtime.store, runtime.hub, runtime.progress, runtime.verifier, runtime.connections, runtime.tickets
     )
     tickets = (
-        TicketEndpoint(settings, events.authenticator, runtime.tickets, events.cors, settings.root_path)
+        TicketEndpoint(
+            settings, events.authenticator, runtime.tickets, events.cors, settings.root_path, events.refusal_log
+        )
         if runtime.tickets
         else None
     )

@@ -93,8 +93,17 @@ def test_non_canonical_base64_is_refused() -> None:
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
     last = alphabet.index(ticket[-1])
     for spare in (1, 2, 3):
-        assert reason(tickets, ticket[:-1] + alphabet[last ^ spare]) == "malformed"
+        assert reason(tickets, ticket[:-1] + alphabet[last ^ spare]) == "bad_signature"
     assert reason(tickets, ticket + "=") == "malformed"
+    # The payload's spelling is covered too: its last character's spare bits, padding, the standard alphabet.
+    # A payload whose last character has spare bits (its length is not a multiple of 4).
+    padded = next(t for t in (tickets.mint(grant(session="s" * n)) for n in range(1, 5)) if len(t.split(".")[1]) % 4)
+    head, payload, mac = padded.split(".")
+    spare_payload = payload[:-1] + alphabet[alphabet.index(payload[-1]) ^ 1]
+    assert base64.urlsafe_b64decode(spare_payload + "==") == base64.urlsafe_b64decode(payload + "==")
+    for spelling in (spare_payload, payload + "==", payload.replace("-", "+").replace("_", "/")):
+        if spelling != payload:
+            assert reason(tickets, f"{head}.{spelling}.{mac}") in ("bad_signature", "malformed"), spelling
 
 
 def test_expiry_and_leeway() -> None:

@@ -166,6 +166,26 @@ def test_the_python_example_mints_what_the_gateway_accepts() -> None:
     assert (accepted.tenant, accepted.session, accepted.subject) == ("tenant-a", "s-1", "backend")
 
 
+def test_a_ticket_sees_its_one_session_of_its_one_tenant() -> None:
+    from consumers.store import SessionSnapshot, Transition
+    from gateway.auth.access import AccessRule
+    from gateway.settings import AuthSettings
+    from schemas import SessionStatus
+
+    def snapshot(session: str, tenant: str) -> SessionSnapshot:
+        return SessionSnapshot(session, tenant, None, (Transition(session, SessionStatus.ACTIVE, 0, 0, 0),))
+
+    principal = grant(session="s-1").principal()
+    enforced = AccessRule(AuthSettings(tenant_claim="tenant_id"))
+    assert enforced.visible(snapshot("s-1", "tenant-a"), principal) is not None
+    assert enforced.visible(snapshot("s-2", "tenant-a"), principal) is None
+    assert enforced.visible(snapshot("s-1", "tenant-b"), principal) is None
+    # Without a tenant check the session still binds, and no session claim setting unbinds it.
+    unchecked = AccessRule(AuthSettings(tenant_claim="", session_claim=""))
+    assert unchecked.visible(snapshot("s-2", "tenant-a"), grant(tenant=None).principal()) is None
+    assert unchecked.visible(snapshot("s-1", "tenant-b"), grant(tenant=None).principal()) is not None
+
+
 # --- the key set --------------------------------------------------------------------------------------
 
 

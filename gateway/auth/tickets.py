@@ -11,7 +11,6 @@ flipped unnoticed.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -45,10 +44,11 @@ class Grant:
 
 
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _PADDING = ("", "", "==", "=")
 
 
@@ -125,8 +125,10 @@ class TicketCodec:
         return self._grant(payload, time.time() if now is None else now)
 
     def _grant(self, payload: dict[str, object], now: float) -> Grant:
-        subject, tenant, session, expires = (payload.get(name) for name in ("sub", "tid", "sid", "exp"))
-        if set(payload) != _FIELDS or not isinstance(subject, str) or not isinstance(session, str) or not session:
+        if payload.keys() != _FIELDS:
+            raise AuthenticationError("malformed")
+        subject, tenant, session, expires = payload["sub"], payload["tid"], payload["sid"], payload["exp"]
+        if not isinstance(subject, str) or not isinstance(session, str) or not session:
             raise AuthenticationError("malformed")
         if tenant is not None and not (isinstance(tenant, str) and tenant):
             raise AuthenticationError("malformed")

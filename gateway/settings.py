@@ -12,11 +12,12 @@ import ipaddress
 import socket
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from consumers.durations import milliseconds_fields, seconds_fields
 from consumers.settings import SettingsGroup, split_list
+from gateway.auth.ticket_keys import parse_ticket_keys
 
 ALLOWED_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"}
@@ -207,15 +208,42 @@ class AuthSettings(SettingsGroup):
     required_scope: str | None = Field(
         None, description="the token's `scope` (space-separated) or `roles` must contain it"
     )
-
-    _auth_seconds = seconds_fields(
-        "jwt_leeway", "jwks_min_refresh", "jwks_cache_ttl", "jwks_cache_min_ttl", "jwks_cache_max_ttl", "jwks_timeout"
+    ticket_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        [],
+        repr=False,
+        description=(
+            "stream tickets (`POST /session/{id}/ticket`, `?ticket=`): comma-separated `kid:secret`, each "
+            "secret base64url of at least 32 random bytes; the first signs, all verify; unset: tickets are "
+            "off (see [Stream tickets](tickets.md))"
+        ),
+    )
+    ticket_ttl: float = Field(
+        900.0,
+        gt=0,
+        le=86400,
+        description="lifetime of a ticket the gateway issues (15 minutes); a request may ask for less, never more",
     )
 
-    @field_validator("jwt_algorithms", mode="before")
+    _auth_seconds = seconds_fields(
+        "jwt_leeway",
+        "jwks_min_refresh",
+        "jwks_cache_ttl",
+        "jwks_cache_min_ttl",
+        "jwks_cache_max_ttl",
+        "jwks_timeout",
+        "ticket_ttl",
+    )
+
+    @field_validator("jwt_algorithms", "ticket_keys", mode="before")
     @classmethod
     def _algorithm_list(cls, value: object) -> object:
         return split_list(value)
+
+    @field_validator("ticket_keys")
+    @classmethod
+    def _ticket_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        parse_ticket_keys([item.get_secret_value() for item in value])  # refuses weak or duplicate keys
+        return value
 
     @field_validator("jwt_algorithms")
     @classmethod

@@ -277,6 +277,16 @@ def test_every_gateway_variable_the_chart_sets_is_a_setting(helm: Path) -> None:
     assert {"GATEWAY_KAFKA_BOOTSTRAP_SERVERS", "GATEWAY_JWKS_URL", "GATEWAY_OIDC_ISSUER"} <= names & existing_settings()
 
 
+def test_ticket_keys_come_from_a_secret_only(helm: Path) -> None:
+    env = {entry["name"]: entry for entry in render(helm, FULL_VALUES).gateway_container()["env"]}
+    assert env["GATEWAY_TICKET_KEYS"]["valueFrom"] == {
+        "secretKeyRef": {"name": "gateway-ticket-keys", "key": "ticket-keys"}
+    }
+    default = render(helm, DEFAULT_VALUES)
+    assert "GATEWAY_TICKET_KEYS" not in {entry["name"] for entry in default.gateway_container()["env"]}
+    assert "GATEWAY_TICKET_KEYS" not in default.one("ConfigMap")["data"]
+
+
 def test_workers_value_sets_gateway_workers(helm: Path) -> None:
     assert render(helm, DEFAULT_VALUES).one("ConfigMap")["data"]["GATEWAY_WORKERS"] == "1"
     assert render(helm, DEFAULT_VALUES, set_values=("workers=3",)).one("ConfigMap")["data"]["GATEWAY_WORKERS"] == "3"

@@ -33,6 +33,8 @@ class Principal:
     session: str | None
     scopes: frozenset[str]
     expires_at: float
+    # A stream ticket's session (``gateway.auth.tickets``): any other session is unknown to this principal.
+    ticket_session: str | None = None
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:

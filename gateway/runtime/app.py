@@ -27,7 +27,10 @@ from gateway import metrics
 from gateway.admission.clock import StreamClock
 from gateway.admission.endpoint import EventsEndpoint
 from gateway.admission.registry import ConnectionRegistry
+from gateway.admission.ticket_endpoint import TicketEndpoint
 from gateway.auth.jwks import JwksCache
+from gateway.auth.ticket_keys import parse_ticket_keys
+from gateway.auth.tickets import TicketCodec
 from gateway.auth.verifier import TokenVerifier
 from gateway.runtime import loops
 from gateway.runtime.api_docs import install_openapi
@@ -59,6 +62,7 @@ class Runtime:
     health: HealthPolicy
     workers: WorkerReadiness | None = None  # with ``serve --workers N``: the pod is ready when all are
     pod: PodMetrics | None = None  # with ``serve --workers N``: /metrics answers for the whole pod
+    tickets: TicketCodec | None = None  # stream tickets, when ``GATEWAY_TICKET_KEYS`` is set
 
     @classmethod
     def build(
@@ -106,6 +110,7 @@ class Runtime:
             health=health,
             workers=workers,
             pod=pod,
+            tickets=ticket_codec(settings),
         )
 
     async def start(self) -> None:
@@ -134,6 +139,12 @@ class Runtime:
         await self.http.aclose()
 
 
+def ticket_codec(settings: GatewaySettings) -> TicketCodec | None:
+    """The stream-ticket codec of ``GATEWAY_TICKET_KEYS``, or None when tickets are off."""
+    keys = parse_ticket_keys([key.get_secret_value() for key in settings.ticket_keys])
+    return TicketCodec(keys, settings.jwt_leeway) if keys else None
+
+
 def create_app(
     settings: GatewaySettings | None = None,
     consumer_settings: ConsumerSettings | None = None,
@@ -145,7 +156,14 @@ def create_app(
     consumer_settings = consumer_settings or ConsumerSettings()
     runtime = Runtime.build(settings, consumer_settings, workers, pod)
     events = EventsEndpoint(
-        settings, runtime.store, runtime.hub, runtime.progress, runtime.verifier, runtime.connections
+        settings, runtime.store, runtime.hub, runtime.progress, runtime.verifier, runtime.connections, runtime.tickets
+    )
+    tickets = (
+        TicketEndpoint(
+            settings, events.authenticator, runtime.tickets, events.cors, settings.root_path, events.refusal_log
+        )
+        if runtime.tickets
+        else None
     )
 
     @contextlib.asynccontextmanager
@@ -159,4 +177,4 @@ def create_app(
     internal = internal_app(runtime, lifespan)
     public = public_app(runtime)
     install_openapi(internal, public, runtime.settings)
-    return GatewayApp(runtime, public, internal, events)
+    return GatewayApp(runtime, public, internal, events, tickets)

@@ -274,6 +274,34 @@ async def test_a_ticket_for_another_session_or_tenant_is_answered_like_an_unknow
     assert reference[3] >= WAIT * 0.9
 
 
+async def test_a_ticket_reads_its_own_sessions_status_and_no_other(
+    world: GatewayWorld, client: httpx.AsyncClient
+) -> None:
+    """The status read (GET /session/{id}) takes tickets through the same step as the stream: its one
+    session answers 200, a neighbour of the same tenant and another tenant's session answer the unknown
+    session's 404 (no 304 either, whatever If-None-Match says)."""
+    mine, neighbour, theirs = (new_session(label) for label in ("read-mine", "read-neighbour", "read-theirs"))
+    await publish(world, mine, TENANT_A)
+    await publish(world, neighbour, TENANT_A)
+    await publish(world, theirs, TENANT_B)
+    bearer = token(world)
+    await visible(client, world, neighbour, bearer)
+    await visible(client, world, theirs, token(world, TENANT_B))
+    ticket = await ticket_for(client, world["main"], mine, bearer)
+    base = world["main"].url
+    own = await client.get(f"{base}/session/{mine}", params={"ticket": ticket})
+    assert own.status_code == 200, own.text
+    assert own.json()["id"] == mine and own.json()["status"] == "active"
+    etag = own.headers["etag"]
+    unknown = await client.get(f"{base}/session/{new_session('read-unknown')}", params={"token": bearer})
+    for session_id in (neighbour, theirs):
+        for headers in ({}, {"if-none-match": etag}, {"if-none-match": "*"}):
+            other = await client.get(f"{base}/session/{session_id}", params={"ticket": ticket}, headers=headers)
+            assert other.status_code == 404, (session_id, headers, other.status_code)
+            assert other.json()["message"] == f"Session {session_id} not found"
+            assert other.json().keys() == unknown.json().keys()
+
+
 async def test_expired_retired_and_tampered_tickets_answer_401(world: GatewayWorld, client: httpx.AsyncClient) -> None:
     session_id = new_session("bad")
     await publish(world, session_id, TENANT_A)

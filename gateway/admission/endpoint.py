@@ -35,6 +35,8 @@ from gateway.edge.errors import (
     CROSS_ORIGIN_COOKIE,
     INVALID_TOKEN,
     MISSING_TOKEN,
+    MISSING_TOKEN_HEADER,
+    QUERY_TOKEN_REFUSED,
     StreamRefused,
     error_headers,
 )
@@ -150,9 +152,16 @@ class EventsEndpoint:
 
     async def _authenticate(self, query: bytes, headers: dict[str, str]) -> Principal:
         token, source = locate_token(query, headers, self.settings.token_cookie)
+        query_allowed = self.settings.allow_query_tokens
         if not token:
             metrics.AUTH_FAILURES.labels("missing").inc()
-            raise StreamRefused(401, MISSING_TOKEN, {"WWW-Authenticate": "Bearer"}, reason="missing_token")
+            message = MISSING_TOKEN if query_allowed else MISSING_TOKEN_HEADER
+            raise StreamRefused(401, message, {"WWW-Authenticate": "Bearer"}, reason="missing_token")
+        if source == "query" and not query_allowed:
+            # Refused even with a header as well: a token in a URL is in some log already, its sender should know.
+            metrics.AUTH_FAILURES.labels("query_token_refused").inc()
+            challenge = 'Bearer error="invalid_request", error_description="tokens in the URL are not accepted"'
+            raise StreamRefused(401, QUERY_TOKEN_REFUSED, {"WWW-Authenticate": challenge}, reason="query_token_refused")
         if source == "cookie" and not self.cors.sends_credentials(headers.get("origin"), headers.get("host")):
             # A browser sends the cookie with any page's request (SameSite=None): a page of an origin that
             # may not read the stream must not hold streams (and use up limits) on the cookie owner's behalf.

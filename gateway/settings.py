@@ -9,10 +9,11 @@ classes by ``make docs``).
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from consumers.durations import milliseconds_fields, seconds_fields
@@ -168,8 +169,9 @@ class AuthSettings(SettingsGroup):
         ),
     )
     jwt_issuer: str | None = Field(None, description="when set, `iss` must equal it")
-    jwt_issuers: list[TrustedIssuer] = Field(
+    jwt_issuers: Annotated[list[TrustedIssuer], NoDecode] = Field(
         [],
+        json_schema_extra={"example": '[{"issuer": "https://idp/realms/a", "jwksUrl": "https://...", "tenant": "a"}]'},
         description=(
             "several issuers instead of the three settings above: a JSON list of "
             '`{"issuer": ..., "jwksUrl": ...}` (or `"discovery"`, the OpenID configuration URL; neither: '
@@ -278,23 +280,30 @@ class AuthSettings(SettingsGroup):
             raise ValueError("at least one algorithm is required")
         return value
 
+    @field_validator("jwt_issuers", mode="before")
+    @classmethod
+    def _issuer_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return []
+            try:
+                return json.loads(value)
+            except ValueError as error:
+                raise ValueError(f"not JSON ({error})") from None
+        return value
+
     @field_validator("jwt_issuers")
     @classmethod
-    def _distinct_issuers(cls, value: list[TrustedIssuer]) -> list[TrustedIssuer]:
+    def _distinct_issuers(cls, value: list[TrustedIssuer], info: ValidationInfo) -> list[TrustedIssuer]:
         names = [entry.issuer for entry in value]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"issuers listed twice: {repeated}")
-        return value
-
-    @model_validator(mode="after")
-    def _one_issuer_form(self) -> AuthSettings:
-        if self.jwt_issuers and (self.jwks_url or self.oidc_issuer or self.jwt_issuer):
+        if value and any(info.data.get(name) for name in ("jwks_url", "oidc_issuer", "jwt_issuer")):
             raise ValueError(
-                "GATEWAY_JWT_ISSUERS replaces GATEWAY_JWKS_URL, GATEWAY_OIDC_ISSUER and GATEWAY_JWT_ISSUER: "
-                "set either the list or those"
+                "it replaces GATEWAY_JWKS_URL, GATEWAY_OIDC_ISSUER and GATEWAY_JWT_ISSUER: set either the list or those"
             )
-        return self
+        return value
 
     @property
     def tenants_enforced(self) -> bool:

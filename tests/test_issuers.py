@@ -220,6 +220,23 @@ async def test_a_key_of_issuer_b_cannot_vouch_for_issuer_a(world: World, client:
     assert "reason=bad_signature" in world.issuers.logs()
 
 
+async def test_a_kid_only_issuer_b_has_does_not_verify_a_token_claiming_issuer_a(
+    world: World, client: httpx.AsyncClient
+) -> None:
+    only_b = rsa_key(f"only-b-{uuid.uuid4().hex[:6]}")
+    world.jwks_b.keys.append(only_b)
+    try:
+        # Issuer B vouches for the key (a refetch of B's keys finds it) ...
+        own = mint(only_b, iss=world.iss_b, tenant=None)
+        assert_streams(await ask(client, world.issuers, world.session_b, bearer=own), world.session_b)
+        # ... but not for issuer A: a cache keyed by kid alone would accept this one.
+        forged = mint(only_b, iss=world.iss_a, tenant=TENANT_A)
+        assert_invalid_token(await ask(client, world.issuers, world.session_a, bearer=forged))
+        assert "reason=unknown_key" in world.issuers.logs()
+    finally:
+        world.jwks_b.keys.remove(only_b)
+
+
 async def test_an_unknown_or_missing_iss_is_refused_without_asking_any_key_server(
     world: World, client: httpx.AsyncClient
 ) -> None:

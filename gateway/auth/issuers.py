@@ -23,7 +23,8 @@ import httpx
 
 from gateway import metrics
 from gateway.auth.claims import AuthenticationError, ClaimsValidator
-from gateway.auth.jwks import JwksCache, KeySource
+from gateway.auth.jwks import JwksCache
+from gateway.auth.key_source import KeySource
 from gateway.settings import AuthSettings
 
 

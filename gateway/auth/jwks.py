@@ -17,9 +17,8 @@
   parsing and key import run in a worker thread, never on the event loop.
 - Only these keys verify tokens: key material or URLs found in a token's header (``jwk``, ``jku``,
   ``x5u``, ``x5c``) are never used (see ``gateway.auth.jws``).
-- One cache per issuer (``gateway.auth.issuers``): its rate limit, waiting cap and failures are its
-  own, so a kid flood against one issuer never delays another; ``KeySource`` says where its keys are
-  and names it in the per-issuer metrics.
+- One cache per issuer (``gateway.auth.issuers``, ``key_source``): its rate limit, waiting cap and
+  failures are its own, so a kid flood against one issuer never delays another.
 - Listeners registered with ``on_keys_removed`` hear the RFC 7638 thumbprints of keys that a
   refresh removed or replaced, so that what those keys verified can be forgotten.
 """
@@ -33,13 +32,13 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey
 
 from gateway import metrics
+from gateway.auth.key_source import KeySource
 from gateway.settings import AuthSettings
 
 log = logging.getLogger("gateway.auth.jwks")
@@ -47,23 +46,6 @@ log = logging.getLogger("gateway.auth.jwks")
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*(\d+)", re.IGNORECASE)
 _KTY_FOR_ALG = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 _KEY_TYPES: tuple[type[Any], ...] = (RSAKey, ECKey, OKPKey)
-
-
-@dataclass(frozen=True, slots=True)
-class KeySource:
-    """Where one issuer's keys are: a JWKS URL, else an OpenID configuration document naming it."""
-
-    label: str  # the ``issuer`` label of the per-issuer metrics: the issuer, else the URL
-    jwks_url: str | None
-    discovery_url: str | None
-
-    @classmethod
-    def from_settings(cls, settings: AuthSettings) -> KeySource:
-        """The one-issuer form: ``GATEWAY_JWKS_URL`` or ``GATEWAY_OIDC_ISSUER``."""
-        issuer = settings.oidc_issuer
-        discovery = issuer.rstrip("/") + "/.well-known/openid-configuration" if issuer else None
-        label = settings.jwt_issuer or issuer or settings.jwks_url or ""
-        return cls(label, settings.jwks_url, discovery)
 
 
 class JwksCache:

@@ -21,9 +21,11 @@ MAX_NUMERIC_DATE = 253_402_300_799
 
 
 class AuthenticationError(Exception):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, keys_loaded: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
+        # False when no key was found because the token's issuer never had its keys loaded: not a bad token.
+        self.keys_loaded = keys_loaded
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,11 @@ class TokenVerifier:
         self.cache = VerifiedTokenCache(settings.token_cache_size, float(settings.jwt_leeway))
         self._issuers.on_keys_removed(self.cache.drop_keys)
 
+    @property
+    def keys_loaded(self) -> bool:
+        """Whether every issuer's key set was ever loaded: before, not every token can be verified, however good."""
+        return self._issuers.loaded
+
     async def verify(self, token: str) -> Principal:
         if len(token) > self._settings.max_token_bytes:
             raise AuthenticationError("too_large")
@@ -62,7 +67,7 @@ class TokenVerifier:
         # Only a token that passes every claim check may wait for the deferred JWKS refetch.
         key = await issuer.keys.key_for(kid, alg, lambda: self._principal(issuer, claims))
         if key is None:
-            raise AuthenticationError("unknown_key" if kid else "no_kid")
+            raise AuthenticationError("unknown_key" if kid else "no_kid", keys_loaded=issuer.keys.loaded)
         thumbprint = issuers.scoped(issuer, issuer.keys.thumbprint(key))
         if not self._signature_valid(compact, alg, key):
             raise AuthenticationError("bad_signature")

@@ -13,6 +13,7 @@ QUERY_TOKEN_REFUSED = (
     "Send the token in the 'Authorization: Bearer' header."
 )
 INVALID_TOKEN = "Invalid or expired token"
+KEYS_NOT_LOADED = "Signing keys are not loaded yet: the gateway cannot verify tokens. Retry later"
 CROSS_ORIGIN_COOKIE = "Cookie authentication is not allowed from this origin"
 
 

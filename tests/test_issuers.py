@@ -361,3 +361,63 @@ async def test_query_tokens_off_names_the_header_when_there_is_no_token(
 async def test_query_tokens_on_by_default(world: World, client: httpx.AsyncClient) -> None:
     token = mint(world.key_a, iss=world.iss_a, tenant=None)
     assert_streams(await ask(client, world.issuers, world.session_a, params={"token": token}), world.session_a)
+
+
+# --------------------------------------------------------------------------------------------------
+# One issuer's keys never loaded
+
+
+async def test_an_issuer_whose_keys_never_loaded_gets_503_and_the_other_is_served(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    key_a, key_c = rsa_key("a"), rsa_key("c")
+    jwks_a = JwksServer(keys=[key_a]).start()
+    jwks_c = JwksServer(keys=[key_c], failing=True).start()  # down since before the gateway started
+    session = _new_session("half")
+    issuers = json.dumps(
+        [
+            {"issuer": jwks_a.issuer_url, "jwksUrl": jwks_a.url, "tenant": TENANT_A},
+            {"issuer": jwks_c.issuer_url, "jwksUrl": jwks_c.url, "tenant": TENANT_A},
+        ]
+    )
+    try:
+        async with (
+            gateway_world(
+                kafka_bootstrap,
+                tmp_path_factory,
+                "issuers-half",
+                records=[(session.encode(), event_bytes(session, TENANT_A, "active"))],
+                jwks=jwks_a,
+                ready=False,
+                gateways={
+                    "half": {"GATEWAY_JWKS_URL": None, "GATEWAY_JWT_ISSUER": None, "GATEWAY_JWT_ISSUERS": issuers}
+                },
+            ) as world,
+            httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as client,
+        ):
+            gateway = world.gateway
+            # Not ready, and /readyz names the issuer whose keys are missing.
+            ready = await client.get(f"{gateway.internal_url}/readyz")
+            assert ready.status_code == 503
+            assert any(reason.startswith(jwks_c.issuer_url + ": ") for reason in ready.json()["reasons"]), ready.json()
+            # Issuer A's tokens are served (once the session is read); issuer C's get 503 with Retry-After, not 401.
+            token_a = mint(key_a, iss=jwks_a.issuer_url, tenant=None)
+            await wait_until(lambda: _status(gateway, session, token_a) == 200, 60, "issuer A's token was not served")
+            answer = await ask(client, gateway, session, bearer=mint(key_c, iss=jwks_c.issuer_url, tenant=None))
+            assert answer.status == 503 and "retry-after" in answer.headers, (answer.status, answer.body)
+            # A forged kid for issuer A is a bad token (401), not "keys not loaded".
+            forged = mint(key_c, iss=jwks_a.issuer_url, tenant=None)
+            assert_invalid_token(await ask(client, gateway, session, bearer=forged))
+    finally:
+        jwks_a.stop()
+        jwks_c.stop()
+
+
+def _status(gateway: GatewayProcess, session_id: str, token: str) -> int:
+    with httpx.stream(
+        "GET",
+        f"{gateway.url}/session/{session_id}/events",
+        headers={"authorization": f"Bearer {token}"},
+        timeout=30,
+    ) as response:
+        return response.status_code

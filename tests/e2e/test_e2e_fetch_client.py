@@ -140,7 +140,7 @@ async def test_eventsource_with_a_query_token_gets_one_clear_401_when_query_toke
     finally:
         await context.close()
     assert seen["events"] == [] and seen["states"] == ["closed"], seen
-    assert stream_requests(gateway, session_id) == [401], gateway.logs()[-3000:]
+    await wait_until(lambda: stream_requests(gateway, session_id) == [401], 10, lambda: gateway.logs()[-3000:])
     assert "reason=query_token_refused" in gateway.logs()
     assert token not in gateway.logs()
     # What a developer trying it with curl (or the browser's network panel) reads.

@@ -22,7 +22,15 @@ from gateway.auth.tickets import TicketCodec
 from gateway.auth.token_sources import locate_token
 from gateway.auth.verifier import TokenVerifier
 from gateway.edge.cors import CorsPolicy
-from gateway.edge.errors import CROSS_ORIGIN_COOKIE, INVALID_TOKEN, KEYS_NOT_LOADED, MISSING_TOKEN, StreamRefused
+from gateway.edge.errors import (
+    CROSS_ORIGIN_COOKIE,
+    INVALID_TOKEN,
+    KEYS_NOT_LOADED,
+    MISSING_TOKEN,
+    MISSING_TOKEN_HEADER,
+    QUERY_TOKEN_REFUSED,
+    StreamRefused,
+)
 from gateway.settings import AuthSettings
 
 TICKET_PARAMETER = "ticket"
@@ -57,9 +65,9 @@ def invalid(reason: str) -> StreamRefused:
     return StreamRefused(401, INVALID_TOKEN, {"WWW-Authenticate": 'Bearer error="invalid_token"'}, reason=reason)
 
 
-def missing() -> StreamRefused:
+def missing(message: str = MISSING_TOKEN) -> StreamRefused:
     metrics.AUTH_FAILURES.labels("missing").inc()
-    return StreamRefused(401, MISSING_TOKEN, {"WWW-Authenticate": "Bearer"}, reason="missing_token")
+    return StreamRefused(401, message, {"WWW-Authenticate": "Bearer"}, reason="missing_token")
 
 
 class Authenticator:
@@ -84,8 +92,14 @@ class Authenticator:
             if ticket:
                 return self.ticket(ticket)
         token, source = locate_token(query, headers, self._settings.token_cookie)
+        query_allowed = self._settings.allow_query_tokens
         if not token:
-            raise missing()
+            raise missing(MISSING_TOKEN if query_allowed else MISSING_TOKEN_HEADER)
+        if source == "query" and not query_allowed:
+            # Refused even with a header as well: a token in a URL is in some log already, its sender should know.
+            metrics.AUTH_FAILURES.labels("query_token_refused").inc()
+            challenge = 'Bearer error="invalid_request", error_description="tokens in the URL are not accepted"'
+            raise StreamRefused(401, QUERY_TOKEN_REFUSED, {"WWW-Authenticate": challenge}, reason="query_token_refused")
         if source == "cookie" and not self._cors.sends_credentials(headers.get("origin"), headers.get("host")):
             # A browser sends the cookie with any page's request (SameSite=None): a page of an origin that
             # may not read the stream must not hold streams (and use up limits) on the cookie owner's behalf.
@@ -117,8 +131,8 @@ class Authenticator:
         try:
             principal = await self._verifier.verify(token)
         except AuthenticationError as error:
-            if error.reason in KEY_REASONS and not self._verifier.keys_loaded:
-                # No key set was ever loaded (a wrong GATEWAY_JWKS_URL, the identity provider down at
+            if error.reason in KEY_REASONS and not error.keys_loaded:
+                # The token's issuer never had a key set loaded (a wrong GATEWAY_JWKS_URL, the identity provider down at
                 # start): the token is not known to be bad, the gateway cannot judge it yet.
                 metrics.AUTH_FAILURES.labels("keys_not_loaded").inc()
                 retry = str(max(1, math.ceil(self._settings.jwks_min_refresh)))

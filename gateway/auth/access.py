@@ -15,7 +15,7 @@ class AccessRule:
     """``GATEWAY_TENANT_CLAIM`` and ``GATEWAY_SESSION_CLAIM`` applied to one principal and session."""
 
     def __init__(self, settings: AuthSettings) -> None:
-        self.tenants_enforced = bool(settings.tenant_claim)
+        self.tenants_enforced = settings.tenants_enforced
         self._session_claim = bool(settings.session_claim)
 
     def session_allowed(self, principal: Principal, session_id: str) -> bool:

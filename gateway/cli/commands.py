@@ -52,10 +52,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = GatewaySettings(**overrides)  # type: ignore[arg-type]
     _check_dev_mode_host(settings)
     issuer = None
-    if not (settings.jwks_url or settings.oidc_issuer):
+    if not settings.keys_configured:
         if not settings.dev_mode:
             raise UserError(
-                "set GATEWAY_JWKS_URL or GATEWAY_OIDC_ISSUER: tokens cannot be verified without keys "
+                "set GATEWAY_JWKS_URL, GATEWAY_OIDC_ISSUER or GATEWAY_JWT_ISSUERS: tokens cannot be verified "
+                "without keys "
                 "(for a local try-out: session-gateway serve --dev)"
             )
         check_gateway_ports(settings)

@@ -23,12 +23,11 @@ from consumers.progress import PartitionProgress
 from consumers.settings import ConsumerSettings
 from consumers.store import SessionStore
 from consumers.supervision import Supervisor
-from gateway import metrics
 from gateway.admission.clock import StreamClock
 from gateway.admission.endpoint import EventsEndpoint
 from gateway.admission.registry import ConnectionRegistry
 from gateway.admission.ticket_endpoint import TicketEndpoint
-from gateway.auth.jwks import JwksCache
+from gateway.auth.issuers import TrustedIssuers
 from gateway.auth.ticket_keys import parse_ticket_keys
 from gateway.auth.tickets import TicketCodec
 from gateway.auth.verifier import TokenVerifier
@@ -55,7 +54,7 @@ class Runtime:
     progress: PartitionProgress
     consumer: SessionStatusConsumer
     http: httpx.AsyncClient
-    jwks: JwksCache
+    jwks: TrustedIssuers
     verifier: TokenVerifier
     connections: ConnectionRegistry
     supervisor: Supervisor
@@ -81,10 +80,8 @@ class Runtime:
         progress = PartitionProgress()
         consumer = SessionStatusConsumer(consumer_settings, store, hub, progress)
         http = httpx.AsyncClient(follow_redirects=False, headers={"user-agent": "session-events-gateway"})
-        jwks = JwksCache(settings, http)
-        connections = ConnectionRegistry(
-            settings, StreamClock(settings, hub), tenant_shares=bool(settings.tenant_claim)
-        )
+        jwks = TrustedIssuers.from_settings(settings, http)
+        connections = ConnectionRegistry(settings, StreamClock(settings, hub), tenant_shares=settings.tenants_enforced)
         supervisor = Supervisor(settings.task_crash_limit, settings.task_crash_window)
         health = HealthPolicy(
             strict=settings.readiness_strict,
@@ -115,8 +112,7 @@ class Runtime:
 
     async def start(self) -> None:
         """Starts every long-running task under the supervisor (the task names are metric labels)."""
-        metrics.JWKS_LAST_REFRESH_AGE.set_function(self.jwks.seconds_since_refresh)
-        metrics.JWKS_WAITING.set_function(lambda: self.jwks.waiting)
+        self.jwks.bind_metrics()
         consumer_metrics.STORE_SESSIONS.set_function(lambda: len(self.store))  # current in every exposition
         supervisor = self.supervisor
         for name, task in self.consumer.tasks().items():

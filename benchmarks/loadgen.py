@@ -24,7 +24,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any, cast
 
-from benchmarks.common import HOST, TokenMinter, raise_nofile_limit
+from benchmarks.common import HOST, TENANT, TokenMinter, raise_nofile_limit
 
 _LINGER_ABORT = struct.pack("ii", 1, 0)  # close with RST: no TIME_WAIT left behind on the client side
 _UPDATED_AT = b'"updatedAt":"'
@@ -214,12 +214,13 @@ class LoadProcess:
         self.port: int = config["port"]
         self.minter = TokenMinter(config["private_jwk"])
         self.tokens: list[str] = []
+        self.tickets: list[str] = []  # stream tickets, one per session of ``mint_tickets`` (in its order)
         self.stats = Stats()
         self.streams: list[SseClient] = []
 
-    def request(self, session_id: str, token: str) -> bytes:
+    def request(self, session_id: str, token: str, parameter: str = "token") -> bytes:
         return (
-            f"GET /session/{session_id}/events?token={token} HTTP/1.1\r\n"
+            f"GET /session/{session_id}/events?{parameter}={token} HTTP/1.1\r\n"
             f"Host: {HOST}:{self.port}\r\n"
             "Accept: text/event-stream\r\n"
             "Cache-Control: no-cache\r\n"
@@ -232,12 +233,30 @@ class LoadProcess:
         self.tokens = [self.minter.mint(f"{prefix}-{i}") for i in range(count)]
         return {"minted": count, "seconds": time.monotonic() - started}
 
+    def mint_tickets(self, sessions: list[str], keys: str, prefix: str) -> dict[str, Any]:
+        """One stream ticket per session, in order, as a backend holding the ticket key mints them (docs/tickets.md)."""
+        from gateway.auth.ticket_keys import parse_ticket_keys
+        from gateway.auth.tickets import Grant, TicketCodec
+
+        started = time.monotonic()
+        codec = TicketCodec(parse_ticket_keys(keys.split(",")), 0.0)
+        expires = int(time.time()) + 3600
+        self.tickets = [codec.mint(Grant(f"{prefix}-{i}", TENANT, s, expires)) for i, s in enumerate(sessions)]
+        return {"minted": len(sessions), "seconds": time.monotonic() - started}
+
     async def open(
-        self, sessions: list[str], concurrency: int, timeout: float, deadline_s: float, distinct_tokens: bool
+        self,
+        sessions: list[str],
+        concurrency: int,
+        timeout: float,
+        deadline_s: float,
+        distinct_tokens: bool,
+        credential: str = "token",
     ) -> dict[str, Any]:
-        """Opens one stream per entry of ``sessions``; returns when each got its first event or failed."""
+        """Opens one stream per entry of ``sessions`` (with ``credential``: ``token`` or ``ticket``); returns when
+        each got its first event or failed."""
         loop = asyncio.get_running_loop()
-        tokens = self.tokens
+        tokens = self.tickets if credential == "ticket" else self.tokens
         if not tokens:
             raise RuntimeError("mint tokens first")
         if distinct_tokens and len(tokens) < len(sessions):
@@ -252,7 +271,7 @@ class LoadProcess:
         async def one(index: int) -> None:
             token = tokens[index] if distinct_tokens else tokens[index % len(tokens)]
             first: asyncio.Future[None] = loop.create_future()
-            client = SseClient(self.request(sessions[index], token), self.stats, first)
+            client = SseClient(self.request(sessions[index], token, credential), self.stats, first)
             starts.append(client.started_at)
             try:
                 await asyncio.wait_for(loop.create_connection(lambda: client, HOST, self.port), timeout)
@@ -327,6 +346,8 @@ async def _serve(conn: multiprocessing.connection.Connection, config: dict[str, 
                 break
             if command == "mint":
                 reply: dict[str, Any] = process.mint(**message)
+            elif command == "mint_tickets":
+                reply = process.mint_tickets(**message)
             elif command == "open":
                 reply = await process.open(**message)
             elif command == "counters":

@@ -59,3 +59,36 @@ EDGE_REFUSALS = Counter(
 STATUS_READS = Counter(
     "gateway_status_reads_total", "Status reads (GET /session/{id}) answered, by status.", ["status"]
 )
+
+# Per issuer (GATEWAY_JWT_ISSUERS, or the one issuer): the totals above stay as they were, summed over issuers.
+JWKS_ISSUER_FETCHES = Counter(
+    "gateway_jwks_issuer_fetches_total", "JWKS (and OIDC discovery) fetches attempted, by issuer.", ["issuer"]
+)
+JWKS_ISSUER_FAILURES = Counter(
+    "gateway_jwks_issuer_fetch_failures_total", "JWKS fetches that failed, by issuer.", ["issuer"]
+)
+JWKS_ISSUER_KEY_WAITS = Counter(
+    "gateway_jwks_issuer_unknown_kid_waits_total",
+    "gateway_jwks_unknown_kid_waits_total by issuer: each issuer has its own refetch limit and waiting cap.",
+    ["issuer", "outcome"],
+)
+JWKS_ISSUER_WAITING = Gauge(
+    "gateway_jwks_issuer_waiting_requests", "Requests waiting for an issuer's deferred JWKS refetch.", ["issuer"]
+)
+JWKS_ISSUER_LAST_REFRESH_AGE = Gauge(
+    "gateway_jwks_issuer_last_refresh_age_seconds",
+    "Seconds since an issuer's signing keys were last fetched successfully (-1: never).",
+    ["issuer"],
+)
+
+
+class IssuerKeyMetrics:
+    """The per-issuer children of one issuer's key cache, bound once."""
+
+    def __init__(self, issuer: str) -> None:
+        self.fetches = JWKS_ISSUER_FETCHES.labels(issuer)
+        self.failures = JWKS_ISSUER_FAILURES.labels(issuer)
+        self.waits_refetched = JWKS_ISSUER_KEY_WAITS.labels(issuer, "refetched")
+        self.waits_refused = JWKS_ISSUER_KEY_WAITS.labels(issuer, "refused")
+        self.waiting = JWKS_ISSUER_WAITING.labels(issuer)
+        self.last_refresh_age = JWKS_ISSUER_LAST_REFRESH_AGE.labels(issuer)

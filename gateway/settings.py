@@ -9,14 +9,16 @@ classes by ``make docs``).
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from consumers.durations import milliseconds_fields, seconds_fields
 from consumers.settings import SettingsGroup, split_list
+from gateway.auth.ticket_keys import parse_ticket_keys
 
 ALLOWED_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"}
@@ -122,6 +124,38 @@ class EdgeSettings(SettingsGroup):
         return self.max_sockets_per_address or max(1, self.max_sockets // 2)
 
 
+class TrustedIssuer(BaseModel):
+    """One entry of ``GATEWAY_JWT_ISSUERS``: an issuer, where its keys are, and the tenant it stands for.
+
+    Spelt in camelCase as a Helm values file would (``jwksUrl``); see docs/security.md (Several issuers).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    issuer: str = Field(min_length=1, description="the exact `iss` of this issuer's tokens")
+    jwks_url: str | None = Field(None, alias="jwksUrl", description="its JWKS endpoint")
+    discovery: str | None = Field(
+        None,
+        description="its OpenID configuration URL (default: `{issuer}/.well-known/openid-configuration`)",
+    )
+    tenant: str | None = Field(
+        None, min_length=1, description="every token of this issuer is for this tenant (a claim saying otherwise: 401)"
+    )
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> TrustedIssuer:
+        if self.jwks_url and self.discovery:
+            raise ValueError(f"issuer {self.issuer!r}: give jwksUrl or discovery, not both")
+        for url in (self.jwks_url, self.discovery, None if self.jwks_url or self.discovery else self.issuer):
+            if url is not None and not url.startswith(("https://", "http://")):
+                raise ValueError(f"issuer {self.issuer!r}: {url!r} is not an http(s) URL")
+        return self
+
+    @property
+    def discovery_url(self) -> str:
+        return self.discovery or self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
 class AuthSettings(SettingsGroup):
     """Who may read a session: token sources, the key set, the claims."""
 
@@ -136,6 +170,16 @@ class AuthSettings(SettingsGroup):
         ),
     )
     jwt_issuer: str | None = Field(None, description="when set, `iss` must equal it")
+    jwt_issuers: Annotated[list[TrustedIssuer], NoDecode] = Field(
+        [],
+        json_schema_extra={"example": '[{"issuer": "https://idp/realms/a", "jwksUrl": "https://...", "tenant": "a"}]'},
+        description=(
+            "several issuers instead of the three settings above: a JSON list of "
+            '`{"issuer": ..., "jwksUrl": ...}` (or `"discovery"`, the OpenID configuration URL; neither: '
+            'discovery under the issuer), each with an optional `"tenant"` that all its tokens stand for; '
+            "keys are looked up per issuer (see [Several issuers](security.md#several-issuers))"
+        ),
+    )
     jwt_audience: str | None = Field(None, description="when set, `aud` must contain it")
     jwt_algorithms: Annotated[list[str], NoDecode] = Field(
         ["RS256", "PS256", "ES256", "EdDSA", "Ed25519"],
@@ -190,6 +234,13 @@ class AuthSettings(SettingsGroup):
             "parameter names are taken as sent, so `?tok%65n=` is not a token"
         ),
     )
+    allow_query_tokens: bool = Field(
+        True,
+        description=(
+            "accept identity-provider tokens in `?token=`/`?access_token=` (EventSource cannot send headers); "
+            "`false`: 401 for a token in the URL, `Authorization` and the cookie stay"
+        ),
+    )
     max_token_bytes: int = Field(8192, ge=256, description="longer tokens are rejected before parsing")
     token_cache_size: int = Field(
         10000,
@@ -223,14 +274,42 @@ class AuthSettings(SettingsGroup):
         ),
     )
 
-    _auth_seconds = seconds_fields(
-        "jwt_leeway", "jwks_min_refresh", "jwks_cache_ttl", "jwks_cache_min_ttl", "jwks_cache_max_ttl", "jwks_timeout"
+    ticket_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        [],
+        repr=False,
+        description=(
+            "stream tickets (`POST /session/{id}/ticket`, `?ticket=`): comma-separated `kid:secret`, each "
+            "secret base64url of at least 32 random bytes; the first signs, all verify; unset: tickets are "
+            "off (see [Stream tickets](tickets.md))"
+        ),
+    )
+    ticket_ttl: float = Field(
+        900.0,
+        gt=0,
+        le=86400,
+        description="lifetime of a ticket the gateway issues (15 minutes); a request may ask for less, never more",
     )
 
-    @field_validator("jwt_algorithms", mode="before")
+    _auth_seconds = seconds_fields(
+        "jwt_leeway",
+        "jwks_min_refresh",
+        "jwks_cache_ttl",
+        "jwks_cache_min_ttl",
+        "jwks_cache_max_ttl",
+        "jwks_timeout",
+        "ticket_ttl",
+    )
+
+    @field_validator("jwt_algorithms", "ticket_keys", mode="before")
     @classmethod
     def _algorithm_list(cls, value: object) -> object:
         return split_list(value)
+
+    @field_validator("ticket_keys")
+    @classmethod
+    def _ticket_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        parse_ticket_keys([item.get_secret_value() for item in value])  # refuses weak or duplicate keys
+        return value
 
     @field_validator("jwt_algorithms")
     @classmethod
@@ -244,6 +323,41 @@ class AuthSettings(SettingsGroup):
         if not value:
             raise ValueError("at least one algorithm is required")
         return value
+
+    @field_validator("jwt_issuers", mode="before")
+    @classmethod
+    def _issuer_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return []
+            try:
+                return json.loads(value)
+            except ValueError as error:
+                raise ValueError(f"not JSON ({error})") from None
+        return value
+
+    @field_validator("jwt_issuers")
+    @classmethod
+    def _distinct_issuers(cls, value: list[TrustedIssuer], info: ValidationInfo) -> list[TrustedIssuer]:
+        names = [entry.issuer for entry in value]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"issuers listed twice: {repeated}")
+        if value and any(info.data.get(name) for name in ("jwks_url", "oidc_issuer", "jwt_issuer")):
+            raise ValueError(
+                "it replaces GATEWAY_JWKS_URL, GATEWAY_OIDC_ISSUER and GATEWAY_JWT_ISSUER: set either the list or those"
+            )
+        return value
+
+    @property
+    def tenants_enforced(self) -> bool:
+        """Whether a principal only sees its tenant's sessions: the tenant claim, or issuers standing for tenants."""
+        return bool(self.tenant_claim) or any(entry.tenant is not None for entry in self.jwt_issuers)
+
+    @property
+    def keys_configured(self) -> bool:
+        """Whether any key source is set (one issuer or several)."""
+        return bool(self.jwks_url or self.oidc_issuer or self.jwt_issuers)
 
 
 class AdmissionSettings(SettingsGroup):

@@ -782,6 +782,12 @@ _HOSTILE_SHAPES = {
     "parameters": "?a" * (_HOSTILE_SIZE // 2),
     "equals": "=" * _HOSTILE_SIZE + "token",
     "encoded dots": ("eyJ" + "a" * 20 + "%2E") * (_HOSTILE_SIZE // 26),
+    # Stream tickets (v1.<payload>.<mac>, docs/tickets.md) are redacted anywhere in a line too.
+    "ticket prefixes": "v1." * (_HOSTILE_SIZE // 3),
+    "ticket prefix then one long run": "v1." + "a" * _HOSTILE_SIZE,
+    "ticket-like short pairs": ("v1." + "a" * 9 + "." + "b" * 15 + ".") * (_HOSTILE_SIZE // 30),
+    "encoded ticket dots": ("v1%2E" + "a" * 20 + "%2E") * (_HOSTILE_SIZE // 28),
+    "ticket names": "ticket=" * (_HOSTILE_SIZE // 7),
 }
 
 

@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -283,6 +284,10 @@ async def test_demo_page_follows_a_session_live(dev_gateway: GatewayProcess, tmp
             "document.getElementById('m-open-streams').textContent === '1'", what="1 open stream in the metrics"
         )
         assert session_id in await page.evaluate("document.getElementById('snippet').textContent")
+        # The page streams with a ticket its backend part got for it; no tenant token reaches the page.
+        assert (await page.evaluate("document.getElementById('token').textContent")).startswith("v1.")
+        jwt_shape = "/eyJ[A-Za-z0-9_-]+\\.eyJ/"  # a JWT's header and claims (a ticket has one eyJ part)
+        assert not await page.evaluate(f"{jwt_shape}.test(document.documentElement.outerHTML)")
 
         await page.click('.status-btn[data-status="fetched"]')
         await page.wait_for(has_row("fetched"), what="the 'fetched' transition")
@@ -295,6 +300,11 @@ async def test_demo_page_follows_a_session_live(dev_gateway: GatewayProcess, tmp
         await page.wait_for(
             "Number(document.getElementById('m-delivered').textContent) >= 3", what="3 delivered events"
         )
+
+        # A stream's resource timing entry appears once it has ended.
+        urls: list[str] = await page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
+        assert any(f"/session/{session_id}/events?ticket=v1." in url for url in urls), urls
+        assert not any("token=" in url or re.search(r"eyJ[\w-]+\.eyJ", url) for url in urls), urls
 
         rows: list[dict[str, Any]] = await page.evaluate(rows_js())
         assert [row["status"] for row in rows] == ["active", "fetched", "completed"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -146,6 +147,7 @@ async def watch_world(
         create=False,
         keys=[rsa_key("cli-key")],
         GATEWAY_UNKNOWN_SESSION_WAIT="0.5",
+        GATEWAY_TICKET_KEYS=f"cli:{secrets.token_urlsafe(32)}",
     ) as world:
         yield WatchWorld(world.jwks, world.key, world.gateway)
 
@@ -337,6 +339,24 @@ async def test_watch_of_a_finished_session_prints_it_and_exits(
     result = await run_cli("watch", session, "--token", token, "--url", watch_world.gateway.url, timeout=30)
     assert result.code == 0, result.describe()
     assert [line.split()[1:] for line in result.stdout.splitlines()] == [[session, "failed"]]
+
+
+async def test_watch_follows_a_session_with_a_stream_ticket(
+    kafka_bootstrap: str, topic: str, watch_world: WatchWorld
+) -> None:
+    """What the demo page's ``watch --ticket`` line does: the ticket, never the tenant token (docs/tickets.md)."""
+    session = new_session("watch-ticket")
+    await produce(kafka_bootstrap, topic, [(session.encode(), event_bytes(session, TENANT, "completed"))])
+    async with httpx.AsyncClient(timeout=30) as client:
+        bearer = {"authorization": f"Bearer {mint(watch_world.key, tenant=TENANT)}"}
+        issued = await client.post(f"{watch_world.gateway.url}/session/{session}/ticket", headers=bearer)
+    assert issued.status_code == 201, issued.text
+    ticket = issued.json()["ticket"]
+    result = await run_cli("watch", session, "--ticket", ticket, "--url", watch_world.gateway.url, timeout=30)
+    assert result.code == 0, result.describe()
+    assert [line.split()[1:] for line in result.stdout.splitlines()] == [[session, "completed"]]
+    other = await run_cli("watch", "s-other", "--ticket", ticket, "--url", watch_world.gateway.url, timeout=30)
+    assert_user_error(other, "HTTP 404", "Session s-other not found")
 
 
 async def test_watch_reports_http_errors_in_one_line(kafka_bootstrap: str, topic: str, watch_world: WatchWorld) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.settings import GatewaySettings
 from tests.deploy_support import (
     CHART,
     CI_VALUES,
@@ -275,6 +276,16 @@ def test_every_gateway_variable_the_chart_sets_is_a_setting(helm: Path) -> None:
     # The chart maps the new settings of this round; they must exist once the lead's changes are merged.
     assert {"GATEWAY_INTERNAL_HOST", "GATEWAY_INTERNAL_PORT", "GATEWAY_WORKERS"} <= names
     assert {"GATEWAY_KAFKA_BOOTSTRAP_SERVERS", "GATEWAY_JWKS_URL", "GATEWAY_OIDC_ISSUER"} <= names & existing_settings()
+
+
+def test_ticket_keys_come_from_a_secret_only(helm: Path) -> None:
+    env = {entry["name"]: entry for entry in render(helm, FULL_VALUES).gateway_container()["env"]}
+    assert env["GATEWAY_TICKET_KEYS"]["valueFrom"] == {
+        "secretKeyRef": {"name": "gateway-ticket-keys", "key": "ticket-keys"}
+    }
+    default = render(helm, DEFAULT_VALUES)
+    assert "GATEWAY_TICKET_KEYS" not in {entry["name"] for entry in default.gateway_container()["env"]}
+    assert "GATEWAY_TICKET_KEYS" not in default.one("ConfigMap")["data"]
 
 
 def test_workers_value_sets_gateway_workers(helm: Path) -> None:
@@ -598,3 +609,62 @@ def test_every_alert_links_a_runbook_in_the_docs(helm: Path) -> None:
     assert not any(
         "runbook_url" in rule["annotations"] for rule in none["spec"]["groups"][0]["rules"] if "alert" in rule
     )
+
+
+# --- several issuers and header-only clients ----------------------------------------------------------
+
+ISSUERS_VALUES = """
+kafka:
+  bootstrapServers: kafka:9092
+auth:
+  allowQueryTokens: false
+  issuers:
+    - issuer: https://idp.example.com/realms/tenant-a
+      tenant: tenant-a
+    - issuer: https://idp.example.com/realms/tenant-b
+      jwksUrl: https://idp.example.com/realms/tenant-b/protocol/openid-connect/certs
+      tenant: tenant-b
+"""
+
+
+def test_issuers_from_a_values_list_are_what_the_app_reads(
+    helm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = tmp_path / "issuers.yaml"
+    values.write_text(ISSUERS_VALUES)
+    config = render(helm, values).one("ConfigMap")["data"]
+    assert "GATEWAY_JWKS_URL" not in config and "GATEWAY_OIDC_ISSUER" not in config
+    for name in ("GATEWAY_JWT_ISSUERS", "GATEWAY_ALLOW_QUERY_TOKENS"):
+        monkeypatch.setenv(name, config[name])
+    settings = GatewaySettings()
+    assert [(i.issuer, i.jwks_url, i.tenant) for i in settings.jwt_issuers] == [
+        ("https://idp.example.com/realms/tenant-a", None, "tenant-a"),
+        (
+            "https://idp.example.com/realms/tenant-b",
+            "https://idp.example.com/realms/tenant-b/protocol/openid-connect/certs",
+            "tenant-b",
+        ),
+    ]
+    assert settings.allow_query_tokens is False
+
+
+@pytest.mark.parametrize(
+    ("assignments", "message"),
+    [
+        (("auth.issuers[0].issuer=https://idp/a", "auth.issuers[0].tenantId=a"), "tenantId"),
+        (("auth.issuers[0].issuer=https://idp/a", "auth.issuers[0].jwksUrl=file:///etc/passwd"), "jwksUrl"),
+        (("auth.issuers[0].tenant=a",), "issuer"),
+        (("auth.allowQueryTokens=maybe",), "allowQueryTokens"),
+    ],
+)
+def test_values_schema_rejects_bad_issuers(helm: Path, assignments: tuple[str, ...], message: str) -> None:
+    completed = helm_template(helm, DEFAULT_VALUES, set_values=("auth.jwksUrl=", *assignments))
+    assert completed.returncode != 0, f"{assignments} were accepted"
+    assert "values don't meet the specifications of the schema" in completed.stderr, completed.stderr
+    assert message in completed.stderr, completed.stderr
+
+
+def test_issuers_and_the_one_issuer_form_are_not_mixed(helm: Path) -> None:
+    completed = helm_template(helm, DEFAULT_VALUES, set_values=("auth.issuers[0].issuer=https://idp/a",))
+    assert completed.returncode != 0
+    assert "auth.issuers replaces auth.jwksUrl" in completed.stderr, completed.stderr

@@ -331,16 +331,17 @@ async def test_demo_page_at_420px_shows_the_token_and_never_scrolls_sideways(
         await page.wait_for(has_row("active"), what="the 'active' transition")
         token = await page.evaluate("document.getElementById('token').textContent")
         session_id = await page.evaluate("document.getElementById('session-id').textContent")
-        assert re.fullmatch(r"[\w-]+\.[\w-]+\.[\w-]+", token), token
+        # Dev mode streams with a stream ticket (docs/tickets.md): the page never holds the tenant token.
+        assert re.fullmatch(r"v1\.[\w-]+\.[\w-]{43}", token), token
         events = f"{dev_serve.url}/session/{session_id}/events"
-        async with (  # the shown token opens this session's stream
+        async with (  # the shown ticket opens this session's stream
             httpx.AsyncClient(timeout=10.0) as client,
-            client.stream("GET", events, params={"token": token}) as response,
+            client.stream("GET", events, params={"ticket": token}) as response,
         ):
             assert response.status_code == 200
         assert not await page.evaluate("document.getElementById('copy-token').disabled")
         watch = await page.evaluate("document.getElementById('watch-command').textContent")
-        assert watch.startswith("session-gateway watch ") and watch.endswith(f"--token {token}"), watch
+        assert watch.startswith("session-gateway watch ") and watch.endswith(f"--ticket {token}"), watch
 
         await page.click('.status-btn[data-status="fetched"]')
         await page.wait_for(has_row("fetched"), what="the 'fetched' transition")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -576,9 +577,11 @@ async def test_dev_mode_serves_the_demo_and_publishes(dev_world: DevWorld, clien
     created = await client.post(f"{base}/dev/sessions", json={"tenant": "acme"})
     assert created.status_code == 201, created.text
     body = created.json()
-    session, token, events_url = body["id"], body["token"], body["eventsUrl"]
+    # Dev mode turns stream tickets on: the page gets a ticket, never the tenant token (docs/tickets.md).
+    session, token, events_url = body["id"], body["ticket"], body["eventsUrl"]
+    assert "token" not in body and token.startswith("v1.") and body["expiresAt"].endswith("Z")
     assert uuid.UUID(session).version == 4
-    assert events_url.startswith(f"/session/{session}/events?token=")
+    assert events_url.startswith(f"/session/{session}/events?ticket=")
     async with sse(client, base + events_url) as stream:
         assert stream.status == 200, stream.response.text
         first = await stream.next_event()
@@ -591,10 +594,10 @@ async def test_dev_mode_serves_the_demo_and_publishes(dev_world: DevWorld, clien
         assert [event.json()["status"] for event in rest] == ["fetched", "completed"]
     assert rest[-1].id is not None and rest[-1].id.endswith("-end")
 
-    # The default tenant, and a session-scoped token: it opens this session only.
+    # The default tenant, and the ticket: it opens its one session only.
     default = (await client.post(f"{base}/dev/sessions")).json()
     assert default["tenant"] == "demo-tenant"
-    async with sse(client, f"{base}/session/{default['id']}/events", params={"token": token}) as stream:
+    async with sse(client, f"{base}/session/{default['id']}/events", params={"ticket": token}) as stream:
         assert stream.status == 404
 
     bad_status = await client.post(f"{base}/dev/sessions/{session}/status", json={"status": "bogus"})
@@ -609,7 +612,9 @@ async def test_dev_mode_serves_the_demo_and_publishes(dev_world: DevWorld, clien
     logs = dev_world.gateway.logs()
     assert "DEV MODE" in logs
     assert token not in logs and token.split(".")[2] not in logs
-    assert f"/session/{session}/events?token=[REDACTED]" in logs  # text format access log
+    assert f"/session/{session}/events?ticket=[REDACTED]" in logs  # text format access log
+    # The tenant token the dev server traded for the ticket is in no line either (a JWT: eyJ<header>.eyJ<claims>).
+    assert not re.search(r"eyJ[\w-]+\.eyJ", logs)
 
 
 async def test_dev_mode_explains_a_missing_topic_and_an_unreachable_issuer(

@@ -1,16 +1,16 @@
 """``GET /session/{id}/events``: admits a stream request, then opens its stream.
 
-Admission (token, scope, then the session as its tenant may see it, counted and waited for in
-``waiting``), then the stream's first frames and its registration; ``gateway.edge.connection`` reads
-the request and writes the stream straight to its connection (``gateway.streams.stream``). Everything a
-request parsed (headers, the query with the token, claims) lives in the admission's frames and is freed
-once the stream is open; a stream keeps only what it writes. See docs/http-api.md.
+Admission (a ticket, or a token and its scope, in ``authentication``; then the session as its tenant
+may see it, counted and waited for in ``waiting``), then the stream's first frames and its
+registration; ``gateway.edge.connection`` reads the request and writes the stream straight to its
+connection (``gateway.streams.stream``). Everything a request parsed (headers, the query with the
+token, claims) lives in the admission's frames and is freed once the stream is open; a stream keeps
+only what it writes. See docs/http-api.md.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
 import re
 import time
@@ -24,22 +24,16 @@ from consumers.log_aggregation import ReasonFolding
 from consumers.progress import PartitionProgress
 from consumers.store import SessionSnapshot, SessionStore, Transition
 from gateway import metrics
+from gateway.admission.authentication import Authenticator
 from gateway.admission.client_address import ClientAddresses
 from gateway.admission.registry import ConnectionRegistry, Ticket
 from gateway.admission.waiting import NoContent, SessionFinder
 from gateway.auth.access import AccessRule
-from gateway.auth.claims import AuthenticationError, Principal
-from gateway.auth.token_sources import locate_token
+from gateway.auth.claims import Principal
+from gateway.auth.tickets import TicketCodec
 from gateway.auth.verifier import TokenVerifier
 from gateway.edge.cors import CorsPolicy, RefusedOrigins
-from gateway.edge.errors import (
-    CROSS_ORIGIN_COOKIE,
-    INVALID_TOKEN,
-    KEYS_NOT_LOADED,
-    MISSING_TOKEN,
-    StreamRefused,
-    error_headers,
-)
+from gateway.edge.errors import StreamRefused, error_headers
 from gateway.runtime.logging_setup import log_value, request_id_var
 from gateway.settings import GatewaySettings
 from gateway.streams.sse import EventPosition, encode_retry, encode_transition, parse_event_id
@@ -56,7 +50,6 @@ STREAM_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-content-type-options", b"nosniff"),
 ]
-_KEY_REASONS = frozenset({"unknown_key", "no_kid"})  # refusals that mean "no key for it", not a bad token
 _ROUTINE_ENDS = frozenset({"terminal", "client_disconnected"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}", re.ASCII)
 
@@ -107,6 +100,7 @@ class EventsEndpoint:
         progress: PartitionProgress,
         verifier: TokenVerifier,
         connections: ConnectionRegistry,
+        tickets: TicketCodec | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -115,6 +109,7 @@ class EventsEndpoint:
         self.connections = connections
         self.sessions = SessionFinder(settings, AccessRule(settings), store, hub, progress, connections)
         self.cors = CorsPolicy(settings.cors_origins)
+        self.authenticator = Authenticator(settings, verifier, tickets, self.cors)
         # One line per refused request at most, folded per reason: their number is the clients' to choose.
         self.refusal_log = ReasonFolding(
             log, settings.request_log_lines, what="refused requests", suppressed=metrics.REQUEST_LOG_SUPPRESSED
@@ -179,38 +174,8 @@ class EventsEndpoint:
         return await self._authenticate(query, headers)
 
     async def _authenticate(self, query: bytes, headers: dict[str, str]) -> Principal:
-        token, source = locate_token(query, headers, self.settings.token_cookie)
-        if not token:
-            metrics.AUTH_FAILURES.labels("missing").inc()
-            raise StreamRefused(401, MISSING_TOKEN, {"WWW-Authenticate": "Bearer"}, reason="missing_token")
-        if source == "cookie" and not self.cors.sends_credentials(headers.get("origin"), headers.get("host")):
-            # A browser sends the cookie with any page's request (SameSite=None): a page of an origin that
-            # may not read the stream must not hold streams (and use up limits) on the cookie owner's behalf.
-            metrics.AUTH_FAILURES.labels("cross_origin_cookie").inc()
-            raise StreamRefused(403, CROSS_ORIGIN_COOKIE, reason="cross_origin_cookie")
-        try:
-            principal = await self.verifier.verify(token)
-        except AuthenticationError as error:
-            if error.reason in _KEY_REASONS and not self.verifier.keys_loaded:
-                # No key set was ever loaded (a wrong GATEWAY_JWKS_URL, the identity provider down at
-                # start): the token is not known to be bad, the gateway cannot judge it yet.
-                metrics.AUTH_FAILURES.labels("keys_not_loaded").inc()
-                retry = str(max(1, math.ceil(self.settings.jwks_min_refresh)))
-                raise StreamRefused(503, KEYS_NOT_LOADED, {"Retry-After": retry}, reason="keys_not_loaded") from None
-            metrics.AUTH_FAILURES.labels(error.reason).inc()
-            raise StreamRefused(
-                401, INVALID_TOKEN, {"WWW-Authenticate": 'Bearer error="invalid_token"'}, reason=error.reason
-            ) from None
-        required = self.settings.required_scope
-        if required and required not in principal.scopes:
-            metrics.AUTH_FAILURES.labels("insufficient_scope").inc()
-            raise StreamRefused(
-                403,
-                "Insufficient scope",
-                {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{required}"'},
-                reason="insufficient_scope",
-            )
-        return principal
+        """The shared authentication step (``gateway.admission.authentication``): a ticket or a token."""
+        return await self.authenticator.authenticate(query, headers)
 
     # Opening the stream ------------------------------------------------------------
     def expires_at(self, principal: Principal) -> float:

@@ -109,7 +109,8 @@ class TenantEndpoint:
 
     def _allowed(self, principal: Principal) -> str:
         scope = self.scope
-        if scope not in principal.scopes and scope not in principal.roles:
+        # A stream ticket is one session's (``gateway.auth.tickets``): never a tenant's view.
+        if principal.ticket_session is not None or (scope not in principal.scopes and scope not in principal.roles):
             metrics.AUTH_FAILURES.labels("insufficient_scope").inc()
             raise StreamRefused(
                 403,

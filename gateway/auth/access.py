@@ -15,7 +15,7 @@ class AccessRule:
     """``GATEWAY_TENANT_CLAIM`` and ``GATEWAY_SESSION_CLAIM`` applied to one principal and session."""
 
     def __init__(self, settings: AuthSettings) -> None:
-        self.tenants_enforced = bool(settings.tenant_claim)
+        self.tenants_enforced = settings.tenants_enforced
         self._session_claim = bool(settings.session_claim)
 
     def session_allowed(self, principal: Principal, session_id: str) -> bool:
@@ -23,7 +23,13 @@ class AccessRule:
         return not (self._session_claim and principal.session is not None and principal.session != session_id)
 
     def visible(self, snapshot: SessionSnapshot | None, principal: Principal) -> SessionSnapshot | None:
-        """The snapshot if the principal's tenant may see it, else None (as for an unknown session)."""
+        """The snapshot if the principal's tenant (and ticket) may see it, else None (as for an unknown session)."""
         if snapshot is not None and self.tenants_enforced and principal.tenant != snapshot.tenant_id:
             return None
+        if (
+            snapshot is not None
+            and principal.ticket_session is not None
+            and principal.ticket_session != snapshot.session_id
+        ):
+            return None  # a ticket reads its one session; another one is answered like an unknown one
         return snapshot

@@ -21,9 +21,11 @@ MAX_NUMERIC_DATE = 253_402_300_799
 
 
 class AuthenticationError(Exception):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, keys_loaded: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
+        # False when no key was found because the token's issuer never had its keys loaded: not a bad token.
+        self.keys_loaded = keys_loaded
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,8 @@ class Principal:
     scopes: frozenset[str]
     expires_at: float
     roles: frozenset[str] = frozenset()  # of ``GATEWAY_TENANT_STREAM_ROLES_CLAIM``, for the tenant stream only
+    # A stream ticket's session (``gateway.auth.tickets``): any other session is unknown to this principal.
+    ticket_session: str | None = None
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
@@ -73,9 +77,11 @@ def _roles(claims: Mapping[str, Any], path: str) -> frozenset[str]:
 class ClaimsValidator:
     """Validates the claims of a token whose signature was verified; returns who it is for."""
 
-    def __init__(self, settings: AuthSettings) -> None:
+    def __init__(self, settings: AuthSettings, issuer: str | None = None, tenant: str | None = None) -> None:
+        """``issuer`` and ``tenant``: one entry of ``GATEWAY_JWT_ISSUERS`` (else the one-issuer settings)."""
         self._settings = settings
-        self._issuer = settings.jwt_issuer or settings.oidc_issuer
+        self._issuer = issuer or settings.jwt_issuer or settings.oidc_issuer
+        self._tenant = tenant  # every token of this issuer is for this tenant
         self._audience = settings.jwt_audience
         self._leeway = float(settings.jwt_leeway)
 
@@ -89,6 +95,11 @@ class ClaimsValidator:
         tenant = _optional_string(claims, settings.tenant_claim, "invalid_claim_tenant", non_empty=True)
         session = _optional_string(claims, settings.session_claim, "invalid_claim_session", non_empty=True)
         subject = _optional_string(claims, "sub", "invalid_claim_sub", non_empty=False)
+        if self._tenant is not None:
+            # The issuer stands for one tenant (one realm per tenant): a token cannot speak for another.
+            if tenant is not None and tenant != self._tenant:
+                raise AuthenticationError("tenant_not_of_issuer")
+            tenant = self._tenant
         if self._issuer:
             if "iss" not in claims:
                 raise AuthenticationError("missing_claim_iss")

@@ -17,6 +17,8 @@
   parsing and key import run in a worker thread, never on the event loop.
 - Only these keys verify tokens: key material or URLs found in a token's header (``jwk``, ``jku``,
   ``x5u``, ``x5c``) are never used (see ``gateway.auth.jws``).
+- One cache per issuer (``gateway.auth.issuers``, ``key_source``): its rate limit, waiting cap and
+  failures are its own, so a kid flood against one issuer never delays another.
 - A failed fetch is logged once per kind and minute, like the Kafka client's repeats, in the words
   of ``gateway.auth.key_errors``.
 - Listeners registered with ``on_keys_removed`` hear the RFC 7638 thumbprints of keys that a
@@ -40,6 +42,7 @@ from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey
 from consumers.log_aggregation import ReasonFolding
 from gateway import metrics
 from gateway.auth.key_errors import JwksFetchError, describe_failure, discovery_hint
+from gateway.auth.key_source import KeySource
 from gateway.settings import AuthSettings
 
 log = logging.getLogger("gateway.auth.jwks")
@@ -50,8 +53,9 @@ _KEY_TYPES: tuple[type[Any], ...] = (RSAKey, ECKey, OKPKey)
 
 
 class JwksCache:
-    def __init__(self, settings: AuthSettings, client: httpx.AsyncClient) -> None:
+    def __init__(self, settings: AuthSettings, client: httpx.AsyncClient, source: KeySource | None = None) -> None:
         self._settings = settings
+        self.source = source or KeySource.from_settings(settings)
         self._http = client
         self._keys: list[Key] = []
         self._by_kid: dict[str, Key] = {}
@@ -62,7 +66,8 @@ class JwksCache:
         self._fetch_ended: asyncio.Event | None = None  # set when any fetch ends (wakes the deferred refetch)
         self._waiting = 0
         self._failures_in_a_row = 0  # a single failed fetch (a blip) still lets unknown kids wait; two do not
-        self._jwks_url = settings.jwks_url
+        self._jwks_url = self.source.jwks_url
+        self._per_issuer = metrics.IssuerKeyMetrics(self.source.label)
         self._thumbprint_by_id: dict[int, str] = {}
         self._thumbprints: frozenset[str] = frozenset()
         self._listeners: list[Callable[[set[str]], None]] = []
@@ -140,6 +145,7 @@ class JwksCache:
                 await self._wait_for_deferred_refetch()
             else:
                 metrics.JWKS_KEY_WAITS.labels("refused").inc()
+                self._per_issuer.waits_refused.inc()
                 return None
 
     async def _wait_for_deferred_refetch(self) -> None:
@@ -164,6 +170,7 @@ class JwksCache:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._fetch_ended.wait(), delay)
         metrics.JWKS_KEY_WAITS.labels("refetched").inc()
+        self._per_issuer.waits_refetched.inc()
         await self._refresh_once()
 
     def _select(self, kid: str | None, alg: str) -> Key | None:
@@ -198,6 +205,7 @@ class JwksCache:
             async with asyncio.timeout(settings.jwks_timeout):
                 url = self._jwks_url or await self._discover()
                 metrics.JWKS_FETCHES.inc()
+                self._per_issuer.fetches.inc()
                 body, headers = await self._get(url)
             keys = await asyncio.to_thread(_parse_document, body, settings.jwks_max_keys)
         except TimeoutError:
@@ -215,18 +223,21 @@ class JwksCache:
         self.last_error = None
         self._failures_in_a_row = 0
         self.last_refresh = time.monotonic()
-        log.info("loaded %d signing keys from JWKS", len(keys))
+        log.info("loaded %d signing keys from JWKS (issuer %s)", len(keys), self.source.label)
         removed = set(previous - self._thumbprints)
         if removed:
-            log.info("%d signing keys were removed from the JWKS", len(removed))
+            log.info("%d signing keys were removed from the JWKS (issuer %s)", len(removed), self.source.label)
             for listener in self._listeners:
                 listener(removed)
 
     def _failed(self, kind: str, message: str) -> None:
         self._failures_in_a_row += 1
         metrics.JWKS_FAILURES.inc()
+        self._per_issuer.failures.inc()
         self.last_error = message
-        self._failure_log.log(logging.WARNING, kind, "%s; keeping %d cached keys", message, len(self._keys))
+        self._failure_log.log(
+            logging.WARNING, kind, "%s; keeping %d cached keys (issuer %s)", message, len(self._keys), self.source.label
+        )
         # Retry a failed endpoint no sooner than the unknown-kid rate limit allows.
         self._expires_at = time.monotonic() + max(self._settings.jwks_min_refresh, 1.0)
 
@@ -252,11 +263,12 @@ class JwksCache:
             return bytes(body), response.headers
 
     async def _discover(self) -> str:
-        issuer = self._settings.oidc_issuer
-        if not issuer:
+        discovery = self.source.discovery_url
+        if not discovery:
             raise ValueError("neither GATEWAY_JWKS_URL nor GATEWAY_OIDC_ISSUER is set")
         metrics.JWKS_FETCHES.inc()
-        body, _ = await self._get(issuer.rstrip("/") + "/.well-known/openid-configuration")
+        self._per_issuer.fetches.inc()
+        body, _ = await self._get(discovery)
         document = await asyncio.to_thread(json.loads, body)
         url = document.get("jwks_uri") if isinstance(document, dict) else None
         if not isinstance(url, str):

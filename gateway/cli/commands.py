@@ -14,6 +14,8 @@ import sys
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
+from pydantic import SecretStr
+
 from consumers.settings import ConsumerSettings
 from gateway.cli.diagnostics import (
     PROG,
@@ -50,10 +52,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = GatewaySettings(**overrides)  # type: ignore[arg-type]
     _check_dev_mode_host(settings)
     issuer = None
-    if not (settings.jwks_url or settings.oidc_issuer):
+    if not settings.keys_configured:
         if not settings.dev_mode:
             raise UserError(
-                "set GATEWAY_JWKS_URL or GATEWAY_OIDC_ISSUER: tokens cannot be verified without keys "
+                "set GATEWAY_JWKS_URL, GATEWAY_OIDC_ISSUER or GATEWAY_JWT_ISSUERS: tokens cannot be verified "
+                "without keys "
                 "(for a local try-out: session-gateway serve --dev)"
             )
         check_gateway_ports(settings)
@@ -61,6 +64,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = settings.model_copy(
             update={"jwks_url": f"{issuer.url}/jwks.json", "jwt_issuer": issuer.url, "dev_issuer_url": issuer.url}
         )
+    if settings.dev_mode and not settings.ticket_keys:
+        settings = settings.model_copy(update={"ticket_keys": [_dev_ticket_key()]})
+        say("note", "dev mode: stream tickets are on with a key generated for this run (GATEWAY_TICKET_KEYS unset)")
     check_gateway_ports(settings)
     problem = open_files_problem(settings.max_sockets)
     if problem:
@@ -71,6 +77,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if issuer is not None:
             issuer.stop()
     return 0
+
+
+def _dev_ticket_key() -> SecretStr:
+    """A ticket key for one dev-mode run: ``dev:<32 random bytes, base64url>``."""
+    import secrets
+
+    return SecretStr(f"dev:{secrets.token_urlsafe(32)}")
 
 
 def _check_dev_mode_host(settings: GatewaySettings) -> None:
@@ -170,7 +183,8 @@ async def _kafka_call(call: Awaitable[T], settings: ConsumerSettings) -> T:
 def cmd_watch(args: argparse.Namespace) -> int:
     from gateway.cli.watch import watch
 
-    return asyncio.run(watch(args.url, args.session_id, args.token, args.last_event_id))
+    credential = {"ticket": args.ticket} if args.ticket else {"token": args.token}
+    return asyncio.run(watch(args.url, args.session_id, credential, args.last_event_id))
 
 
 def cmd_dev_issuer(args: argparse.Namespace) -> int:

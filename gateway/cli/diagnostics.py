@@ -120,6 +120,9 @@ def example_value(field: str) -> str:
     info = _field_info(field)
     if info is None:
         return ""
+    extra = info.json_schema_extra
+    if isinstance(extra, dict) and isinstance(extra.get("example"), str):
+        return str(extra["example"])
     annotation = info.annotation
     args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
     literal = next((arg for arg in [annotation, *args] if typing.get_origin(arg) is Literal), None)

@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Terminal SSE client: prints each transition and exits on a terminal status.",
     )
     watch.add_argument("session_id", metavar="SESSION_ID")
-    watch.add_argument("--token", required=True, help="JWT for the session's tenant")
+    credential = watch.add_mutually_exclusive_group(required=True)
+    credential.add_argument("--token", help="JWT for the session's tenant")
+    credential.add_argument("--ticket", help="stream ticket for the session (POST /session/{id}/ticket)")
     watch.add_argument("--url", default="http://127.0.0.1:8080", help="gateway base URL (default %(default)s)")
     watch.add_argument("--last-event-id", help="resume after this event id")
     watch.set_defaults(func=cmd_watch)

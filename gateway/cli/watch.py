@@ -17,7 +17,11 @@ from schemas import TERMINAL_STATUSES, SessionStatus
 _MAX_RECONNECTS = 20
 
 
-async def watch(base_url: str, session_id: str, token: str, last_event_id: str | None = None) -> int:
+async def watch(
+    base_url: str, session_id: str, credential: str | dict[str, str], last_event_id: str | None = None
+) -> int:
+    """Follows one session; ``credential`` is a token, or ``{"token": ...}`` / ``{"ticket": ...}``."""
+    params = {"token": credential} if isinstance(credential, str) else credential
     url = f"{base_url.rstrip('/')}/session/{session_id}/events"
     retry_s = 3.0
     failures = 0
@@ -28,7 +32,7 @@ async def watch(base_url: str, session_id: str, token: str, last_event_id: str |
             if last_event_id:
                 headers["last-event-id"] = last_event_id
             try:
-                async with client.stream("GET", url, params={"token": token}, headers=headers) as response:
+                async with client.stream("GET", url, params=params, headers=headers) as response:
                     if response.status_code == 204:
                         print("session already ended", file=sys.stderr)
                         return 0

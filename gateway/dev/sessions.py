@@ -1,7 +1,9 @@
 """The demo's session API: create a session and move it on, without a producer or a token of one's own.
 
-``POST /dev/sessions`` publishes a new ``active`` session and returns a token for it from the dev
-issuer (``GATEWAY_DEV_ISSUER_URL``) with the URL to stream it; ``POST /dev/sessions/{id}/status``
+``POST /dev/sessions`` publishes a new ``active`` session and plays the application backend: it gets a
+tenant token from the dev issuer (``GATEWAY_DEV_ISSUER_URL``), trades it for a stream ticket at
+``POST /session/{id}/ticket`` and returns only the ticket and the URL to stream with it, so the page
+never sees the tenant token (with tickets off, a session-scoped token instead); ``POST /dev/sessions/{id}/status``
 publishes its next status. Both are unauthenticated, which is why dev mode is loopback only
 (docs/security.md); the routes are listed in docs/http-api.md.
 """
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote, urlencode
 
 import httpx
-from fastapi import APIRouter, Body, HTTPException, Path
+from fastapi import APIRouter, Body, HTTPException, Path, Request
 from pydantic import BaseModel, Field
 
 from gateway.auth.key_errors import error_text
@@ -42,8 +44,12 @@ class CreateSession(BaseModel):
 class CreatedSession(BaseModel):
     id: str = Field(description="The new session id (a UUID).")
     tenant: str
-    token: str = Field(description="A token from the dev issuer, scoped to this tenant and session.")
-    eventsUrl: str = Field(description="Relative URL of the session's event stream, token included.")
+    ticket: str | None = Field(None, description="A stream ticket for this session (tickets on: always in dev mode).")
+    expiresAt: str | None = Field(None, description="When the ticket expires.")
+    token: str | None = Field(
+        None, description="Only with tickets off: a token from the dev issuer, scoped to this tenant and session."
+    )
+    eventsUrl: str = Field(description="Relative URL of the session's event stream, ticket (or token) included.")
     tenantEventsUrl: str | None = Field(
         None,
         description=(
@@ -75,36 +81,52 @@ def add_session_routes(router: APIRouter, runtime: Runtime, publisher: DevPublis
         summary="Create a demo session (DEV MODE ONLY, unauthenticated)",
         description=(
             "**Development only.** Publishes a new session with status `active` to the session-status "
-            "topic and returns a token minted by the dev issuer (`GATEWAY_DEV_ISSUER_URL`) for that "
-            "tenant and session, plus the URL to open with `EventSource`."
+            "topic, gets a tenant token from the dev issuer (`GATEWAY_DEV_ISSUER_URL`), trades it for a "
+            "stream ticket (`POST /session/{id}/ticket`) and returns the ticket, plus the URL to open with "
+            "`EventSource`; the tenant token never leaves the server."
         ),
         response_model=CreatedSession,
+        response_model_exclude_none=True,  # with tickets on, no ``token`` field at all
         status_code=201,
         responses={
             502: {"description": "The dev issuer did not answer."},
             503: {"description": "Kafka failed, or the gateway does not read the topic yet."},
         },
     )
-    async def create_session(body: Annotated[CreateSession | None, Body()] = None) -> CreatedSession:
+    async def create_session(
+        http_request: Request, body: Annotated[CreateSession | None, Body()] = None
+    ) -> CreatedSession:
         request = body or CreateSession()
         tenant = request.tenant.strip()
         if not tenant:
             raise HTTPException(422, "tenant must not be blank")
         _require_consuming(runtime)
         session_id = str(uuid.uuid4())
-        token = await _mint_token(runtime, tenant, session_id)
+        path = f"/session/{quote(session_id, safe='')}"
+        if runtime.tickets is not None:
+            # What an application backend does: its tenant-wide token stays here, the page gets a ticket.
+            tenant_token = await _mint_token(runtime, tenant, None)
+            ticket = await _ask_for_ticket(runtime, f"{str(http_request.base_url).rstrip('/')}{path}", tenant_token)
+            created = CreatedSession(
+                id=session_id,
+                tenant=tenant,
+                ticket=ticket["ticket"],
+                expiresAt=ticket["expiresAt"],
+                eventsUrl=f"{path}/events?{urlencode({'ticket': ticket['ticket']})}",
+            )
+        else:
+            token = await _mint_token(runtime, tenant, session_id)
+            created = CreatedSession(
+                id=session_id, tenant=tenant, token=token, eventsUrl=f"{path}/events?{urlencode({'token': token})}"
+            )
         await publisher.publish(session_id, SessionStatus.ACTIVE, tenant, request.type)
         remember(session_id, tenant)
-        events_url = f"/session/{quote(session_id, safe='')}/events?{urlencode({'token': token})}"
-        tenant_url = None
         scope = runtime.settings.tenant_stream_scope
         if scope:
-            tenant_token = await _mint_token(runtime, tenant, None, scope)
-            tenant_url = f"{TENANT_PATH}?{urlencode({'token': tenant_token})}"
+            tenant_stream_token = await _mint_token(runtime, tenant, None, scope)
+            created.tenantEventsUrl = f"{TENANT_PATH}?{urlencode({'token': tenant_stream_token})}"
         log.info("dev: created session %s for tenant %s", session_id, tenant)
-        return CreatedSession(
-            id=session_id, tenant=tenant, token=token, eventsUrl=events_url, tenantEventsUrl=tenant_url
-        )
+        return created
 
     @router.post(
         "/dev/sessions/{id}/status",
@@ -150,7 +172,7 @@ def _require_consuming(runtime: Runtime) -> None:
 async def _mint_token(runtime: Runtime, tenant: str, session_id: str | None, scope: str | None = None) -> str:
     issuer = runtime.settings.dev_issuer_url.rstrip("/")
     params = {"tenant": tenant, "ttl": str(_TOKEN_TTL_S)}
-    if session_id:
+    if session_id is not None:
         params["session"] = session_id
     if scope:
         params["scope"] = scope
@@ -168,3 +190,19 @@ async def _mint_token(runtime: Runtime, tenant: str, session_id: str | None, sco
     if not isinstance(token, str):
         raise HTTPException(502, f"the dev issuer at {issuer} answered without an access_token")
     return token
+
+
+async def _ask_for_ticket(runtime: Runtime, session_url: str, token: str) -> dict[str, str]:
+    """``POST {session_url}/ticket`` on this gateway's public port, as a backend would (docs/tickets.md)."""
+    try:
+        response = await runtime.http.post(
+            f"{session_url}/ticket", headers={"authorization": f"Bearer {token}"}, timeout=5.0
+        )
+        response.raise_for_status()
+        document: Any = response.json()
+        answer = {"ticket": document["ticket"], "expiresAt": document["expiresAt"]}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
+        raise HTTPException(502, f"the gateway did not issue a ticket ({type(error).__name__})") from None
+    if not all(isinstance(value, str) for value in answer.values()):
+        raise HTTPException(502, "the gateway answered without a ticket")
+    return answer

@@ -32,6 +32,8 @@ from typing import Any, cast
 from gateway import metrics
 from gateway.admission.endpoint import STREAM_HEADERS, Admission, Answer, StreamRequest
 from gateway.admission.tenant import TenantAdmission
+from gateway.admission.ticket_endpoint import MAX_BODY as MAX_TICKET_BODY
+from gateway.admission.ticket_endpoint import SUFFIX as TICKET
 from gateway.edge.head import Head, parse_head
 from gateway.edge.request import Request
 from gateway.edge.route import match, match_status
@@ -259,6 +261,8 @@ class EdgeProtocol(asyncio.Protocol):
         if session_id is None and method in (b"GET", b"HEAD", b"OPTIONS") and public:
             status_id = match_status(head.url.path, self.state.limits.root_path)
         length, refusal = head.body_length()
+        if method == b"POST" and length > MAX_TICKET_BODY and match(head.url.path, self.state.limits.root_path, TICKET):
+            refusal = 413  # refused before the body is read (docs/tickets.md)
         if refusal:
             if refusal == 411:
                 metrics.EDGE_REFUSALS.labels("chunked_request").inc()

@@ -7,6 +7,11 @@ from http import HTTPStatus
 import orjson
 
 MISSING_TOKEN = "Authentication required. Provide a valid JWT token via the 'token' query parameter."
+MISSING_TOKEN_HEADER = "Authentication required. Provide a valid JWT token in the 'Authorization: Bearer' header."
+QUERY_TOKEN_REFUSED = (
+    "Tokens in the URL are not accepted (GATEWAY_ALLOW_QUERY_TOKENS=false). "
+    "Send the token in the 'Authorization: Bearer' header."
+)
 INVALID_TOKEN = "Invalid or expired token"
 KEYS_NOT_LOADED = "Signing keys are not loaded yet: the gateway cannot verify tokens. Retry later"
 CROSS_ORIGIN_COOKIE = "Cookie authentication is not allowed from this origin"

@@ -19,15 +19,15 @@ _SUFFIX = b"/events"
 MAX_SESSION_ID_LENGTH = 256  # the record contract's limit
 
 
-def match(raw_path: bytes, root_path: str = "") -> str | None:
-    """The session id of a stream request's raw path, or None when the path is another route."""
+def match(raw_path: bytes, root_path: str = "", suffix: bytes = _SUFFIX) -> str | None:
+    """The session id of a stream request's raw path (or ``/session/{id}<suffix>``'s), else None."""
     if root_path:
         prefix = root_path.rstrip("/").encode("latin-1")
         if prefix and raw_path.startswith(prefix + b"/"):
             raw_path = raw_path[len(prefix) :]
-    if not (raw_path.startswith(_PREFIX) and raw_path.endswith(_SUFFIX)):
+    if not (raw_path.startswith(_PREFIX) and raw_path.endswith(suffix)):
         return None
-    return _session_id(raw_path[len(_PREFIX) : -len(_SUFFIX)])
+    return _session_id(raw_path[len(_PREFIX) : -len(suffix)])
 
 
 def match_status(raw_path: bytes, root_path: str = "") -> str | None:

@@ -26,6 +26,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.admission.ticket_endpoint import PATH_TEMPLATE as TICKET_PATH
+from gateway.admission.ticket_endpoint import openapi_operation as ticket_operation
 from gateway.edge.route import PATH_TEMPLATE, STATUS_PATH_TEMPLATE, openapi_operation
 from gateway.edge.tenant_route import TENANT_PATH
 from gateway.edge.tenant_route import openapi_operation as tenant_operation
@@ -147,7 +149,7 @@ def _public_paths(internal: FastAPI, public: FastAPI) -> set[str]:
     def paths(app: FastAPI) -> set[str]:
         return set(get_openapi(title=app.title, version=app.version, routes=app.routes).get("paths", {}))
 
-    return {PATH_TEMPLATE, STATUS_PATH_TEMPLATE} | (paths(public) - paths(internal))
+    return {PATH_TEMPLATE, STATUS_PATH_TEMPLATE, TICKET_PATH} | (paths(public) - paths(internal))
 
 
 def _public_server(request: Request, settings: EdgeSettings) -> dict[str, Any]:
@@ -182,6 +184,7 @@ def _openapi(internal: FastAPI, public: FastAPI) -> Callable[[], dict[str, Any]]
             paths = document.setdefault("paths", {})
             paths[PATH_TEMPLATE] = {"get": openapi_operation()}
             paths[STATUS_PATH_TEMPLATE] = {"get": status_operation()}
+            paths[TICKET_PATH] = {"post": ticket_operation()}
             paths[TENANT_PATH] = {"get": tenant_operation()}
             internal.openapi_schema = document
         return internal.openapi_schema

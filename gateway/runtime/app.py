@@ -23,12 +23,14 @@ from consumers.progress import PartitionProgress
 from consumers.settings import ConsumerSettings
 from consumers.store import SessionStore
 from consumers.supervision import Supervisor
-from gateway import metrics
 from gateway.admission.clock import StreamClock
 from gateway.admission.endpoint import EventsEndpoint
 from gateway.admission.registry import ConnectionRegistry
 from gateway.admission.tenant import TenantEndpoint
-from gateway.auth.jwks import JwksCache
+from gateway.admission.ticket_endpoint import TicketEndpoint
+from gateway.auth.issuers import TrustedIssuers
+from gateway.auth.ticket_keys import parse_ticket_keys
+from gateway.auth.tickets import TicketCodec
 from gateway.auth.verifier import TokenVerifier
 from gateway.runtime import loops
 from gateway.runtime.api_docs import install_openapi
@@ -53,13 +55,14 @@ class Runtime:
     progress: PartitionProgress
     consumer: SessionStatusConsumer
     http: httpx.AsyncClient
-    jwks: JwksCache
+    jwks: TrustedIssuers
     verifier: TokenVerifier
     connections: ConnectionRegistry
     supervisor: Supervisor
     health: HealthPolicy
     workers: WorkerReadiness | None = None  # with ``serve --workers N``: the pod is ready when all are
     pod: PodMetrics | None = None  # with ``serve --workers N``: /metrics answers for the whole pod
+    tickets: TicketCodec | None = None  # stream tickets, when ``GATEWAY_TICKET_KEYS`` is set
 
     @classmethod
     def build(
@@ -78,10 +81,8 @@ class Runtime:
         progress = PartitionProgress()
         consumer = SessionStatusConsumer(consumer_settings, store, hub, progress)
         http = httpx.AsyncClient(follow_redirects=False, headers={"user-agent": "session-events-gateway"})
-        jwks = JwksCache(settings, http)
-        connections = ConnectionRegistry(
-            settings, StreamClock(settings, hub), tenant_shares=bool(settings.tenant_claim)
-        )
+        jwks = TrustedIssuers.from_settings(settings, http)
+        connections = ConnectionRegistry(settings, StreamClock(settings, hub), tenant_shares=settings.tenants_enforced)
         supervisor = Supervisor(settings.task_crash_limit, settings.task_crash_window)
         health = HealthPolicy(
             strict=settings.readiness_strict,
@@ -107,12 +108,12 @@ class Runtime:
             health=health,
             workers=workers,
             pod=pod,
+            tickets=ticket_codec(settings),
         )
 
     async def start(self) -> None:
         """Starts every long-running task under the supervisor (the task names are metric labels)."""
-        metrics.JWKS_LAST_REFRESH_AGE.set_function(self.jwks.seconds_since_refresh)
-        metrics.JWKS_WAITING.set_function(lambda: self.jwks.waiting)
+        self.jwks.bind_metrics()
         consumer_metrics.STORE_SESSIONS.set_function(lambda: len(self.store))  # current in every exposition
         supervisor = self.supervisor
         for name, task in self.consumer.tasks().items():
@@ -135,6 +136,12 @@ class Runtime:
         await self.http.aclose()
 
 
+def ticket_codec(settings: GatewaySettings) -> TicketCodec | None:
+    """The stream-ticket codec of ``GATEWAY_TICKET_KEYS``, or None when tickets are off."""
+    keys = parse_ticket_keys([key.get_secret_value() for key in settings.ticket_keys])
+    return TicketCodec(keys, settings.jwt_leeway) if keys else None
+
+
 def create_app(
     settings: GatewaySettings | None = None,
     consumer_settings: ConsumerSettings | None = None,
@@ -146,7 +153,14 @@ def create_app(
     consumer_settings = consumer_settings or ConsumerSettings()
     runtime = Runtime.build(settings, consumer_settings, workers, pod)
     events = EventsEndpoint(
-        settings, runtime.store, runtime.hub, runtime.progress, runtime.verifier, runtime.connections
+        settings, runtime.store, runtime.hub, runtime.progress, runtime.verifier, runtime.connections, runtime.tickets
+    )
+    tickets = (
+        TicketEndpoint(
+            settings, events.authenticator, runtime.tickets, events.cors, settings.root_path, events.refusal_log
+        )
+        if runtime.tickets
+        else None
     )
 
     if settings.tenant_stream_scope:
@@ -163,4 +177,4 @@ def create_app(
     internal = internal_app(runtime, lifespan)
     public = public_app(runtime)
     install_openapi(internal, public, runtime.settings)
-    return GatewayApp(runtime, public, internal, events)
+    return GatewayApp(runtime, public, internal, events, tickets)

@@ -14,7 +14,7 @@ from consumers.consumer import SessionStatusConsumer
 from consumers.progress import PartitionProgress
 from consumers.supervision import Supervisor
 from gateway.admission.registry import ConnectionRegistry
-from gateway.auth.jwks import JwksCache
+from gateway.auth.issuers import TrustedIssuers
 from gateway.runtime.workers import WorkerReadiness
 
 
@@ -27,7 +27,7 @@ class HealthPolicy:
         strict: bool,
         consumer: SessionStatusConsumer,
         progress: PartitionProgress,
-        jwks: JwksCache,
+        jwks: TrustedIssuers,
         connections: ConnectionRegistry,
         supervisor: Supervisor,
         workers: WorkerReadiness | None = None,
@@ -63,6 +63,8 @@ class HealthPolicy:
             report["warnings"] = warnings
         report["seconds_since_broker_contact"] = round(self.consumer.seconds_since_contact(), 1)
         report["seconds_since_keys_refreshed"] = round(self.jwks.seconds_since_refresh(), 1)
+        if self.jwks.several:
+            report["issuers"] = self.jwks.report()
         report["tasks"] = self.supervisor.report()
         return report
 
@@ -83,7 +85,7 @@ class HealthPolicy:
             if self.progress.last_error:
                 reasons.append(f"Kafka: {self.progress.last_error}")
         if not checks["signing_keys_loaded"]:
-            reasons.append(self.jwks.last_error or "signing keys not loaded yet")
+            reasons.extend(self.jwks.not_loaded)
         if not checks["accepting_streams"]:
             reasons.append("shutting down")
         warnings = []

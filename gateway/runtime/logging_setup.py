@@ -30,7 +30,7 @@ from urllib.parse import unquote_plus
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
-_SECRET_NAMES = frozenset({"access_token", "token", "id_token", "refresh_token"})
+_SECRET_NAMES = frozenset({"access_token", "token", "id_token", "refresh_token", "ticket"})
 # A query-string style parameter: its name (as sent, maybe percent-encoded) and its value. Linear: a
 # name cannot contain a lead character, so every character is scanned from one lead at most.
 _PARAM = re.compile(r"(?P<lead>^|[?&;\s])(?P<name>[^=&;?\s\"']+)=(?P<value>[^&\s\"']*)")
@@ -41,7 +41,9 @@ _DOTTED_RUN = re.compile(r"[A-Za-z0-9_.-]+")
 _URL_RUN = re.compile(r"[A-Za-z0-9_.~+%-]+")
 # Lines with none of these have nothing to redact: one linear search instead of the substitutions
 # (every pattern is of bounded length, so no start position is scanned past a few characters).
-_SUSPECT = re.compile(r"token|bearer|%|e[wy][A-Za-z0-9_-]{18}", re.IGNORECASE)
+_SUSPECT = re.compile(r"token|ticket|bearer|%|e[wy][A-Za-z0-9_-]{18}|v1\.", re.IGNORECASE)
+# A stream ticket (gateway.auth.tickets): ``v1.<payload>.<mac>``, wherever it stands.
+_TICKET = re.compile(r"v1\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}")
 # The shortest JWS header segment ("e[wy]" + 18) and claims segment the redaction looks for.
 _MIN_HEADER, _MIN_CLAIMS = 20, 12
 REDACTED = "[REDACTED]"
@@ -124,7 +126,7 @@ def _redact_encoded_jwt(match: re.Match[str]) -> str:
     run = match.group(0)
     if "%" not in run:
         return run
-    return REDACTED if any(_has_jwt(form) for form in _decodings(run)[1:]) else run
+    return REDACTED if any(_has_jwt(form) or _TICKET.search(form) for form in _decodings(run)[1:]) else run
 
 
 def redact(text: str) -> str:
@@ -133,6 +135,7 @@ def redact(text: str) -> str:
         return text  # the common case, without running the substitutions
     text = _PARAM.sub(_redact_param, text)
     text = _BEARER.sub(r"\1" + REDACTED, text)
+    text = _TICKET.sub(REDACTED, text)
     if "%" in text:
         text = _URL_RUN.sub(_redact_encoded_jwt, text)
     return _redact_jwts(text)

@@ -12,7 +12,7 @@ import asyncio
 
 from consumers import log_aggregation
 from consumers.progress import PartitionProgress
-from gateway.auth.jwks import JwksCache
+from gateway.auth.issuers import TrustedIssuers
 from gateway.runtime.health import HealthPolicy
 from gateway.runtime.heap import freeze_heap
 
@@ -25,8 +25,8 @@ async def freeze_after_replay(progress: PartitionProgress) -> None:
     freeze_heap()
 
 
-async def keep_keys_fresh(jwks: JwksCache) -> None:
-    """Loads the signing keys until it works, then refreshes them when due, ahead of any request."""
+async def keep_keys_fresh(jwks: TrustedIssuers) -> None:
+    """Loads every issuer's signing keys until it works, then refreshes them when due, ahead of any request."""
     while True:
         if not jwks.loaded or jwks.due:
             await jwks.load()

@@ -20,6 +20,7 @@ from starlette.types import Lifespan, Receive, Scope, Send
 from consumers import metrics as consumer_metrics
 from consumers.store import SessionStore
 from gateway.admission.endpoint import EventsEndpoint
+from gateway.admission.ticket_endpoint import TicketEndpoint
 from gateway.runtime.api_docs import mount_docs
 
 if TYPE_CHECKING:
@@ -36,13 +37,22 @@ class GatewayApp:
     equal to ``GATEWAY_PORT``) everything is on one port and served by the internal app.
     """
 
-    def __init__(self, runtime: Runtime, public: FastAPI, internal: FastAPI, events: EventsEndpoint) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        public: FastAPI,
+        internal: FastAPI,
+        events: EventsEndpoint,
+        tickets: TicketEndpoint | None = None,
+    ) -> None:
         self.runtime = runtime
         self.public = public
         self.internal = internal
         self.events = events
+        self.tickets = tickets  # ``POST /session/{id}/ticket``, on the public port, when tickets are on
         settings = runtime.settings
         self._internal_port = settings.internal_port if settings.internal_port != settings.port else 0
+        self._root_path = settings.root_path
 
     def is_internal(self, scope: Scope) -> bool:
         if not self._internal_port:
@@ -53,7 +63,12 @@ class GatewayApp:
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http":
             return self.internal(scope, receive, send)  # lifespan
-        return (self.internal if self.is_internal(scope) else self.public)(scope, receive, send)
+        internal = self.is_internal(scope)
+        tickets = self.tickets
+        public = not internal or not self._internal_port
+        if tickets is not None and public and tickets.session_id(scope, self._root_path) is not None:
+            return tickets(scope, receive, send)
+        return (self.internal if internal else self.public)(scope, receive, send)
 
 
 def metrics_response(store: SessionStore) -> Response:

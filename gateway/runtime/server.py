@@ -157,6 +157,8 @@ def serve_one(
         settings.port,
         f"{settings.internal_host}:{settings.internal_port}" if len(sockets) > 1 else "the same port",
     )
+    if not settings.ticket_keys:
+        log.info("stream tickets are off (GATEWAY_TICKET_KEYS is unset): POST /session/{id}/ticket answers 404")
     server.run(sockets=sockets)
 
 

@@ -164,8 +164,9 @@ class PageServer:
     def origin(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def client_url(self, gateway: str, session_id: str, token: str) -> str:
-        fragment = httpx.QueryParams({"gateway": gateway, "session": session_id, "token": token})
+    def client_url(self, gateway: str, session_id: str, token: str, credential: str = "token") -> str:
+        """The reference client following ``session_id`` with ``token`` as ``?token=`` (or ``?ticket=``)."""
+        fragment = httpx.QueryParams({"gateway": gateway, "session": session_id, credential: token})
         return f"{self.origin}/reference-client.html#{fragment}"
 
 

@@ -9,6 +9,7 @@ are the browser's own. The gateway's access log tells how many requests it saw.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 import time
 import uuid
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
 
@@ -138,7 +140,9 @@ async def open_client(chromium: Any, url: str) -> tuple[Any, BrowserPage]:
         request = response.request
         if request.resource_type == "eventsource":
             headers = await request.all_headers()
-            client.requests.append({"status": response.status, "last_event_id": headers.get("last-event-id")})
+            client.requests.append(
+                {"status": response.status, "last_event_id": headers.get("last-event-id"), "url": request.url}
+            )
 
     page.on("response", note_answered)
     page.on("response", on_response)
@@ -147,7 +151,7 @@ async def open_client(chromium: Any, url: str) -> tuple[Any, BrowserPage]:
         # Only EventSource requests (not the page's own resources, e.g. a favicon aborted at close), and not one
         # that was answered: EventSource abandons the body of an error answer, which Chromium reports as aborted.
         if request.resource_type == "eventsource" and not any(request is seen for seen in answered):
-            client.requests.append({"status": None, "failure": request.failure})
+            client.requests.append({"status": None, "failure": request.failure, "url": request.url})
 
     page.on("requestfailed", on_failed)
     await page.goto(url)
@@ -214,28 +218,45 @@ async def test_an_error_status_ends_in_closed_after_exactly_one_request(
     assert [request["status"] for request in client.requests] == [expected], client.requests
 
 
+@pytest.mark.parametrize("credential", ["token", "ticket"])
 async def test_gateway_restart_mid_stream_browser_resumes_by_itself(
-    stack: Stack, page_server: PageServer, chromium: Any, session_id: str
+    stack: Stack, page_server: PageServer, chromium: Any, session_id: str, credential: str
 ) -> None:
     """SIGTERM, drain, a new process on the same port: the browser's own reconnect with its own Last-Event-ID.
+
+    With ``ticket``, the page holds only a stream ticket its backend (the test) got from the gateway with the
+    tenant token (``POST /session/{id}/ticket``); both processes share the ticket key, so the browser's same URL
+    works on the new process, and the tenant token is in no request of the page and no line of either log.
 
     The first process tells the browser to wait 10 s before reconnecting (``retry:``), which leaves time for it
     to drain and exit and for the new one to replay the topic: a request reaching a replica that is still
     replaying gets 503, and any error status closes an EventSource for good (a load balancer's readiness check
     does this job in production).
     """
+    keys = f"e2e:{secrets.token_urlsafe(32)}" if credential == "ticket" else ""  # empty: tickets off
     first = stack.gateway(
         page_server,
-        "restart-first",
+        f"restart-first-{credential}",
         GATEWAY_RETRY_MS="10000",
         GATEWAY_DRAIN_SECONDS="1",
         GATEWAY_SHUTDOWN_GRACE_SECONDS="1",
+        GATEWAY_TICKET_KEYS=keys,
     ).start()
     second: GatewayProcess | None = None
     try:
         await first.wait_ready(timeout=90)
         await publish(stack.bootstrap, stack.topic, session_id, TENANT, "active")
-        context, client = await open_client(chromium, page_server.client_url(first.url, session_id, stack.token()))
+        tenant_token = stack.token()
+        given = tenant_token
+        if credential == "ticket":  # the backend's part: its token stays here, the page gets a ticket
+            async with httpx.AsyncClient(timeout=30) as http:
+                answer = await http.post(
+                    f"{first.url}/session/{session_id}/ticket", headers={"authorization": f"Bearer {tenant_token}"}
+                )
+            assert answer.status_code == 201, answer.text
+            given = answer.json()["ticket"]
+        url = page_server.client_url(first.url, session_id, given, credential)
+        context, client = await open_client(chromium, url)
         try:
             await client.wait_events(1)
             first_event = (await client.seen())["events"][0]
@@ -249,7 +270,9 @@ async def test_gateway_restart_mid_stream_browser_resumes_by_itself(
             # A transition while no gateway runs at all: the resumed stream must deliver it.
             await publish(stack.bootstrap, stack.topic, session_id, TENANT, "fetched")
 
-            second = stack.gateway(page_server, "restart-second", port=first.port).start()
+            second = stack.gateway(
+                page_server, f"restart-second-{credential}", port=first.port, GATEWAY_TICKET_KEYS=keys
+            ).start()
             await second.wait_ready(timeout=90)
             await client.wait_events(2, timeout=90)
             await publish(stack.bootstrap, stack.topic, session_id, TENANT, "completed")
@@ -278,3 +301,8 @@ async def test_gateway_restart_mid_stream_browser_resumes_by_itself(
     assert answered[1]["last_event_id"] == first_event["eventId"], client.requests
     assert answered[2]["last_event_id"] == seen["events"][2]["eventId"], client.requests
     assert "draining" in first.logs(), first.logs()[-3000:]
+    if credential == "ticket":
+        assert all(request["url"].count("ticket=v1.") == 1 for request in client.requests), client.requests
+        assert not any(tenant_token in request["url"] for request in client.requests), client.requests
+        assert tenant_token not in first.logs() + second.logs()
+        assert given not in first.logs() + second.logs()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -65,6 +66,7 @@ async def gateway(
         GATEWAY_UNKNOWN_SESSION_WAIT="1",
         GATEWAY_KAFKA_HEALTH_INTERVAL="1",
         GATEWAY_LOG_FORMAT="text",
+        GATEWAY_TICKET_KEYS=f"kc:{secrets.token_urlsafe(32)}",
     )
     process = GatewayProcess(env, Path(tmp_path_factory.mktemp("e2e-keycloak")) / "gateway.log").start()
     try:
@@ -74,10 +76,12 @@ async def gateway(
         process.stop()
 
 
-async def open_status(gateway: GatewayProcess, session_id: str, token: str) -> tuple[int, list[str]]:
+async def open_status(
+    gateway: GatewayProcess, session_id: str, token: str, credential: str = "token"
+) -> tuple[int, list[str]]:
     """The status of a stream request and, when it opened, the statuses it delivered until the first one."""
     url = f"{gateway.url}/session/{session_id}/events"
-    async with httpx.AsyncClient(timeout=30.0) as client, sse(client, url, params={"token": token}) as stream:
+    async with httpx.AsyncClient(timeout=30.0) as client, sse(client, url, params={credential: token}) as stream:
         if stream.status != 200:
             return stream.status, []
         event = await stream.next_event(timeout=20)
@@ -114,6 +118,42 @@ async def test_keycloak_tokens_open_streams_and_tenants_stay_apart(
     assert await open_status(gateway, session_b, token_a) == (404, [])
     assert await open_status(gateway, f"kc-unknown-{uuid.uuid4()}", token_a) == (404, [])
     assert await open_status(gateway, session_a, token_a + "x") == (401, [])
+
+
+async def ticket(gateway: GatewayProcess, session_id: str, bearer: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        return await client.post(
+            f"{gateway.url}/session/{session_id}/ticket", headers={"authorization": f"Bearer {bearer}"}
+        )
+
+
+async def test_a_backend_with_a_client_credentials_token_gets_tickets_for_its_sessions_only(
+    kafka_bootstrap: str, topic: str, keycloak: Keycloak, gateway: GatewayProcess
+) -> None:
+    """docs/tickets.md with Keycloak's tokens: the backend's tenant-wide token buys a one-session ticket."""
+    token_a = await keycloak.token("wallet-backend")
+    token_b = await keycloak.token("wallet-backend-b")
+    session_a, session_b = f"kc-ta-{uuid.uuid4()}", f"kc-tb-{uuid.uuid4()}"
+    await publish(kafka_bootstrap, topic, session_a, "tenant-a", "active")
+    await publish(kafka_bootstrap, topic, session_b, "tenant-b", "active")
+    assert await open_status_within(gateway, session_a, token_a, 30) == (200, ["active"])
+    assert await open_status_within(gateway, session_b, token_b, 30) == (200, ["active"])
+
+    issued = await ticket(gateway, session_a, token_a)
+    assert issued.status_code == 201 and issued.headers["cache-control"] == "no-store", issued.text
+    ticket_a = issued.json()["ticket"]
+    assert token_a not in ticket_a
+    assert await open_status(gateway, session_a, ticket_a, "ticket") == (200, ["active"])
+    # Another session of the same tenant, another tenant's session: like unknown ones.
+    assert await open_status(gateway, session_b, ticket_a, "ticket") == (404, [])
+    foreign = (await ticket(gateway, session_a, token_b)).json()["ticket"]  # tenant-b's backend, tenant-a's id
+    assert await open_status(gateway, session_a, foreign, "ticket") == (404, [])
+    # Neither credential stands in for the other.
+    assert await open_status(gateway, session_a, token_a, "ticket") == (401, [])
+    assert await open_status(gateway, session_a, ticket_a) == (401, [])
+    assert (await ticket(gateway, session_a, ticket_a)).status_code == 401
+    logs = gateway.logs()
+    assert token_a not in logs and token_b not in logs and ticket_a not in logs and foreign not in logs
 
 
 async def rotate_keys(keycloak: Keycloak) -> tuple[str, str]:

@@ -28,7 +28,7 @@
     tenantSessions: $("tenant-sessions"),
   };
 
-  let session = null; // {id, tenant, token, eventsUrl}
+  let session = null; // {id, tenant, ticket, expiresAt, eventsUrl} (token instead of ticket with tickets off)
   let source = null; // the EventSource of the current session
   let finished = false;
 
@@ -50,14 +50,17 @@
     ui.notice.hidden = !text;
   }
 
+  // The page holds a ticket for its one session (its backend part traded the tenant token for it);
+  // only with tickets off does the dev server hand it a session-scoped token instead.
   function showToken() {
-    const token = session ? session.token : "";
-    ui.token.textContent = token || "–";
+    const credential = session ? session.ticket || session.token : "";
+    const flag = session && session.ticket ? "--ticket" : "--token";
+    ui.token.textContent = credential || "–";
     const watch = session
-      ? `session-gateway watch ${session.id} --url ${window.location.origin} --token ${token}`
+      ? `session-gateway watch ${session.id} --url ${window.location.origin} ${flag} ${credential}`
       : "";
     ui.watchCommand.textContent = watch || "–";
-    ui.copyToken.disabled = !token;
+    ui.copyToken.disabled = !credential;
     ui.copyWatch.disabled = !watch;
   }
 
@@ -347,10 +350,11 @@
     const origin = window.location.origin;
     const sessionId = session ? session.id : "SESSION_ID";
     ui.snippet.textContent = [
-      "// sessionId and token come from your backend (the token is scoped to the tenant and session).",
+      "// Your backend asks the gateway for a ticket (POST /session/{id}/ticket, its own token in the",
+      "// Authorization header) and hands this page the session id and the ticket, never its token.",
       `const sessionId = "${sessionId}";`,
-      'const token = "…";',
-      "const url = `" + origin + "/session/${encodeURIComponent(sessionId)}/events?token=${encodeURIComponent(token)}`;",
+      'const ticket = "…";',
+      "const url = `" + origin + "/session/${encodeURIComponent(sessionId)}/events?ticket=${encodeURIComponent(ticket)}`;",
       "const source = new EventSource(url);",
       "",
       "source.onmessage = (event) => {",
@@ -360,7 +364,7 @@
       "};",
       "source.onerror = () => {",
       "  // Network blip or redeploy: EventSource reconnects by itself and resumes with Last-Event-ID.",
-      "  // It gives up for good on an HTTP error (401 bad token, 404 unknown session, 429/503 limits).",
+      "  // It gives up for good on an HTTP error (401 expired ticket, 404 unknown session, 429/503 limits).",
       "  if (source.readyState === EventSource.CLOSED) console.warn(\"stream closed\");",
       "};",
     ].join("\n");
@@ -388,7 +392,7 @@
     button.addEventListener("click", () => publishStatus(button.dataset.status));
   }
   ui.copy.addEventListener("click", copySnippet);
-  ui.copyToken.addEventListener("click", () => copyText(ui.copyToken, session ? session.token : "", ui.token));
+  ui.copyToken.addEventListener("click", () => copyText(ui.copyToken, session ? session.ticket || session.token : "", ui.token));
   ui.copyWatch.addEventListener("click", () => copyText(ui.copyWatch, ui.watchCommand.textContent, ui.watchCommand));
   ui.tenant.addEventListener("keydown", (event) => {
     if (event.key === "Enter") createSession();

@@ -176,6 +176,7 @@ ConfigMap. Secrets and the downward-API instance id are rendered in the Deployme
   (list "GATEWAY_SESSION_CLAIM" $v.auth.sessionClaim)
   (list "GATEWAY_REQUIRED_SCOPE" $v.auth.requiredScope)
   (list "GATEWAY_TOKEN_COOKIE" $v.auth.tokenCookie)
+  (list "GATEWAY_ALLOW_QUERY_TOKENS" $v.auth.allowQueryTokens)
   (list "GATEWAY_CORS_ORIGINS" $v.corsOrigins)
   (list "GATEWAY_REPLAY_WINDOW" $v.replayWindow)
   (list "GATEWAY_TERMINAL_RETENTION" $v.store.terminalRetention)
@@ -203,6 +204,10 @@ ConfigMap. Secrets and the downward-API instance id are rendered in the Deployme
   (list "GATEWAY_DLQ_WRITER" $v.deadLetter.writer)
   (list "GATEWAY_ROOT_PATH" $v.rootPath)
 -}}
+{{- with $v.auth.issuers }}
+{{- /* A YAML list in the values file, the JSON list the app reads. */}}
+{{- $pairs = append $pairs (list "GATEWAY_JWT_ISSUERS" (toJson .)) }}
+{{- end }}
 {{- if include "session-events-gateway.recordMappingConfigMap" . }}
 {{- $pairs = append $pairs (list "GATEWAY_RECORD_MAPPING" (printf "%s/%s" (include "session-events-gateway.recordMappingDir" .) (include "session-events-gateway.recordMappingKey" .))) }}
 {{- end }}
@@ -272,8 +277,11 @@ Checks values that a JSON schema cannot express; fails the render with a clear m
 {{- $kafka := .Values.kafka }}
 {{- /* Without these the app cannot work: refuse to render rather than deploy a crash loop. */}}
 {{- $_ := required "kafka.bootstrapServers is required: the Kafka brokers' host:port list, e.g. --set 'kafka.bootstrapServers=kafka-0.kafka:9092\\,kafka-1.kafka:9092'" $kafka.bootstrapServers }}
-{{- if not (or .Values.auth.jwksUrl .Values.auth.oidcIssuer) }}
-{{- fail "auth.jwksUrl or auth.oidcIssuer is required: the gateway verifies every stream's token and exits at start without signing keys, e.g. --set auth.oidcIssuer=https://idp.example.com/realms/wallet" }}
+{{- if not (or .Values.auth.jwksUrl .Values.auth.oidcIssuer .Values.auth.issuers) }}
+{{- fail "auth.jwksUrl or auth.oidcIssuer is required (or auth.issuers for several): the gateway verifies every stream's token and exits at start without signing keys, e.g. --set auth.oidcIssuer=https://idp.example.com/realms/wallet" }}
+{{- end }}
+{{- if and .Values.auth.issuers (or .Values.auth.jwksUrl .Values.auth.oidcIssuer .Values.auth.issuer) }}
+{{- fail "auth.issuers replaces auth.jwksUrl, auth.oidcIssuer and auth.issuer: set either the list or those" }}
 {{- end }}
 {{- if eq (int .Values.internalPort) (int .Values.containerPort) }}
 {{- fail (printf "internalPort and containerPort must differ (both are %d): the internal endpoints (/readyz, /metrics, /docs) must not be reachable through the public Service" (int .Values.containerPort)) }}

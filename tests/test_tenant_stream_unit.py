@@ -14,8 +14,8 @@ from consumers.records import StatusUpdate
 from consumers.store import SessionSnapshot, SessionStore, Transition
 from gateway.admission.clock import StreamClock
 from gateway.admission.registry import ConnectionRegistry
-from gateway.admission.tenant import parse_statuses
-from gateway.auth.claims import ClaimsValidator
+from gateway.admission.tenant import TenantEndpoint, parse_statuses
+from gateway.auth.claims import ClaimsValidator, Principal
 from gateway.edge.errors import StreamRefused
 from gateway.edge.tenant_route import match_tenant
 from gateway.settings import GatewaySettings
@@ -323,3 +323,12 @@ def test_roles_claim(claims: dict[str, Any], roles: set[str]) -> None:
     settings = GatewaySettings(tenant_stream_roles_claim="realm_access.roles", jwt_audience=None)
     principal = ClaimsValidator(settings).principal({"exp": 4_000_000_000, "sub": "u", **claims}, now=1)
     assert principal.roles == roles
+
+
+def test_a_stream_ticket_never_opens_a_tenant_stream() -> None:
+    endpoint = TenantEndpoint.__new__(TenantEndpoint)
+    endpoint.scope = "sessions:watch"
+    ticket = Principal("u", "t", None, frozenset({"sessions:watch"}), 4e9, ticket_session="s-1")
+    with pytest.raises(StreamRefused) as refused:
+        endpoint._allowed(ticket)
+    assert (refused.value.status, refused.value.message) == (403, "Insufficient scope")

@@ -332,3 +332,23 @@ def test_a_stream_ticket_never_opens_a_tenant_stream() -> None:
     with pytest.raises(StreamRefused) as refused:
         endpoint._allowed(ticket)
     assert (refused.value.status, refused.value.message) == (403, "Insufficient scope")
+
+
+def test_tenant_stream_openings_are_rate_limited_per_tenant_and_process() -> None:
+    """Each opening reads the whole store: a scoped client may not repeat it at will, nor one tenant take
+    every opening of the process."""
+    from gateway.admission.opening_rate import PER_PROCESS, PER_TENANT, OpeningRate
+
+    now = [1000.0]
+    rate = OpeningRate(clock=lambda: now[0])
+    burst = int(PER_TENANT[1])
+    assert [rate.wait("a") for _ in range(burst)] == [0.0] * burst
+    wait = rate.wait("a")
+    assert 0 < wait <= 1 / PER_TENANT[0]
+    assert rate.retry_after(wait) == "1"
+    assert rate.wait("b") == 0.0  # another tenant is not held back by a's burst
+    now[0] += 1 / PER_TENANT[0]
+    assert rate.wait("a") == 0.0  # refilled
+    # The process-wide bucket: many tenants at once are bounded too.
+    opened = sum(1 for n in range(100) if rate.wait(f"t{n}") == 0.0)
+    assert opened <= PER_PROCESS[1]

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 from consumers.progress import PartitionProgress
 from gateway import metrics
 from gateway.admission.endpoint import Answer, EventsEndpoint, Headers, StreamRequest, request_id
+from gateway.admission.opening_rate import OpeningRate
 from gateway.admission.registry import Ticket
 from gateway.auth.claims import Principal
 from gateway.edge.errors import StreamRefused, error_headers
@@ -71,6 +72,7 @@ class TenantEndpoint:
         self.events = events
         self.progress = progress
         self.scope = events.settings.tenant_stream_scope or ""
+        self.openings = OpeningRate()
 
     async def admit(self, request: StreamRequest) -> TenantAdmission | Answer:
         events = self.events
@@ -81,6 +83,15 @@ class TenantEndpoint:
         try:
             principal = await events.authenticate(request.query, headers)
             tenant = self._allowed(principal)
+            wait = self.openings.wait(tenant)
+            if wait:  # each opening reads the whole store once: not at a client's will
+                metrics.LIMIT_REFUSALS.labels("tenant_stream_openings").inc()
+                raise StreamRefused(
+                    429,
+                    "Too many tenant stream openings; retry later",
+                    {"Retry-After": self.openings.retry_after(wait)},
+                    reason="tenant_stream_openings",
+                )
             query = parse_qsl(request.query.decode("latin-1"), keep_blank_values=True)
             statuses = parse_statuses(query)
             last = headers.get("last-event-id") or dict(query).get("lastEventId")

@@ -9,8 +9,11 @@ publishes its next status. Both are unauthenticated, which is why dev mode is lo
 from __future__ import annotations
 
 import logging
+import shlex
+import sys
 import uuid
 from collections import OrderedDict
+from pathlib import Path as FilePath
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote, urlencode
 
@@ -37,11 +40,23 @@ class CreateSession(BaseModel):
     type: SessionType | None = Field(None, description="issuance or presentation")
 
 
+def cli_command() -> str:
+    """This installation's console script by absolute path, else this interpreter with ``-m gateway``."""
+    script = FilePath(sys.executable).parent / "session-gateway"
+    if script.is_file():
+        return shlex.quote(str(script.absolute()))
+    return f"{shlex.quote(str(FilePath(sys.executable).absolute()))} -m gateway"
+
+
 class CreatedSession(BaseModel):
     id: str = Field(description="The new session id (a UUID).")
     tenant: str
     token: str = Field(description="A token from the dev issuer, scoped to this tenant and session.")
     eventsUrl: str = Field(description="Relative URL of the session's event stream, token included.")
+    cli: str = Field(
+        description="How to run this installation's `session-gateway` from any shell (an absolute path, quoted): "
+        "the demo page's `watch` command starts with it, so it runs without the virtualenv on PATH."
+    )
 
 
 class ChangeStatus(BaseModel):
@@ -88,7 +103,7 @@ def add_session_routes(router: APIRouter, runtime: Runtime, publisher: DevPublis
         remember(session_id, tenant)
         events_url = f"/session/{quote(session_id, safe='')}/events?{urlencode({'token': token})}"
         log.info("dev: created session %s for tenant %s", session_id, tenant)
-        return CreatedSession(id=session_id, tenant=tenant, token=token, eventsUrl=events_url)
+        return CreatedSession(id=session_id, tenant=tenant, token=token, eventsUrl=events_url, cli=cli_command())
 
     @router.post(
         "/dev/sessions/{id}/status",

@@ -52,7 +52,7 @@
     const token = session ? session.token : "";
     ui.token.textContent = token || "–";
     const watch = session
-      ? `session-gateway watch ${session.id} --url ${window.location.origin} --token ${token}`
+      ? `${session.cli || "session-gateway"} watch ${session.id} --url ${window.location.origin} --token ${token}`
       : "";
     ui.watchCommand.textContent = watch || "–";
     ui.copyToken.disabled = !token;

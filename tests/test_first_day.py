@@ -181,7 +181,7 @@ async def test_a_rejected_record_logs_topic_partition_offset_and_reason_as_field
     def skipped(name: str) -> list[str]:
         return [line for line in cdc.gateway(name).logs().splitlines() if "skipped malformed record" in line]
 
-    await wait_until(lambda: skipped("json") and skipped("text"), 20, "no line about the skipped record")
+    await wait_until(lambda: bool(skipped("json") and skipped("text")), 20, "no line about the skipped record")
     [entry] = [json.loads(line) for line in skipped("json")]
     assert entry["message"] == "skipped malformed record: value is not JSON"
     assert {key: entry[key] for key in ("topic", "partition", "offset", "reason")} == {
@@ -225,7 +225,7 @@ async def test_a_wrong_audience_or_issuer_logs_expected_and_received_never_the_t
     def line(name: str) -> str | None:
         return next((entry for entry in cdc.gateway(name).logs().splitlines() if request_id in entry), None)
 
-    await wait_until(lambda: line("json") and line("text"), 10, "no log line for the refused request")
+    await wait_until(lambda: bool(line("json") and line("text")), 10, "no log line for the refused request")
     entry = json.loads(line("json") or "")
     assert entry["request_id"] == request_id
     assert (entry["reason"], entry["status"], entry["expected"], entry["received"]) == (reason, 401, expected, received)
@@ -250,7 +250,7 @@ async def test_a_jwt_shaped_audience_is_redacted_in_the_received_field(cdc: Cdc)
     def line() -> str | None:
         return next((entry for entry in cdc.gateway().logs().splitlines() if request_id in entry), None)
 
-    await wait_until(line, 10, "no log line for the refused request")
+    await wait_until(lambda: line() is not None, 10, "no log line for the refused request")
     entry = json.loads(line() or "")
     assert entry["received"] == "[REDACTED]"
     assert inner.split(".")[2] not in cdc.gateway().logs()

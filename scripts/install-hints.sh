@@ -14,7 +14,8 @@ _hint_system() {
   fi
   for word in $id $like; do
     case "$word" in
-      debian|ubuntu) echo debian; return ;;
+      ubuntu) echo ubuntu; return ;;
+      debian) echo debian; return ;;
       fedora|rhel|centos|rocky|almalinux) echo fedora; return ;;
       opensuse*|suse|sles) echo suse; return ;;
       alpine) echo alpine; return ;;
@@ -29,14 +30,15 @@ install_hint() {
   system="$(_hint_system)"
   version="${tool#java}"
   case "$tool:$system" in
-    java*:debian) echo "install it with: sudo apt-get install openjdk-$version-jre-headless (or any JDK $version+; Debian 12 has 17, Ubuntu 22.04+ has 17 and 21)" ;;
+    java17:debian|java*:ubuntu) echo "install it with: sudo apt-get install openjdk-$version-jre-headless" ;;
+    java*:debian) echo "install it with: sudo apt-get install openjdk-$version-jre-headless (Debian 13 or newer; on Debian 12 use Eclipse Temurin: https://adoptium.net/installation/linux/)" ;;
     java*:fedora) echo "install it with: sudo dnf install java-$version-openjdk-headless" ;;
     java*:suse) echo "install it with: sudo zypper install java-$version-openjdk-headless" ;;
     java*:alpine) echo "install it with: sudo apk add openjdk$version-jre-headless" ;;
     java*:arch) echo "install it with: sudo pacman -S jre$version-openjdk-headless" ;;
     java*:macos) echo "install it with: brew install openjdk@$version (then follow brew's note to put it on PATH)" ;;
     java*:*) echo "install a Java $version+ runtime (e.g. Eclipse Temurin from https://adoptium.net, or SDKMAN: sdk install java $version-tem) and put java on PATH or set JAVA_HOME" ;;
-    maven:debian) echo "install it with: sudo apt-get install maven" ;;
+    maven:debian|maven:ubuntu) echo "install it with: sudo apt-get install maven" ;;
     maven:fedora) echo "install it with: sudo dnf install maven" ;;
     maven:suse) echo "install it with: sudo zypper install maven" ;;
     maven:alpine) echo "install it with: sudo apk add maven" ;;

@@ -7,7 +7,8 @@ FastAPI + sse-starlette under the same uvicorn (uvloop, httptools) as the gatewa
 - an aiokafka consumer in the app replays the topic into a dict of session id -> pydantic model
   and puts each record into the queues of that session's connections; each connection encodes
   the event itself.
-``/readyz`` answers 200 once the replay reached the end offsets seen at start-up.
+``GET /session/{id}`` is the status read (benchmark 7), written the same way. ``/readyz`` answers 200
+once the replay reached the end offsets seen at start-up.
 
 Run: ``python -m benchmarks.baseline_app`` with BASELINE_PORT, BASELINE_KAFKA_BOOTSTRAP_SERVERS,
 BASELINE_KAFKA_TOPIC, BASELINE_JWKS_URL, BASELINE_JWT_ISSUER, BASELINE_JWT_AUDIENCE.
@@ -23,8 +24,8 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from fastapi import FastAPI, HTTPException, Query
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -148,6 +149,29 @@ async def session_events(session_id: str, token: str | None = Query(None)) -> Ev
                     del subscribers[session_id]
 
     return EventSourceResponse(stream(), ping=15)
+
+
+@app.get("/session/{session_id}")
+async def session_status(session_id: str, request: Request, token: str | None = Query(None)) -> Response:
+    """The status read (benchmark 7): the same checks, then the latest event's data with an ETag."""
+    if not state["ready"]:
+        raise HTTPException(503, "Session state is still loading")
+    if not token:
+        raise HTTPException(401, "Authentication required")
+    try:
+        decoded = jwt.decode(token, state["keys"], algorithms=["RS256"])
+        claims_registry.validate(decoded.claims)
+    except (JoseError, ValueError) as error:
+        raise HTTPException(401, "Invalid or expired token") from error
+    current = sessions.get(session_id)
+    if current is None or current[0].tenantId != decoded.claims.get("tenant_id"):
+        raise HTTPException(404, f"Session {session_id} not found")
+    event, position = current
+    headers = {"etag": f'"{position}"', "cache-control": "no-store"}
+    if request.headers.get("if-none-match") == headers["etag"]:
+        return Response(status_code=304, headers=headers)
+    body = event.model_dump_json(include={"id", "status", "updatedAt"})
+    return Response(body, media_type="application/json", headers=headers)
 
 
 def main() -> None:

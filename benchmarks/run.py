@@ -17,6 +17,7 @@ import os
 import random
 import signal
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -32,11 +33,13 @@ from benchmarks.common import (
     BENCH_DIR,
     ISSUER,
     OUT_DIR,
+    REPO,
     RESULTS_DIR,
     FastProducer,
     JwksServer,
     KafkaBroker,
     ServerProcess,
+    TokenMinter,
     code_version,
     create_topic,
     delete_topics,
@@ -104,7 +107,7 @@ class Row:
 
     @property
     def met(self) -> bool | None:
-        if self.project is None:
+        if self.project is None or not self.target_value:  # no target: no mark
             return None
         return self.project <= self.target_value if self.lower_is_better else self.project >= self.target_value
 
@@ -893,6 +896,84 @@ def bench_fanout(ctx: Context) -> list[Row]:
     return [row, per_core, cost]
 
 
+# --- 7. status reads ------------------------------------------------------------------------------------
+
+
+def status_window(
+    server: ServerProcess, path: str, token: str, processes: int, connections: int, seconds: float
+) -> dict[str, Any]:
+    """``processes`` load processes of ``connections`` keep-alive connections each, reading for ``seconds``."""
+    argv = [
+        sys.executable,
+        "-m",
+        "benchmarks.status_reads",
+        str(server.port),
+        path,
+        token,
+        str(connections),
+        str(seconds),
+    ]
+    cpu_before = server.cpu_seconds()
+    loads = [subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE) for _ in range(processes)]
+    outputs = [json.loads(load.communicate(timeout=seconds + 60)[0]) for load in loads]
+    cpu = server.cpu_seconds() - cpu_before
+    statuses: dict[str, int] = {}
+    for output in outputs:
+        for status, count in output["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + count
+    answered = statuses.get("200", 0)
+    wall = max(output["seconds"] for output in outputs)
+    return {
+        "connections": processes * connections,
+        "statuses": statuses,
+        "reconnects": sum(output["reconnects"] for output in outputs),
+        "reads_per_s": round(answered / wall) if wall else 0,
+        "reads_per_cpu_s": round(answered / cpu) if cpu else 0,
+        "server_cpu_us_per_read": round(cpu * 1e6 / answered, 1) if answered else None,
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+    }
+
+
+def bench_status(ctx: Context) -> list[Row]:
+    """``GET /session/{id}``: reads per server CPU-second on one keep-alive connection and over 100."""
+    seconds = 3.0 if ctx.scale.name == "quick" else 8.0
+    shapes = {"one": (1, 1), "many": (2, 50)}  # (load processes, connections each)
+    rows = {
+        name: Row(
+            f"7-status-{name}",
+            f"Status reads per server CPU-second, {label} (GET /session/{{id}}, one token, {seconds:.0f} s)",
+            "none yet (issue 22)",
+            "/s",
+            False,
+            0,
+        )
+        for name, label in (("one", "one keep-alive connection"), ("many", "100 keep-alive connections"))
+    }
+    session_id = "status-read-bench"
+    token = TokenMinter(ctx.private_jwk).mint("status-reader")
+    for impl in ctx.impls:
+        topic = ctx.topic(f"status-{impl}")
+        kafka(publish_active_sessions(ctx.bootstrap, topic, [session_id]))
+        with ctx.server(impl, topic, "status") as server:
+            status_window(server, f"/session/{session_id}", token, 1, 1, 1.0)  # warm up (and cache the token)
+            side = "project" if impl == "gateway" else "baseline"
+            for name, (processes, connections) in shapes.items():
+                result = status_window(server, f"/session/{session_id}", token, processes, connections, seconds)
+                log(f"  {impl} status reads, {result['connections']} connection(s): {result}")
+                setattr(rows[name], side, result["reads_per_cpu_s"])
+                rows[name].details[impl] = result
+    if "gateway" in ctx.impls:  # what the access line costs a read (one line per request, on by default)
+        topic = ctx.topic("status-quiet")
+        kafka(publish_active_sessions(ctx.bootstrap, topic, [session_id]))
+        with ctx.server("gateway", topic, "status-quiet", env={"GATEWAY_ACCESS_LOG": "false"}) as server:
+            status_window(server, f"/session/{session_id}", token, 1, 1, 1.0)
+            for name, (processes, connections) in shapes.items():
+                result = status_window(server, f"/session/{session_id}", token, processes, connections, seconds)
+                log(f"  gateway without access log, {result['connections']} connection(s): {result}")
+                rows[name].details["gateway_access_log_off"] = result
+    return list(rows.values())
+
+
 # --- 6. workers --------------------------------------------------------------------------------------------
 
 
@@ -1126,7 +1207,15 @@ def print_table(rows: list[Row]) -> None:
 # --- main ----------------------------------------------------------------------------------------------------
 
 
-BENCHES: dict[int, str] = {1: "memory", 2: "storm", 3: "latency", 4: "fanout", 5: "replay", 6: "workers"}
+BENCHES: dict[int, str] = {
+    1: "memory",
+    2: "storm",
+    3: "latency",
+    4: "fanout",
+    5: "replay",
+    6: "workers",
+    7: "status",
+}
 
 
 def parse_only(value: str) -> list[int]:
@@ -1200,6 +1289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             4: lambda: bench_fanout(ctx),
             5: lambda: bench_replay(ctx),
             6: lambda: bench_workers(ctx),
+            7: lambda: bench_status(ctx),
         }
         for number in args.only:
             log(f"--- benchmark {number}: {BENCHES[number]} ---")

@@ -48,6 +48,11 @@ REQUEST_LOG_SUPPRESSED = Counter(
 AUTH_FAILURES = Counter("gateway_auth_failures_total", "Token verification failures, by reason.", ["reason"])
 JWKS_FETCHES = Counter("gateway_jwks_fetches_total", "JWKS (and OIDC discovery) fetches attempted.")
 JWKS_FAILURES = Counter("gateway_jwks_fetch_failures_total", "JWKS fetches that failed.")
+JWKS_LOG_SUPPRESSED = Counter(
+    "gateway_jwks_log_lines_suppressed_total",
+    "Log lines of failed JWKS fetches folded into one summary line per kind and minute, by kind.",
+    ["reason"],
+)
 JWKS_KEY_WAITS = Counter(
     "gateway_jwks_unknown_kid_waits_total",
     "Unknown kids inside GATEWAY_JWKS_MIN_REFRESH: deferred refetches run, and requests refused at once "
@@ -80,4 +85,7 @@ EDGE_REFUSALS = Counter(
     "gateway_edge_refusals_total",
     "Connections the HTTP edge refused or closed before a request was served, by reason.",
     ["reason"],
+)
+STATUS_READS = Counter(
+    "gateway_status_reads_total", "Status reads (GET /session/{id}) answered, by status.", ["status"]
 )

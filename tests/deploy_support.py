@@ -109,9 +109,17 @@ class Rendered:
         container: dict[str, Any] = next(c for c in containers if c["name"] == "gateway")
         return container
 
+    def config(self) -> dict[str, str]:
+        """The settings ConfigMap's data: the first the gateway container loads with ``envFrom`` (the chart
+        may render others, e.g. the record mapping's)."""
+        # The chart's own comes first; extraEnvFrom may name others (which it does not render).
+        name = next(ref["configMapRef"]["name"] for ref in self.gateway_container()["envFrom"] if "configMapRef" in ref)
+        data: dict[str, str] = next(d for d in self.all("ConfigMap") if d["metadata"]["name"] == name)["data"]
+        return data
+
     def gateway_env_names(self) -> set[str]:
         """Every environment variable name the gateway container gets (ConfigMap keys + env)."""
-        names = set(self.one("ConfigMap")["data"])
+        names = set(self.config())
         names |= {entry["name"] for entry in self.gateway_container().get("env", [])}
         return names
 

@@ -557,3 +557,26 @@ async def gateway_world(
 
 # --------------------------------------------------------------------------------------------------
 # Fixtures
+
+
+# --- Metrics as a scraper sees them ---------------------------------------------------------------------
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape(client: httpx.AsyncClient, gateway: GatewayProcess) -> Samples:
+    """Every sample of one scrape of the gateway's internal port, by name and labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = await client.get(gateway.internal_url + "/metrics")
+    assert response.status_code == 200, response.text
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for found in family.samples:
+            samples[(found.name, tuple(sorted(found.labels.items())))] = float(found.value)
+    return samples
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value (0 when absent, as for a counter never incremented)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)

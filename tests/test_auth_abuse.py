@@ -45,7 +45,6 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from joserfc.jwk import OKPKey
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.auth.claims import AuthenticationError, ClaimsValidator, Principal
 from gateway.auth.jwks import JwksCache
@@ -69,11 +68,13 @@ from tests.gateway_support import (
     GatewayProcess,
     GatewayWorld,
     JwksServer,
+    Samples,
     SigningKey,
     ed_key,
     gateway_world,
     mint,
     rsa_key,
+    scrape,
 )
 from tests.kafka_support import event_bytes
 
@@ -238,21 +239,6 @@ async def world(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) 
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
-
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-async def scrape(client: httpx.AsyncClient, gateway: GatewayProcess) -> Samples:
-    # Metrics may move to an internal port (issue 10); use it when the process helper knows it.
-    base = getattr(gateway, "internal_url", gateway.url)
-    response = await client.get(f"{base}/metrics")
-    assert response.status_code == 200, response.text
-    samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = float(sample.value)
-    return samples
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:

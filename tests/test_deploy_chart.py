@@ -7,16 +7,21 @@ and HTTPRoute CRDs); bad values must be refused at ``helm template`` time with a
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from tests.deploy_support import (
     CHART,
     CI_VALUES,
     KUBE_VERSIONS,
+    REPO,
     KubeValidator,
     existing_settings,
     helm_template,
@@ -108,7 +113,7 @@ def test_probes_and_metrics_use_the_internal_port_and_public_routes_only_the_str
     container = rendered.gateway_container()
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"http": 8080, "internal": 9090}
-    config = rendered.one("ConfigMap")["data"]
+    config = rendered.config()
     assert config["GATEWAY_INTERNAL_PORT"] == "9090"
     assert config["GATEWAY_INTERNAL_HOST"] == "0.0.0.0"
     assert container["args"] == ["--host", "0.0.0.0", "--port", "8080"]  # after the entrypoint `... serve`
@@ -286,6 +291,8 @@ def registered_metric_names() -> set[str]:
     names: set[str] = set()
     for family in REGISTRY.collect():
         names.add(family.name + ("_total" if family.type == "counter" else ""))
+        if family.type == "histogram":
+            names |= {f"{family.name}_{suffix}" for suffix in ("bucket", "sum", "count")}
     return names
 
 
@@ -308,3 +315,286 @@ def test_prometheus_rule_alerts_use_real_metric_names(helm: Path) -> None:
     for r in rules:
         assert 'service="session-gateway-session-events-gateway-internal"' in r["expr"], r["alert"]
         assert r["labels"]["team"] == "wallet"
+
+
+# --- Grafana dashboard ------------------------------------------------------------------------------
+
+DASHBOARD = CHART / "dashboards" / "session-events-gateway.json"
+
+
+def dashboard() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return loaded
+
+
+def panel_queries(board: dict[str, Any]) -> list[str]:
+    return [target["expr"] for panel in board["panels"] for target in panel.get("targets", [])]
+
+
+def test_dashboard_is_valid_for_grafana_schema_39() -> None:
+    """The fields Grafana 10/11 (dashboard schemaVersion 39) needs to import the JSON as it is: a uid,
+    unique panel ids, a 24-column grid without overlaps, a data source variable every query uses."""
+    board = dashboard()
+    assert board["schemaVersion"] == 39 and board["uid"] and board["title"]
+    assert {"datasource", "namespace", "job"} <= {v["name"] for v in board["templating"]["list"]}
+    ids = [panel["id"] for panel in board["panels"]]
+    assert len(ids) == len(set(ids))
+    taken: set[tuple[int, int]] = set()
+    for panel in board["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24 and grid["h"] > 0, panel["title"]
+        cells = {(grid["y"] + dy, grid["x"] + dx) for dy in range(grid["h"]) for dx in range(grid["w"])}
+        assert not cells & taken, f"{panel['title']} overlaps another panel"
+        taken |= cells
+        assert panel["type"] in {"row", "timeseries", "stat"}, panel["type"]
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+            refs = [target["refId"] for target in panel["targets"]]
+            assert refs and len(refs) == len(set(refs)), panel["title"]
+            assert all(target["datasource"]["uid"] == "${datasource}" for target in panel["targets"])
+
+
+def test_dashboard_shows_what_an_operator_asks_first_with_real_metric_names() -> None:
+    queries = panel_queries(dashboard())
+    used = {name for query in queries for name in re.findall(r"\bgateway_[a-z_]+", query)}
+    unknown = used - registered_metric_names()
+    assert unknown == set(), unknown
+    assert all('namespace=~"$namespace"' in query and 'job=~"$job"' in query for query in queries)
+    for needed in (
+        "gateway_open_streams",
+        "gateway_streams_opened_total",
+        "gateway_stream_requests_refused_total",
+        "gateway_limit_refusals_total",
+        "gateway_delivery_delay_seconds_bucket",
+        "gateway_records_applied_total",
+        "gateway_records_rejected_total",
+        "gateway_consumer_lag_records",
+        "gateway_jwks_last_refresh_age_seconds",
+        "gateway_dlq_records_written_total",
+        "gateway_task_restarts_total",
+    ):
+        assert needed in used, needed
+
+
+def test_dashboard_configmap_carries_the_json_for_the_grafana_sidecar(helm: Path) -> None:
+    assert "grafana_dashboard" not in {
+        label for doc in render(helm, DEFAULT_VALUES).documents for label in doc["metadata"].get("labels", {})
+    }, "off by default"
+    maps = [doc for doc in render(helm, FULL_VALUES).documents if doc["kind"] == "ConfigMap"]
+    board = next(doc for doc in maps if doc["metadata"]["name"].endswith("-dashboard"))
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert board["metadata"]["annotations"] == {"grafana_folder": "Wallet"}
+    assert json.loads(board["data"]["session-events-gateway.json"]) == dashboard()
+
+
+# --- What the chart documents is what the app does (issue 25) --------------------------------------
+
+_DOCUMENTED_DEFAULT = re.compile(r"\((GATEWAY_[A-Z0-9_]+);\s*app default:?\s*(.+?)\)", re.DOTALL)
+_BOOTSTRAP_DEFAULT = re.compile(r"\((GATEWAY_[A-Z0-9_]+)\).*?the app default, ([^,]+),", re.DOTALL)
+# Words a comment uses for a setting that is off or absent by default.
+_UNSET = re.compile(r"^(unset\b.*|none|off|the whole retained log)$")
+_CONFIG_ENV = re.compile(r'\(list "(GATEWAY_[A-Z0-9_]+)" \$v\.([A-Za-z0-9.]+)\)')
+
+
+def _comment_blocks(text: str) -> list[tuple[str, str | None]]:
+    """Each ``# --`` comment of values.yaml (joined into one line) with the key it documents."""
+    blocks: list[tuple[str, str | None]] = []
+    lines = text.splitlines()
+    index = 0
+    while index < len(lines):
+        if lines[index].lstrip().startswith("# --"):
+            comment = [lines[index].lstrip()[4:].strip()]
+            index += 1
+            while index < len(lines) and lines[index].lstrip().startswith("#"):
+                comment.append(lines[index].lstrip()[1:].strip())
+                index += 1
+            key = lines[index].split(":")[0].strip() if index < len(lines) else None
+            blocks.append((" ".join(comment), key))
+        else:
+            index += 1
+    return blocks
+
+
+def _app_value(name: str, text: str | None, monkeypatch: pytest.MonkeyPatch) -> object:
+    """The value the app's own settings classes give ``name`` (``GATEWAY_*``) from ``text``, or by default."""
+    from consumers.settings import ConsumerSettings
+    from gateway.settings import GatewaySettings
+
+    field = name.removeprefix("GATEWAY_").lower()
+    for variable in [variable for variable in os.environ if variable.startswith("GATEWAY_")]:
+        monkeypatch.delenv(variable)
+    if text is not None:
+        monkeypatch.setenv(name, text)
+    for settings_class in (GatewaySettings, ConsumerSettings):
+        if field in settings_class.model_fields:
+            return getattr(settings_class(), field)
+    raise AssertionError(f"{name} is no setting")
+
+
+def test_every_default_the_chart_documents_is_the_apps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """values.yaml (and the chart README's tables) quote app defaults, and values.yaml sets some values the app
+    reads: each one, read by
+    the app's settings classes, equals the app's own default (an operator must not believe a limit protects
+    them when it does not)."""
+    text = (CHART / "values.yaml").read_text()
+    readme_rows = [line for line in (CHART / "README.md").read_text().splitlines() if line.startswith("| `")]
+    documented: list[tuple[str, str]] = []
+    for comment in [comment for comment, _ in _comment_blocks(text)] + readme_rows:
+        documented += [(name, value.strip()) for name, value in _DOCUMENTED_DEFAULT.findall(comment)]
+        documented += [(name, value.strip()) for name, value in _BOOTSTRAP_DEFAULT.findall(comment)]
+    assert len(documented) >= 50, documented  # the parser still finds the comments
+    wrong: list[tuple[str, str, object]] = []
+    for name, text_value in documented:
+        default = _app_value(name, None, monkeypatch)
+        unquoted = re.split(r"[,;] ", text_value)[0].strip('"')  # "0, which means ..." is 0
+        if _UNSET.match(unquoted):
+            if default not in (None, [], "", 0):
+                wrong.append((name, text_value, default))
+        elif _app_value(name, unquoted, monkeypatch) != default:
+            wrong.append((name, text_value, default))
+    # Values the chart renders by default (not null, not empty) must be the app's defaults too.
+    values = yaml.safe_load(text)
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    rendered = 0
+    for name, path in _CONFIG_ENV.findall(helpers):
+        value: object = values
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value in (None, "", [], {}):
+            continue
+        rendered += 1
+        as_text = ",".join(map(str, value)) if isinstance(value, list) else str(value).lower()
+        if _app_value(name, as_text, monkeypatch) != _app_value(name, None, monkeypatch):
+            wrong.append((name, f"values.yaml {path}={value!r}", _app_value(name, None, monkeypatch)))
+    assert rendered >= 4
+    port = values["containerPort"]
+    assert port == _app_value("GATEWAY_PORT", None, monkeypatch), "containerPort is passed as --port"
+    assert wrong == [], wrong
+
+
+def test_the_parser_of_documented_defaults_finds_a_wrong_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above is no rubber stamp: the two defaults issue 25 found wrong are reported."""
+    for name, value in (("GATEWAY_MAX_CONNECTIONS", "20000"), ("GATEWAY_MAX_CONNECTIONS_PER_SUBJECT", "50")):
+        comment = f"-- Open streams ({name}; app default {value})."
+        [(found, documented)] = _DOCUMENTED_DEFAULT.findall(comment)
+        assert _app_value(found, documented, monkeypatch) != _app_value(found, None, monkeypatch)
+
+
+MAPPING = {
+    "topics": ["wallet.session-lifecycle.v2"],
+    "id": "/session/ref",
+    "tenantId": "/organisation/id",
+    "status": "/lifecycle/state",
+    "updatedAt": "/occurredAt",
+    "statusValues": {"OFFER_CREATED": "active", "DONE": "completed", "ERROR": "failed"},
+}
+
+
+def test_records_dead_letters_and_root_path_are_values(
+    helm: Path, k8s_schemas: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record mapping (a ConfigMap of the chart, mounted), the CloudEvents types, the dead-letter topic and
+    writer and the root path are values; what the chart renders is read back by the app's settings."""
+    import json
+
+    from consumers.settings import ConsumerSettings
+    from gateway.settings import GatewaySettings
+
+    values = tmp_path / "records.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "kafka": {"topic": "session-status,wallet.session-lifecycle.v2"},
+                "records": {"cloudeventsTypes": ["eu.wallet.session.status"], "mapping": {"json": MAPPING}},
+                "deadLetter": {"topic": "session-status.dlq", "writer": False},
+                "rootPath": "/gateway",
+            }
+        )
+    )
+    rendered = render(helm, DEFAULT_VALUES, values)
+    validator = KubeValidator(k8s_schemas, KUBE_VERSIONS[-1])
+    assert [error for document in rendered.documents for error in validator.errors(document)] == []
+    config = rendered.config()
+    assert config["GATEWAY_CLOUDEVENTS_TYPES"] == "eu.wallet.session.status"
+    assert config["GATEWAY_DLQ_TOPIC"] == "session-status.dlq"
+    assert config["GATEWAY_DLQ_WRITER"] == "false"
+    assert config["GATEWAY_ROOT_PATH"] == "/gateway"
+    assert config["GATEWAY_RECORD_MAPPING"] == "/etc/gateway/record-mapping/mapping.json"
+    mapping_map = rendered.one("ConfigMap", "-record-mapping")
+    assert json.loads(mapping_map["data"]["mapping.json"]) == MAPPING
+    pod = rendered.one("Deployment")["spec"]["template"]
+    assert "checksum/record-mapping" in pod["metadata"]["annotations"]
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "record-mapping")
+    assert volume["configMap"]["name"] == mapping_map["metadata"]["name"]
+    mount = next(m for m in rendered.gateway_container()["volumeMounts"] if m["name"] == "record-mapping")
+    assert mount == {"name": "record-mapping", "mountPath": "/etc/gateway/record-mapping", "readOnly": True}
+
+    # The app reads what the pod would see: the file where the variable points, the other variables as set.
+    mounted = tmp_path / "mapping.json"
+    mounted.write_text(mapping_map["data"]["mapping.json"])
+    for variable in [variable for variable in os.environ if variable.startswith("GATEWAY_")]:
+        monkeypatch.delenv(variable)
+    for name, value in {**config, "GATEWAY_RECORD_MAPPING": str(mounted)}.items():
+        monkeypatch.setenv(name, value)
+    consumer, gateway = ConsumerSettings(), GatewaySettings()
+    assert consumer.mapping_for("wallet.session-lifecycle.v2") is not None
+    assert consumer.mapping_for("session-status") is None
+    assert (consumer.dlq_topic, consumer.dlq_writer, consumer.cloudevents_types) == (
+        "session-status.dlq",
+        False,
+        ["eu.wallet.session.status"],
+    )
+    assert gateway.root_path == "/gateway"
+
+    # An existing ConfigMap instead: its name and key, and no ConfigMap of the chart's own.
+    existing = render(
+        helm,
+        DEFAULT_VALUES,
+        set_values=("records.mapping.existingConfigMap=wallet-mapping", "records.mapping.key=v2.json"),
+    )
+    assert existing.config()["GATEWAY_RECORD_MAPPING"] == "/etc/gateway/record-mapping/v2.json"
+    volume = next(
+        v for v in existing.one("Deployment")["spec"]["template"]["spec"]["volumes"] if v["name"] == "record-mapping"
+    )
+    assert volume["configMap"] == {"name": "wallet-mapping", "items": [{"key": "v2.json", "path": "v2.json"}]}
+    # Nothing of it by default.
+    default = render(helm, DEFAULT_VALUES)
+    assert not {"GATEWAY_RECORD_MAPPING", "GATEWAY_DLQ_TOPIC", "GATEWAY_ROOT_PATH"} & set(
+        default.one("ConfigMap")["data"]
+    )
+    assert not any(
+        v["name"] == "record-mapping" for v in default.one("Deployment")["spec"]["template"]["spec"]["volumes"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("deadLetter.topic=bad topic", "/deadLetter/topic"),
+        ("rootPath=gateway", "/rootPath"),
+        ("deadLetter.writer=maybe", "/deadLetter/writer"),
+    ],
+)
+def test_values_schema_rejects_bad_record_values(helm: Path, assignment: str, message: str) -> None:
+    completed = helm_template(helm, DEFAULT_VALUES, set_values=(assignment,))
+    assert completed.returncode != 0
+    assert message in completed.stderr, completed.stderr
+
+
+def test_every_alert_links_a_runbook_in_the_docs(helm: Path) -> None:
+    from tests.test_docs import anchors
+
+    rules = render(helm, FULL_VALUES).one("PrometheusRule")["spec"]["groups"][0]["rules"]
+    base = yaml.safe_load((CHART / "values.yaml").read_text())["prometheusRule"]["runbookBaseUrl"]
+    operations = REPO / "docs" / "operations.md"
+    alerts = [rule for rule in rules if "alert" in rule]
+    assert len(alerts) >= 8
+    for rule in alerts:
+        url = rule["annotations"]["runbook_url"]
+        page, _, anchor = url.removeprefix(base + "/").partition("#")
+        assert (page, anchor) == ("operations.md", rule["alert"].lower()), url
+        assert anchor in anchors(operations), f"docs/operations.md has no heading for {rule['alert']}"
+    none = render(helm, FULL_VALUES, set_values=("prometheusRule.runbookBaseUrl=",)).one("PrometheusRule")
+    assert not any(
+        "runbook_url" in rule["annotations"] for rule in none["spec"]["groups"][0]["rules"] if "alert" in rule
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from typing import Any
 
@@ -122,6 +123,37 @@ def test_gateway_is_built_from_the_dockerfile_and_wired_to_kafka_and_keycloak(co
     assert gateway["tmpfs"] == ["/tmp"]
     assert gateway["cap_drop"] == ["ALL"]
     assert sorted(gateway["ports"]) == ["127.0.0.1:8080:8080", "127.0.0.1:9090:9090"]
+
+
+def test_gateway_settings_accept_the_tokens_of_the_realm_it_imports(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compose gateway's settings, read by the app's own settings class, against every client of the
+    realm Keycloak imports: its issuer, the audience each client adds, the tenant claim, the algorithm."""
+    from gateway.settings import AuthSettings
+
+    for name in [name for name in os.environ if name.startswith("GATEWAY_")]:
+        monkeypatch.delenv(name)
+    for name, value in compose["services"]["gateway"]["environment"].items():
+        monkeypatch.setenv(name, str(value))
+    settings = AuthSettings()
+    realm = json.loads((REPO / REALM_FILE).read_text())
+    hostname = compose["services"]["keycloak"]["environment"]["KC_HOSTNAME"]
+    assert settings.oidc_issuer == f"{hostname}/realms/{realm['realm']}"
+    assert realm["defaultSignatureAlgorithm"] in settings.jwt_algorithms
+    assert settings.jwt_audience, "the compose gateway accepts tokens meant for any client of the realm"
+    clients = [client for client in realm["clients"] if client.get("serviceAccountsEnabled")]
+    assert clients
+    for client in clients:
+        mappers = client["protocolMappers"]
+        audiences = {
+            m["config"].get("included.custom.audience") or m["config"].get("included.client.audience")
+            for m in mappers
+            if m["protocolMapper"] == "oidc-audience-mapper" and m["config"].get("access.token.claim") == "true"
+        }
+        assert settings.jwt_audience in audiences, (client["clientId"], audiences)
+        claims = {m["config"].get("claim.name") for m in mappers if m["config"].get("access.token.claim") == "true"}
+        assert settings.tenant_claim in claims, (client["clientId"], claims)
 
 
 def test_every_service_that_others_wait_for_has_a_healthcheck(compose: dict[str, Any]) -> None:

@@ -180,6 +180,7 @@ async def test_dev_routes_refuse_peers_that_are_not_loopback(
                 ("GET", "/demo", None),
                 ("POST", status_path, cancel),
                 ("GET", "/dev/metrics", None),
+                ("GET", "/dev/docs", None),
             ):
                 response = await client.request(method, f"{local}{path}", json=body, headers=relayed)
                 answers.append(("203.0.113.9", method, path, response.status_code, response.text))
@@ -195,6 +196,8 @@ async def test_dev_routes_refuse_peers_that_are_not_loopback(
                     ("GET", "/", {}, None),
                     ("GET", "/demo/static/demo.js", {}, None),
                     ("GET", "/dev/metrics", {}, None),
+                    ("GET", "/dev/readyz", {}, None),
+                    ("GET", "/dev/docs", {}, None),
                 ]
                 for method, path, headers, payload in attempts:
                     response = await client.request(method, f"{remote}{path}", json=payload, headers=headers)

@@ -40,7 +40,6 @@ import httpx
 import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway_support import (
     GatewayProcess,
@@ -52,6 +51,8 @@ from tests.gateway_support import (
     gateway_world,
     mint,
     rsa_key,
+    sample,
+    scrape,
     sse,
 )
 from tests.kafka_support import (
@@ -297,23 +298,6 @@ async def fetch_stream(
     finally:
         await watch.close()
     return watch
-
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-async def scrape(client: httpx.AsyncClient, gateway: GatewayProcess) -> Samples:
-    response = await client.get(gateway.internal_url + "/metrics")
-    assert response.status_code == 200
-    samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def sample(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 async def open_streams(client: httpx.AsyncClient, gateway: GatewayProcess) -> float:

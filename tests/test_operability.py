@@ -523,6 +523,8 @@ DEV_ROUTES = [
     ("POST", "/dev/sessions"),
     ("POST", "/dev/sessions/some-session/status"),
     ("GET", "/dev/metrics"),
+    ("GET", "/dev/readyz"),
+    ("GET", "/dev/docs"),
 ]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway_support import GatewayProcess, JwksServer, gateway_env, mint, rsa_key
+from tests.gateway_support import GatewayProcess, JwksServer, gateway_env, mint, rsa_key, sample, scrape
 from tests.kafka_support import create_topic, event_bytes, produce, unique_topic, wait_until
 from tests.support import new_session
 
@@ -168,6 +168,66 @@ async def test_two_workers_serve_streams_and_drain_on_sigterm(
     assert exited_after < DRAIN + 8
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
+
+
+async def test_one_scrape_shows_the_whole_pod_whichever_worker_answers(
+    kafka_bootstrap: str, jwks: JwksServer, tmp_path: Path
+) -> None:
+    """With two workers, every scrape of /metrics (whichever worker the kernel hands it to) holds what both
+    served: streams opened and ended, events delivered, streams open now; each worker's share is read from
+    its own log lines, and both must have served some."""
+    topic = unique_topic("workers-metrics")
+    await create_topic(kafka_bootstrap, topic, partitions=3)
+    sessions = [new_session(f"m{i}") for i in range(STREAMS)]
+    await produce(kafka_bootstrap, topic, [(s.encode(), event_bytes(s, TENANT, "active")) for s in sessions])
+    gateway = two_workers(
+        kafka_bootstrap,
+        topic,
+        jwks,
+        tmp_path / "workers.log",
+        GATEWAY_INSTANCE_ID="mtest",
+        GATEWAY_DRAIN_SECONDS=str(DRAIN),
+        GATEWAY_MAX_CONNECTIONS_PER_SUBJECT="1000",
+    )
+    token = mint(jwks.keys[0])
+    gateway.start()
+    try:
+        await ready_workers(gateway)
+        await wait_until(lambda: caught_up(gateway) == {"mtest-w0", "mtest-w1"}, 30, "both workers caught up")
+        limits = httpx.Limits(max_connections=STREAMS + 10, max_keepalive_connections=0)
+        async with (
+            httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), limits=limits) as client,
+            httpx.AsyncClient(timeout=5.0, limits=httpx.Limits(max_keepalive_connections=0)) as probe,
+        ):
+            reads = await open_streams(client, gateway, sessions, token)
+            for _ in range(6):  # new connections: the kernel spreads them over both workers
+                now = await scrape(probe, gateway)
+                assert sample(now, "gateway_metrics_workers", state="answered") == 2, now
+                assert sample(now, "gateway_metrics_workers", state="missing") == 0
+                assert sample(now, "gateway_open_streams") == STREAMS
+            await produce(kafka_bootstrap, topic, [(s.encode(), event_bytes(s, TENANT, "completed")) for s in sessions])
+            results = await asyncio.wait_for(asyncio.gather(*reads), 30)
+            delivered = sum(len(data) for _, data in results)
+            assert all(status == 200 for status, _ in results), results
+            for _ in range(6):
+                now = await scrape(probe, gateway)
+                assert sample(now, "gateway_streams_opened_total") == STREAMS
+                assert sample(now, "gateway_streams_closed_total", reason="terminal") == STREAMS
+                assert sample(now, "gateway_events_delivered_total") == delivered
+                assert sample(now, "gateway_open_streams") == 0
+                assert sample(now, "gateway_store_caught_up") == 1
+                assert {sample(now, "gateway_store_sessions", worker=w) for w in ("0", "1")} == {STREAMS}
+    finally:
+        gateway.stop()
+    served = Counter(  # the access line of each stream that got its 200, by the worker that wrote it
+        str(entry.get("instance"))
+        for entry in log_entries(gateway)
+        if entry.get("logger") == "uvicorn.access"
+        and "/events?" in str(entry.get("message", ""))
+        and str(entry.get("message", "")).endswith(" 200")
+    )
+    print(f"\nstreams per worker: {dict(served)}")
+    assert set(served) == {"mtest-w0", "mtest-w1"} and sum(served.values()) == STREAMS, served
 
 
 async def test_the_server_is_unready_while_any_worker_cannot_serve(

@@ -10,6 +10,7 @@ once the stream is open; a stream keeps only what it writes. See docs/http-api.m
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import time
@@ -32,10 +33,11 @@ from gateway.auth.access import AccessRule
 from gateway.auth.claims import AuthenticationError, Principal
 from gateway.auth.token_sources import locate_token
 from gateway.auth.verifier import TokenVerifier
-from gateway.edge.cors import CorsPolicy
+from gateway.edge.cors import CorsPolicy, RefusedOrigins
 from gateway.edge.errors import (
     CROSS_ORIGIN_COOKIE,
     INVALID_TOKEN,
+    KEYS_NOT_LOADED,
     MISSING_TOKEN,
     StreamRefused,
     error_headers,
@@ -53,6 +55,7 @@ STREAM_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-content-type-options", b"nosniff"),
 ]
+_KEY_REASONS = frozenset({"unknown_key", "no_kid"})  # refusals that mean "no key for it", not a bad token
 _ROUTINE_ENDS = frozenset({"terminal", "client_disconnected"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}", re.ASCII)
 
@@ -116,6 +119,7 @@ class EventsEndpoint:
         self.refusal_log = ReasonFolding(
             log, settings.request_log_lines, what="refused requests", suppressed=metrics.REQUEST_LOG_SUPPRESSED
         )
+        self.refused_origins = RefusedOrigins()
         self.addresses = ClientAddresses(settings.trusted_proxies, settings.client_address_header)
 
     # Admission --------------------------------------------------------------------------
@@ -124,6 +128,7 @@ class EventsEndpoint:
         rid = request_id(headers)
         request_id_var.set(rid)
         extra = [(b"x-request-id", rid.encode("ascii")), *self.cors.headers(headers.get("origin"))]
+        self._note_origin(headers)
         try:
             principal = await self._authenticate(request.query, headers)
             query = dict(parse_qsl(request.query.decode("latin-1"), keep_blank_values=True))
@@ -155,8 +160,29 @@ class EventsEndpoint:
         return Admission(principal, snapshot, last_seen, extra, ticket)
 
     def preflight(self, headers: dict[str, str]) -> Answer:
+        self._note_origin(headers)
         status, cors = self.cors.preflight(headers.get("origin"), headers.get("access-control-request-method"))
         return Answer(status, cors)
+
+    def _note_origin(self, headers: dict[str, str]) -> None:
+        """Says, once per origin and minute, that a page's browser will not let it read the answer."""
+        origin = headers.get("origin")
+        if not origin or not self.cors.refuses(origin, headers.get("host")):
+            return
+        if self.refused_origins.first_time(origin):
+            log.warning(
+                "origin %r may not read this answer (its browser reports a CORS error): add it to "
+                "GATEWAY_CORS_ORIGINS (now %s); logged once per origin and %.0fs",
+                log_value(origin),
+                self.cors.configured,
+                self.refused_origins.interval,
+            )
+        else:
+            metrics.REQUEST_LOG_SUPPRESSED.labels("origin_not_allowed").inc()
+
+    async def authenticate(self, query: bytes, headers: dict[str, str]) -> Principal:
+        """The one authentication step of every read (the stream, the status read in ``gateway.reads``)."""
+        return await self._authenticate(query, headers)
 
     async def _authenticate(self, query: bytes, headers: dict[str, str]) -> Principal:
         token, source = locate_token(query, headers, self.settings.token_cookie)
@@ -171,6 +197,12 @@ class EventsEndpoint:
         try:
             principal = await self.verifier.verify(token)
         except AuthenticationError as error:
+            if error.reason in _KEY_REASONS and not self.verifier.keys_loaded:
+                # No key set was ever loaded (a wrong GATEWAY_JWKS_URL, the identity provider down at
+                # start): the token is not known to be bad, the gateway cannot judge it yet.
+                metrics.AUTH_FAILURES.labels("keys_not_loaded").inc()
+                retry = str(max(1, math.ceil(self.settings.jwks_min_refresh)))
+                raise StreamRefused(503, KEYS_NOT_LOADED, {"Retry-After": retry}, reason="keys_not_loaded") from None
             metrics.AUTH_FAILURES.labels(error.reason).inc()
             raise StreamRefused(
                 401,

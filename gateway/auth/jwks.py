@@ -17,6 +17,8 @@
   parsing and key import run in a worker thread, never on the event loop.
 - Only these keys verify tokens: key material or URLs found in a token's header (``jwk``, ``jku``,
   ``x5u``, ``x5c``) are never used (see ``gateway.auth.jws``).
+- A failed fetch is logged once per kind and minute, like the Kafka client's repeats, in the words
+  of ``gateway.auth.key_errors``.
 - Listeners registered with ``on_keys_removed`` hear the RFC 7638 thumbprints of keys that a
   refresh removed or replaced, so that what those keys verified can be forgotten.
 """
@@ -35,7 +37,9 @@ from typing import Any
 import httpx
 from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey
 
+from consumers.log_aggregation import ReasonFolding
 from gateway import metrics
+from gateway.auth.key_errors import JwksFetchError, describe_failure, discovery_hint
 from gateway.settings import AuthSettings
 
 log = logging.getLogger("gateway.auth.jwks")
@@ -64,6 +68,10 @@ class JwksCache:
         self._listeners: list[Callable[[set[str]], None]] = []
         self.last_error: str | None = None
         self.last_refresh: float | None = None  # monotonic time of the last successful fetch
+        # The endpoint chooses how often a fetch fails: one line per kind and minute, the rest counted.
+        self._failure_log = ReasonFolding(
+            log, lines=1, what="JWKS fetch failures", suppressed=metrics.JWKS_LOG_SUPPRESSED
+        )
 
     @property
     def loaded(self) -> bool:
@@ -193,10 +201,10 @@ class JwksCache:
                 body, headers = await self._get(url)
             keys = await asyncio.to_thread(_parse_document, body, settings.jwks_max_keys)
         except TimeoutError:
-            self._failed(f"JWKS fetch failed: no complete answer within {settings.jwks_timeout:g}s")
+            self._failed("timeout", f"JWKS fetch failed: no complete answer within {settings.jwks_timeout:g}s")
             return
         except Exception as error:  # whatever the endpoint sent, a failed refresh only keeps the old keys
-            self._failed(f"JWKS fetch failed: {type(error).__name__}: {error}")
+            self._failed(*describe_failure(error))
             return
         previous = self._thumbprints
         self._keys = [key for key, _ in keys]
@@ -214,11 +222,11 @@ class JwksCache:
             for listener in self._listeners:
                 listener(removed)
 
-    def _failed(self, message: str) -> None:
+    def _failed(self, kind: str, message: str) -> None:
         self._failures_in_a_row += 1
         metrics.JWKS_FAILURES.inc()
         self.last_error = message
-        log.warning("%s; keeping %d cached keys", message, len(self._keys))
+        self._failure_log.log(logging.WARNING, kind, "%s; keeping %d cached keys", message, len(self._keys))
         # Retry a failed endpoint no sooner than the unknown-kid rate limit allows.
         self._expires_at = time.monotonic() + max(self._settings.jwks_min_refresh, 1.0)
 
@@ -270,8 +278,10 @@ def _parse_document(body: bytes, max_keys: int) -> list[tuple[Key, str]]:
 
 def _parse_keys(document: Any, max_keys: int | None = None) -> list[Key]:
     """Public signing keys of a JWKS document; private parts, HMAC and encryption keys are dropped."""
+    if isinstance(document, dict) and "jwks_uri" in document and "keys" not in document:
+        raise JwksFetchError("discovery_document", discovery_hint(document))
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise ValueError("not a JWKS document")
+        raise JwksFetchError("not_jwks", 'not a JWKS document (no "keys" list)')
     if max_keys is not None and len(document["keys"]) > max_keys:
         raise ValueError(f"the JWKS has {len(document['keys'])} keys, more than GATEWAY_JWKS_MAX_KEYS={max_keys}")
     keys: list[Key] = []

@@ -39,6 +39,11 @@ class TokenVerifier:
         self.cache = VerifiedTokenCache(settings.token_cache_size, float(settings.jwt_leeway))
         jwks.on_keys_removed(self.cache.drop_keys)
 
+    @property
+    def keys_loaded(self) -> bool:
+        """Whether a key set was ever loaded: before, no token can be verified, however good."""
+        return self._jwks.loaded
+
     async def verify(self, token: str) -> Principal:
         if len(token) > self._settings.max_token_bytes:
             raise AuthenticationError("too_large")

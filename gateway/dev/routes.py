@@ -37,6 +37,6 @@ def dev_router(runtime: Runtime) -> APIRouter:
             await publisher.close()
 
     router = APIRouter(tags=[DEV_TAG], lifespan=lifespan, responses=LOOPBACK_ONLY)
-    add_demo_routes(router)
+    add_demo_routes(router, runtime)
     add_session_routes(router, runtime, publisher)
     return router

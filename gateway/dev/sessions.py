@@ -21,6 +21,7 @@ import httpx
 from fastapi import APIRouter, Body, HTTPException, Path
 from pydantic import BaseModel, Field
 
+from gateway.auth.key_errors import error_text
 from gateway.dev.publisher import DevPublisher, PublishedStatus
 from schemas import SessionStatus, SessionType
 
@@ -160,7 +161,7 @@ async def _mint_token(runtime: Runtime, tenant: str, session_id: str) -> str:
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
         raise HTTPException(
             502,
-            f"the dev issuer at {issuer} did not mint a token ({type(error).__name__}: {error}); "
+            f"the dev issuer at {issuer} did not mint a token ({type(error).__name__}: {error_text(error)}); "
             "start it with `session-gateway dev-issuer` or set GATEWAY_DEV_ISSUER_URL",
         ) from None
     if not isinstance(token, str):

@@ -11,6 +11,8 @@ mean, and split over objects pointing back at each other that state machine woul
   straight to the connection's ``Wire`` (``gateway.streams.stream``): no ASGI cycle, task or coroutine per
   open stream; the stream ends the connection's reuse;
 - a CORS preflight of the stream route is answered here;
+- ``GET``/``HEAD /session/{id}`` (public port), the status read, is answered by ``gateway.reads.status`` and
+  written here, with keep-alive like the app's answers (and its preflight too);
 - any other request is one ASGI call of the app (``gateway.edge.request``), with keep-alive: the next
   head is not parsed before the answer to the previous one is written, and what a client sends ahead is
   bounded by the head limit.
@@ -32,13 +34,15 @@ from gateway import metrics
 from gateway.admission.endpoint import STREAM_HEADERS, Admission, Answer, StreamRequest
 from gateway.edge.head import Head, parse_head
 from gateway.edge.request import Request
-from gateway.edge.route import match
+from gateway.edge.route import match, match_status
 from gateway.edge.state import EdgeState
 from gateway.edge.wire import Headers, Wire, closing_answer, response_head
+from gateway.reads.status import StatusRead
 from gateway.runtime.logging_setup import log_value
 from gateway.streams.stream import NativeStream
 
 access_log = logging.getLogger("uvicorn.access")
+log = logging.getLogger("gateway.edge")
 
 _LINGER_SECONDS = 2.0
 _MAX_TRAILING_BYTES = 64 * 1024  # what a stream's client may send after its request before it is cut
@@ -60,6 +64,7 @@ class EdgeProtocol(asyncio.Protocol):
         "_reading_paused",
         "_request",
         "_started",
+        "_status_id",
         "_task",
         "_timer",
         "_trusted_peer",
@@ -92,6 +97,7 @@ class EdgeProtocol(asyncio.Protocol):
         self._lingering = False
         self._extra = 0  # bytes a stream's client sent after its request
         self._started = 0.0
+        self._status_id: str | None = None  # the session of the status read being answered
 
     # asyncio.Protocol --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -154,8 +160,8 @@ class EdgeProtocol(asyncio.Protocol):
             self._address = None
         if self.wire is not None:
             self.wire.lost()
-        if self._task is not None and not self._task.done() and self._request is None:
-            self._task.cancel()  # a stream's admission: nobody is left to answer
+        if self._task is not None and not self._task.done() and (self._request is None or self._status_id is not None):
+            self._task.cancel()  # a stream's admission or a waiting status read: nobody is left to answer
         stream = self.stream
         if stream is not None:
             if stream.close_reason is None:
@@ -235,13 +241,16 @@ class EdgeProtocol(asyncio.Protocol):
         if self._trusted_peer and self._address is None and not self._count_forwarded(head):
             self._refuse(429, _RETRY_LATER)
             return
-        session_id = None
+        session_id = status_id = None
         method = head.method
-        if method in (b"GET", b"OPTIONS") and (not self.internal or not self.state.limits.internal_port):
+        public = not self.internal or not self.state.limits.internal_port
+        if method in (b"GET", b"OPTIONS") and public:
             session_id = match(head.url.path, self.state.limits.root_path)
         if session_id is not None and method == b"GET":
             self._start_stream(session_id, head)
             return
+        if session_id is None and method in (b"GET", b"HEAD", b"OPTIONS") and public:
+            status_id = match_status(head.url.path, self.state.limits.root_path)
         length, refusal = head.body_length()
         if refusal:
             if refusal == 411:
@@ -249,10 +258,11 @@ class EdgeProtocol(asyncio.Protocol):
             self._refuse(refusal)
             return
         request = self._request = Request(head)
-        if session_id is not None:  # OPTIONS: the stream route's CORS preflight
-            self._answer_preflight(request, head)
+        if session_id is not None or (status_id is not None and method == b"OPTIONS"):  # a CORS preflight
+            self._answer_preflight(request, head, status=status_id is not None)
             self._request_data(rest)
             return
+        self._status_id = status_id  # a status read: answered once its (ignored) body is read, like the app's
         self._body_left = length
         if length > 0 and len(rest) < length and head.expects_continue() and self.wire is not None:
             self.wire.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -274,15 +284,43 @@ class EdgeProtocol(asyncio.Protocol):
         return True
 
     # Requests that are not streams: answered one at a time, with keep-alive ------------------------
-    def _answer_preflight(self, request: Request, head: Head) -> None:
+    def _answer_preflight(self, request: Request, head: Head, *, status: bool = False) -> None:
         assert self.wire is not None
-        answer = self.state.events.preflight(head.text_headers())
+        answer = (self.state.reads if status else self.state.events).preflight(head.text_headers())
         request.write_whole(self.wire, answer.status, list(answer.headers))
         self._log_access((request.target.decode("latin-1"), request.version), answer.status, method=b"OPTIONS")
         self._finish(request)
 
     def _start_app(self, request: Request) -> None:
+        if self._status_id is not None:
+            self._task = self.loop.create_task(self._serve_status(request, self._status_id))
+            return
         self._task = self.loop.create_task(self._run_app(request))
+
+    async def _serve_status(self, request: Request, session_id: str) -> None:
+        """A status read (``gateway.reads.status``): its whole answer, then the next request."""
+        headers = request.headers
+        read = StatusRead(
+            session_id,
+            request.url.query or b"",
+            {name.decode("latin-1"): value.decode("latin-1") for name, value in headers},
+            b",".join(value for name, value in headers if name == b"if-none-match"),
+            self._client_key,
+        )
+        try:
+            answer = await self.state.reads.read(read)
+        except Exception:  # a bug must not leave the connection without an answer (as ``Request.run`` for the app)
+            log.exception("the status read of session %r failed", log_value(session_id))
+            request.keep_alive = False
+            answer = Answer(500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error")
+        del read
+        if self.wire is None or self.wire.is_closing():
+            return
+        request.write_whole(self.wire, answer.status, answer.headers, answer.body)
+        self._log_access(
+            (request.target.decode("latin-1"), request.version), answer.status, answer.reason, request.method
+        )
+        self._finish(request)
 
     async def _run_app(self, request: Request) -> None:
         transport, wire = self.transport, self.wire
@@ -299,6 +337,7 @@ class EdgeProtocol(asyncio.Protocol):
         """The answer is written: reads the next request on this connection, or closes it."""
         self._task = None
         self._request = None
+        self._status_id = None
         self._body_left = 0
         transport = self.transport
         if transport is None or transport.is_closing():
@@ -438,15 +477,16 @@ class EdgeProtocol(asyncio.Protocol):
             peer = self.transport.get_extra_info("peername") if self.transport is not None else None
             client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
             path = log_value(target[0])
+            verb = method.decode("ascii", errors="replace")
             if not reason:
-                verb = method.decode("ascii", errors="replace")
                 access_log.info('%s - "%s %s HTTP/%s" %d', client, verb, path, target[1], status, extra=extra)
                 return
             self.state.events.refusal_log.log(
                 logging.INFO,
                 reason,
-                '%s - "GET %s HTTP/%s" %d reason=%s',
+                '%s - "%s %s HTTP/%s" %d reason=%s',
                 client,
+                verb,
                 path,
                 target[1],
                 status,

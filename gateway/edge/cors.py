@@ -7,13 +7,19 @@ only: health, metrics and docs are not for browsers of other origins.
 A token cookie (``GATEWAY_TOKEN_COOKIE``) is sent by the browser with any site's request, also one
 whose page may not read the answer: such a request is refused (403) before it counts against the
 cookie owner's limits (``sends_credentials``).
+
+A page whose origin is not allowed sees only "CORS error" in its console while the gateway answers
+200: ``RefusedOrigins`` lets the endpoint say so in its log, once per origin and interval, with the
+setting to change (docs/http-api.md, "CORS").
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 _ALLOWED_HEADERS = b"authorization, last-event-id"
+_MAX_ORIGIN_KEY = 256  # longer origins are remembered by their first characters
 
 
 class CorsPolicy:
@@ -36,6 +42,17 @@ class CorsPolicy:
             ]
         return []
 
+    @property
+    def configured(self) -> str:
+        """The setting's value as an operator wrote it, for a log line."""
+        return ",".join(sorted(origin.decode("latin-1") for origin in self._origins)) or "unset"
+
+    def refuses(self, origin: str | None, host: str | None) -> bool:
+        """Whether a browser page of ``origin`` may not read the answer: a cross-origin request not allowed."""
+        if not origin or self.headers(origin):
+            return False
+        return not _same_origin(origin, host)
+
     def sends_credentials(self, origin: str | None, host: str | None) -> bool:
         """Whether a request from ``origin`` may be authenticated by a cookie (the browser sent it by itself).
 
@@ -49,21 +66,68 @@ class CorsPolicy:
         raw = origin.encode("latin-1", errors="replace")
         if raw != b"*" and raw in self._origins:
             return True
-        scheme, separator, authority = origin.partition("://")
-        return (
-            bool(separator and host)
-            and scheme.lower() in ("http", "https")
-            and authority.lower() == (host or "").strip().lower()
-        )
+        return _same_origin(origin, host)
 
-    def preflight(self, origin: str | None, method: str | None) -> tuple[int, list[tuple[bytes, bytes]]]:
-        """Status and headers of the answer to an OPTIONS preflight."""
+    def preflight(
+        self,
+        origin: str | None,
+        method: str | None,
+        *,
+        methods: tuple[str, ...] = ("GET",),
+        allowed_headers: bytes = _ALLOWED_HEADERS,
+    ) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """Status and headers of the answer to an OPTIONS preflight (the stream's; the status read passes its own
+        methods and headers)."""
         allowed = self.headers(origin)
-        if not allowed or (method or "").upper() != "GET":
+        if not allowed or (method or "").upper() not in methods:
             return 400, [(b"vary", b"Origin")]
         return 204, [
             *allowed,
-            (b"access-control-allow-methods", b"GET"),
-            (b"access-control-allow-headers", _ALLOWED_HEADERS),
+            (b"access-control-allow-methods", ", ".join(methods).encode("ascii")),
+            (b"access-control-allow-headers", allowed_headers),
             (b"access-control-max-age", b"600"),
         ]
+
+
+def _same_origin(origin: str, host: str | None) -> bool:
+    """``Origin`` names the ``Host`` the request was sent to: the gateway's own page."""
+    scheme, separator, authority = origin.partition("://")
+    return (
+        bool(separator and host)
+        and scheme.lower() in ("http", "https")
+        and authority.lower() == (host or "").strip().lower()
+    )
+
+
+class RefusedOrigins:
+    """Which refused origins were already logged in this interval: each one is logged once per interval.
+
+    Clients choose the ``Origin`` header, so at most ``capacity`` origins are remembered (and logged) per
+    interval; further ones are only counted (``overflow``) until the interval is over and all are forgotten.
+    """
+
+    def __init__(self, interval: float = 60.0, capacity: int = 64, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.capacity = capacity
+        self._clock = clock
+        self._started = clock()
+        self._logged: set[str] = set()
+        self.overflow = 0
+
+    def first_time(self, origin: str) -> bool:
+        """True when ``origin`` was not logged yet in this interval and there is room to remember it."""
+        now = self._clock()
+        if now - self._started >= self.interval:
+            self._logged.clear()
+            self._started = now
+        key = origin[:_MAX_ORIGIN_KEY]
+        if key in self._logged:
+            return False
+        if len(self._logged) >= self.capacity:
+            self.overflow += 1
+            return False
+        self._logged.add(key)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._logged)

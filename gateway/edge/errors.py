@@ -9,6 +9,7 @@ import orjson
 
 MISSING_TOKEN = "Authentication required. Provide a valid JWT token via the 'token' query parameter."
 INVALID_TOKEN = "Invalid or expired token"
+KEYS_NOT_LOADED = "Signing keys are not loaded yet: the gateway cannot verify tokens. Retry later"
 CROSS_ORIGIN_COOKIE = "Cookie authentication is not allowed from this origin"
 
 

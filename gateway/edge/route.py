@@ -13,6 +13,7 @@ from urllib.parse import unquote
 from gateway.edge.errors import INVALID_TOKEN, MISSING_TOKEN
 
 PATH_TEMPLATE = "/session/{id}/events"
+STATUS_PATH_TEMPLATE = "/session/{id}"  # the status read (``gateway.reads.status``)
 _PREFIX = b"/session/"
 _SUFFIX = b"/events"
 MAX_SESSION_ID_LENGTH = 256  # the record contract's limit
@@ -26,7 +27,21 @@ def match(raw_path: bytes, root_path: str = "") -> str | None:
             raw_path = raw_path[len(prefix) :]
     if not (raw_path.startswith(_PREFIX) and raw_path.endswith(_SUFFIX)):
         return None
-    segment = raw_path[len(_PREFIX) : -len(_SUFFIX)]
+    return _session_id(raw_path[len(_PREFIX) : -len(_SUFFIX)])
+
+
+def match_status(raw_path: bytes, root_path: str = "") -> str | None:
+    """The session id of a status read's raw path (``/session/{id}``), or None when the path is another route."""
+    if root_path:
+        prefix = root_path.rstrip("/").encode("latin-1")
+        if prefix and raw_path.startswith(prefix + b"/"):
+            raw_path = raw_path[len(prefix) :]
+    if not raw_path.startswith(_PREFIX):
+        return None
+    return _session_id(raw_path[len(_PREFIX) :])
+
+
+def _session_id(segment: bytes) -> str | None:
     if not segment or b"/" in segment:
         return None
     try:

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp
 
 from gateway import metrics
 from gateway.admission.endpoint import EventsEndpoint
+from gateway.reads.status import StatusReads
 
 
 @dataclass
@@ -37,8 +38,10 @@ class EdgeState:
     # Open public sockets per client address (``ClientAddresses``): at most ``per_address_share`` each.
     per_address: dict[str, int] = field(default_factory=dict)
     per_address_share: int = 0
+    reads: StatusReads = field(init=False)  # ``GET /session/{id}``, answered from the same endpoint's store
 
     def __post_init__(self) -> None:
+        self.reads = StatusReads(self.events)
         if not self.per_address_share:
             self.per_address_share = self.events.settings.sockets_per_address
 

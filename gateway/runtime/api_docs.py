@@ -5,21 +5,37 @@ FastAPI's document from its one definition (``gateway.edge.route``). ``mount_doc
 FastAPI's CDN-based ``/docs`` (and ``/redoc``, which has no offline assets) with Swagger UI served
 from the ``swagger-ui-bundle-v2`` package: the page works offline and under a strict
 Content-Security-Policy (no inline script). The routes are listed in docs/http-api.md.
+
+The document is read on the internal port, but the stream route (and the dev routes) are served on the
+public one: their path items name the public port in ``servers`` (as the reader's browser reaches this
+host), so "Try it out" calls the right port. The Kafka side's contract, the AsyncAPI document in
+``schemas/``, is served next to it (``/asyncapi.yaml``) and linked from the description.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.edge.route import PATH_TEMPLATE, openapi_operation
+from gateway.edge.route import PATH_TEMPLATE, STATUS_PATH_TEMPLATE, openapi_operation
+from gateway.reads.openapi import status_operation
+from gateway.settings import EdgeSettings
+
+ASYNCAPI_PATH = "/asyncapi.yaml"
+ASYNCAPI_LINK = (
+    "\n\nThe Kafka side (the records producers write to the topic) is described by the "
+    f"[AsyncAPI document]({ASYNCAPI_PATH.lstrip('/')})."
+)
+_HOST_NAME = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 
 _ASSETS = {
     "swagger-ui.css": "text/css; charset=utf-8",
@@ -88,9 +104,66 @@ def _route_path_in(route: BaseRoute, paths: set[str]) -> bool:
     return isinstance(route, Route) and route.path in paths
 
 
-def install_openapi(internal: FastAPI, public: FastAPI) -> None:
-    """``internal``'s ``/openapi.json`` documents both ports' routes and the stream route."""
+def install_openapi(internal: FastAPI, public: FastAPI, settings: EdgeSettings) -> None:
+    """``internal``'s ``/openapi.json`` documents both ports' routes and the stream route, each with the
+    port that serves it; ``/asyncapi.yaml`` serves the Kafka contract."""
     internal.openapi = _openapi(internal, public)  # type: ignore[method-assign]
+    url = internal.openapi_url or "/openapi.json"
+    internal.router.routes[:] = [route for route in internal.router.routes if not _route_path_in(route, {url})]
+    split = bool(settings.internal_port) and settings.internal_port != settings.port
+    asyncapi = resources.files("schemas").joinpath("asyncapi.yaml").read_bytes()
+
+    public_paths: set[str] = set()
+
+    @internal.get(url, include_in_schema=False)
+    async def openapi_document(request: Request) -> JSONResponse:
+        document = internal.openapi()
+        if split:
+            if not public_paths:
+                public_paths.update(_public_paths(internal, public))
+            document = with_servers(document, public_paths, _public_server(request, settings))
+        return JSONResponse(document)
+
+    @internal.get(ASYNCAPI_PATH, include_in_schema=False)
+    async def asyncapi_document() -> Response:
+        return Response(asyncapi, media_type="application/yaml; charset=utf-8", headers={"cache-control": "no-cache"})
+
+
+def with_servers(document: dict[str, Any], public_paths: set[str], public: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``document`` whose public-port path items name ``public`` as their server; the others are
+    served where the document is (its default server, ``/``)."""
+    paths = {
+        path: {**item, "servers": [public]} if path in public_paths else item
+        for path, item in document.get("paths", {}).items()
+    }
+    return {**document, "paths": paths}
+
+
+def _public_paths(internal: FastAPI, public: FastAPI) -> set[str]:
+    """The documented paths only the public port serves (the app's routes may be routers: ask FastAPI)."""
+
+    def paths(app: FastAPI) -> set[str]:
+        return set(get_openapi(title=app.title, version=app.version, routes=app.routes).get("paths", {}))
+
+    return {PATH_TEMPLATE, STATUS_PATH_TEMPLATE} | (paths(public) - paths(internal))
+
+
+def _public_server(request: Request, settings: EdgeSettings) -> dict[str, Any]:
+    """The public port as the reader reaches this host; the host and scheme are variables (an ingress's)."""
+    host = request.url.hostname or "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    if not _HOST_NAME.fullmatch(host):
+        host = "127.0.0.1"
+    return {
+        "url": "{scheme}://{host}:{port}" + settings.root_path.rstrip("/"),
+        "description": "The public port (GATEWAY_PORT): the stream route. Behind an ingress, its scheme and host.",
+        "variables": {
+            "scheme": {"default": "http", "enum": ["http", "https"]},
+            "host": {"default": host},
+            "port": {"default": str(settings.port)},
+        },
+    }
 
 
 def _openapi(internal: FastAPI, public: FastAPI) -> Callable[[], dict[str, Any]]:
@@ -101,10 +174,12 @@ def _openapi(internal: FastAPI, public: FastAPI) -> Callable[[], dict[str, Any]]
             document = get_openapi(
                 title=internal.title,
                 version=internal.version,
-                description=internal.description,
+                description=(internal.description or "") + ASYNCAPI_LINK,
                 routes=[*internal.routes, *public.routes],
             )
-            document.setdefault("paths", {})[PATH_TEMPLATE] = {"get": openapi_operation()}
+            paths = document.setdefault("paths", {})
+            paths[PATH_TEMPLATE] = {"get": openapi_operation()}
+            paths[STATUS_PATH_TEMPLATE] = {"get": status_operation()}
             internal.openapi_schema = document
         return internal.openapi_schema
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import httpx
 from fastapi import FastAPI
 
+from consumers import metrics as consumer_metrics
 from consumers.consumer import SessionStatusConsumer
 from consumers.hub import Hub
 from consumers.progress import PartitionProgress
@@ -31,6 +32,7 @@ from gateway.auth.verifier import TokenVerifier
 from gateway.runtime import loops
 from gateway.runtime.api_docs import install_openapi
 from gateway.runtime.health import HealthPolicy
+from gateway.runtime.pod_metrics import PodMetrics
 from gateway.runtime.ports import GatewayApp, internal_app, public_app
 from gateway.runtime.workers import WorkerReadiness
 from gateway.settings import GatewaySettings
@@ -56,6 +58,7 @@ class Runtime:
     supervisor: Supervisor
     health: HealthPolicy
     workers: WorkerReadiness | None = None  # with ``serve --workers N``: the pod is ready when all are
+    pod: PodMetrics | None = None  # with ``serve --workers N``: /metrics answers for the whole pod
 
     @classmethod
     def build(
@@ -63,6 +66,7 @@ class Runtime:
         settings: GatewaySettings,
         consumer_settings: ConsumerSettings,
         workers: WorkerReadiness | None = None,
+        pod: PodMetrics | None = None,
     ) -> Runtime:
         store = SessionStore(
             terminal_retention_ms=int(consumer_settings.terminal_retention.total_seconds() * 1000),
@@ -101,12 +105,14 @@ class Runtime:
             supervisor=supervisor,
             health=health,
             workers=workers,
+            pod=pod,
         )
 
     async def start(self) -> None:
         """Starts every long-running task under the supervisor (the task names are metric labels)."""
         metrics.JWKS_LAST_REFRESH_AGE.set_function(self.jwks.seconds_since_refresh)
         metrics.JWKS_WAITING.set_function(lambda: self.jwks.waiting)
+        consumer_metrics.STORE_SESSIONS.set_function(lambda: len(self.store))  # current in every exposition
         supervisor = self.supervisor
         for name, task in self.consumer.tasks().items():
             supervisor.start(name, task)
@@ -114,10 +120,14 @@ class Runtime:
         supervisor.start("jwks-refresh", functools.partial(loops.keep_keys_fresh, self.jwks))
         supervisor.start("stream-clock", self.connections.run_clock)
         supervisor.start("kafka-log-summary", loops.flush_kafka_logs)
+        if self.pod is not None:
+            await self.pod.start()
         if self.workers is not None:
             supervisor.start("worker-readiness", functools.partial(loops.publish_worker_readiness, self.health))
 
     async def stop(self) -> None:
+        if self.pod is not None:
+            await self.pod.stop()
         self.connections.close_all("shutdown")
         await self.consumer.stop()
         await self.supervisor.stop()
@@ -128,11 +138,12 @@ def create_app(
     settings: GatewaySettings | None = None,
     consumer_settings: ConsumerSettings | None = None,
     workers: WorkerReadiness | None = None,
+    pod: PodMetrics | None = None,
 ) -> GatewayApp:
     """The process's app; its lifespan (run by the internal app) starts and stops the ``Runtime``."""
     settings = settings or GatewaySettings()
     consumer_settings = consumer_settings or ConsumerSettings()
-    runtime = Runtime.build(settings, consumer_settings, workers)
+    runtime = Runtime.build(settings, consumer_settings, workers, pod)
     events = EventsEndpoint(
         settings, runtime.store, runtime.hub, runtime.progress, runtime.verifier, runtime.connections
     )
@@ -147,5 +158,5 @@ def create_app(
 
     internal = internal_app(runtime, lifespan)
     public = public_app(runtime)
-    install_openapi(internal, public)
+    install_openapi(internal, public, runtime.settings)
     return GatewayApp(runtime, public, internal, events)

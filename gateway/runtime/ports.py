@@ -88,6 +88,8 @@ def internal_app(runtime: Runtime, lifespan: Lifespan[FastAPI]) -> FastAPI:
 
     @internal.get("/metrics", tags=["Health"], summary="Prometheus metrics", response_class=Response)
     async def prometheus_metrics() -> Response:
+        if runtime.pod is not None:  # several workers: the whole pod's, whichever worker is asked
+            return Response(await runtime.pod.exposition(), media_type=CONTENT_TYPE_LATEST)
         return metrics_response(runtime.store)
 
     internal.state.runtime = runtime

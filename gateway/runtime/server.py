@@ -17,11 +17,14 @@ import functools
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import MutableSequence
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
 import uvicorn
 
@@ -32,6 +35,7 @@ from gateway.edge.state import EdgeLimits, EdgeState
 from gateway.edge.uvicorn_seam import GatewayServer, check_engine, supported_versions
 from gateway.runtime.app import create_app
 from gateway.runtime.logging_setup import configure_logging
+from gateway.runtime.pod_metrics import PodMetrics
 from gateway.runtime.ports import GatewayApp
 from gateway.runtime.workers import WorkerReadiness
 from gateway.settings import GatewaySettings
@@ -67,11 +71,14 @@ def check_http_engine(settings: GatewaySettings) -> None:
 
 
 def build_server(
-    settings: GatewaySettings, consumer_settings: ConsumerSettings, workers: WorkerReadiness | None = None
+    settings: GatewaySettings,
+    consumer_settings: ConsumerSettings,
+    workers: WorkerReadiness | None = None,
+    pod: PodMetrics | None = None,
 ) -> GatewayServer:
     log_config = configure_logging(settings.log_level, settings.log_format, settings.instance_id)
     check_http_engine(settings)
-    app = create_app(settings, consumer_settings, workers)
+    app = create_app(settings, consumer_settings, workers, pod)
     limits = EdgeLimits(
         idle_timeout=settings.idle_timeout,
         head_timeout=settings.request_head_timeout,
@@ -137,9 +144,12 @@ def serve(settings: GatewaySettings, consumer_settings: ConsumerSettings) -> Non
 
 
 def serve_one(
-    settings: GatewaySettings, consumer_settings: ConsumerSettings, workers: WorkerReadiness | None = None
+    settings: GatewaySettings,
+    consumer_settings: ConsumerSettings,
+    workers: WorkerReadiness | None = None,
+    pod: PodMetrics | None = None,
 ) -> None:
-    server = build_server(settings, consumer_settings, workers)
+    server = build_server(settings, consumer_settings, workers, pod)
     sockets = listening_sockets(settings)
     log.info(
         "serving streams on %s:%d and health/metrics/docs on %s",
@@ -154,12 +164,17 @@ def serve_one(
 
 
 def _worker_main(
-    settings: GatewaySettings, consumer_settings: ConsumerSettings, index: int, ready: MutableSequence[float]
+    settings: GatewaySettings,
+    consumer_settings: ConsumerSettings,
+    index: int,
+    ready: MutableSequence[float],
+    metrics_dir: str,
 ) -> None:
     """One worker process (spawned): its own process group, so a terminal's Ctrl-C reaches the parent only."""
     os.setpgid(0, 0)
     _die_with_parent()
-    serve_one(settings, consumer_settings, WorkerReadiness(ready, index))
+    pod = PodMetrics(Path(metrics_dir), index, len(ready))
+    serve_one(settings, consumer_settings, WorkerReadiness(ready, index), pod)
 
 
 def _die_with_parent() -> None:
@@ -189,6 +204,14 @@ def supervise_workers(settings: GatewaySettings, consumer_settings: ConsumerSett
     # The ports are checked free beforehand (cli); a probe bind here fails early and clearly if they are not.
     for sock in listening_sockets(settings):
         sock.close()
+    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")  # owner-only: the workers' metrics sockets
+    try:
+        return _supervise(settings, consumer_settings, metrics_dir)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(settings: GatewaySettings, consumer_settings: ConsumerSettings, metrics_dir: str) -> int:
     context = multiprocessing.get_context("spawn")
     ready = context.RawArray("d", settings.workers)  # per worker: can serve until (WorkerReadiness)
     workers: list[BaseProcess] = []
@@ -222,7 +245,10 @@ def supervise_workers(settings: GatewaySettings, consumer_settings: ConsumerSett
             break
         gateway, consumer = worker_settings(settings, consumer_settings, index)
         process = context.Process(
-            target=_worker_main, args=(gateway, consumer, index, ready), name=f"gateway-worker-{index}", daemon=False
+            target=_worker_main,
+            args=(gateway, consumer, index, ready, metrics_dir),
+            name=f"gateway-worker-{index}",
+            daemon=False,
         )
         process.start()
         # A signal that arrived while it was starting reaches it now (once: no handler runs in between).

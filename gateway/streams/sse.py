@@ -69,13 +69,18 @@ def iso_millis(updated_ms: int) -> str:
 _UNICODE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
 
 
-def encode_transition(transition: Transition) -> bytes:
+def encode_payload(transition: Transition) -> str:
+    """The event's data, ``{"id","status","updatedAt"}``: also the body of a status read (``gateway.reads``)."""
     data = orjson.dumps(
         {"id": transition.session_id, "status": transition.status.value, "updatedAt": iso_millis(transition.updated_ms)}
     ).decode()
     if not data.isascii():
         data = data.translate(_UNICODE_BREAKS)
-    return ServerSentEvent(data=data, event="message", id=event_id(transition), sep="\n").encode()
+    return data
+
+
+def encode_transition(transition: Transition) -> bytes:
+    return ServerSentEvent(data=encode_payload(transition), event="message", id=event_id(transition), sep="\n").encode()
 
 
 def encode_retry(retry_ms: int) -> bytes:

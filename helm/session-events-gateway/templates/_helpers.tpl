@@ -122,6 +122,37 @@ Directory the Kafka TLS Secret is mounted at.
 {{- end }}
 
 {{/*
+Directory the record mapping's ConfigMap is mounted at.
+*/}}
+{{- define "session-events-gateway.recordMappingDir" -}}
+/etc/gateway/record-mapping
+{{- end }}
+
+{{/*
+Name of the ConfigMap holding the record mapping: records.mapping.existingConfigMap, else the chart's
+own when records.mapping.json is set, else "" (no mapping).
+*/}}
+{{- define "session-events-gateway.recordMappingConfigMap" -}}
+{{- $mapping := .Values.records.mapping -}}
+{{- if $mapping.existingConfigMap -}}
+{{- $mapping.existingConfigMap -}}
+{{- else if $mapping.json -}}
+{{- printf "%s-record-mapping" (include "session-events-gateway.fullname" . | trunc 48 | trimSuffix "-") -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Key of the mapping file in its ConfigMap.
+*/}}
+{{- define "session-events-gateway.recordMappingKey" -}}
+{{- if .Values.records.mapping.existingConfigMap -}}
+{{- .Values.records.mapping.key -}}
+{{- else -}}
+mapping.json
+{{- end -}}
+{{- end }}
+
+{{/*
 Plain GATEWAY_* settings as a name -> value map, only the ones that are set. They go into the
 ConfigMap. Secrets and the downward-API instance id are rendered in the Deployment instead.
 */}}
@@ -167,7 +198,14 @@ ConfigMap. Secrets and the downward-API instance id are rendered in the Deployme
   (list "GATEWAY_READINESS_STRICT" $v.health.readinessStrict)
   (list "GATEWAY_TASK_CRASH_LIMIT" $v.health.taskCrashLimit)
   (list "GATEWAY_TASK_CRASH_WINDOW" $v.health.taskCrashWindow)
+  (list "GATEWAY_CLOUDEVENTS_TYPES" $v.records.cloudeventsTypes)
+  (list "GATEWAY_DLQ_TOPIC" $v.deadLetter.topic)
+  (list "GATEWAY_DLQ_WRITER" $v.deadLetter.writer)
+  (list "GATEWAY_ROOT_PATH" $v.rootPath)
 -}}
+{{- if include "session-events-gateway.recordMappingConfigMap" . }}
+{{- $pairs = append $pairs (list "GATEWAY_RECORD_MAPPING" (printf "%s/%s" (include "session-events-gateway.recordMappingDir" .) (include "session-events-gateway.recordMappingKey" .))) }}
+{{- end }}
 {{- if eq (include "session-events-gateway.saslEnabled" .) "true" }}
 {{- $pairs = append $pairs (list "GATEWAY_KAFKA_SASL_MECHANISM" $v.kafka.sasl.mechanism) }}
 {{- if not $v.kafka.sasl.usernameKey }}

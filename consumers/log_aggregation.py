@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import Counter
@@ -134,9 +134,17 @@ class ReasonFolding:
         self._windows: dict[str, _Window] = {}
         _FOLDINGS.add(self)
 
-    def log(self, level: int, reason: str, msg: str, *args: object, logger: logging.Logger | None = None) -> bool:
-        """Logs ``msg % args`` (on ``logger``, else this folding's) unless this reason already had its lines
-        in this interval; True when logged."""
+    def log(
+        self,
+        level: int,
+        reason: str,
+        msg: str,
+        *args: object,
+        logger: logging.Logger | None = None,
+        extra: Mapping[str, object] | None = None,
+    ) -> bool:
+        """Logs ``msg % args`` (on ``logger``, else this folding's; ``extra``: ``consumers.log_fields.fields``)
+        unless this reason already had its lines in this interval; True when logged."""
         now = self.clock()
         window = self._windows.get(reason)
         if window is not None and now - window.started >= self.interval:
@@ -147,7 +155,7 @@ class ReasonFolding:
             window = self._windows[reason] = _Window(now, self._suppressed.labels(reason))
         if window.logged < self.lines:
             window.logged += 1
-            (logger or self.logger).log(level, msg, *args, stacklevel=2)  # names the caller's line
+            (logger or self.logger).log(level, msg, *args, stacklevel=2, extra=extra)  # names the caller's line
             return True
         window.suppressed += 1
         window.level = max(window.level, level)

@@ -202,7 +202,10 @@ class RecordSettings(SettingsGroup):
     @model_validator(mode="after")
     def _load_mapping(self) -> RecordSettings:
         if self.record_mapping is not None:
-            self._mapping = load_mapping(self.record_mapping)
+            try:
+                self._mapping = load_mapping(self.record_mapping)
+            except ValueError as error:
+                raise ValueError(f"{error} (try a mapping on a sample record: session-gateway mapping check)") from None
         if self.dlq_topic is not None and not _TOPIC_NAME.fullmatch(self.dlq_topic):
             raise ValueError("GATEWAY_DLQ_TOPIC is not a Kafka topic name")
         return self

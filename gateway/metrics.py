@@ -1,6 +1,33 @@
-"""Prometheus metrics of the serving side (streams, authentication, delivery)."""
+"""Prometheus metrics of the serving side (streams, authentication, delivery), and the build's versions.
 
-from prometheus_client import Counter, Gauge, Histogram
+``_created`` series are off (``disable_created_metrics``): they doubled every counter's exposition with
+a start time that no alert or dashboard of ours reads. Reference: docs/operations.md, "Metrics".
+"""
+
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+def _version(distribution: str) -> str:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+BUILD_INFO = Info("gateway_build", "Versions of the gateway and of the libraries that serve it (value 1).")
+BUILD_INFO.info(
+    {
+        "version": _version("session-events-gateway"),
+        "python": platform.python_version(),
+        "aiokafka": _version("aiokafka"),
+        "uvicorn": _version("uvicorn"),
+    }
+)
 
 OPEN_STREAMS = Gauge("gateway_open_streams", "SSE streams currently open.")
 TENANT_STREAMS_OPEN = Gauge("gateway_open_tenant_streams", "Tenant streams (GET /tenant/events) currently open.")
@@ -9,6 +36,10 @@ STREAMS_CLOSED = Counter("gateway_streams_closed_total", "SSE streams ended, by 
 EVENTS_DELIVERED = Counter("gateway_events_delivered_total", "Session events written to clients.")
 REQUESTS_REFUSED = Counter(
     "gateway_stream_requests_refused_total", "Stream requests answered with an error, by HTTP status.", ["status"]
+)
+STREAM_REQUESTS_ENDED = Counter(
+    "gateway_stream_requests_ended_total",
+    "Stream requests answered 204 No Content because their session has ended: a normal end, not a refusal.",
 )
 REQUEST_LOG_SUPPRESSED = Counter(
     "gateway_request_log_lines_suppressed_total",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local single-node Apache Kafka (KRaft broker+controller) for development and tests.
 #
-#   scripts/kafka.sh start|stop|status|fetch
+#   scripts/kafka.sh start|stop|status|fetch|cached
 #
 # The broker jars come from Maven Central (org.apache.kafka:kafka_2.13 plus the log4j2 core and
 # SLF4J binding its POM leaves out) and are cached under $KAFKA_CACHE_DIR, outside the repository.
@@ -31,19 +31,24 @@ SASL_SSL_PORT="${KAFKA_SASL_SSL_PORT:-}"
 SASL_SSL_HOST="${KAFKA_SASL_SSL_HOST:-127.0.0.1}"
 SCRAM_USERS="${KAFKA_SCRAM_USERS:-}"
 
+# shellcheck source=scripts/install-hints.sh
+source "$(dirname "${BASH_SOURCE[0]}")/install-hints.sh"
+
 say() { printf '[kafka] %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
 
 find_java() {
   if [ -n "${JAVA_HOME:-}" ] && [ -x "$JAVA_HOME/bin/java" ]; then echo "$JAVA_HOME/bin/java"; return; fi
-  command -v java >/dev/null 2>&1 || die "java not found: Kafka $KAFKA_VERSION needs Java 17 or newer"
+  command -v java >/dev/null 2>&1 \
+    || die "java not found (nor JAVA_HOME): Kafka $KAFKA_VERSION needs Java 17 or newer; $(install_hint java17)"
   command -v java
 }
 
 fetch() {
   if [ -f "$DIST/.complete" ]; then return 0; fi
   rm -rf "$DIST/lib"
-  command -v mvn >/dev/null 2>&1 || die "mvn not found: it is needed once to download the Kafka broker jars"
+  command -v mvn >/dev/null 2>&1 \
+    || die "mvn (Maven) not found: it is needed once to download the Kafka broker jars; $(install_hint maven)"
   mkdir -p "$DIST"
   cat > "$DIST/pom.xml" <<POM
 <project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -147,8 +152,8 @@ L4J
 start() {
   if is_running; then say "already running (pid $(cat "$PIDFILE")) on 127.0.0.1:$PORT"; return 0; fi
   if port_open "$PORT"; then die "port $PORT is taken by another process; set KAFKA_PORT"; fi
+  local java; java="$(find_java)"  # before a download that would be of no use without it
   fetch
-  local java; java="$(find_java)"
   write_config
   local cp="$DIST/lib/*"
   if [ ! -f "$STATE/data/meta.properties" ]; then
@@ -205,6 +210,7 @@ case "${1:-}" in
   restart) stop; start ;;
   status) if is_running; then echo "running pid $(cat "$PIDFILE") on 127.0.0.1:$PORT"; else echo "stopped"; exit 1; fi ;;
   fetch) fetch ;;
+  cached) [ -f "$DIST/.complete" ] ;;  # exit 0 when the broker jars are cached (no download on start)
   reset) stop; rm -rf "$STATE"; say "state removed" ;;
-  *) echo "usage: $0 start|stop|restart|status|fetch|reset" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|restart|status|fetch|cached|reset" >&2; exit 2 ;;
 esac

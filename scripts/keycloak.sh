@@ -31,6 +31,9 @@ HEAP="${KEYCLOAK_HEAP:-768m}"
 PIDFILE="$STATE/keycloak.pid"
 LOG="$STATE/keycloak.log"
 
+# shellcheck source=scripts/install-hints.sh
+source "$(dirname "${BASH_SOURCE[0]}")/install-hints.sh"
+
 say() { printf '[keycloak] %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
 
@@ -54,13 +57,13 @@ find_java_home() {
     major="$(java_major "$candidate/bin/java")"
     if [ "$major" -ge 21 ] && [ "$major" -gt "$best_major" ]; then best="$candidate"; best_major="$major"; fi
   done
-  [ -n "$best" ] || die "Keycloak $KEYCLOAK_VERSION needs Java 21 or newer; none found (set KEYCLOAK_JAVA_HOME)"
+  [ -n "$best" ] || die "Keycloak $KEYCLOAK_VERSION needs Java 21 or newer; none found (set KEYCLOAK_JAVA_HOME); $(install_hint java21)"
   echo "$best"
 }
 
 fetch() {
   if [ -f "$DIST/.complete" ]; then return 0; fi
-  command -v mvn >/dev/null 2>&1 || die "mvn not found: it is needed once to download Keycloak"
+  command -v mvn >/dev/null 2>&1 || die "mvn (Maven) not found: it is needed once to download Keycloak; $(install_hint maven)"
   command -v unzip >/dev/null 2>&1 || command -v python3 >/dev/null 2>&1 || die "unzip or python3 is needed"
   mkdir -p "$CACHE"
   local download="$CACHE/keycloak-download-$KEYCLOAK_VERSION"

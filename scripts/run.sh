@@ -116,7 +116,11 @@ else
     fi
     require_free_port "${KAFKA_CONTROLLER_PORT:-$((KAFKA_LOCAL_PORT + 1))}" "Kafka controller" KAFKA_PORT
     STARTED_BROKER=1
-    say "starting a local Kafka broker on $BOOTSTRAP (the first start downloads it)"
+    if bash "$ROOT/scripts/kafka.sh" cached; then
+      say "starting a local Kafka broker on $BOOTSTRAP"
+    else
+      say "starting a local Kafka broker on $BOOTSTRAP (its jars are not cached yet: this first start downloads them)"
+    fi
     bash "$ROOT/scripts/kafka.sh" start || die "the Kafka broker did not start (see the messages above)"
   fi
 fi
@@ -181,8 +185,8 @@ cat <<EOF
   A token for your own client (any tenant; &session=ID scopes it to one session):
 
       curl '$ISSUER_URL/token?tenant=demo-tenant'
-      .venv/bin/session-gateway watch SESSION_ID --url http://127.0.0.1:$GATEWAY_PORT \
-          --token "\$(.venv/bin/session-gateway dev-token --tenant demo-tenant --issuer $ISSUER_URL)"
+      $CLI watch SESSION_ID --url http://127.0.0.1:$GATEWAY_PORT \\
+          --token "\$($CLI dev-token --tenant demo-tenant --issuer $ISSUER_URL)"
 
   Health, metrics and API docs: http://127.0.0.1:$INTERNAL_PORT/readyz, /metrics, /docs
 

@@ -7,7 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh test
 
-command -v java >/dev/null || { echo "[test] Java 17+ is required for the local Kafka broker" >&2; exit 1; }
+source scripts/install-hints.sh
+if ! command -v java >/dev/null; then
+  echo "[test] Java 17+ is required for the local Kafka broker; $(install_hint java17)" >&2
+  exit 1
+fi
 if ! command -v chromium >/dev/null 2>&1; then
   echo "[test] installing Debian's chromium for the browser test" >&2
   if [ "$(id -u)" = 0 ]; then

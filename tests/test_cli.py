@@ -47,7 +47,7 @@ from tests.support import free_port, new_session
 pytestmark = pytest.mark.timeout(180)
 
 TENANT = "tenant-a"
-COMMANDS = ("serve", "publish", "create-topic", "watch", "dev-issuer", "dev-token")
+COMMANDS = ("serve", "publish", "create-topic", "watch", "dev-issuer", "dev-token", "mapping")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -341,7 +341,11 @@ async def test_demo_page_at_420px_shows_the_token_and_never_scrolls_sideways(
             assert response.status_code == 200
         assert not await page.evaluate("document.getElementById('copy-token').disabled")
         watch = await page.evaluate("document.getElementById('watch-command').textContent")
-        assert watch.startswith("session-gateway watch ") and watch.endswith(f"--ticket {token}"), watch
+        # Issue 25.10: the command names this installation's CLI by absolute path, so it runs as printed
+        # from any directory without the virtualenv on PATH (checked below, once the session has ended).
+        program = shlex.split(watch)[0]
+        assert Path(program).is_absolute() and Path(program).name == "session-gateway", watch
+        assert watch.startswith(f"{program} watch {session_id} --url ") and watch.endswith(f"--ticket {token}"), watch
 
         await page.click('.status-btn[data-status="fetched"]')
         await page.wait_for(has_row("fetched"), what="the 'fetched' transition")
@@ -352,6 +356,21 @@ async def test_demo_page_at_420px_shows_the_token_and_never_scrolls_sideways(
             what="the 'ignored' notice",
         )
         assert "ignored: repeated status" in notice, notice
+
+        await page.click('.status-btn[data-status="completed"]')
+        await page.wait_for(has_row("completed"), what="the 'completed' transition")
+        bare_path = ":".join(part for part in clean_env()["PATH"].split(":") if ".venv" not in part)
+        watched = await asyncio.to_thread(
+            subprocess.run,
+            ["bash", "-c", watch],
+            env=clean_env(PATH=bare_path),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert watched.returncode == 0 and "completed" in watched.stdout, (watched.stdout, watched.stderr)
 
         # Filled with a session, a token and transitions, the page still fits 420 px.
         assert await page.evaluate(width) <= 420, await page.evaluate(width)

@@ -29,6 +29,7 @@ from consumers import log_aggregation
 from consumers.dead_letter import DeadLetter, DeadLetterWriter
 from consumers.log_aggregation import ReasonFolding
 from consumers.settings import ConsumerSettings
+from gateway.runtime.logging_setup import TextFormatter
 from tests.gateway_support import GatewayProcess, gateway_world, start_all
 from tests.kafka_support import (
     Record,
@@ -110,7 +111,7 @@ async def test_a_decompression_bomb_is_skipped_before_its_memory_is_allocated(
             assert await scrape(process, "gateway_store_sessions") == 40
             lines = [line for line in process.logs().splitlines() if "skipped batch" in line]
             assert len(lines) == 2, lines
-            assert all("reason=too_large" in line and "(1 records)" in line for line in lines), lines
+            assert all('"reason": "too_large"' in line and "skipped batch of 1 records" in line for line in lines)
 
 
 async def test_a_batch_over_the_decompressed_batch_cap_is_skipped_and_the_next_batch_read(
@@ -180,7 +181,9 @@ async def test_an_oversized_record_in_a_small_compressed_batch_costs_only_itself
 
 
 def skip_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "gateway.consumer" and "skipped" in r.getMessage()]
+    """The consumer's lines about skipped records, as the text format writes them (fields in brackets)."""
+    text = TextFormatter("%(message)s")
+    return [text.format(r) for r in caplog.records if r.name == "gateway.consumer" and "skipped" in r.getMessage()]
 
 
 async def test_a_batch_the_client_cannot_parse_is_skipped_in_one_step(
@@ -216,7 +219,8 @@ async def test_a_batch_the_client_cannot_parse_is_skipped_in_one_step(
         assert metric("gateway_unreadable_batches_total", reason="unreadable") - batches == 1
         lines = skip_lines(caplog)
         assert len(lines) == 1, lines
-        assert "offsets=0-2000 (2001 records) reason=unreadable" in lines[0]
+        assert lines[0].startswith("skipped batch of 2001 records: ")
+        assert "partition=3 offset=0 last_offset=2000 reason=unreadable]" in lines[0], lines[0]
         assert "UnicodeDecodeError" in lines[0]
 
         # Live, while following: the same again.
@@ -225,7 +229,7 @@ async def test_a_batch_the_client_cannot_parse_is_skipped_in_one_step(
         await running.wait_until(lambda: "live-after-0" in running.store, 30, "the live batch was not skipped")
         assert metric("gateway_records_rejected_total", reason="unreadable") - unreadable == 4002
         lines = skip_lines(caplog)
-        assert len(lines) == 2 and "offsets=2051-4051 (2001 records)" in lines[1], lines
+        assert len(lines) == 2 and "offset=2051 last_offset=4051 reason=unreadable]" in lines[1], lines
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,7 +265,12 @@ async def test_thousands_of_bad_records_write_a_bounded_number_of_lines_with_exa
     clock = Clock()
 
     def lines(kind: str) -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.name == "gateway.consumer" and kind in r.getMessage()]
+        """The matching lines' messages, with their reason field appended as the text format shows it."""
+        return [
+            r.getMessage() + (f" [reason={r.fields['reason']}]" if hasattr(r, "fields") else "")
+            for r in caplog.records
+            if r.name == "gateway.consumer" and kind in r.getMessage()
+        ]
 
     async with running_consumer(kafka_bootstrap, topic, record_log_lines=5) as running:
         running.consumer.record_log.clock = clock  # before the consumer's task first runs

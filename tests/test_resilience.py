@@ -293,8 +293,9 @@ async def test_a_record_whose_handling_raises_is_skipped_and_counted(
             )
             await running.wait_until(lambda: running.subscribers["canary"].statuses == ["active"], 15)
         assert metric("gateway_records_rejected_total", reason=HANDLER_ERROR) - skipped == 1
-        lines = [r.getMessage() for r in caplog.records if "reason=handler_error" in r.getMessage()]
-        assert len(lines) == 1 and "ValueError" in lines[0] and "offset=0" in lines[0], lines
+        lines = [r for r in caplog.records if getattr(r, "fields", {}).get("reason") == "handler_error"]
+        assert len(lines) == 1 and "ValueError" in lines[0].getMessage(), lines
+        assert getattr(lines[0], "fields", {})["offset"] == 0, lines
         assert secret not in caplog.text
 
 

@@ -20,6 +20,7 @@ from consumers import metrics
 from consumers.formats import RecordDecoder
 from consumers.hub import Hub
 from consumers.log_aggregation import ReasonFolding
+from consumers.log_fields import fields
 from consumers.partitions import global_partition
 from consumers.progress import PartitionProgress
 from consumers.records import Decoded, Rejected, Skipped, Tombstone, decode_record
@@ -86,7 +87,7 @@ class BatchApplier:
                 if plain and not headers:  # the replay-speed path: a plain record, no headers to look at
                     decoded: Decoded | Skipped = decode_record(record.key, record.value, max_bytes)
                 else:
-                    decoded = decode(record.key, record.value, headers)
+                    decoded = decode(record.key, record.value, headers, record.timestamp)
                 if isinstance(decoded, Rejected):
                     rejected[decoded.reason] += 1
                     if dead_letters is not None:
@@ -94,12 +95,11 @@ class BatchApplier:
                     record_log.log(
                         logging.WARNING,
                         decoded.reason,
-                        "skipped malformed record topic=%s partition=%d offset=%d reason=%s: %s",
-                        topic,
-                        record.partition,
-                        record.offset,
-                        decoded.reason.value,
+                        "skipped malformed record: %s",
                         decoded.detail,
+                        extra=fields(
+                            topic=topic, partition=record.partition, offset=record.offset, reason=decoded.reason.value
+                        ),
                     )
                     continue
                 if isinstance(decoded, Skipped):
@@ -126,13 +126,10 @@ class BatchApplier:
                 record_log.log(
                     logging.ERROR,
                     HANDLER_ERROR,
-                    "skipped record topic=%s partition=%d offset=%d reason=%s: %s raised at %s",
-                    topic,
-                    record.partition,
-                    record.offset,
-                    HANDLER_ERROR,
+                    "skipped record: %s raised at %s",
                     type(error).__name__,
                     where_raised(error),
+                    extra=fields(topic=topic, partition=record.partition, offset=record.offset, reason=HANDLER_ERROR),
                 )
                 if dead_letters is not None:
                     with contextlib.suppress(Exception):

@@ -22,6 +22,7 @@ from consumers.consuming.batch import BatchApplier, where_raised
 from consumers.consuming.connection import Connection
 from consumers.kafka_errors import UNREADABLE_BATCHES
 from consumers.log_aggregation import ReasonFolding
+from consumers.log_fields import fields
 from consumers.progress import PartitionProgress
 from consumers.records import RejectReason
 from consumers.store import SessionStore
@@ -130,14 +131,10 @@ class ConsumeLoop:
         self.record_log.log(
             logging.WARNING if error.too_large else logging.ERROR,
             reason,
-            "skipped batch topic=%s partition=%d offsets=%d-%d (%d records) reason=%s: %s",
-            tp.topic,
-            tp.partition,
-            start,
-            end - 1,
+            "skipped batch of %d records: %s",
             lost,
-            reason,
             detail,
+            extra=fields(topic=tp.topic, partition=tp.partition, offset=start, last_offset=end - 1, reason=reason),
         )
 
     async def _read_before(self, tp: TopicPartition, number: int, error: UnreadableBatch) -> bool:
@@ -199,14 +196,10 @@ class ConsumeLoop:
                     self.record_log.log(
                         logging.ERROR,
                         UNREADABLE,
-                        "skipped record topic=%s partition=%d offset=%d reason=%s: the Kafka client cannot "
-                        "parse it (%s at %s)",
-                        tp.topic,
-                        tp.partition,
-                        offset,
-                        UNREADABLE,
+                        "skipped record: the Kafka client cannot parse it (%s at %s)",
                         type(failure).__name__,
                         where_raised(failure),
+                        extra=fields(topic=tp.topic, partition=tp.partition, offset=offset, reason=UNREADABLE),
                     )
                     self.progress.advance(number, offset + 1)
                     return

@@ -60,7 +60,10 @@ class RecordDecoder:
         self.cloudevents_types = frozenset(cloudevents_types)
         self.mapper = None if mapping is None else Mapper(mapping)
 
-    def decode(self, key: bytes | None, value: bytes | None, headers: Headers = ()) -> Decoded | Skipped:
+    def decode(
+        self, key: bytes | None, value: bytes | None, headers: Headers = (), timestamp: int | None = None
+    ) -> Decoded | Skipped:
+        """``timestamp``: the record's (ms), for a mapping whose ``updatedAtFallback`` is ``recordTimestamp``."""
         if not headers and self.mapper is None:
             return decode_record(key, value, self.max_value_bytes)
         mode = _scan(headers, self.max_value_bytes)
@@ -68,9 +71,11 @@ class RecordDecoder:
             return mode
         if mode is None and self.mapper is None:
             return decode_record(key, value, self.max_value_bytes)
-        return self._read(key, value, mode)
+        return self._read(key, value, mode, timestamp)
 
-    def _read(self, key: bytes | None, value: bytes | None, mode: dict[str, str] | str | None) -> Decoded | Skipped:
+    def _read(
+        self, key: bytes | None, value: bytes | None, mode: dict[str, str] | str | None, timestamp: int | None
+    ) -> Decoded | Skipped:
         """A CloudEvent (``mode`` from ``_scan``) or, with ``mode`` None, a mapped plain record."""
         mapper = self.mapper
         key_is_id = mapper is None or mapper.key_is_session_id
@@ -80,6 +85,11 @@ class RecordDecoder:
                 key_id = key.decode("utf-8")
             except UnicodeDecodeError:
                 return Rejected(RejectReason.INVALID_UTF8, "key is not valid UTF-8")
+            if mapper is not None and mapper.key_pointer is not None:
+                from_key = mapper.session_id_from_key(key)
+                if isinstance(from_key, Rejected):
+                    return from_key
+                key_id = from_key
         if value is None:
             if key_id is not None:
                 return Tombstone(key_id)
@@ -93,14 +103,14 @@ class RecordDecoder:
             document = parse_json(value)
             if isinstance(document, Rejected):
                 return document
-            return mapper.apply(document, key_id)
+            return mapper.apply(document, key_id, record_ms=timestamp)
         event = decode_structured(value) if isinstance(mode, str) else decode_binary(mode, value)
         if isinstance(event, Rejected):
             return event
         if self.cloudevents_types and event.type not in self.cloudevents_types:
             return Skipped(CLOUDEVENTS_TYPE_IGNORED)
         if mapper is not None:
-            return mapper.apply(event.data, key_id, event.subject, event.time)
+            return mapper.apply(event.data, key_id, event.subject, event.time, timestamp)
         return _native(event, key_id)
 
 

@@ -15,13 +15,20 @@ Set with ``GATEWAY_RECORD_MAPPING`` (inline JSON, or the path of a JSON file)::
       "defaultTenant": "acme"
     }
 
+``updatedAtFormat`` declares what ``updatedAt`` points at: ``rfc3339`` (the default), ``epochSeconds``,
+``epochMillis`` or ``epochMicros`` (``formats.timestamps`` says why a unit is declared, not guessed).
+``"updatedAtFallback": "recordTimestamp"`` lets a record without that field take the Kafka record's own
+timestamp. ``keyId`` is a JSON Pointer into a record key that is a JSON object (Debezium's ``{"id": ...}``).
+
 Each field is a JSON Pointer (RFC 6901) into the record value (or the CloudEvent's data); array
 elements are addressed by index (``/steps/0/state``). ``statusValues`` maps the bus's status values
 (strings, or integers by their decimal text) to ours; ``null`` marks a value the gateway does not use
 (such records are ignored and counted). ``topics`` limits the mapping to those topics (default: all).
 Without an ``id`` pointer the session id is the CloudEvent subject or the record key; without
-``updatedAt`` it is the CloudEvent ``time``; without ``tenantId`` it is ``defaultTenant``. A record key,
-when present, must equal the session id unless ``keyIsSessionId`` is false.
+``updatedAt`` (or where it points at nothing) it is the CloudEvent ``time``, then the record timestamp
+when ``updatedAtFallback`` says so; without ``tenantId`` it is ``defaultTenant``. A record key,
+when present, must equal the session id unless ``keyIsSessionId`` is false. Reference:
+docs/event-bus.md, "Records in another shape"; ``session-gateway mapping check`` tries a mapping on a sample.
 
 Validated when the settings load: a mistake stops the start with one line naming the field.
 """
@@ -32,11 +39,21 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from consumers.records import Rejected, RejectReason, Skipped, StatusUpdate, decode_object
+from consumers.formats.timestamps import EPOCH_FORMATS, TimeFormat, epoch_to_ms, ms_to_text, unit_hint
+from consumers.records import (
+    MAX_UPDATED_MS,
+    MIN_UPDATED_MS,
+    Rejected,
+    RejectReason,
+    Skipped,
+    StatusUpdate,
+    decode_object,
+    parse_json,
+)
 from schemas import SessionStatus, SessionType
 
 IGNORED_STATUS = "mapping_status_ignored"  # gateway_records_ignored_total{reason}
@@ -87,6 +104,9 @@ class RecordMapping(BaseModel):
     tenantId: JsonPointer | None = None
     status: JsonPointer
     updatedAt: JsonPointer | None = None
+    updatedAtFormat: TimeFormat = "rfc3339"
+    updatedAtFallback: Literal["recordTimestamp"] | None = None
+    keyId: JsonPointer | None = None
     type: JsonPointer | None = None
     statusValues: dict[str, SessionStatus | None] = Field(min_length=1)
     typeValues: dict[str, SessionType | None] = {}
@@ -101,6 +121,10 @@ class RecordMapping(BaseModel):
             raise ValueError("statusValues maps no value to a status")
         if self.id is None and not self.keyIsSessionId:
             raise ValueError("without an id pointer the session id is the record key: keyIsSessionId must be true")
+        if self.keyId is not None and not self.keyIsSessionId:
+            raise ValueError("keyId reads the session id from the record key: keyIsSessionId must be true")
+        if self.updatedAtFormat != "rfc3339" and self.updatedAt is None:
+            raise ValueError("updatedAtFormat describes the value at updatedAt: set updatedAt (a JSON Pointer)")
         return self
 
     def applies_to(self, topic: str) -> bool:
@@ -142,13 +166,35 @@ class Mapper:
         self._tenant = None if mapping.tenantId is None else pointer_tokens(mapping.tenantId)
         self._status = pointer_tokens(mapping.status)
         self._updated = None if mapping.updatedAt is None else pointer_tokens(mapping.updatedAt)
+        self._epoch = mapping.updatedAtFormat if mapping.updatedAtFormat in EPOCH_FORMATS else None
+        self._record_time = mapping.updatedAtFallback == "recordTimestamp"
+        self.key_pointer = None if mapping.keyId is None else pointer_tokens(mapping.keyId)
         self._type = None if mapping.type is None else pointer_tokens(mapping.type)
         self._statuses = mapping.statusValues
         self._types = mapping.typeValues
         self._default_tenant = mapping.defaultTenant
 
+    def session_id_from_key(self, key: bytes) -> str | Rejected:
+        """The session id at ``keyId`` in a JSON key (call only when ``key_pointer`` is set)."""
+        assert self.key_pointer is not None
+        document = parse_json(key)
+        if isinstance(document, Rejected):
+            detail = document.detail.replace("value", "record key")
+            return Rejected(document.reason, f"{detail} (keyId reads the key as JSON)")
+        session_id = resolve(document, self.key_pointer)
+        if session_id is _MISSING:
+            return Rejected(RejectReason.MISSING_KEY, f"no id at {self.mapping.keyId} in the record key")
+        if type(session_id) is not str:
+            return _mapping_error(f"the record key's id at {self.mapping.keyId} is not a string")
+        return session_id
+
     def apply(
-        self, document: object, key_id: str | None, subject: str | None = None, time: str | None = None
+        self,
+        document: object,
+        key_id: str | None,
+        subject: str | None = None,
+        time: str | None = None,
+        record_ms: int | None = None,
     ) -> StatusUpdate | Rejected | Skipped:
         m = self.mapping
         raw_status = resolve(document, self._status)
@@ -186,18 +232,9 @@ class Mapper:
         else:
             tenant = self._default_tenant
 
-        if self._updated is not None:
-            updated = resolve(document, self._updated)
-            if updated is _MISSING:
-                updated = time
-                if updated is None:
-                    return _mapping_error(f"no updatedAt at {m.updatedAt}")
-            elif type(updated) is not str:
-                return _mapping_error(f"updatedAt at {m.updatedAt} is not an RFC 3339 string")
-        else:
-            updated = time
-            if updated is None:
-                return _mapping_error("no updatedAt pointer and no CloudEvent time")
+        updated = self._updated_at(document, time, record_ms)
+        if isinstance(updated, Rejected):
+            return updated
 
         kind: SessionType | None = None
         if self._type is not None:
@@ -216,6 +253,37 @@ class Mapper:
         if self.key_is_session_id and key_id is not None and update.session_id != key_id:
             return Rejected(RejectReason.KEY_MISMATCH, "record key differs from the mapped id")
         return update
+
+    def _updated_at(self, document: object, time: str | None, record_ms: int | None) -> str | Rejected:
+        """The pointer's value (RFC 3339 or a declared epoch unit), else the CloudEvent time, else the record's."""
+        m = self.mapping
+        if self._updated is not None:
+            value = resolve(document, self._updated)
+            if value is not _MISSING:
+                if self._epoch is not None:
+                    ms = epoch_to_ms(value, self._epoch, str(m.updatedAt))
+                    return ms if isinstance(ms, Rejected) else ms_to_text(ms)
+                if type(value) is str:
+                    return value
+                if type(value) in (int, float):
+                    return _mapping_error(
+                        f"updatedAt at {m.updatedAt} is a number, not an RFC 3339 string: declare its unit with "
+                        f'"updatedAtFormat": epochSeconds, epochMillis or epochMicros{unit_hint(value)}'
+                    )
+                return _mapping_error(f"updatedAt at {m.updatedAt} is not an RFC 3339 string")
+        if time is not None:
+            return time
+        if self._record_time and record_ms is not None and record_ms >= 0:
+            if not MIN_UPDATED_MS <= record_ms <= MAX_UPDATED_MS:
+                return Rejected(RejectReason.TIME_OUT_OF_RANGE, "the record timestamp is after the year 9999")
+            return ms_to_text(record_ms)
+        missing = f"no updatedAt at {m.updatedAt}" if m.updatedAt is not None else "no updatedAt pointer"
+        if self._record_time:
+            return _mapping_error(f"{missing}, no CloudEvent time and no record timestamp")
+        return _mapping_error(
+            f'{missing} and no CloudEvent time (set "updatedAtFallback": "recordTimestamp" to use the Kafka '
+            "record's timestamp)"
+        )
 
 
 _TYPE_BY_NAME = {kind.value: kind for kind in SessionType}

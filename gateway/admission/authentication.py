@@ -61,8 +61,10 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     return credentials.strip() or None if scheme.lower() == "bearer" else None
 
 
-def invalid(reason: str) -> StreamRefused:
-    return StreamRefused(401, INVALID_TOKEN, {"WWW-Authenticate": 'Bearer error="invalid_token"'}, reason=reason)
+def invalid(reason: str, fields: Mapping[str, object] | None = None) -> StreamRefused:
+    return StreamRefused(
+        401, INVALID_TOKEN, {"WWW-Authenticate": 'Bearer error="invalid_token"'}, reason=reason, fields=fields
+    )
 
 
 def missing(message: str = MISSING_TOKEN) -> StreamRefused:
@@ -138,7 +140,7 @@ class Authenticator:
                 retry = str(max(1, math.ceil(self._settings.jwks_min_refresh)))
                 raise StreamRefused(503, KEYS_NOT_LOADED, {"Retry-After": retry}, reason="keys_not_loaded") from None
             metrics.AUTH_FAILURES.labels(error.reason).inc()
-            raise invalid(error.reason) from None
+            raise invalid(error.reason, error.fields) from None
         required = self._settings.required_scope
         if required and required not in principal.scopes:
             metrics.AUTH_FAILURES.labels("insufficient_scope").inc()

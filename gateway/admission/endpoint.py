@@ -15,12 +15,14 @@ import random
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from consumers.hub import Hub
 from consumers.log_aggregation import ReasonFolding
+from consumers.log_fields import FIELDS_ATTRIBUTE, fields, session_hash
 from consumers.progress import PartitionProgress
 from consumers.store import SessionSnapshot, SessionStore, Transition
 from gateway import metrics
@@ -74,6 +76,7 @@ class Answer:
     headers: Headers
     body: bytes = b""
     reason: str = ""  # why a request was refused, for its one log line
+    log_fields: Mapping[str, object] | None = None  # that line's fields (``consumers.log_fields``)
 
 
 @dataclass(slots=True)
@@ -132,7 +135,13 @@ class EventsEndpoint:
             snapshot, ticket = await self.sessions.find(request.session_id, principal, last_seen, request.client)
         except StreamRefused as refused:
             metrics.REQUESTS_REFUSED.labels(str(refused.status)).inc()
-            answer = Answer(refused.status, error_headers(refused, extra), refused.body(), refused.reason)
+            line_fields = {
+                "status": refused.status,
+                "reason": refused.reason,
+                "session_hash": session_hash(request.session_id),
+                **(refused.fields or {}),
+            }
+            answer = Answer(refused.status, error_headers(refused, extra), refused.body(), refused.reason, line_fields)
             if not self.settings.access_log:  # else the engine's access line says it, with the reason
                 self.refusal_log.log(
                     logging.INFO,
@@ -141,10 +150,11 @@ class EventsEndpoint:
                     log_value(request.session_id),
                     refused.status,
                     refused.reason,
+                    extra={FIELDS_ATTRIBUTE: line_fields},
                 )
             return answer
-        except NoContent:
-            metrics.REQUESTS_REFUSED.labels("204").inc()
+        except NoContent:  # the session ended: a normal end, not a refusal (docs/operations.md, "Metrics")
+            metrics.STREAM_REQUESTS_ENDED.inc()
             return Answer(204, extra)
         return Admission(principal, snapshot, last_seen, extra, ticket)
 
@@ -212,7 +222,14 @@ class EventsEndpoint:
         level = logging.DEBUG if reason in _ROUTINE_ENDS else logging.INFO
         if log.isEnabledFor(level):
             after = time.monotonic() - started
-            log.log(level, "stream closed session=%r reason=%s after=%.1fs", session_id, reason, after)
+            log.log(
+                level,
+                "stream closed session=%r reason=%s after=%.1fs",
+                log_value(session_id),
+                reason,
+                after,
+                extra=fields(session_hash=session_hash(session_id), reason=reason, seconds=round(after, 1)),
+            )
 
 
 def _initial_transitions(snapshot: SessionSnapshot, last_seen: EventPosition | None) -> list[Transition]:

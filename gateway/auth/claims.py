@@ -3,7 +3,9 @@
 A claim of the wrong type is refused, never coerced: a tenant of ``123`` or a session of ``null``
 would otherwise widen what the token may read. ``AuthenticationError`` is the one refusal every
 step of verification raises; its reason goes to logs and metrics, the client only ever hears
-"Invalid or expired token". See docs/security.md (Tokens).
+"Invalid or expired token". A wrong ``iss`` or ``aud`` also carries the expected and the received
+value as log fields (an operator's first question; claim values, never the token). See
+docs/security.md (Tokens).
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ MAX_NUMERIC_DATE = 253_402_300_799
 
 
 class AuthenticationError(Exception):
-    def __init__(self, reason: str, *, keys_loaded: bool = True) -> None:
+    def __init__(self, reason: str, fields: Mapping[str, object] | None = None, *, keys_loaded: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.fields = fields  # for the refusal's log line (``consumers.log_fields``)
         # False when no key was found because the token's issuer never had its keys loaded: not a bad token.
         self.keys_loaded = keys_loaded
 
@@ -104,7 +107,7 @@ class ClaimsValidator:
             if "iss" not in claims:
                 raise AuthenticationError("missing_claim_iss")
             if claims["iss"] != self._issuer or not isinstance(claims["iss"], str):
-                raise AuthenticationError("invalid_claim_iss")
+                raise AuthenticationError("invalid_claim_iss", {"expected": self._issuer, "received": claims["iss"]})
         if self._audience:
             self._check_audience(claims)
         if exp is None:
@@ -141,6 +144,6 @@ class ClaimsValidator:
         elif isinstance(aud, list) and all(isinstance(item, str) for item in aud):
             audiences = aud
         else:
-            raise AuthenticationError("invalid_claim_aud")
+            raise AuthenticationError("invalid_claim_aud", {"expected": self._audience, "received": aud})
         if self._audience not in audiences:
-            raise AuthenticationError("invalid_claim_aud")
+            raise AuthenticationError("invalid_claim_aud", {"expected": self._audience, "received": aud})

@@ -3,8 +3,8 @@
 The steps live in their own modules (``jws``, ``claims``, ``token_cache``; keys in ``jwks``, per issuer
 in ``issuers``: a key is looked up among the keys of the issuer the token names, never by kid alone); this one
 puts them in the order that spends the least on a bad token and never lets a forged one wait for a key
-refetch. Every failure is an ``AuthenticationError``; neither the token nor its claims are ever
-logged. See docs/security.md (Tokens, Key documents).
+refetch. Every failure is an ``AuthenticationError``; the token is never logged, nor are its claims,
+except a wrong ``iss`` or ``aud`` value (``claims``). See docs/security.md (Tokens, Key documents).
 """
 
 from __future__ import annotations

@@ -180,6 +180,21 @@ async def _kafka_call(call: Awaitable[T], settings: ConsumerSettings) -> T:
         raise UserError(f"Kafka at {settings.kafka_bootstrap_servers}: {error}") from None
 
 
+def cmd_mapping_check(args: argparse.Namespace) -> int:
+    from gateway.cli.mapping_check import run_check
+
+    return run_check(
+        args.mapping,
+        args.record,
+        topic=args.topic,
+        key=args.key,
+        key_file=args.key_file,
+        headers=args.header,
+        timestamp=args.timestamp,
+        tombstone=args.tombstone,
+    )
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     from gateway.cli.watch import watch
 

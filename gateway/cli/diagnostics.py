@@ -153,14 +153,22 @@ def _shown(field: str, value: object, environ: Mapping[str, str]) -> str:
 
 
 def describe_settings_error(error: ValidationError, environ: Mapping[str, str] | None = None) -> list[str]:
-    """One line per problem: ``GATEWAY_X='value': what is wrong (e.g. valid)``."""
+    """One line per problem: ``invalid setting GATEWAY_X='value': what is wrong (e.g. valid)``.
+
+    A rule over several fields (a model validator: the record mapping, the dead-letter topic) has no
+    field to name; its message names the variable itself, and the input (every field of the group,
+    a Python dict) is not shown: ``invalid setting: record mapping GATEWAY_RECORD_MAPPING: ...``.
+    """
     environ = os.environ if environ is None else environ
     lines: list[str] = []
     for problem in error.errors():
         field = str(problem["loc"][0]) if problem["loc"] else ""
         message = str(problem["msg"]).removeprefix("Value error, ")
-        example = example_value(field) if field else ""
-        line = f"{variable(field) if field else 'setting'}={_shown(field, problem.get('input'), environ)}: {message}"
+        if not field:
+            lines.append(f"invalid setting: {message}")
+            continue
+        example = example_value(field)
+        line = f"invalid setting {variable(field)}={_shown(field, problem.get('input'), environ)}: {message}"
         if example and "use e.g." not in message:
             line += f" (e.g. {example})"
         lines.append(line)
@@ -264,6 +272,6 @@ def check_environment(*, strict: bool) -> None:
             say("warning", f"{line} (ignored)")
     invalid = settings_problems()
     for line in invalid:
-        say("error", f"invalid setting {line}")
+        say("error", line)
     if invalid or (unknown and fatal):
         raise SettingsRejected

@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ValidationError as error:  # a command-line value the settings refuse (e.g. --port 70000)
         for line in describe_settings_error(error):
-            say("error", f"invalid setting {line}")
+            say("error", line)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -12,6 +12,7 @@ from gateway.cli.commands import (
     cmd_create_topic,
     cmd_dev_issuer,
     cmd_dev_token,
+    cmd_mapping_check,
     cmd_publish,
     cmd_serve,
     cmd_watch,
@@ -103,4 +104,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--issuer", default="http://127.0.0.1:8090", help="dev issuer base URL (default %(default)s)"
     )
     dev_token.set_defaults(func=cmd_dev_token)
+
+    mapping = commands.add_parser(
+        "mapping",
+        help="try a record mapping on a sample record",
+        description="Record mappings (GATEWAY_RECORD_MAPPING): see docs/event-bus.md.",
+    )
+    mapping_commands = mapping.add_subparsers(dest="mapping_command", required=True, metavar="SUBCOMMAND")
+    check = mapping_commands.add_parser(
+        "check",
+        help="print what the gateway would store for a sample record, or why it would reject it",
+        description="Runs the gateway's own decoder on one sample record (nothing is read from Kafka). Prints "
+        "'stored: {...}' (exit 0), 'ignored (...)' (exit 0) or 'rejected (reason): why' (exit 1). Example: "
+        'session-gateway mapping check --mapping debezium.json --key \'{"id": "wallet-42"}\' record.json',
+    )
+    check.add_argument("record", metavar="RECORD", help="file holding the record value ('-' reads stdin)")
+    check.add_argument(
+        "--mapping", help="mapping file or inline JSON (default: GATEWAY_RECORD_MAPPING, as serve reads it)"
+    )
+    check.add_argument("--key", help='the record key as text, e.g. wallet-42 or \'{"id": "wallet-42"}\'')
+    check.add_argument("--key-file", help="file holding the record key")
+    check.add_argument(
+        "--header", action="append", default=[], metavar="NAME=VALUE", help="a record header (repeatable)"
+    )
+    check.add_argument(
+        "--timestamp", type=int, help="the record's Kafka timestamp in epoch milliseconds (default: now)"
+    )
+    check.add_argument("--topic", help="the topic the record is on (checks the mapping's topics)")
+    check.add_argument("--tombstone", action="store_true", help="the value is null (RECORD is not read)")
+    check.set_defaults(func=cmd_mapping_check)
     return parser

@@ -11,8 +11,11 @@ publishes its next status. Both are unauthenticated, which is why dev mode is lo
 from __future__ import annotations
 
 import logging
+import shlex
+import sys
 import uuid
 from collections import OrderedDict
+from pathlib import Path as FilePath
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote, urlencode
 
@@ -41,6 +44,14 @@ class CreateSession(BaseModel):
     type: SessionType | None = Field(None, description="issuance or presentation")
 
 
+def cli_command() -> str:
+    """This installation's console script by absolute path, else this interpreter with ``-m gateway``."""
+    script = FilePath(sys.executable).parent / "session-gateway"
+    if script.is_file():
+        return shlex.quote(str(script.absolute()))
+    return f"{shlex.quote(str(FilePath(sys.executable).absolute()))} -m gateway"
+
+
 class CreatedSession(BaseModel):
     id: str = Field(description="The new session id (a UUID).")
     tenant: str
@@ -56,6 +67,10 @@ class CreatedSession(BaseModel):
             "Relative URL of the tenant stream (every session of the tenant), with a token carrying "
             "`GATEWAY_TENANT_STREAM_SCOPE`; null when the tenant stream is off."
         ),
+    )
+    cli: str = Field(
+        description="How to run this installation's `session-gateway` from any shell (an absolute path, quoted): "
+        "the demo page's `watch` command starts with it, so it runs without the virtualenv on PATH."
     )
 
 
@@ -113,11 +128,16 @@ def add_session_routes(router: APIRouter, runtime: Runtime, publisher: DevPublis
                 ticket=ticket["ticket"],
                 expiresAt=ticket["expiresAt"],
                 eventsUrl=f"{path}/events?{urlencode({'ticket': ticket['ticket']})}",
+                cli=cli_command(),
             )
         else:
             token = await _mint_token(runtime, tenant, session_id)
             created = CreatedSession(
-                id=session_id, tenant=tenant, token=token, eventsUrl=f"{path}/events?{urlencode({'token': token})}"
+                id=session_id,
+                tenant=tenant,
+                token=token,
+                eventsUrl=f"{path}/events?{urlencode({'token': token})}",
+                cli=cli_command(),
             )
         await publisher.publish(session_id, SessionStatus.ACTIVE, tenant, request.type)
         remember(session_id, tenant)

@@ -27,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any, cast
 
+from consumers.log_fields import FIELDS_ATTRIBUTE, session_hash
 from gateway import metrics
 from gateway.admission.endpoint import STREAM_HEADERS, Admission, Answer, StreamRequest
 from gateway.admission.tenant import TenantAdmission
@@ -386,13 +388,15 @@ class EdgeProtocol(asyncio.Protocol):
         if isinstance(result, Answer):
             transport.write(closing_answer(result.status, result.body, result.headers))
             transport.close()
-            self._log_access(log_target, result.status, result.reason)
+            self._log_access(log_target, result.status, result.reason, fields=result.log_fields)
             return
         if isinstance(result, Admission):
             self._open(result)
+            opened = {"status": 200, "session_hash": session_hash(result.snapshot.session_id)}
+            self._log_access(log_target, 200, fields={**opened, "tenant": result.principal.tenant})
         else:
             self._open_tenant(result)
-        self._log_access(log_target, 200)
+            self._log_access(log_target, 200, fields={"status": 200, "tenant": result.tenant})
 
     def _open(self, admission: Admission) -> None:
         """Writes the stream's head and first frames, then hands the stream to the hub (``events.register``)."""
@@ -485,15 +489,26 @@ class EdgeProtocol(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
-    def _log_access(self, target: tuple[str, str], status: int, reason: str = "", method: bytes = b"GET") -> None:
-        """The access line; a refused request's names its reason and is folded per reason (its only line)."""
+    def _log_access(
+        self,
+        target: tuple[str, str],
+        status: int,
+        reason: str = "",
+        method: bytes = b"GET",
+        fields: Mapping[str, object] | None = None,
+    ) -> None:
+        """The access line; a refused request's names its reason and is folded per reason (its only line).
+
+        A stream request's line carries ``fields`` (status, reason, session hash, tenant, a wrong claim's
+        expected and received values)."""
+        extra = None if fields is None else {FIELDS_ATTRIBUTE: fields}
         if self.state.limits.access_log and access_log.isEnabledFor(logging.INFO):
             peer = self.transport.get_extra_info("peername") if self.transport is not None else None
             client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
             path = log_value(target[0])
             verb = method.decode("ascii", errors="replace")
             if not reason:
-                access_log.info('%s - "%s %s HTTP/%s" %d', client, verb, path, target[1], status)
+                access_log.info('%s - "%s %s HTTP/%s" %d', client, verb, path, target[1], status, extra=extra)
                 return
             self.state.events.refusal_log.log(
                 logging.INFO,
@@ -506,4 +521,5 @@ class EdgeProtocol(asyncio.Protocol):
                 status,
                 reason,
                 logger=access_log,
+                extra=extra,
             )

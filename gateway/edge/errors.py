@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from http import HTTPStatus
 
 import orjson
@@ -24,12 +25,20 @@ def not_found_message(session_id: str) -> str:
 class StreamRefused(Exception):
     """Raised while admitting a stream; becomes an HTTP error response."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, reason: str = "") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        reason: str = "",
+        fields: Mapping[str, object] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
         self.reason = reason
+        self.fields = fields  # details for the refusal's log line, never for the client
 
     def body(self) -> bytes:
         return error_body(self.status, self.message)

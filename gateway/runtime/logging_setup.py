@@ -12,6 +12,12 @@ a server would decode, not only on the bytes as sent:
   whole if a JWT is inside. Every token the verifier accepts has this shape (its header starts
   with ``{``, so its first segment with ``ey`` or ``ew``).
 
+Details a log line is about (topic, partition, offset, reason, session hash, tenant, expected and
+received claim values...) travel as fields, not only inside the message (``consumers.log_fields``):
+the JSON format writes each as its own key, the text format appends them as ``[name=value ...]``;
+both redact and clip string values like interpolated ones. The request id is such a field in both.
+See docs/operations.md ("Logs").
+
 Every record is one physical line in both formats: JSON escapes control characters, and the text
 format escapes C0/C1 controls, DEL and U+2028/U+2029 (``\\n``, ``\\x1b``...), so a request path or
 header cannot forge a log line; traceback lines of the text format are indented under ``  | ``.
@@ -25,8 +31,11 @@ import logging
 import logging.config
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote_plus
+
+from consumers.log_fields import FIELDS_ATTRIBUTE
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -51,6 +60,31 @@ REDACTED = "[REDACTED]"
 # any other value interpolated into a line to ``MAX_LOGGED_ARGUMENT``. See docs/security.md#logs.
 MAX_LOGGED_VALUE = 256
 MAX_LOGGED_ARGUMENT = 2048
+
+
+# Keys of a JSON line that a field may not replace.
+_RESERVED = frozenset({"time", "level", "logger", "message", "instance", "request_id", "exception"})
+
+
+def _field_value(value: object) -> object:
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return clip(redact(text)) if len(text) > MAX_LOGGED_VALUE or _SUSPECT.search(text) else text
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, object]:
+    """The record's fields (``fields(...)``), values redacted and clipped, and the request id if any."""
+    found = getattr(record, FIELDS_ATTRIBUTE, None)
+    values = {
+        name: _field_value(value)
+        for name, value in (found.items() if isinstance(found, Mapping) else ())
+        if isinstance(name, str) and name not in _RESERVED
+    }
+    request_id = request_id_var.get()
+    if request_id:
+        values["request_id"] = request_id
+    return values
 
 
 def _decodings(text: str) -> list[str]:
@@ -210,9 +244,7 @@ class JsonFormatter(logging.Formatter):
         }
         if self.instance:
             entry["instance"] = self.instance
-        request_id = request_id_var.get()
-        if request_id:
-            entry["request_id"] = request_id
+        entry.update(record_fields(record))
         if record.exc_info:
             entry["exception"] = redact(self.formatException(record.exc_info))
         line = json.dumps(entry, ensure_ascii=False)
@@ -226,7 +258,11 @@ class TextFormatter(logging.Formatter):
         record.message = render_message(record)
         if self.usesTime():
             record.asctime = self.formatTime(record, self.datefmt)
-        line = escape_controls(self.formatMessage(record))
+        line = self.formatMessage(record)
+        extras = record_fields(record)
+        if extras:
+            line += " [" + " ".join(f"{name}={_text_value(value)}" for name, value in extras.items()) + "]"
+        line = escape_controls(line)
         blocks: list[str] = []
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
@@ -238,6 +274,12 @@ class TextFormatter(logging.Formatter):
             for part in redact(block).split("\n"):
                 line += "\n  | " + escape_controls(part)
         return line
+
+
+def _text_value(value: object) -> str:
+    if isinstance(value, str) and (not value or any(char in value for char in ' "[]=')):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json", instance: str = "") -> dict[str, Any]:

@@ -29,6 +29,7 @@ GAUGES: dict[str, Aggregation] = {
     "gateway_kafka_last_fetch_age_seconds": "max",
     "gateway_jwks_last_refresh_age_seconds": "max",
     "gateway_consumer_lag_records": "max",
+    "gateway_build_info": "max",  # the same build in every worker: one series for the pod
 }
 WORKERS_METRIC = "gateway_metrics_workers"
 _COMBINE: dict[Aggregation, Callable[[float, float], float]] = {"sum": lambda a, b: a + b, "min": min, "max": max}

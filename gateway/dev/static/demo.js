@@ -57,7 +57,7 @@
     const flag = session && session.ticket ? "--ticket" : "--token";
     ui.token.textContent = credential || "–";
     const watch = session
-      ? `session-gateway watch ${session.id} --url ${window.location.origin} ${flag} ${credential}`
+      ? `${session.cli || "session-gateway"} watch ${session.id} --url ${window.location.origin} ${flag} ${credential}`
       : "";
     ui.watchCommand.textContent = watch || "–";
     ui.copyToken.disabled = !credential;

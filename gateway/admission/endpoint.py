@@ -15,13 +15,14 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from consumers.hub import Hub
 from consumers.log_aggregation import ReasonFolding
 from consumers.progress import PartitionProgress
 from consumers.store import SessionSnapshot, SessionStore, Transition
+from consumers.tracing import TENANT_ATTRIBUTE
 from gateway import metrics
 from gateway.admission.client_address import ClientAddresses
 from gateway.admission.registry import ConnectionRegistry, Ticket
@@ -41,6 +42,9 @@ from gateway.edge.errors import (
 from gateway.runtime.logging_setup import log_value, request_id_var
 from gateway.settings import GatewaySettings
 from gateway.streams.sse import EventPosition, encode_retry, encode_transition, parse_event_id
+
+if TYPE_CHECKING:
+    from consumers.tracing.otel import Span, Tracing
 
 log = logging.getLogger("gateway.stream")
 
@@ -101,8 +105,10 @@ class EventsEndpoint:
         progress: PartitionProgress,
         verifier: TokenVerifier,
         connections: ConnectionRegistry,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing
         self.store = store
         self.hub = hub
         self.verifier = verifier
@@ -117,12 +123,29 @@ class EventsEndpoint:
 
     # Admission --------------------------------------------------------------------------
     async def admit(self, request: StreamRequest) -> Admission | Answer:
-        headers = request.headers
-        rid = request_id(headers)
+        rid = request_id(request.headers)
         request_id_var.set(rid)
+        tracing = self.tracing
+        if tracing is None:
+            return await self._admit(request, rid, None)
+        # The admission's span (consumers/tracing/): outcome, reason, tenant; the token never reaches it.
+        with tracing.admission(request.headers, request.session_id, rid) as span:
+            result = await self._admit(request, rid, span)
+            if isinstance(result, Admission):
+                tracing.admission_done(span, "admitted", 200, tenant=result.principal.tenant)
+            elif result.status == 204:
+                tracing.admission_done(span, "ended", 204, "session_ended")
+            else:
+                tracing.admission_done(span, "refused", result.status, result.reason)
+            return result
+
+    async def _admit(self, request: StreamRequest, rid: str, span: Span | None) -> Admission | Answer:
+        headers = request.headers
         extra = [(b"x-request-id", rid.encode("ascii")), *self.cors.headers(headers.get("origin"))]
         try:
             principal = await self._authenticate(request.query, headers)
+            if span is not None and principal.tenant is not None:
+                span.set_attribute(TENANT_ATTRIBUTE, principal.tenant)
             query = dict(parse_qsl(request.query.decode("latin-1"), keep_blank_values=True))
             last_seen = parse_event_id(headers.get("last-event-id") or query.get("lastEventId"))
             snapshot, ticket = await self.sessions.find(request.session_id, principal, last_seen, request.client)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
 from consumers.settings import ConsumerSettings
+from consumers.tracing import configuration_problem
 from gateway.cli.diagnostics import (
     PROG,
     UserError,
@@ -38,6 +39,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.settings import GatewaySettings
 
     check_environment(strict=True)
+    tracing_problem = configuration_problem()
+    if tracing_problem:
+        raise UserError(tracing_problem)
     overrides: dict[str, object] = {}
     if args.host:
         overrides["host"] = args.host

@@ -8,10 +8,12 @@ What the ports serve is in ``ports``, the readiness policy in ``health``, the ba
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI
@@ -22,6 +24,7 @@ from consumers.progress import PartitionProgress
 from consumers.settings import ConsumerSettings
 from consumers.store import SessionStore
 from consumers.supervision import Supervisor
+from consumers.tracing import from_environment as tracing_from_environment
 from gateway import metrics
 from gateway.admission.clock import StreamClock
 from gateway.admission.endpoint import EventsEndpoint
@@ -35,6 +38,9 @@ from gateway.runtime.ports import GatewayApp, internal_app, public_app
 from gateway.runtime.workers import WorkerReadiness
 from gateway.settings import GatewaySettings
 from gateway.streams.sse import encode_transition
+
+if TYPE_CHECKING:
+    from consumers.tracing import Tracing
 
 __all__ = ["Runtime", "create_app"]
 
@@ -56,6 +62,7 @@ class Runtime:
     supervisor: Supervisor
     health: HealthPolicy
     workers: WorkerReadiness | None = None  # with ``serve --workers N``: the pod is ready when all are
+    tracing: Tracing | None = None  # OpenTelemetry, when OTEL_EXPORTER_OTLP_ENDPOINT is set (docs/observability.md)
 
     @classmethod
     def build(
@@ -71,7 +78,8 @@ class Runtime:
         )
         hub = Hub(encode_transition)
         progress = PartitionProgress()
-        consumer = SessionStatusConsumer(consumer_settings, store, hub, progress)
+        tracing = tracing_from_environment()
+        consumer = SessionStatusConsumer(consumer_settings, store, hub, progress, tracing)
         http = httpx.AsyncClient(follow_redirects=False, headers={"user-agent": "session-events-gateway"})
         jwks = JwksCache(settings, http)
         connections = ConnectionRegistry(
@@ -101,6 +109,7 @@ class Runtime:
             supervisor=supervisor,
             health=health,
             workers=workers,
+            tracing=tracing,
         )
 
     async def start(self) -> None:
@@ -122,6 +131,8 @@ class Runtime:
         await self.consumer.stop()
         await self.supervisor.stop()
         await self.http.aclose()
+        if self.tracing is not None:  # exports the spans still queued; the SDK's own timeouts bound it
+            await asyncio.to_thread(self.tracing.shutdown)
 
 
 def create_app(
@@ -134,7 +145,7 @@ def create_app(
     consumer_settings = consumer_settings or ConsumerSettings()
     runtime = Runtime.build(settings, consumer_settings, workers)
     events = EventsEndpoint(
-        settings, runtime.store, runtime.hub, runtime.progress, runtime.verifier, runtime.connections
+        settings, runtime.store, runtime.hub, runtime.progress, runtime.verifier, runtime.connections, runtime.tracing
     )
 
     @contextlib.asynccontextmanager

@@ -15,6 +15,9 @@ a server would decode, not only on the bytes as sent:
 Every record is one physical line in both formats: JSON escapes control characters, and the text
 format escapes C0/C1 controls, DEL and U+2028/U+2029 (``\\n``, ``\\x1b``...), so a request path or
 header cannot forge a log line; traceback lines of the text format are indented under ``  | ``.
+
+Where an OpenTelemetry span is active (tracing on, ``consumers.tracing``), a line carries its
+``trace_id`` and ``span_id``: JSON fields, or `` trace_id=... span_id=...`` after a text line's message.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import re
 import time
 from typing import Any
 from urllib.parse import unquote_plus
+
+from consumers.tracing import current_ids
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -210,6 +215,9 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id:
             entry["request_id"] = request_id
+        ids = current_ids()
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exception"] = redact(self.formatException(record.exc_info))
         line = json.dumps(entry, ensure_ascii=False)
@@ -224,6 +232,9 @@ class TextFormatter(logging.Formatter):
         if self.usesTime():
             record.asctime = self.formatTime(record, self.datefmt)
         line = escape_controls(self.formatMessage(record))
+        ids = current_ids()
+        if ids is not None:
+            line += f" trace_id={ids[0]} span_id={ids[1]}"
         blocks: list[str] = []
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)

@@ -13,15 +13,15 @@ from collections.abc import Iterator
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
 
 import consumers.tracing
-from consumers.tracing import configuration_problem, enabled_by, from_environment
+from consumers.tracing import configuration_problem, enabled_by, from_environment, sampling
 from consumers.tracing.carrier import MAX_TRACEPARENT, record_carrier
 from consumers.tracing.otel import Tracing, current_ids, session_hash
+from consumers.tracing.sampling import DROP, ROOT, SDK, SamplingPlan, decide, parent_sampled, plan_from
 from gateway.runtime.logging_setup import JsonFormatter, TextFormatter
 from tests.kafka_support import RecordingSubscriber
 from tests.test_batch_apply import FIRST, applying, record, status
@@ -72,6 +72,74 @@ def test_a_structured_event_over_the_size_limit_is_not_parsed_for_its_context() 
     assert record_carrier([("content-type", b"application/cloudevents+json")], value, len(value) - 1) is None
 
 
+# --- the sampling decision, before any span ----------------------------------------------------------------
+
+SAMPLED = f"00-{TRACE}-{PARENT}-01"
+UNSAMPLED = f"00-{TRACE}-{PARENT}-00"
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, SamplingPlan("parentbased_always_on", True, 1.0)),
+        ({"OTEL_TRACES_SAMPLER": " ParentBased_TraceIdRatio "}, SamplingPlan("parentbased_traceidratio", True, 1.0)),
+        (
+            {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"},
+            SamplingPlan("parentbased_traceidratio", True, 0.01, 0.01),
+        ),
+        (
+            {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"},
+            SamplingPlan("traceidratio", False, 1),
+        ),
+        (
+            {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "x"},
+            SamplingPlan("traceidratio", False, 1),
+        ),
+        ({"OTEL_TRACES_SAMPLER": "always_off"}, SamplingPlan("always_off", False, 0.0)),
+        ({"OTEL_TRACES_SAMPLER": "my_entry_point"}, SamplingPlan("my_entry_point")),
+    ],
+)
+def test_the_plan_reads_the_sampler_as_the_sdk_does(environ: dict[str, str], expected: SamplingPlan) -> None:
+    assert plan_from(environ) == expected
+
+
+def test_a_parent_decides_under_a_parent_based_sampler_and_a_draw_decides_a_new_trace() -> None:
+    one_percent = plan_from({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"})
+    assert decide(one_percent, {"traceparent": SAMPLED}, draw=lambda: 0.99) == sampling.PARENT
+    assert decide(one_percent, {"traceparent": UNSAMPLED}, draw=lambda: 0.0) == DROP
+    assert decide(one_percent, None, draw=lambda: 0.005) == ROOT
+    assert decide(one_percent, None, draw=lambda: 0.01) == DROP
+    # A malformed parent counts as none: a new trace, drawn for.
+    assert decide(one_percent, {"traceparent": "00-xyz"}, draw=lambda: 0.5) == DROP
+    assert decide(one_percent, {"traceparent": "00-xyz"}, draw=lambda: 0.0) == ROOT
+    assert decide(plan_from({"OTEL_TRACES_SAMPLER": "always_off"}), {"traceparent": SAMPLED}) == SDK
+    assert decide(plan_from({"OTEL_TRACES_SAMPLER": "parentbased_always_off"}), None, draw=lambda: 0.0) == DROP
+    assert decide(SamplingPlan("my_entry_point"), None) == SDK
+    drawn = [decide(one_percent, None) for _ in range(20_000)]
+    assert 100 <= drawn.count(ROOT) <= 320, "a 1% sampler kept far from 1% of 20,000 new traces"
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "sampled"),
+    [
+        (SAMPLED, True),
+        (UNSAMPLED, False),
+        (f"00-{TRACE}-{PARENT}-03", True),
+        (f"01-{TRACE}-{PARENT}-00-future", False),  # a later version may add fields
+        (f"00-{TRACE}-{PARENT}-01-extra", None),  # version 00 may not
+        (f"ff-{TRACE}-{PARENT}-01", None),
+        (f"00-{'0' * 32}-{PARENT}-01", None),
+        (f"00-{TRACE}-{'0' * 16}-01", None),
+        (f"00-{TRACE.upper()}-{PARENT}-01", None),
+        (f"00-{TRACE}-{PARENT}", None),
+        ("", None),
+        ("00-" + "a" * 10_000, None),
+    ],
+)
+def test_only_a_valid_traceparent_is_a_parent(traceparent: str, sampled: bool | None) -> None:
+    assert parent_sampled(traceparent) is sampled
+
+
 # --- the record span ----------------------------------------------------------------------------------------
 
 
@@ -82,10 +150,13 @@ def exported() -> Iterator[InMemorySpanExporter]:
     exporter.shutdown()
 
 
-def tracing(exporter: InMemorySpanExporter, sampler: Sampler = ALWAYS_ON) -> Tracing:
-    provider = TracerProvider(sampler=sampler)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return Tracing(provider)
+def tracing(exporter: InMemorySpanExporter, sampler: str = "always_on", ratio: str = "") -> Tracing:
+    environ = (
+        {"OTEL_TRACES_SAMPLER": sampler, "OTEL_TRACES_SAMPLER_ARG": ratio}
+        if ratio
+        else {"OTEL_TRACES_SAMPLER": sampler}
+    )
+    return Tracing(SimpleSpanProcessor(exporter), plan_from(environ))
 
 
 def only(exporter: InMemorySpanExporter) -> ReadableSpan:
@@ -95,7 +166,7 @@ def only(exporter: InMemorySpanExporter) -> ReadableSpan:
 
 def test_an_applied_record_continues_its_producers_trace_with_its_deliveries(exported: InMemorySpanExporter) -> None:
     world = applying()
-    world.applier.tracing = tracing(exported, ParentBased(ALWAYS_OFF))
+    world.applier.tracing = tracing(exported, "parentbased_always_off")
     subscribers = [world.subscribe("s-1"), world.subscribe("s-1")]
     world.applier.apply(FIRST, [status("s-1", "active", 0, headers=[("traceparent", PARENT_HEADER)])])
     assert all(len(subscriber.frames) == 1 for subscriber in subscribers)
@@ -144,9 +215,39 @@ def test_every_outcome_is_a_span_and_no_record_is_lost(exported: InMemorySpanExp
         assert span.parent is None
 
 
+def test_new_traces_are_drawn_for_and_runs_of_dropped_records_are_applied_in_order(
+    exported: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = applying()
+    world.applier.tracing = tracing(exported, "parentbased_traceidratio", "0.5")
+    draws = iter([0.9, 0.9, 0.1, 0.9, 0.1])  # records 2 and 4 are kept
+    monkeypatch.setattr(sampling, "random", type("Draws", (), {"random": staticmethod(lambda: next(draws))}))
+    subscriber = world.subscribe("s-1")
+    statuses = ["active", "fetched", "completed"]
+    world.applier.apply(
+        FIRST,
+        [status(f"s-{i}", statuses[0], i) for i in range(2)]
+        + [status("s-1", "fetched", 2)]
+        + [status("s-3", "active", 3), status("s-1", "completed", 4)],
+    )
+    assert len(subscriber.frames) == 3
+    assert world.statuses("s-1") == [("active", 0, 1), ("fetched", 0, 2), ("completed", 0, 4)]
+    spans = exported.get_finished_spans()
+    assert [dict(span.attributes or {})["messaging.kafka.offset"] for span in spans] == [2, 4]
+    assert all(span.parent is None for span in spans)
+    assert [dict(span.attributes or {})["gateway.delivered_streams"] for span in spans] == [1, 1]
+    assert counted_consumed() >= 5
+
+
+def counted_consumed() -> float:
+    from tests.kafka_support import metric
+
+    return metric("gateway_records_consumed_total")
+
+
 def test_a_sampled_out_record_costs_no_span_and_is_applied(exported: InMemorySpanExporter) -> None:
     world = applying()
-    world.applier.tracing = tracing(exported, ParentBased(ALWAYS_OFF))
+    world.applier.tracing = tracing(exported, "parentbased_always_off")
     subscriber: RecordingSubscriber = world.subscribe("s-1")
     unsampled = f"00-{TRACE}-{PARENT}-00".encode()
     world.applier.apply(
@@ -202,13 +303,15 @@ def test_from_the_environment_the_sdk_reads_service_and_sampler(monkeypatch: pyt
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.01")
     monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
     monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
-    environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
-    made = from_environment(environ)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_PROTOCOL", raising=False)
+    made = from_environment()
     try:
         assert made is not None
         assert "0.01" in made.provider.sampler.get_description()
         assert made.provider.resource.attributes["service.name"] == "session-events-gateway"
         assert made.protocol == "http/protobuf"
+        assert made.plan.root_ratio == 0.01
     finally:
         consumers.tracing.install_ids(None)
         if made is not None:

@@ -169,23 +169,33 @@ class BatchApplier:
         return last
 
     def _apply_traced(self, tracing: Tracing, topic: str, records: Sequence[Any]) -> None:
-        """``_apply`` one record at a time, each in its span when the sampler keeps it (consumers/tracing/).
+        """``_apply``, with each record the sampler keeps applied alone inside its span (consumers/tracing/).
 
-        Apart, so that the untraced path stays as it was. One call per record costs a few microseconds,
-        spread over every stream the record reaches (benchmarks/README.md, tracing figures).
+        Apart, so that the untraced path stays as it was. The records the sampler drops (decided before
+        any span exists) are applied in runs, as without tracing; a kept record's span starts once the
+        records before it are applied, so it times that record only.
         """
         max_bytes = self._decoders[self._topic_index[topic]].max_value_bytes
-        for record in records:
-            span = tracing.record_span(topic, record.partition, record.offset, record.headers, record.value, max_bytes)
+        pending = 0  # records[pending:index] are dropped by the sampler and not applied yet
+        for index, record in enumerate(records):
+            sampling = tracing.record_sampling(record.headers, record.value, max_bytes)
+            if sampling is None:
+                continue
+            if pending < index:
+                self._apply(topic, records[pending:index])
+            pending = index + 1
+            span = tracing.record_span(sampling, topic, record.partition, record.offset)
             if span is None:
-                self._apply(topic, (record,))
+                self._apply(topic, records[index:pending])
                 continue
             try:
-                outcome, reason, subject, delivered = self._apply(topic, (record,))
+                outcome, reason, subject, delivered = self._apply(topic, records[index:pending])
             except BaseException:
                 span.end()  # a metric or the store raised outside a record's own boundary: the batch fails
                 raise
             tracing.record_done(span, outcome, reason, subject, delivered, record.timestamp)
+        if pending < len(records):
+            self._apply(topic, records[pending:])
 
     def _dead_letter(self, sink: DeadLetterSink, topic: str, index: int, record: Any, reason: str, detail: str) -> None:
         """Copies a rejected record, unless it was already in the log when this replica started (replay)."""

@@ -20,14 +20,16 @@ from importlib.metadata import PackageNotFoundError, version
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, SynchronousMultiSpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import NonRecordingSpan, Span, SpanKind
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.trace import Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from consumers.records import StatusUpdate
 from consumers.tracing import PROTOCOLS, TENANT_ATTRIBUTE, configuration_problem
 from consumers.tracing.carrier import Headers, record_carrier
+from consumers.tracing.sampling import DROP, ROOT, SamplingPlan, decide, plan_from
 
 log = logging.getLogger("gateway.tracing")
 
@@ -52,6 +54,10 @@ A_LAST_DELIVERY = "gateway.last_delivery_unix_ms"
 A_DELIVERY_DELAY = "gateway.last_delivery_delay_ms"
 A_STATUS = "http.response.status_code"
 A_REQUEST_ID = "gateway.request_id"
+
+
+# A record's sampling decision (``consumers.tracing.sampling``) and its trace context, if any.
+RecordSampling = tuple[str, "Mapping[str, str] | None"]
 
 
 def session_hash(session_id: str) -> str:
@@ -97,14 +103,40 @@ def _exporter(environ: Mapping[str, str]) -> tuple[SpanExporter, str]:
     return HttpExporter(), protocol
 
 
-class Tracing:
-    """The process's tracer provider and the gateway's spans; built by ``consumers.tracing.from_environment``."""
+def _sdk_sampler(plan: SamplingPlan) -> Sampler | None:
+    """The SDK's sampler for a plan this module knows (None: the SDK reads OTEL_TRACES_SAMPLER itself)."""
+    if plan.root_ratio is None:
+        return None
+    if plan.name in ("always_on", "always_off"):
+        return ALWAYS_ON if plan.root_ratio else ALWAYS_OFF
+    root: Sampler = TraceIdRatioBased(plan.ratio_argument) if plan.name.endswith("traceidratio") else ALWAYS_ON
+    if plan.name == "parentbased_always_off":
+        root = ALWAYS_OFF
+    return ParentBased(root) if plan.parent_based else root
 
-    def __init__(self, provider: TracerProvider, endpoint: str = "", protocol: str = "") -> None:
-        self.provider = provider
-        self.endpoint = endpoint
-        self.protocol = protocol
-        self._tracer = provider.get_tracer("session-events-gateway")
+
+class Tracing:
+    """The process's tracers and the gateway's spans; built by ``consumers.tracing.from_environment``.
+
+    Two providers share one span processor: ``provider`` applies the sampler (spans with a parent, and
+    every span under a sampler ``consumers.tracing.sampling`` does not know), ``roots`` keeps every span
+    it starts, for the new traces that ``sampling.decide`` already kept.
+    """
+
+    def __init__(self, processor: SpanProcessor, plan: SamplingPlan, resource: Resource | None = None) -> None:
+        resource = resource or Resource.create({SERVICE_NAME: DEFAULT_SERVICE_NAME})
+        processors = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]
+        processors.add_span_processor(processor)
+        self.plan = plan
+        self.endpoint = self.protocol = ""  # where spans go (from_environment), for the start-up line
+        self.provider = TracerProvider(
+            sampler=_sdk_sampler(plan), resource=resource, active_span_processor=processors, shutdown_on_exit=False
+        )
+        roots = TracerProvider(
+            sampler=ALWAYS_ON, resource=resource, active_span_processor=processors, shutdown_on_exit=False
+        )
+        self._tracer = self.provider.get_tracer("session-events-gateway")
+        self._roots = roots.get_tracer("session-events-gateway")
         self._propagator = TraceContextTextMapPropagator()
 
     @classmethod
@@ -114,34 +146,47 @@ class Tracing:
         resource = Resource.create()
         if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
             resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
-        provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER(_ARG)
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        made = cls(BatchSpanProcessor(exporter), plan_from(environ), resource)
+        made.protocol = protocol
         endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+        made.endpoint = endpoint
         log.info(
             "tracing on: OTLP %s to %s, sampler %s, service %s (opentelemetry-sdk %s)",
             protocol,
             endpoint,
-            provider.sampler.get_description(),
+            made.provider.sampler.get_description(),
             resource.attributes.get(SERVICE_NAME),
             sdk,
         )
-        return cls(provider, endpoint, protocol)
+        return made
 
     def shutdown(self) -> None:
         """Exports what is queued and stops the exporter (blocking: call it from a thread)."""
         self.provider.shutdown()
 
-    def _parent(self, carrier: Mapping[str, str] | None) -> Context | None:
-        return None if carrier is None else self._propagator.extract(carrier)
+    def _start(self, name: str, kind: SpanKind, carrier: Mapping[str, str] | None, decision: str = "") -> Span | None:
+        """A started, recording span, or None when it is not sampled (``sampling.decide`` first)."""
+        decision = decision or decide(self.plan, carrier)
+        if decision == DROP:
+            return None
+        if decision == ROOT:
+            return self._roots.start_span(name, Context(), kind)
+        parent = None if carrier is None else self._propagator.extract(carrier)
+        span = self._tracer.start_span(name, parent, kind)
+        return span if span.is_recording() else None
 
     # A record ----------------------------------------------------------------------------------
-    def record_span(
-        self, topic: str, partition: int, offset: int, headers: Headers, value: bytes | None, max_bytes: int
-    ) -> Span | None:
-        """A started span for applying one record, or None when the sampler dropped it (nothing to do)."""
-        parent = self._parent(record_carrier(headers, value, max_bytes)) if headers else None
-        span = self._tracer.start_span(APPLY_SPAN, parent, SpanKind.CONSUMER)
-        if not span.is_recording():
+    def record_sampling(self, headers: Headers, value: bytes | None, max_bytes: int) -> RecordSampling | None:
+        """Whether a record may be traced (None: dropped, nothing more to do); no span exists yet."""
+        carrier = record_carrier(headers, value, max_bytes) if headers else None
+        decision = decide(self.plan, carrier)
+        return None if decision == DROP else (decision, carrier)
+
+    def record_span(self, sampling: RecordSampling, topic: str, partition: int, offset: int) -> Span | None:
+        """The started span for applying one record, or None when the SDK's sampler dropped it after all."""
+        decision, carrier = sampling
+        span = self._start(APPLY_SPAN, SpanKind.CONSUMER, carrier, decision)
+        if span is None:
             return None
         span.set_attributes(
             {A_SYSTEM: "kafka", A_OPERATION: "process", A_TOPIC: topic, A_PARTITION: str(partition), A_OFFSET: offset}
@@ -175,22 +220,26 @@ class Tracing:
 
     # A stream admission ------------------------------------------------------------------------
     @contextmanager
-    def admission(self, headers: Mapping[str, str], session_id: str, request_id: str) -> Iterator[Span]:
-        """The admission's span, current while it runs (logs carry its ids); the caller sets the outcome.
+    def admission(self, headers: Mapping[str, str], session_id: str, request_id: str) -> Iterator[Span | None]:
+        """The admission's span (None when not sampled), current while it runs: logs carry its ids.
 
         Continues the request's own ``traceparent`` when it has one. Nothing of the query or of the
-        token-bearing headers is recorded.
+        token-bearing headers is recorded; the caller sets the outcome.
         """
         carrier = {name: headers[name] for name in ("traceparent", "tracestate") if name in headers}
-        span = self._tracer.start_span(ADMIT_SPAN, self._parent(carrier or None), SpanKind.SERVER)
-        if span.is_recording():
-            span.set_attributes({A_SESSION: session_hash(session_id), A_REQUEST_ID: request_id})
+        span = self._start(ADMIT_SPAN, SpanKind.SERVER, carrier or None)
+        if span is None:
+            yield None
+            return
+        span.set_attributes({A_SESSION: session_hash(session_id), A_REQUEST_ID: request_id})
         with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
             yield span
 
     @staticmethod
-    def admission_done(span: Span, outcome: str, status: int, reason: str = "", tenant: str | None = None) -> None:
-        if not span.is_recording():
+    def admission_done(
+        span: Span | None, outcome: str, status: int, reason: str = "", tenant: str | None = None
+    ) -> None:
+        if span is None:
             return
         span.set_attribute(A_OUTCOME, outcome)
         span.set_attribute(A_STATUS, status)
@@ -200,4 +249,4 @@ class Tracing:
             span.set_attribute(A_TENANT, tenant)
 
 
-__all__ = ["NonRecordingSpan", "Span", "Tracing", "current_ids", "session_hash"]
+__all__ = ["RecordSampling", "Span", "Tracing", "current_ids", "session_hash"]

@@ -144,7 +144,7 @@ class EventsEndpoint:
         extra = [(b"x-request-id", rid.encode("ascii")), *self.cors.headers(headers.get("origin"))]
         try:
             principal = await self._authenticate(request.query, headers)
-            if span is not None and principal.tenant is not None:
+            if span is not None and principal.tenant is not None:  # also on a refusal after this point
                 span.set_attribute(TENANT_ATTRIBUTE, principal.tenant)
             query = dict(parse_qsl(request.query.decode("latin-1"), keep_blank_values=True))
             last_seen = parse_event_id(headers.get("last-event-id") or query.get("lastEventId"))

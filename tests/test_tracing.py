@@ -7,6 +7,7 @@ never reject a record: the record is applied and traced as a new trace, or not a
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Iterator
@@ -188,6 +189,11 @@ def test_an_applied_record_continues_its_producers_trace_with_its_deliveries(exp
 def test_every_outcome_is_a_span_and_no_record_is_lost(exported: InMemorySpanExporter) -> None:
     world = applying()
     world.applier.tracing = tracing(exported)
+    consumers.tracing.install_ids(current_ids)
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger("gateway.consumer").addHandler(handler)
     records = [
         status("s-1", "active", 0),
         status("s-1", "active", 1),  # duplicate
@@ -196,7 +202,15 @@ def test_every_outcome_is_a_span_and_no_record_is_lost(exported: InMemorySpanExp
         status("s-4", "active", 4, headers=[("traceparent", "00-ünï-côdé".encode())]),
         record(b"s-1", None, 5),  # tombstone
     ]
-    world.applier.apply(FIRST, records)
+    try:
+        world.applier.apply(FIRST, records)
+    finally:
+        logging.getLogger("gateway.consumer").removeHandler(handler)
+        consumers.tracing.install_ids(None)
+    (rejected_line,) = [json.loads(line) for line in lines.getvalue().splitlines() if "malformed" in line]
+    rejected_span = exported.get_finished_spans()[2]
+    assert rejected_line["trace_id"] == format(rejected_span.context.trace_id, "032x")
+    assert rejected_line["span_id"] == format(rejected_span.context.span_id, "016x")
     outcomes = [
         (dict(span.attributes or {})["gateway.outcome"], dict(span.attributes or {}).get("gateway.reason"))
         for span in exported.get_finished_spans()

@@ -189,7 +189,8 @@ class BatchApplier:
                 self._apply(topic, records[index:pending])
                 continue
             try:
-                outcome, reason, subject, delivered = self._apply(topic, records[index:pending])
+                with tracing.current(span):  # what the record logs carries the span's ids
+                    outcome, reason, subject, delivered = self._apply(topic, records[index:pending])
             except BaseException:
                 span.end()  # a metric or the store raised outside a record's own boundary: the batch fails
                 raise

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 from opentelemetry import trace
@@ -192,6 +192,11 @@ class Tracing:
             {A_SYSTEM: "kafka", A_OPERATION: "process", A_TOPIC: topic, A_PARTITION: str(partition), A_OFFSET: offset}
         )
         return span
+
+    @staticmethod
+    def current(span: Span) -> AbstractContextManager[Span]:
+        """Makes ``span`` the active one for a block (log lines carry its ids); does not end it."""
+        return trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
 
     @staticmethod
     def record_done(

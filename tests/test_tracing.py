@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -24,6 +26,7 @@ from consumers.tracing.carrier import MAX_TRACEPARENT, record_carrier
 from consumers.tracing.otel import Tracing, current_ids, session_hash
 from consumers.tracing.sampling import DROP, ROOT, SDK, SamplingPlan, decide, parent_sampled, plan_from
 from gateway.runtime.logging_setup import JsonFormatter, TextFormatter
+from tests.gateway_support import clean_env
 from tests.kafka_support import RecordingSubscriber
 from tests.test_batch_apply import FIRST, applying, record, status
 
@@ -353,3 +356,13 @@ def test_logs_carry_the_active_spans_ids(exported: InMemorySpanExporter) -> None
         assert "trace_id=" not in TextFormatter("%(message)s").format(log_record("after"))
     finally:
         consumers.tracing.install_ids(None)
+
+
+def test_serve_refuses_an_unsupported_protocol_in_one_line() -> None:
+    env = clean_env(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9", OTEL_EXPORTER_OTLP_PROTOCOL="http/json")
+    completed = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert completed.returncode == 1, completed.stderr
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL='http/json' is not supported" in completed.stderr
+    assert "Traceback" not in completed.stderr

@@ -366,3 +366,19 @@ def test_serve_refuses_an_unsupported_protocol_in_one_line() -> None:
     assert completed.returncode == 1, completed.stderr
     assert "OTEL_EXPORTER_OTLP_PROTOCOL='http/json' is not supported" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_an_untested_sdk_version_is_named_at_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from consumers.tracing import otel
+
+    monkeypatch.setattr(otel, "version", lambda name: "2.3.0")
+    with caplog.at_level(logging.WARNING, "gateway.tracing"):
+        assert otel._check_version() == "2.3.0"
+    assert "opentelemetry-sdk 2.3.0 is not a tested version" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(otel, "version", lambda name: "1.45.2")
+    with caplog.at_level(logging.WARNING, "gateway.tracing"):
+        otel._check_version()
+    assert caplog.text == ""

@@ -229,6 +229,16 @@ async def test_records_without_a_parent_follow_the_sampler(
     (span,) = spans_found
     assert parent_span_id(span) is None
     assert tags(span)["messaging.kafka.offset"] == offset
+    # A sampled record behind the unsampled one (one partition): once its span is there, the first was applied.
+    behind_trace, behind_parent = trace_ids()
+    await produce_with_headers(
+        http_world.bootstrap,
+        http_world.topic,
+        session,
+        event_bytes(session, "tenant-a", "fetched"),
+        [("traceparent", traceparent(behind_trace, behind_parent).encode())],
+    )
+    await wait_for_spans(jaeger, behind_trace, {"session.apply"})
     assert await jaeger.trace(dropped_trace) is None, "a record whose parent was not sampled was traced"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import random
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -238,7 +239,7 @@ def test_new_traces_are_drawn_for_and_runs_of_dropped_records_are_applied_in_ord
     world = applying()
     world.applier.tracing = tracing(exported, "parentbased_traceidratio", "0.5")
     draws = iter([0.9, 0.9, 0.1, 0.9, 0.1])  # records 2 and 4 are kept
-    monkeypatch.setattr(sampling, "random", type("Draws", (), {"random": staticmethod(lambda: next(draws))}))
+    monkeypatch.setattr(random, "random", lambda: next(draws))
     subscriber = world.subscribe("s-1")
     statuses = ["active", "fetched", "completed"]
     world.applier.apply(

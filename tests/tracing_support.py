@@ -35,6 +35,7 @@ service:
       level: info
 extensions:
   jaeger_query:
+    enable_tracing: false  # Jaeger traces itself to localhost:4317 otherwise: that port may be anybody's
     storage:
       traces: memstore
     http:

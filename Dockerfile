@@ -26,10 +26,10 @@ COPY schemas /src/schemas
 COPY consumers /src/consumers
 COPY gateway /src/gateway
 # Wheels of the project and all its dependencies (binary wheels from the index where they exist).
-RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels /src
+RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels "/src[tracing]"
 # Install only from those wheels; pip compiles the bytecode now, as nothing can write it at run time.
 RUN python -m venv /opt/gateway \
- && /opt/gateway/bin/python -m pip install --no-cache-dir --no-index --find-links /wheels /wheels/session_events_gateway-*.whl \
+ && /opt/gateway/bin/python -m pip install --no-cache-dir --no-index --find-links /wheels "session-events-gateway[tracing]" \
  && /opt/gateway/bin/session-gateway --help > /dev/null
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -58,6 +58,7 @@ from benchmarks.common import (
     topic_offsets,
 )
 from benchmarks.loadgen import LoadGroup
+from benchmarks.otlp_sink import OtlpSink
 
 IMPLS = ("gateway", "baseline")
 README = BENCH_DIR / "README.md"
@@ -168,6 +169,7 @@ class Context:
     profile: str | None
     impls: tuple[str, ...] = IMPLS
     tenant_streams: int = 0  # fan-out: tenant streams (of other tenants) held open on the gateway meanwhile
+    gateway_env: dict[str, str] = field(default_factory=dict)  # e.g. OTEL_* with --tracing
     topics: list[str] = field(default_factory=list)
     live: list[Any] = field(default_factory=list)  # servers and load groups to stop on the way out
 
@@ -204,6 +206,7 @@ class Context:
                 "GATEWAY_JWT_ISSUER": ISSUER,
                 "GATEWAY_JWT_AUDIENCE": AUDIENCE,
                 "GATEWAY_LOG_LEVEL": "INFO",
+                **self.gateway_env,
                 **env,
             }
             if workers != 1:
@@ -1350,8 +1353,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="N",
         help="fan-out (4): hold N tenant streams of other tenants open on the gateway (A/B; implies --no-readme)",
     )
+    parser.add_argument(
+        "--tracing",
+        type=float,
+        metavar="RATIO",
+        help="the gateway with OpenTelemetry traces on, sampling RATIO (e.g. 0.01), exported over OTLP/HTTP to a "
+        "sink in this process (A/B experiments; implies --no-readme)",
+    )
     args = parser.parse_args(argv)
-    if args.profile or args.gateway_only or args.cdf_label == "before" or args.tenant_streams:
+    if (
+        args.profile
+        or args.gateway_only
+        or args.cdf_label == "before"
+        or args.tenant_streams
+        or args.tracing is not None
+    ):
         args.no_readme = True  # profiled figures are slowed down: never put them in the table
 
     scale = QUICK if args.quick else FULL
@@ -1367,6 +1383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     broker: KafkaBroker | None = None
     jwks: JwksServer | None = None
+    sink: OtlpSink | None = None
     ctx: Context | None = None
     rows: list[Row] = []
     cdf: dict[str, list[float]] = {}
@@ -1388,6 +1405,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.gateway_only:
             ctx.impls = ("gateway",)
         ctx.tenant_streams = args.tenant_streams
+        if args.tracing is not None:
+            sink = OtlpSink().start()
+            ctx.gateway_env = sink.gateway_env(args.tracing)
+            log(f"tracing on: sampler ratio {args.tracing}, spans to {sink.endpoint}")
         ctx.out.mkdir(parents=True, exist_ok=True)
         runners: dict[int, Callable[[], list[Row]]] = {
             1: lambda: [bench_memory(ctx)],
@@ -1426,6 +1447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     kafka(delete_topics(ctx.bootstrap, ctx.topics))
         if jwks is not None:
             jwks.stop()
+        if sink is not None:
+            log(f"the OTLP sink received {sink.requests} export requests, {sink.bytes} bytes")
+            sink.stop()
         if broker is not None:
             broker.stop()
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from consumers import aiokafka_seam, metrics
 from consumers.aiokafka_seam import DecompressionLimits
@@ -36,11 +37,21 @@ from consumers.progress import PartitionProgress
 from consumers.settings import ConsumerSettings
 from consumers.store import SessionStore
 
+if TYPE_CHECKING:
+    from consumers.tracing import Tracing
+
 log = logging.getLogger("gateway.consumer")
 
 
 class SessionStatusConsumer:
-    def __init__(self, settings: ConsumerSettings, store: SessionStore, hub: Hub, progress: PartitionProgress) -> None:
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        store: SessionStore,
+        hub: Hub,
+        progress: PartitionProgress,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.hub = hub
@@ -54,7 +65,7 @@ class SessionStatusConsumer:
         self._stop_requested = asyncio.Event()
         self.connection = Connection(settings, progress, Topics(settings.kafka_topics))
         self.batches = BatchApplier(
-            settings, settings.kafka_topics, store, hub, progress, self.dead_letters, self.record_log
+            settings, settings.kafka_topics, store, hub, progress, self.dead_letters, self.record_log, tracing
         )
         self.loop = ConsumeLoop(self.connection, self.batches, progress, store, self.record_log, self._stop_requested)
         self.probe = BrokerProbe(settings.kafka_health_interval, self.connection, progress)

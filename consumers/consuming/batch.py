@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 import traceback
 from collections import Counter as Tally
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from consumers import metrics
 from consumers.formats import RecordDecoder
@@ -23,11 +24,21 @@ from consumers.log_aggregation import ReasonFolding
 from consumers.log_fields import fields
 from consumers.partitions import global_partition
 from consumers.progress import PartitionProgress
-from consumers.records import Decoded, Rejected, Skipped, Tombstone, decode_record
+from consumers.records import Decoded, Rejected, Skipped, StatusUpdate, Tombstone, decode_record
 from consumers.settings import RecordSettings
 from consumers.store import Outcome, SessionStore
+from consumers.tracing.sampling import ROOT
+
+if TYPE_CHECKING:
+    from consumers.tracing.otel import RecordSampling, Tracing
+
+ROOT_SAMPLING = (ROOT, None)  # a record the sampler keeps as a new trace (``consumers.tracing.sampling``)
 
 HANDLER_ERROR = "handler_error"  # the reject reason of a record whose handling raised
+REJECTED, IGNORED = "rejected", "ignored"  # a traced record's outcome besides the store's (with a reason)
+
+# What became of the last record of a batch, for its span: outcome, reason, session (update or id), deliveries.
+LastRecord = tuple[str, str, StatusUpdate | str | None, int]
 
 
 class DeadLetterSink(Protocol):
@@ -57,8 +68,10 @@ class BatchApplier:
         progress: PartitionProgress,
         dead_letters: DeadLetterSink | None,
         record_log: ReasonFolding,
+        tracing: Tracing | None = None,
     ) -> None:
         self.store = store
+        self.tracing = tracing
         self.hub = hub
         self.progress = progress
         self.dead_letters = dead_letters
@@ -71,6 +84,12 @@ class BatchApplier:
 
     def apply(self, topic: str, records: Sequence[Any]) -> None:
         """Applies one fetched batch of one partition; every record's failure stays with that record."""
+        if self.tracing is None:
+            self._apply(topic, records)
+        else:
+            self._apply_traced(self.tracing, topic, records)
+
+    def _apply(self, topic: str, records: Sequence[Any]) -> LastRecord:
         store, hub = self.store, self.hub
         index = self._topic_index[topic]
         decoder = self._decoders[index]
@@ -81,6 +100,7 @@ class BatchApplier:
         applied = 0
         ignored: Tally[str] = Tally()
         rejected: Tally[str] = Tally()
+        last: LastRecord = (IGNORED, "", None, 0)
         for record in records:
             try:
                 headers = record.headers
@@ -90,6 +110,7 @@ class BatchApplier:
                     decoded = decode(record.key, record.value, headers, record.timestamp)
                 if isinstance(decoded, Rejected):
                     rejected[decoded.reason] += 1
+                    last = (REJECTED, decoded.reason, None, 0)
                     if dead_letters is not None:
                         self._dead_letter(dead_letters, topic, index, record, decoded.reason.value, decoded.detail)
                     record_log.log(
@@ -104,9 +125,11 @@ class BatchApplier:
                     continue
                 if isinstance(decoded, Skipped):
                     ignored[decoded.reason] += 1
+                    last = (IGNORED, decoded.reason, None, 0)
                     continue
                 if isinstance(decoded, Tombstone):
                     outcome = store.delete(decoded.session_id)
+                    last = (outcome, "", decoded.session_id, 0)
                     if outcome is Outcome.DELETED:
                         metrics.SESSIONS_DELETED.inc()
                         hub.session_deleted(decoded.session_id)
@@ -118,11 +141,13 @@ class BatchApplier:
                 )
                 if transition is None:
                     ignored[outcome] += 1
+                    last = (outcome, "", decoded, 0)
                     continue
                 applied += 1
-                hub.publish(transition, record.timestamp, decoded.tenant_id)
+                last = (outcome, "", decoded, hub.publish(transition, record.timestamp, decoded.tenant_id))
             except Exception as error:  # one record must never stop the consumer of every replica
                 rejected[HANDLER_ERROR] += 1
+                last = (REJECTED, HANDLER_ERROR, None, 0)
                 record_log.log(
                     logging.ERROR,
                     HANDLER_ERROR,
@@ -142,6 +167,45 @@ class BatchApplier:
             metrics.RECORDS_IGNORED.labels(reason).inc(count)
         for reason, count in rejected.items():
             metrics.RECORDS_REJECTED.labels(reason).inc(count)
+        return last
+
+    def _apply_traced(self, tracing: Tracing, topic: str, records: Sequence[Any]) -> None:
+        """``_apply``, with each record the sampler keeps applied alone inside its span (consumers/tracing/).
+
+        Apart, so that the untraced path stays as it was. The records the sampler drops (decided before
+        any span exists) are applied in runs, as without tracing; a kept record's span starts once the
+        records before it are applied, so it times that record only.
+        """
+        max_bytes = self._decoders[self._topic_index[topic]].max_value_bytes
+        ratio, draw = tracing.plan.root_ratio, random.random  # a record without headers can only start a trace
+        pending = 0  # records[pending:index] are dropped by the sampler and not applied yet
+        for index, record in enumerate(records):
+            headers = record.headers
+            if not headers and ratio is not None:  # the common case, decided here: one draw
+                if draw() >= ratio:
+                    continue
+                sampling: RecordSampling = ROOT_SAMPLING
+            else:
+                found = tracing.record_sampling(headers, record.value, max_bytes)
+                if found is None:
+                    continue
+                sampling = found
+            if pending < index:
+                self._apply(topic, records[pending:index])
+            pending = index + 1
+            span = tracing.record_span(sampling, topic, record.partition, record.offset)
+            if span is None:
+                self._apply(topic, records[index:pending])
+                continue
+            try:
+                with tracing.current(span):  # what the record logs carries the span's ids
+                    outcome, reason, subject, delivered = self._apply(topic, records[index:pending])
+            except BaseException:
+                span.end()  # a metric or the store raised outside a record's own boundary: the batch fails
+                raise
+            tracing.record_done(span, outcome, reason, subject, delivered, record.timestamp)
+        if pending < len(records):
+            self._apply(topic, records[pending:])
 
     def _dead_letter(self, sink: DeadLetterSink, topic: str, index: int, record: Any, reason: str, detail: str) -> None:
         """Copies a rejected record, unless it was already in the log when this replica started (replay)."""

@@ -25,6 +25,7 @@ from consumers.log_aggregation import ReasonFolding
 from consumers.log_fields import FIELDS_ATTRIBUTE, fields, session_hash
 from consumers.progress import PartitionProgress
 from consumers.store import SessionSnapshot, SessionStore, Transition
+from consumers.tracing import TENANT_ATTRIBUTE
 from gateway import metrics
 from gateway.admission.authentication import Authenticator
 from gateway.admission.client_address import ClientAddresses
@@ -41,6 +42,7 @@ from gateway.settings import GatewaySettings
 from gateway.streams.sse import EventPosition, encode_retry, encode_transition, parse_event_id
 
 if TYPE_CHECKING:
+    from consumers.tracing.otel import Span, Tracing
     from gateway.admission.tenant import TenantEndpoint
 
 log = logging.getLogger("gateway.stream")
@@ -104,8 +106,10 @@ class EventsEndpoint:
         verifier: TokenVerifier,
         connections: ConnectionRegistry,
         tickets: TicketCodec | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing
         self.store = store
         self.hub = hub
         self.verifier = verifier
@@ -123,13 +127,30 @@ class EventsEndpoint:
 
     # Admission --------------------------------------------------------------------------
     async def admit(self, request: StreamRequest) -> Admission | Answer:
-        headers = request.headers
-        rid = request_id(headers)
+        rid = request_id(request.headers)
         request_id_var.set(rid)
+        tracing = self.tracing
+        if tracing is None:
+            return await self._admit(request, rid, None)
+        # The admission's span (consumers/tracing/): outcome, reason, tenant; the token never reaches it.
+        with tracing.admission(request.headers, request.session_id, rid) as span:
+            result = await self._admit(request, rid, span)
+            if isinstance(result, Admission):
+                tracing.admission_done(span, "admitted", 200, tenant=result.principal.tenant)
+            elif result.status == 204:
+                tracing.admission_done(span, "ended", 204, "session_ended")
+            else:
+                tracing.admission_done(span, "refused", result.status, result.reason)
+            return result
+
+    async def _admit(self, request: StreamRequest, rid: str, span: Span | None) -> Admission | Answer:
+        headers = request.headers
         extra = [(b"x-request-id", rid.encode("ascii")), *self.cors.headers(headers.get("origin"))]
         self._note_origin(headers)
         try:
             principal = await self._authenticate(request.query, headers)
+            if span is not None and principal.tenant is not None:  # also on a refusal after this point
+                span.set_attribute(TENANT_ATTRIBUTE, principal.tenant)
             query = dict(parse_qsl(request.query.decode("latin-1"), keep_blank_values=True))
             last_seen = parse_event_id(headers.get("last-event-id") or query.get("lastEventId"))
             snapshot, ticket = await self.sessions.find(request.session_id, principal, last_seen, request.client)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 from pydantic import SecretStr
 
 from consumers.settings import ConsumerSettings
+from consumers.tracing import configuration_problem
 from gateway.cli.diagnostics import (
     PROG,
     UserError,
@@ -40,6 +41,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.settings import GatewaySettings
 
     check_environment(strict=True)
+    tracing_problem = configuration_problem()
+    if tracing_problem:
+        raise UserError(tracing_problem)
     overrides: dict[str, object] = {}
     if args.host:
         overrides["host"] = args.host

@@ -8,10 +8,12 @@ What the ports serve is in ``ports``, the readiness policy in ``health``, the ba
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI
@@ -23,6 +25,7 @@ from consumers.progress import PartitionProgress
 from consumers.settings import ConsumerSettings
 from consumers.store import SessionStore
 from consumers.supervision import Supervisor
+from consumers.tracing import from_environment as tracing_from_environment
 from gateway.admission.clock import StreamClock
 from gateway.admission.endpoint import EventsEndpoint
 from gateway.admission.registry import ConnectionRegistry
@@ -40,6 +43,9 @@ from gateway.runtime.ports import GatewayApp, internal_app, public_app
 from gateway.runtime.workers import WorkerReadiness
 from gateway.settings import GatewaySettings
 from gateway.streams.sse import encode_transition
+
+if TYPE_CHECKING:
+    from consumers.tracing import Tracing
 
 __all__ = ["Runtime", "create_app"]
 
@@ -63,6 +69,7 @@ class Runtime:
     workers: WorkerReadiness | None = None  # with ``serve --workers N``: the pod is ready when all are
     pod: PodMetrics | None = None  # with ``serve --workers N``: /metrics answers for the whole pod
     tickets: TicketCodec | None = None  # stream tickets, when ``GATEWAY_TICKET_KEYS`` is set
+    tracing: Tracing | None = None  # OpenTelemetry, when OTEL_EXPORTER_OTLP_ENDPOINT is set (docs/observability.md)
 
     @classmethod
     def build(
@@ -79,7 +86,8 @@ class Runtime:
         )
         hub = Hub(encode_transition)
         progress = PartitionProgress()
-        consumer = SessionStatusConsumer(consumer_settings, store, hub, progress)
+        tracing = tracing_from_environment()
+        consumer = SessionStatusConsumer(consumer_settings, store, hub, progress, tracing)
         http = httpx.AsyncClient(follow_redirects=False, headers={"user-agent": "session-events-gateway"})
         jwks = TrustedIssuers.from_settings(settings, http)
         connections = ConnectionRegistry(settings, StreamClock(settings, hub), tenant_shares=settings.tenants_enforced)
@@ -109,6 +117,7 @@ class Runtime:
             workers=workers,
             pod=pod,
             tickets=ticket_codec(settings),
+            tracing=tracing,
         )
 
     async def start(self) -> None:
@@ -134,6 +143,8 @@ class Runtime:
         await self.consumer.stop()
         await self.supervisor.stop()
         await self.http.aclose()
+        if self.tracing is not None:  # exports the spans still queued; the SDK's own timeouts bound it
+            await asyncio.to_thread(self.tracing.shutdown)
 
 
 def ticket_codec(settings: GatewaySettings) -> TicketCodec | None:
@@ -153,7 +164,14 @@ def create_app(
     consumer_settings = consumer_settings or ConsumerSettings()
     runtime = Runtime.build(settings, consumer_settings, workers, pod)
     events = EventsEndpoint(
-        settings, runtime.store, runtime.hub, runtime.progress, runtime.verifier, runtime.connections, runtime.tickets
+        settings,
+        runtime.store,
+        runtime.hub,
+        runtime.progress,
+        runtime.verifier,
+        runtime.connections,
+        runtime.tickets,
+        runtime.tracing,
     )
     tickets = (
         TicketEndpoint(

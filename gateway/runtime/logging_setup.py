@@ -21,6 +21,9 @@ See docs/operations.md ("Logs").
 Every record is one physical line in both formats: JSON escapes control characters, and the text
 format escapes C0/C1 controls, DEL and U+2028/U+2029 (``\\n``, ``\\x1b``...), so a request path or
 header cannot forge a log line; traceback lines of the text format are indented under ``  | ``.
+
+Where an OpenTelemetry span is active (tracing on, ``consumers.tracing``), a line carries its
+``trace_id`` and ``span_id``: JSON fields, or `` trace_id=... span_id=...`` after a text line's message.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from consumers.log_fields import FIELDS_ATTRIBUTE
+from consumers.tracing import current_ids
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -245,6 +249,9 @@ class JsonFormatter(logging.Formatter):
         if self.instance:
             entry["instance"] = self.instance
         entry.update(record_fields(record))
+        ids = current_ids()
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exception"] = redact(self.formatException(record.exc_info))
         line = json.dumps(entry, ensure_ascii=False)
@@ -263,6 +270,9 @@ class TextFormatter(logging.Formatter):
         if extras:
             line += " [" + " ".join(f"{name}={_text_value(value)}" for name, value in extras.items()) + "]"
         line = escape_controls(line)
+        ids = current_ids()
+        if ids is not None:
+            line += f" trace_id={ids[0]} span_id={ids[1]}"
         blocks: list[str] = []
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)

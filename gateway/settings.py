@@ -411,6 +411,17 @@ class AdmissionSettings(SettingsGroup):
             "against `GATEWAY_MAX_CONNECTIONS` and the per-subject limit"
         ),
     )
+    tenant_stream_opening_rate: float = Field(
+        1.0,
+        gt=0,
+        description=(
+            "tenant stream openings per second and tenant (each reads the whole store once; 429 with "
+            "`Retry-After` beyond); the process allows ten times as many"
+        ),
+    )
+    tenant_stream_opening_burst: int = Field(
+        5, ge=1, description="openings a tenant may make at once before the rate applies (the process: four times)"
+    )
     unknown_session_wait: float = Field(
         5.0, ge=0, description="seconds to wait for a session not yet in the store before 404"
     )

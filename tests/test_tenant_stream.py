@@ -60,7 +60,13 @@ class World:
 
 @pytest_asyncio.fixture(scope="module")
 async def world(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
-    on = {"GATEWAY_TENANT_STREAM_SCOPE": SCOPE, "GATEWAY_TENANT_STREAM_ROLES_CLAIM": ROLES_CLAIM}
+    on = {
+        "GATEWAY_TENANT_STREAM_SCOPE": SCOPE,
+        "GATEWAY_TENANT_STREAM_ROLES_CLAIM": ROLES_CLAIM,
+        # These tests open many streams of one tenant in a row; the opening rate has its own test below.
+        "GATEWAY_TENANT_STREAM_OPENING_RATE": "1000",
+        "GATEWAY_TENANT_STREAM_OPENING_BURST": "1000",
+    }
     async with gateway_world(
         kafka_bootstrap,
         tmp_path_factory,
@@ -75,6 +81,11 @@ async def world(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) 
                 "GATEWAY_HEARTBEAT_INTERVAL": "1",
             },
             "off": {},
+            "rate": {
+                "GATEWAY_TENANT_STREAM_SCOPE": SCOPE,
+                "GATEWAY_TENANT_STREAM_OPENING_RATE": "0.1",
+                "GATEWAY_TENANT_STREAM_OPENING_BURST": "2",
+            },
         },
     ) as made:
         yield World(made)
@@ -281,6 +292,23 @@ async def test_limit_per_tenant(world: World, client: httpx.AsyncClient) -> None
         assert response.json()["message"] == "Too many open tenant streams for this tenant"
         async with sse(client, world.url(), params={"token": world.token(new_tenant())}) as another:
             assert another.status == 200  # another tenant's share is its own
+
+
+async def test_openings_are_rate_limited_per_tenant(world: World, client: httpx.AsyncClient) -> None:
+    """Each opening reads the whole store once: a client holding the scope cannot repeat it at will (a
+    tenant gets GATEWAY_TENANT_STREAM_OPENING_BURST at once, then GATEWAY_TENANT_STREAM_OPENING_RATE per
+    second), and another tenant's openings are its own."""
+    tenant = new_tenant()
+    token = world.token(tenant)
+    for _ in range(2):  # the burst: opened and closed again
+        async with sse(client, world.url("rate"), params={"token": token}) as stream:
+            assert stream.status == 200
+    refused = await client.get(world.url("rate"), params={"token": token})
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["message"] == "Too many tenant stream openings; retry later"
+    assert 1 <= int(refused.headers["retry-after"]) <= 10
+    async with sse(client, world.url("rate"), params={"token": world.token(new_tenant())}) as other:
+        assert other.status == 200
 
 
 # --------------------------------------------------------------------------------------------------

@@ -337,10 +337,11 @@ def test_a_stream_ticket_never_opens_a_tenant_stream() -> None:
 def test_tenant_stream_openings_are_rate_limited_per_tenant_and_process() -> None:
     """Each opening reads the whole store: a scoped client may not repeat it at will, nor one tenant take
     every opening of the process."""
-    from gateway.admission.opening_rate import PER_PROCESS, PER_TENANT, OpeningRate
+    from gateway.admission.opening_rate import OpeningRate
 
     now = [1000.0]
-    rate = OpeningRate(clock=lambda: now[0])
+    rate = OpeningRate(1.0, 5, clock=lambda: now[0])
+    PER_TENANT, PER_PROCESS = rate.per_tenant, rate.per_process
     burst = int(PER_TENANT[1])
     assert [rate.wait("a") for _ in range(burst)] == [0.0] * burst
     wait = rate.wait("a")

@@ -72,7 +72,8 @@ class TenantEndpoint:
         self.events = events
         self.progress = progress
         self.scope = events.settings.tenant_stream_scope or ""
-        self.openings = OpeningRate()
+        settings = events.settings
+        self.openings = OpeningRate(settings.tenant_stream_opening_rate, settings.tenant_stream_opening_burst)
 
     async def admit(self, request: StreamRequest) -> TenantAdmission | Answer:
         events = self.events
@@ -83,6 +84,10 @@ class TenantEndpoint:
         try:
             principal = await events.authenticate(request.query, headers)
             tenant = self._allowed(principal)
+            query = parse_qsl(request.query.decode("latin-1"), keep_blank_values=True)
+            statuses = parse_statuses(query)
+            last = headers.get("last-event-id") or dict(query).get("lastEventId")
+            seen = self._known(parse_cursor(last))
             wait = self.openings.wait(tenant)
             if wait:  # each opening reads the whole store once: not at a client's will
                 metrics.LIMIT_REFUSALS.labels("tenant_stream_openings").inc()
@@ -92,10 +97,6 @@ class TenantEndpoint:
                     {"Retry-After": self.openings.retry_after(wait)},
                     reason="tenant_stream_openings",
                 )
-            query = parse_qsl(request.query.decode("latin-1"), keep_blank_values=True)
-            statuses = parse_statuses(query)
-            last = headers.get("last-event-id") or dict(query).get("lastEventId")
-            seen = self._known(parse_cursor(last))
             ticket = await self._reserve(principal, tenant, seen, request.client)
         except StreamRefused as refused:
             metrics.REQUESTS_REFUSED.labels(str(refused.status)).inc()

@@ -355,12 +355,16 @@ class EdgeProtocol(asyncio.Protocol):
         framing: Headers = [(b"connection", b"close")]
         if wire.chunked:
             framing.append((b"transfer-encoding", b"chunked"))
-        wire.write(response_head(200, (*STREAM_HEADERS, *admission.headers, *framing)))
-        metrics.STREAMS_OPENED.inc()
-        self.stream = stream
-        frames, ends = events.first_frames(admission)
-        for number, frame in enumerate(frames):
-            stream.queue(frame, is_event=number > 0)
+        wire.cork()  # the head and the first frames in one write
+        try:
+            wire.write(response_head(200, (*STREAM_HEADERS, *admission.headers, *framing)))
+            metrics.STREAMS_OPENED.inc()
+            self.stream = stream
+            frames, ends = events.first_frames(admission)
+            for number, frame in enumerate(frames):
+                stream.queue(frame, is_event=number > 0)
+        finally:
+            wire.uncork()
         if ends:
             stream.close("terminal")
         else:

@@ -130,8 +130,8 @@ class Row:
 
     def better(self, ours: float | None, theirs: float | None) -> float | None:
         """How many times ``ours`` is better than ``theirs`` (> 1: better)."""
-        if not ours or not theirs:
-            return None
+        if ours is None or theirs is None or ours <= 0 or theirs <= 0:
+            return None  # no ratio of a zero or negative figure (an added delay can be below the bare consumer's)
         return theirs / ours if self.lower_is_better else ours / theirs
 
 

@@ -290,7 +290,15 @@ class TokenMinter:
         self.key = RSAKey.import_key(private_jwk)
         self.kid = private_jwk.get("kid")
 
-    def mint(self, sub: str, tenant: str = TENANT, ttl: int = 3600, scope: str | None = None) -> str:
+    def mint(
+        self,
+        sub: str,
+        tenant: str = TENANT,
+        ttl: int = 3600,
+        scope: str | None = None,
+        channels: list[str] | None = None,
+    ) -> str:
+        """An RS256 token; ``channels``: Centrifugo's claim of server-side subscriptions (benchmarks/centrifugo.py)."""
         from joserfc import jwt
 
         now = int(time.time())
@@ -304,6 +312,8 @@ class TokenMinter:
         }
         if scope:
             claims["scope"] = scope
+        if channels is not None:
+            claims["channels"] = channels
         return jwt.encode({"alg": "RS256", "kid": self.kid, "typ": "JWT"}, claims, self.key, algorithms=["RS256"])
 
 
@@ -454,9 +464,11 @@ class FastProducer:
     async def __aexit__(self, *exc: object) -> None:
         await self._producer.stop()
 
-    async def send(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[Any]:
+    async def send(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> asyncio.Future[Any]:
         """Queues one record (partitioned by key, like any producer); returns its delivery future."""
-        future: asyncio.Future[Any] = await self._producer.send(topic, key=key, value=value)
+        future: asyncio.Future[Any] = await self._producer.send(topic, key=key, value=value, headers=headers)
         return future
 
     async def bulk(
@@ -496,13 +508,29 @@ class FastProducer:
         await self._producer.flush()
 
 
-async def publish_active_sessions(bootstrap: str, topic: str, session_ids: Sequence[str], partitions: int = 6) -> None:
+def channel_headers(session_id: str, with_headers: bool) -> list[tuple[str, bytes]] | None:
+    """The headers Centrifugo's publication-data mode needs (``with_headers``), else none: our records as is."""
+    if not with_headers:
+        return None
+    from benchmarks.centrifugo import record_headers
+
+    return record_headers(session_id)
+
+
+async def publish_active_sessions(
+    bootstrap: str, topic: str, session_ids: Sequence[str], partitions: int = 6, headers: bool = False
+) -> None:
     """Creates ``topic`` and writes one 'active' record per session (keyed by the session id)."""
     await create_topic(bootstrap, topic, partitions)
     now = int(time.time() * 1000)
     async with FastProducer(bootstrap, linger_ms=5) as producer:
         futures = [
-            await producer.send(topic, sid.encode(), event_value(sid, "active", now, kind="presentation"))
+            await producer.send(
+                topic,
+                sid.encode(),
+                event_value(sid, "active", now, kind="presentation"),
+                channel_headers(sid, headers),
+            )
             for sid in session_ids
         ]
         await asyncio.gather(*futures)

@@ -6,7 +6,7 @@ event of a stream is the session's current state (the end of the handshake); eve
 live delivery, counted and, when it carries ``updatedAt``, turned into a produce-to-client delay.
 
 The orchestrator (``benchmarks.run``) starts a few of these processes and sends them commands:
-``mint``, ``open``, ``counters``, ``latencies``, ``reset``, ``close``, ``exit``. Every loop is
+``mint``, ``mint_sessions``, ``open``, ``counters``, ``latencies``, ``reset``, ``close``, ``exit``. Every loop is
 bounded in count and time and every address is 127.0.0.1.
 """
 
@@ -212,13 +212,19 @@ class SseClient(asyncio.Protocol):
 class LoadProcess:
     def __init__(self, config: dict[str, Any]) -> None:
         self.port: int = config["port"]
+        self.flavour: str = config.get("flavour", "gateway")  # "centrifugo": its uni_sse path, a token per session
         self.minter = TokenMinter(config["private_jwk"])
         self.tokens: list[str] = []
         self.tickets: list[str] = []  # stream tickets, one per session of ``mint_tickets`` (in its order)
+        self.session_tokens: dict[str, str] = {}  # centrifugo: the token subscribing to that session's channel
         self.stats = Stats()
         self.streams: list[SseClient] = []
 
     def request(self, session_id: str, token: str, parameter: str = "token") -> bytes:
+        if self.flavour == "centrifugo":
+            from benchmarks import centrifugo
+
+            return centrifugo.request(session_id, token, HOST, self.port)
         return (
             f"GET /session/{session_id}/events?{parameter}={token} HTTP/1.1\r\n"
             f"Host: {HOST}:{self.port}\r\n"
@@ -244,6 +250,16 @@ class LoadProcess:
         self.tickets = [codec.mint(Grant(f"{prefix}-{i}", TENANT, s, expires)) for i, s in enumerate(sessions)]
         return {"minted": len(sessions), "seconds": time.monotonic() - started}
 
+    def mint_sessions(self, sessions: list[str], prefix: str) -> dict[str, Any]:
+        """Centrifugo: one token per session not seen yet, its ``channels`` claim naming the session's channel."""
+        from benchmarks.centrifugo import channel
+
+        started = time.monotonic()
+        fresh = [sid for sid in dict.fromkeys(sessions) if sid not in self.session_tokens]
+        for index, sid in enumerate(fresh):
+            self.session_tokens[sid] = self.minter.mint(f"{prefix}-{index}", channels=[channel(sid)])
+        return {"minted": len(fresh), "seconds": time.monotonic() - started}
+
     async def open(
         self,
         sessions: list[str],
@@ -257,9 +273,10 @@ class LoadProcess:
         each got its first event or failed."""
         loop = asyncio.get_running_loop()
         tokens = self.tickets if credential == "ticket" else self.tokens
-        if not tokens:
+        by_session = self.session_tokens if self.flavour == "centrifugo" else None
+        if not tokens and by_session is None:
             raise RuntimeError("mint tokens first")
-        if distinct_tokens and len(tokens) < len(sessions):
+        if distinct_tokens and by_session is None and len(tokens) < len(sessions):
             raise RuntimeError(f"{len(sessions)} streams need as many tokens, have {len(tokens)}")
         errors: Counter[str] = Counter()
         handshakes: list[float] = []
@@ -269,7 +286,10 @@ class LoadProcess:
         deadline = time.monotonic() + deadline_s
 
         async def one(index: int) -> None:
-            token = tokens[index] if distinct_tokens else tokens[index % len(tokens)]
+            if by_session is not None:
+                token = by_session[sessions[index]]
+            else:
+                token = tokens[index] if distinct_tokens else tokens[index % len(tokens)]
             first: asyncio.Future[None] = loop.create_future()
             client = SseClient(self.request(sessions[index], token, credential), self.stats, first)
             starts.append(client.started_at)
@@ -348,6 +368,8 @@ async def _serve(conn: multiprocessing.connection.Connection, config: dict[str, 
                 reply: dict[str, Any] = process.mint(**message)
             elif command == "mint_tickets":
                 reply = process.mint_tickets(**message)
+            elif command == "mint_sessions":
+                reply = process.mint_sessions(**message)
             elif command == "open":
                 reply = await process.open(**message)
             elif command == "counters":
@@ -380,6 +402,7 @@ class LoadGroup:
     """A few load processes; commands go to all of them at once, replies come back as a list."""
 
     def __init__(self, processes: int, config: dict[str, Any]) -> None:
+        self.flavour: str = config.get("flavour", "gateway")
         context = multiprocessing.get_context("spawn")
         self._children: list[tuple[Any, multiprocessing.connection.Connection]] = []
         for index in range(processes):

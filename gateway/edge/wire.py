@@ -81,7 +81,7 @@ def closing_answer(status: int, body: bytes = b"", headers: Headers | None = Non
 class Wire:
     """Writes to one connection's transport, tracks whether the peer takes what is written, and closes it."""
 
-    __slots__ = ("_gone", "_lost", "_writable", "chunked", "transport")
+    __slots__ = ("_corked", "_gone", "_lost", "_writable", "chunked", "transport")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -89,10 +89,24 @@ class Wire:
         self._writable: asyncio.Event | None = None  # set while the transport takes writes (flow control)
         self._lost: asyncio.Future[None] | None = None
         self._gone = False
+        self._corked: list[bytes] | None = None  # writes held by ``cork`` until ``uncork``
 
     def write(self, data: bytes) -> None:
-        if not self.transport.is_closing():
+        if self._corked is not None:
+            self._corked.append(data)
+        elif not self.transport.is_closing():
             self.transport.write(data)
+
+    def cork(self) -> None:
+        """Holds the following writes until ``uncork``: a stream's head and first frames leave in one
+        ``transport.write`` (one send, one wake-up of the client) instead of one each."""
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked and not self.transport.is_closing():
+            self.transport.write(b"".join(corked))
 
     # Flow control (the protocol's pause_writing/resume_writing and connection_lost) ---------------
     def pause_writing(self) -> None:
@@ -136,11 +150,15 @@ class Wire:
 
     # StreamChannel (gateway.streams.stream): the native stream's hot path ------------------------
     def write_event(self, data: bytes) -> None:
+        if self._corked is not None:
+            self._corked.append(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+            return
         transport = self.transport
         if not transport.is_closing():
             transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
 
     def end(self, last: bytes = b"") -> None:
+        self.uncork()
         transport = self.transport
         if not transport.is_closing():
             if self.chunked:
@@ -150,6 +168,7 @@ class Wire:
             transport.close()
 
     def abort(self) -> None:
+        self._corked = None
         self.transport.abort()
 
     def buffered_bytes(self) -> int:

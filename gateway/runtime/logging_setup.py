@@ -59,6 +59,9 @@ _SUSPECT = re.compile(r"token|ticket|bearer|%|e[wy][A-Za-z0-9_-]{18}|v1\.", re.I
 _TICKET = re.compile(r"v1\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}")
 # The shortest JWS header segment ("e[wy]" + 18) and claims segment the redaction looks for.
 _MIN_HEADER, _MIN_CLAIMS = 20, 12
+# What every header segment ``_jwt_spans`` finds starts with (case as is): without one, a text has no
+# plain JWT and the per-run pass is skipped (one linear search of a bounded pattern instead).
+_JWT_HEAD = re.compile(r"e[wy][A-Za-z0-9_-]{18}")
 REDACTED = "[REDACTED]"
 # Ids and request targets in log lines are cut to this many characters (``log_value``), after redaction;
 # any other value interpolated into a line to ``MAX_LOGGED_ARGUMENT``. See docs/security.md#logs.
@@ -176,7 +179,7 @@ def redact(text: str) -> str:
     text = _TICKET.sub(REDACTED, text)
     if "%" in text:
         text = _URL_RUN.sub(_redact_encoded_jwt, text)
-    return _redact_jwts(text)
+    return _redact_jwts(text) if _JWT_HEAD.search(text) else text
 
 
 def clip(value: str, limit: int = MAX_LOGGED_VALUE) -> str:

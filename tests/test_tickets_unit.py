@@ -202,6 +202,8 @@ def test_a_ticket_sees_its_one_session_of_its_one_tenant() -> None:
         ("k1:not*base64*url", "not base64url"),
         ("k1:" + SECRET.replace(SECRET[3], "+"), "not base64url"),
     ],
+    # Stable ids: the entries hold secrets drawn at import, and parallel workers must collect the same tests.
+    ids=["no-colon", "no-kid", "bad-kid", "empty-kid", "short", "repeated", "pattern", "not-base64", "plus"],
 )
 def test_weak_or_malformed_keys_are_refused_without_showing_the_secret(entry: str, message: str) -> None:
     with pytest.raises(ValueError) as refused:

@@ -27,7 +27,7 @@ from gateway.auth.access import AccessRule
 from gateway.auth.tickets import Grant, TicketCodec, expiry
 from gateway.edge.cors import CorsPolicy
 from gateway.edge.errors import StreamRefused, not_found_message
-from gateway.edge.route import MAX_SESSION_ID_LENGTH, match
+from gateway.edge.route import MAX_SESSION_ID_LENGTH, match, openapi_error
 from gateway.runtime.logging_setup import log_value, request_id_var
 from gateway.settings import AuthSettings
 
@@ -178,11 +178,6 @@ async def _send(send: Send, status: int, headers: Headers, body: bytes = b"") ->
     await send({"type": "http.response.body", "body": body})
 
 
-def _error(status: int, message: str, error: str) -> dict[str, Any]:
-    example = {"statusCode": status, "message": message, "error": error}
-    return {"description": message, "content": {"application/json": {"example": example}}}
-
-
 def openapi_operation() -> dict[str, Any]:
     """The route's OpenAPI 3.1 operation object (the route itself is not a FastAPI route)."""
     return {
@@ -219,12 +214,12 @@ def openapi_operation() -> dict[str, Any]:
                     }
                 },
             },
-            "400": _error(
+            "400": openapi_error(
                 400, "This route takes no query parameters: send the token in the Authorization header", "Bad Request"
             ),
-            "401": _error(401, "Invalid or expired token", "Unauthorized"),
-            "403": _error(403, "Insufficient scope", "Forbidden"),
-            "404": _error(404, "Session abc not found", "Not Found"),
-            "413": _error(413, f"The body is limited to {MAX_BODY} bytes", "Payload Too Large"),
+            "401": openapi_error(401, "Invalid or expired token", "Unauthorized"),
+            "403": openapi_error(403, "Insufficient scope", "Forbidden"),
+            "404": openapi_error(404, "Session abc not found", "Not Found"),
+            "413": openapi_error(413, f"The body is limited to {MAX_BODY} bytes", "Payload Too Large"),
         },
     }

@@ -51,7 +51,8 @@ def _session_id(segment: bytes) -> str | None:
     return unquote(text, errors="replace") if "%" in text else text
 
 
-def _parameter(name: str, where: str, description: str, **schema: Any) -> dict[str, Any]:
+def openapi_parameter(name: str, where: str, description: str, **schema: Any) -> dict[str, Any]:
+    """An OpenAPI parameter object (every public route's document uses these two helpers)."""
     return {
         "name": name,
         "in": where,
@@ -61,7 +62,8 @@ def _parameter(name: str, where: str, description: str, **schema: Any) -> dict[s
     }
 
 
-def _error(status: int, message: str, error: str, description: str = "") -> dict[str, Any]:
+def openapi_error(status: int, message: str, error: str, description: str = "") -> dict[str, Any]:
+    """An OpenAPI response with the NestJS-shaped error body as its example."""
     return {
         "description": description or message,
         "content": {"application/json": {"example": {"statusCode": status, "message": message, "error": error}}},
@@ -83,11 +85,13 @@ def openapi_operation() -> dict[str, Any]:
             "`Authorization: Bearer` or the configured cookie. Percent-encode the id (`/` as `%2F`)."
         ),
         "parameters": [
-            _parameter("id", "path", "Session ID to subscribe to (percent-encoded)", maxLength=MAX_SESSION_ID_LENGTH),
-            _parameter("token", "query", "JWT access token for authentication"),
-            _parameter("access_token", "query", "Alternative name for the token parameter"),
-            _parameter("lastEventId", "query", "Resume after this event id (Last-Event-ID takes precedence)"),
-            _parameter("Last-Event-ID", "header", "Sent by EventSource when it reconnects"),
+            openapi_parameter(
+                "id", "path", "Session ID to subscribe to (percent-encoded)", maxLength=MAX_SESSION_ID_LENGTH
+            ),
+            openapi_parameter("token", "query", "JWT access token for authentication"),
+            openapi_parameter("access_token", "query", "Alternative name for the token parameter"),
+            openapi_parameter("lastEventId", "query", "Resume after this event id (Last-Event-ID takes precedence)"),
+            openapi_parameter("Last-Event-ID", "header", "Sent by EventSource when it reconnects"),
         ],
         "responses": {
             "200": {
@@ -101,21 +105,21 @@ def openapi_operation() -> dict[str, Any]:
                 },
             },
             "204": {"description": "The client's last event (Last-Event-ID) was terminal: nothing more will come."},
-            "401": _error(
+            "401": openapi_error(
                 401,
                 MISSING_TOKEN,
                 "Unauthorized",
                 f"No token: '{MISSING_TOKEN}'; failed verification: '{INVALID_TOKEN}'.",
             ),
-            "403": _error(403, "Insufficient scope", "Forbidden"),
-            "404": _error(
+            "403": openapi_error(403, "Insufficient scope", "Forbidden"),
+            "404": openapi_error(
                 404,
                 "Session abc not found",
                 "Not Found",
                 "Unknown session, or one the token's tenant or session claim does not cover.",
             ),
-            "429": _error(429, "Too many open streams for this session", "Too Many Requests"),
-            "503": _error(
+            "429": openapi_error(429, "Too many open streams for this session", "Too Many Requests"),
+            "503": openapi_error(
                 503,
                 "Session state is still loading",
                 "Service Unavailable",

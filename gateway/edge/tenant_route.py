@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.edge.errors import INVALID_TOKEN, MISSING_TOKEN
+from gateway.edge.route import openapi_error
 
 TENANT_PATH = "/tenant/events"
 _TENANT_PATH = TENANT_PATH.encode("ascii")
@@ -22,13 +23,6 @@ def match_tenant(raw_path: bytes, root_path: str = "") -> bool:
         return True
     prefix = root_path.rstrip("/").encode("latin-1")
     return bool(prefix) and raw_path == prefix + _TENANT_PATH
-
-
-def _error(status: int, message: str, error: str, description: str = "") -> dict[str, Any]:
-    return {
-        "description": description or message,
-        "content": {"application/json": {"example": {"statusCode": status, "message": message, "error": error}}},
-    }
 
 
 def _query(name: str, description: str) -> dict[str, Any]:
@@ -74,22 +68,22 @@ def openapi_operation() -> dict[str, Any]:
                     }
                 },
             },
-            "400": _error(400, "Unknown status in status; expected some of: active, ...", "Bad Request"),
-            "401": _error(
+            "400": openapi_error(400, "Unknown status in status; expected some of: active, ...", "Bad Request"),
+            "401": openapi_error(
                 401,
                 MISSING_TOKEN,
                 "Unauthorized",
                 f"No token: '{MISSING_TOKEN}'; failed verification: '{INVALID_TOKEN}'.",
             ),
-            "403": _error(
+            "403": openapi_error(
                 403,
                 INSUFFICIENT_SCOPE,
                 "Forbidden",
                 f"Without the scope or role: '{INSUFFICIENT_SCOPE}'; a token without a tenant: '{NO_TENANT}'.",
             ),
-            "404": _error(404, "Not Found", "Not Found", "The tenant stream is not enabled on this gateway."),
-            "429": _error(429, "Too many open tenant streams for this tenant", "Too Many Requests"),
-            "503": _error(
+            "404": openapi_error(404, "Not Found", "Not Found", "The tenant stream is not enabled on this gateway."),
+            "429": openapi_error(429, "Too many open tenant streams for this tenant", "Too Many Requests"),
+            "503": openapi_error(
                 503,
                 "Session state is still loading",
                 "Service Unavailable",

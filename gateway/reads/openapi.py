@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.edge.errors import INVALID_TOKEN, MISSING_TOKEN
-from gateway.edge.route import MAX_SESSION_ID_LENGTH
+from gateway.edge.route import MAX_SESSION_ID_LENGTH, openapi_error, openapi_parameter
 
 _HEADERS = {
     "ETag": {
@@ -18,23 +18,6 @@ _HEADERS = {
     },
     "Cache-Control": {"description": "`no-store`", "schema": {"type": "string"}},
 }
-
-
-def _parameter(name: str, where: str, description: str, **schema: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": where,
-        "required": where == "path",
-        "description": description,
-        "schema": {"type": "string", **schema},
-    }
-
-
-def _error(status: int, message: str, error: str, description: str = "") -> dict[str, Any]:
-    return {
-        "description": description or message,
-        "content": {"application/json": {"example": {"statusCode": status, "message": message, "error": error}}},
-    }
 
 
 def status_operation() -> dict[str, Any]:
@@ -53,16 +36,16 @@ def status_operation() -> dict[str, Any]:
             "connection. `HEAD` answers the same head without the body."
         ),
         "parameters": [
-            _parameter("id", "path", "Session ID (percent-encoded)", maxLength=MAX_SESSION_ID_LENGTH),
-            _parameter("token", "query", "JWT access token for authentication"),
-            _parameter("access_token", "query", "Alternative name for the token parameter"),
-            _parameter(
+            openapi_parameter("id", "path", "Session ID (percent-encoded)", maxLength=MAX_SESSION_ID_LENGTH),
+            openapi_parameter("token", "query", "JWT access token for authentication"),
+            openapi_parameter("access_token", "query", "Alternative name for the token parameter"),
+            openapi_parameter(
                 "wait",
                 "query",
                 "Seconds to wait for the session or (with If-None-Match) for a change",
                 pattern=r"^\d{1,9}(\.\d{1,9})?$",
             ),
-            _parameter("If-None-Match", "header", "ETag(s) the client holds; `*` matches any state"),
+            openapi_parameter("If-None-Match", "header", "ETag(s) the client holds; `*` matches any state"),
         ],
         "responses": {
             "200": {
@@ -90,22 +73,24 @@ def status_operation() -> dict[str, Any]:
                 "description": "If-None-Match names the current state (after `wait`: it did not change).",
                 "headers": _HEADERS,
             },
-            "400": _error(400, "wait must be a number of seconds", "Bad Request"),
-            "401": _error(
+            "400": openapi_error(400, "wait must be a number of seconds", "Bad Request"),
+            "401": openapi_error(
                 401,
                 MISSING_TOKEN,
                 "Unauthorized",
                 f"No token: '{MISSING_TOKEN}'; failed verification: '{INVALID_TOKEN}'.",
             ),
-            "403": _error(403, "Insufficient scope", "Forbidden"),
-            "404": _error(
+            "403": openapi_error(403, "Insufficient scope", "Forbidden"),
+            "404": openapi_error(
                 404,
                 "Session abc not found",
                 "Not Found",
                 "Unknown session, or one the token's tenant or session claim does not cover.",
             ),
-            "429": _error(429, "Too many requests waiting from this address", "Too Many Requests", "A waiting limit."),
-            "503": _error(
+            "429": openapi_error(
+                429, "Too many requests waiting from this address", "Too Many Requests", "A waiting limit."
+            ),
+            "503": openapi_error(
                 503,
                 "Session state is still loading",
                 "Service Unavailable",

@@ -340,3 +340,18 @@ async def test_installed_image_serves_a_stream_unprivileged_on_a_read_only_root(
     logs = log.read_text(errors="replace")
     assert process.returncode == 0, logs[-4000:]
     assert "Read-only file system" not in logs and "Permission denied" not in logs, logs[-4000:]
+
+
+def test_every_package_is_in_the_distribution() -> None:
+    """pyproject.toml lists the packages explicitly; a package missing there is missing from the image and
+    every installed copy (the source checkout would still work, so only this catches it early)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(root).parts)
+        for top in ("gateway", "consumers", "schemas")
+        for init in (root / top).rglob("__init__.py")
+    }
+    assert found - listed == set(), f"add to [tool.setuptools] packages: {sorted(found - listed)}"

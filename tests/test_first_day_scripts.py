@@ -142,8 +142,8 @@ def test_make_run_with_cached_jars_starts_without_the_download_note_and_its_watc
     stderr_path = tmp_path / "run.stderr"
     with stderr_path.open("w") as stderr:
         process = subprocess.Popen(
-            ["bash", str(RUN_SH)], env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=REPO,
-            start_new_session=True,
+            [*INTERRUPTIBLE, "bash", str(RUN_SH)], env=env, stdout=subprocess.PIPE, stderr=stderr, text=True,
+            cwd=REPO, start_new_session=True,
         )  # fmt: skip
         try:
             banner = read_banner(process, 240, stderr_path)
@@ -181,6 +181,15 @@ def test_make_run_with_cached_jars_starts_without_the_download_note_and_its_watc
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
     assert "[run] stopped" in stderr_path.read_text()
+
+
+# As from a terminal: Ctrl-C's signal not ignored. (A test runner's worker may ignore SIGINT, and a shell started
+# with a signal ignored cannot trap it, so run.sh would never see the Ctrl-C the test sends.)
+INTERRUPTIBLE = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])",
+]
 
 
 def read_banner(process: subprocess.Popen[str], timeout: float, stderr_path: Path) -> list[str]:

@@ -60,7 +60,7 @@ def test_a_wrong_list_is_one_clear_line_with_an_example(
     monkeypatch.setenv("GATEWAY_JWT_ISSUERS", value)
     lines = settings_problems()
     assert len(lines) == 1, lines
-    assert lines[0].startswith("GATEWAY_JWT_ISSUERS=") and fragment in lines[0], lines[0]
+    assert lines[0].startswith("invalid setting GATEWAY_JWT_ISSUERS=") and fragment in lines[0], lines[0]
     assert '(e.g. [{"issuer": ' in lines[0]
 
 

@@ -108,23 +108,31 @@ async def open_streams(
     return reads
 
 
-async def test_two_workers_serve_streams_and_drain_on_sigterm(
-    kafka_bootstrap: str, jwks: JwksServer, tmp_path: Path
-) -> None:
-    topic = unique_topic("workers")
+async def active_sessions_on_two_workers(
+    kafka_bootstrap: str, jwks: JwksServer, tmp_path: Path, instance: str
+) -> tuple[str, list[str], GatewayProcess, str]:
+    """A topic with STREAMS active sessions, a two-worker gateway for it (not started yet; workers log as
+    ``<instance>-w<i>``) and a token that may open all of them."""
+    topic = unique_topic(instance)
     await create_topic(kafka_bootstrap, topic, partitions=3)
-    sessions = [new_session(f"w{i}") for i in range(STREAMS)]
+    sessions = [new_session(f"{instance}-{i}") for i in range(STREAMS)]
     await produce(kafka_bootstrap, topic, [(s.encode(), event_bytes(s, TENANT, "active")) for s in sessions])
     gateway = two_workers(
         kafka_bootstrap,
         topic,
         jwks,
         tmp_path / "workers.log",
-        GATEWAY_INSTANCE_ID="wtest",
+        GATEWAY_INSTANCE_ID=instance,
         GATEWAY_DRAIN_SECONDS=str(DRAIN),
         GATEWAY_MAX_CONNECTIONS_PER_SUBJECT="1000",
     )
-    token = mint(jwks.keys[0])
+    return topic, sessions, gateway, mint(jwks.keys[0])
+
+
+async def test_two_workers_serve_streams_and_drain_on_sigterm(
+    kafka_bootstrap: str, jwks: JwksServer, tmp_path: Path
+) -> None:
+    _, sessions, gateway, token = await active_sessions_on_two_workers(kafka_bootstrap, jwks, tmp_path, "wtest")
     gateway.start()
     try:
         workers = await ready_workers(gateway)
@@ -175,21 +183,8 @@ async def test_one_scrape_shows_the_whole_pod_whichever_worker_answers(
 ) -> None:
     """With two workers, every scrape of /metrics (whichever worker the kernel hands it to) holds what both
     served: streams opened and ended, events delivered, streams open now; each worker's share is read from
-    its own log lines, and both must have served some."""
-    topic = unique_topic("workers-metrics")
-    await create_topic(kafka_bootstrap, topic, partitions=3)
-    sessions = [new_session(f"m{i}") for i in range(STREAMS)]
-    await produce(kafka_bootstrap, topic, [(s.encode(), event_bytes(s, TENANT, "active")) for s in sessions])
-    gateway = two_workers(
-        kafka_bootstrap,
-        topic,
-        jwks,
-        tmp_path / "workers.log",
-        GATEWAY_INSTANCE_ID="mtest",
-        GATEWAY_DRAIN_SECONDS=str(DRAIN),
-        GATEWAY_MAX_CONNECTIONS_PER_SUBJECT="1000",
-    )
-    token = mint(jwks.keys[0])
+    its own access lines, and both must have served some."""
+    topic, sessions, gateway, token = await active_sessions_on_two_workers(kafka_bootstrap, jwks, tmp_path, "mtest")
     gateway.start()
     try:
         await ready_workers(gateway)

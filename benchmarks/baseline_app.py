@@ -112,8 +112,8 @@ def _message(event: SessionStatusEvent, position: str) -> dict[str, str]:
     }
 
 
-@app.get("/session/{session_id}/events")
-async def session_events(session_id: str, token: str | None = Query(None)) -> EventSourceResponse:
+def _visible(session_id: str, token: str | None) -> tuple[SessionStatusEvent, str]:
+    """The session's latest event and position, after the checks every request makes (its JWT verified anew)."""
     if not state["ready"]:
         raise HTTPException(503, "Session state is still loading")
     if not token:
@@ -126,6 +126,12 @@ async def session_events(session_id: str, token: str | None = Query(None)) -> Ev
     current = sessions.get(session_id)
     if current is None or current[0].tenantId != decoded.claims.get("tenant_id"):
         raise HTTPException(404, f"Session {session_id} not found")
+    return current
+
+
+@app.get("/session/{session_id}/events")
+async def session_events(session_id: str, token: str | None = Query(None)) -> EventSourceResponse:
+    _visible(session_id, token)
 
     queue: asyncio.Queue[tuple[SessionStatusEvent, str]] = asyncio.Queue()
     subscribers.setdefault(session_id, set()).add(queue)
@@ -154,19 +160,7 @@ async def session_events(session_id: str, token: str | None = Query(None)) -> Ev
 @app.get("/session/{session_id}")
 async def session_status(session_id: str, request: Request, token: str | None = Query(None)) -> Response:
     """The status read (benchmark 7): the same checks, then the latest event's data with an ETag."""
-    if not state["ready"]:
-        raise HTTPException(503, "Session state is still loading")
-    if not token:
-        raise HTTPException(401, "Authentication required")
-    try:
-        decoded = jwt.decode(token, state["keys"], algorithms=["RS256"])
-        claims_registry.validate(decoded.claims)
-    except (JoseError, ValueError) as error:
-        raise HTTPException(401, "Invalid or expired token") from error
-    current = sessions.get(session_id)
-    if current is None or current[0].tenantId != decoded.claims.get("tenant_id"):
-        raise HTTPException(404, f"Session {session_id} not found")
-    event, position = current
+    event, position = _visible(session_id, token)
     headers = {"etag": f'"{position}"', "cache-control": "no-store"}
     if request.headers.get("if-none-match") == headers["etag"]:
         return Response(status_code=304, headers=headers)

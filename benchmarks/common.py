@@ -431,7 +431,9 @@ async def topic_offsets(bootstrap: str, name: str) -> tuple[dict[int, int], dict
     try:
         partitions = sorted(consumer.partitions_for_topic(name) or ())
         if not partitions:
-            await consumer._client.force_metadata_update()
+            from consumers.aiokafka_seam.metadata import refresh_topics
+
+            await refresh_topics(consumer, [name])
             partitions = sorted(consumer.partitions_for_topic(name) or ())
         tps = [TopicPartition(name, p) for p in partitions]
         begins = await consumer.beginning_offsets(tps) if tps else {}

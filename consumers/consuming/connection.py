@@ -50,7 +50,7 @@ class Connection:
         self.settings = settings
         self.progress = progress
         self.topics = topics
-        self._client: AIOKafkaConsumer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
         self.partitions: set[int] = set()  # global partition numbers (consumers.partitions)
         self.gained: set[int] = set()  # found by the probe, assigned by the consume loop between fetches
         self.connected = asyncio.Event()
@@ -59,7 +59,7 @@ class Connection:
 
     @property
     def client(self) -> AIOKafkaConsumer:
-        client = self._client
+        client = self._consumer
         assert client is not None, "not connected"
         return client
 
@@ -99,7 +99,7 @@ class Connection:
             max_partition_fetch_bytes=min(settings.kafka_max_fetch_bytes, 8 * 1024 * 1024),
             **settings.kafka_client_options(),
         )
-        self._client = consumer
+        self._consumer = consumer
         await consumer.start()
         partitions = await self.partitions_on_broker()
         tps = [self.topics.tp(partition) for partition in sorted(partitions)]
@@ -183,7 +183,7 @@ class Connection:
 
     async def close(self) -> None:
         self.connected.clear()
-        if self._client is not None:
+        if self._consumer is not None:
             with contextlib.suppress(Exception):
-                await self._client.stop()
-            self._client = None
+                await self._consumer.stop()
+            self._consumer = None

@@ -70,6 +70,25 @@ def openapi_error(status: int, message: str, error: str, description: str = "") 
     }
 
 
+def session_errors() -> dict[str, Any]:
+    """The 401, 403 and 404 answers every route of one session shares (the stream, the status read)."""
+    return {
+        "401": openapi_error(
+            401,
+            MISSING_TOKEN,
+            "Unauthorized",
+            f"No token: '{MISSING_TOKEN}'; failed verification: '{INVALID_TOKEN}'.",
+        ),
+        "403": openapi_error(403, "Insufficient scope", "Forbidden"),
+        "404": openapi_error(
+            404,
+            "Session abc not found",
+            "Not Found",
+            "Unknown session, or one the token's tenant or session claim does not cover.",
+        ),
+    }
+
+
 def openapi_operation() -> dict[str, Any]:
     """The route's OpenAPI 3.1 operation object."""
     return {
@@ -105,19 +124,7 @@ def openapi_operation() -> dict[str, Any]:
                 },
             },
             "204": {"description": "The client's last event (Last-Event-ID) was terminal: nothing more will come."},
-            "401": openapi_error(
-                401,
-                MISSING_TOKEN,
-                "Unauthorized",
-                f"No token: '{MISSING_TOKEN}'; failed verification: '{INVALID_TOKEN}'.",
-            ),
-            "403": openapi_error(403, "Insufficient scope", "Forbidden"),
-            "404": openapi_error(
-                404,
-                "Session abc not found",
-                "Not Found",
-                "Unknown session, or one the token's tenant or session claim does not cover.",
-            ),
+            **session_errors(),
             "429": openapi_error(429, "Too many open streams for this session", "Too Many Requests"),
             "503": openapi_error(
                 503,

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.edge.errors import INVALID_TOKEN, MISSING_TOKEN
-from gateway.edge.route import MAX_SESSION_ID_LENGTH, openapi_error, openapi_parameter
+from gateway.edge.route import MAX_SESSION_ID_LENGTH, openapi_error, openapi_parameter, session_errors
 
 _HEADERS = {
     "ETag": {
@@ -74,19 +73,7 @@ def status_operation() -> dict[str, Any]:
                 "headers": _HEADERS,
             },
             "400": openapi_error(400, "wait must be a number of seconds", "Bad Request"),
-            "401": openapi_error(
-                401,
-                MISSING_TOKEN,
-                "Unauthorized",
-                f"No token: '{MISSING_TOKEN}'; failed verification: '{INVALID_TOKEN}'.",
-            ),
-            "403": openapi_error(403, "Insufficient scope", "Forbidden"),
-            "404": openapi_error(
-                404,
-                "Session abc not found",
-                "Not Found",
-                "Unknown session, or one the token's tenant or session claim does not cover.",
-            ),
+            **session_errors(),
             "429": openapi_error(
                 429, "Too many requests waiting from this address", "Too Many Requests", "A waiting limit."
             ),

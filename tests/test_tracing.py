@@ -383,3 +383,72 @@ def test_an_untested_sdk_version_is_named_at_start(
     with caplog.at_level(logging.WARNING, "gateway.tracing"):
         otel._check_version()
     assert caplog.text == ""
+
+
+# --- the quick drop of an unsampled parent agrees with the full reading ------------------------------------
+
+_PARENT_BASED = plan_from({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"})
+
+
+def _header_cases() -> list[list[tuple[str, bytes | None]]]:
+    unsampled, sampled = f"00-{TRACE}-{PARENT}-00".encode(), PARENT_HEADER
+    values: list[bytes | None] = [
+        unsampled,
+        sampled,
+        f"00-{TRACE}-{PARENT}-02".encode(),
+        f"00-{TRACE}-{PARENT}-0e".encode(),
+        f"00-{TRACE}-{PARENT}-0f".encode(),
+        f"00-{TRACE.upper()}-{PARENT}-00".encode(),
+        f"00-{'0' * 32}-{PARENT}-00".encode(),
+        f"00-{TRACE}-{'0' * 16}-00".encode(),
+        f"01-{TRACE}-{PARENT}-00".encode(),
+        f"ff-{TRACE}-{PARENT}-00".encode(),
+        f" 00-{TRACE}-{PARENT}-00".encode(),
+        f"00-{TRACE}-{PARENT}-00 ".encode(),
+        f"00-{TRACE}-{PARENT}-0g".encode(),
+        f"00-{TRACE}-{PARENT}-00-x".encode(),
+        f"00_{TRACE}_{PARENT}_00".encode(),
+        f"00-{TRACE}-{PARENT}-00\n".encode(),
+        ("00-" + "é" * 16 + f"-{PARENT}-00").encode(),  # 55 characters, not 55 bytes
+        ("00-" + TRACE[:31] + "é" + f"-{PARENT}-00").encode("latin-1"),  # 55 bytes, not ASCII
+        b"",
+        None,
+        b"\x00" * 55,
+        b"00-" + b"a" * 10_000,
+    ]
+    names = ["traceparent", "TraceParent", "TRACEPARENT", "ce_traceparent", "tracestate", "traceparenx", "x"]
+    cases: list[list[tuple[str, bytes | None]]] = [[]]
+    rng = random.Random(20261207)
+    for value in values:
+        cases.append([("traceparent", value)])
+        cases.append([("content-type", b"application/json"), ("traceparent", value)])
+        cases.append([("traceparent", value), ("traceparent", unsampled)])
+        cases.append([("traceparent", value), ("traceparent", sampled)])
+        cases.append([("TraceParent", value), ("traceparent", unsampled)])
+        cases.append([("ce_traceparent", value), ("traceparent", unsampled)])
+        cases.append([("traceparent", unsampled), ("ce_traceparent", value)])
+    for _ in range(3000):  # random headers from the same parts, in random order
+        cases.append([(rng.choice(names), rng.choice(values)) for _ in range(rng.randint(1, 4))])
+    return cases
+
+
+def test_the_quick_drop_of_an_unsampled_parent_never_disagrees_with_the_full_reading() -> None:
+    quick_drops = 0
+    for headers in _header_cases():
+        full = decide(_PARENT_BASED, record_carrier(headers, None, 1000), draw=lambda: 0.5)  # a draw that keeps none
+        if sampling.unsampled_parent(headers):
+            quick_drops += 1
+            assert full == DROP, headers
+    assert quick_drops >= 100  # the quick path is taken for the common case, not only never wrong
+
+
+def test_tracing_drops_an_unsampled_parent_and_keeps_a_sampled_one(exported: InMemorySpanExporter) -> None:
+    traced = tracing(exported, "parentbased_traceidratio", "0.01")
+    unsampled = [("traceparent", f"00-{TRACE}-{PARENT}-00".encode())]
+    assert traced.record_sampling(unsampled, None, 1000) is None
+    kept = traced.record_sampling([("traceparent", PARENT_HEADER)], None, 1000)
+    assert kept is not None and kept[1] == {"traceparent": PARENT_HEADER.decode()}
+    # Another spelling first: the full reading decides (here: that header's sampled parent is followed).
+    first = [("TraceParent", PARENT_HEADER), ("traceparent", f"00-{TRACE}-{PARENT}-00".encode())]
+    assert traced.record_sampling(first, None, 1000) is not None
+    assert exported.get_finished_spans() == ()

@@ -29,7 +29,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from consumers.records import StatusUpdate
 from consumers.tracing import PROTOCOLS, TENANT_ATTRIBUTE, configuration_problem
 from consumers.tracing.carrier import Headers, record_carrier
-from consumers.tracing.sampling import DROP, ROOT, SamplingPlan, decide, plan_from
+from consumers.tracing.sampling import DROP, ROOT, SamplingPlan, decide, plan_from, unsampled_parent
 
 log = logging.getLogger("gateway.tracing")
 
@@ -128,6 +128,8 @@ class Tracing:
         processors = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]
         processors.add_span_processor(processor)
         self.plan = plan
+        # A standard parent-based sampler: a producer's unsampled context is dropped before any reading.
+        self._follows_parents = plan.parent_based and plan.root_ratio is not None
         self.endpoint = self.protocol = ""  # where spans go (from_environment), for the start-up line
         self.provider = TracerProvider(
             sampler=_sdk_sampler(plan), resource=resource, active_span_processor=processors, shutdown_on_exit=False
@@ -164,20 +166,29 @@ class Tracing:
         """Exports what is queued and stops the exporter (blocking: call it from a thread)."""
         self.provider.shutdown()
 
-    def _start(self, name: str, kind: SpanKind, carrier: Mapping[str, str] | None, decision: str = "") -> Span | None:
+    def _start(
+        self,
+        name: str,
+        kind: SpanKind,
+        carrier: Mapping[str, str] | None,
+        decision: str = "",
+        attributes: dict[str, str | int] | None = None,
+    ) -> Span | None:
         """A started, recording span, or None when it is not sampled (``sampling.decide`` first)."""
         decision = decision or decide(self.plan, carrier)
         if decision == DROP:
             return None
         if decision == ROOT:
-            return self._roots.start_span(name, Context(), kind)
+            return self._roots.start_span(name, Context(), kind, attributes)
         parent = None if carrier is None else self._propagator.extract(carrier)
-        span = self._tracer.start_span(name, parent, kind)
+        span = self._tracer.start_span(name, parent, kind, attributes)
         return span if span.is_recording() else None
 
     # A record ----------------------------------------------------------------------------------
     def record_sampling(self, headers: Headers, value: bytes | None, max_bytes: int) -> RecordSampling | None:
         """Whether a record may be traced (None: dropped, nothing more to do); no span exists yet."""
+        if self._follows_parents and unsampled_parent(headers):
+            return None  # the producer did not sample it, and a parent-based sampler follows that
         carrier = record_carrier(headers, value, max_bytes) if headers else None
         decision = decide(self.plan, carrier)
         return None if decision == DROP else (decision, carrier)
@@ -185,13 +196,14 @@ class Tracing:
     def record_span(self, sampling: RecordSampling, topic: str, partition: int, offset: int) -> Span | None:
         """The started span for applying one record, or None when the SDK's sampler dropped it after all."""
         decision, carrier = sampling
-        span = self._start(APPLY_SPAN, SpanKind.CONSUMER, carrier, decision)
-        if span is None:
-            return None
-        span.set_attributes(
-            {A_SYSTEM: "kafka", A_OPERATION: "process", A_TOPIC: topic, A_PARTITION: str(partition), A_OFFSET: offset}
-        )
-        return span
+        attributes: dict[str, str | int] = {
+            A_SYSTEM: "kafka",
+            A_OPERATION: "process",
+            A_TOPIC: topic,
+            A_PARTITION: str(partition),
+            A_OFFSET: offset,
+        }
+        return self._start(APPLY_SPAN, SpanKind.CONSUMER, carrier, decision, attributes)
 
     @staticmethod
     def current(span: Span) -> AbstractContextManager[Span]:
@@ -207,20 +219,23 @@ class Tracing:
         delivered: int,
         record_timestamp_ms: int,
     ) -> None:
-        """Ends a record's span: its outcome (and reason), session (hashed), tenant, and its deliveries."""
-        span.set_attribute(A_OUTCOME, outcome)
+        """Ends a record's span: its outcome (and reason), session (hashed), tenant, and its deliveries.
+
+        One ``set_attributes`` call: each attribute set alone takes the span's lock and checks it again.
+        """
+        attributes: dict[str, str | int | float] = {A_OUTCOME: outcome, A_DELIVERED: delivered}
         if reason:
-            span.set_attribute(A_REASON, reason)
+            attributes[A_REASON] = reason
         if isinstance(update, StatusUpdate):
-            span.set_attribute(A_SESSION, session_hash(update.session_id))
-            span.set_attribute(A_TENANT, update.tenant_id)
+            attributes[A_SESSION] = session_hash(update.session_id)
+            attributes[A_TENANT] = update.tenant_id
         elif update is not None:  # a tombstone's session id
-            span.set_attribute(A_SESSION, session_hash(update))
-        span.set_attribute(A_DELIVERED, delivered)
+            attributes[A_SESSION] = session_hash(update)
         if delivered:
             now_ms = time.time() * 1000
-            span.set_attribute(A_LAST_DELIVERY, int(now_ms))
-            span.set_attribute(A_DELIVERY_DELAY, max(0.0, now_ms - record_timestamp_ms))
+            attributes[A_LAST_DELIVERY] = int(now_ms)
+            attributes[A_DELIVERY_DELAY] = max(0.0, now_ms - record_timestamp_ms)
+        span.set_attributes(attributes)
         span.end()
 
     # A stream admission ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 DROP, ROOT, PARENT, SDK = "drop", "root", "parent", "sdk"
@@ -34,6 +34,11 @@ _TRACEPARENT = re.compile(
     r"\s*(?!ff)(?P<version>[0-9a-f]{2})-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-(?P<flags>[0-9a-f]{2})(?P<rest>-.*)?\s*",
     re.ASCII,
 )
+
+
+# The one spelling producers write, version 00, exactly 55 bytes: what ``unsampled_parent`` settles alone.
+_TRACEPARENT_V00 = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+_EVEN_HEX = frozenset(b"02468ace")  # the last digit of the flags: even, the sampled bit is off
 
 
 class SamplingPlan(NamedTuple):
@@ -70,6 +75,28 @@ def parent_sampled(traceparent: str) -> bool | None:
     if match is None or (match.group("version") == "00" and match.group("rest") is not None):
         return None
     return bool(int(match.group("flags"), 16) & 1)
+
+
+def unsampled_parent(headers: Sequence[tuple[str, bytes | None]]) -> bool:
+    """True when the record's trace context is certainly a valid parent with the sampled flag off.
+
+    The common case of a parent-based sampler, settled without building a carrier: the first header
+    spelled exactly ``traceparent`` is a version-00 context whose flags are even. Anything else (no
+    such header, another spelling before it, a context this does not recognise) answers False and is
+    left to ``carrier.record_carrier`` and ``decide``, which agree with this wherever it answers True
+    (tests/test_tracing.py compares them).
+    """
+    for name, raw in headers:
+        if name == "traceparent":
+            return (
+                raw is not None
+                and len(raw) == 55
+                and raw[54] in _EVEN_HEX
+                and _TRACEPARENT_V00.fullmatch(raw) is not None
+            )
+        if len(name) == 11 and name.lower() == "traceparent":
+            return False  # another spelling comes first: the full reading decides
+    return False
 
 
 def decide(plan: SamplingPlan, carrier: Mapping[str, str] | None, draw: Callable[[], float] | None = None) -> str:

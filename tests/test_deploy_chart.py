@@ -519,6 +519,7 @@ def test_records_dead_letters_and_root_path_are_values(
                 "records": {"cloudeventsTypes": ["eu.wallet.session.status"], "mapping": {"json": MAPPING}},
                 "deadLetter": {"topic": "session-status.dlq", "writer": False},
                 "rootPath": "/gateway",
+                "store": {"evictionInterval": 2.5},
             }
         )
     )
@@ -556,6 +557,7 @@ def test_records_dead_letters_and_root_path_are_values(
         ["eu.wallet.session.status"],
     )
     assert gateway.root_path == "/gateway"
+    assert consumer.store_eviction_interval == 2.5
 
     # An existing ConfigMap instead: its name and key, and no ConfigMap of the chart's own.
     existing = render(
@@ -584,6 +586,8 @@ def test_records_dead_letters_and_root_path_are_values(
         ("deadLetter.topic=bad topic", "/deadLetter/topic"),
         ("rootPath=gateway", "/rootPath"),
         ("deadLetter.writer=maybe", "/deadLetter/writer"),
+        ("store.evictionInterval=0", "/store/evictionInterval"),
+        ("store.evictionInterval=soon", "/store/evictionInterval"),
     ],
 )
 def test_values_schema_rejects_bad_record_values(helm: Path, assignment: str, message: str) -> None:

@@ -183,6 +183,7 @@ ConfigMap. Secrets and the downward-API instance id are rendered in the Deployme
   (list "GATEWAY_SESSION_TTL" $v.store.sessionTtl)
   (list "GATEWAY_MAX_SESSIONS" $v.store.maxSessions)
   (list "GATEWAY_MAX_RECORD_BYTES" $v.store.maxRecordBytes)
+  (list "GATEWAY_STORE_EVICTION_INTERVAL" $v.store.evictionInterval)
   (list "GATEWAY_MAX_CONNECTIONS" $v.limits.maxConnections)
   (list "GATEWAY_MAX_CONNECTIONS_PER_SUBJECT" $v.limits.maxConnectionsPerSubject)
   (list "GATEWAY_MAX_CONNECTIONS_PER_SESSION" $v.limits.maxConnectionsPerSession)

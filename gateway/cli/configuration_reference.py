@@ -25,7 +25,7 @@ PREFIX = "GATEWAY_"
 PREAMBLE = """# Configuration
 
 The reference of every setting: each `GATEWAY_*` variable with its default and meaning (one table
-row per setting). Generated from the settings classes (`gateway/settings.py`, `consumers/settings.py`; one
+row per setting). Generated from the settings classes (`gateway/settings/`, `consumers/settings.py`; one
 section per class) by `make docs`; edit those, not this file.
 
 Every setting comes from an environment variable with the prefix `GATEWAY_` (pydantic-settings).

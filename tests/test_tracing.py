@@ -432,23 +432,37 @@ def _header_cases() -> list[list[tuple[str, bytes | None]]]:
     return cases
 
 
-def test_the_quick_drop_of_an_unsampled_parent_never_disagrees_with_the_full_reading() -> None:
-    quick_drops = 0
-    for headers in _header_cases():
-        full = decide(_PARENT_BASED, record_carrier(headers, None, 1000), draw=lambda: 0.5)  # a draw that keeps none
-        if sampling.unsampled_parent(headers):
-            quick_drops += 1
-            assert full == DROP, headers
-    assert quick_drops >= 100  # the quick path is taken for the common case, not only never wrong
-
-
-def test_tracing_drops_an_unsampled_parent_and_keeps_a_sampled_one(exported: InMemorySpanExporter) -> None:
+@pytest.mark.parametrize("drawn", [0.0, 0.0099, 0.01, 0.5, 0.999])
+def test_the_quick_drop_never_disagrees_with_the_full_reading(exported: InMemorySpanExporter, drawn: float) -> None:
+    """Per record and for the same draw, ``kept_records`` keeps what ``record_carrier`` + ``decide`` keep."""
     traced = tracing(exported, "parentbased_traceidratio", "0.01")
-    unsampled = [("traceparent", f"00-{TRACE}-{PARENT}-00".encode())]
-    assert traced.record_sampling(unsampled, None, 1000) is None
-    kept = traced.record_sampling([("traceparent", PARENT_HEADER)], None, 1000)
-    assert kept is not None and kept[1] == {"traceparent": PARENT_HEADER.decode()}
+    cases = _header_cases()
+    records = [record(b"s", b"{}", index, headers=headers) for index, headers in enumerate(cases)]  # type: ignore[arg-type]
+    kept = dict(traced.kept_records(records, 1000, draw=lambda: drawn))
+    shortcuts = 0
+    for index, headers in enumerate(cases):
+        full = decide(_PARENT_BASED, record_carrier(headers, None, 1000) if headers else None, draw=lambda: drawn)
+        assert (index in kept) is (full != DROP), headers
+        if index in kept:
+            assert kept[index][0] == full, headers
+        shortcuts += bool(headers) and sampling.unsampled_shape(headers)
+    assert shortcuts >= 100  # the shortcut is taken for the common case, not only never wrong
+
+
+def test_tracing_drops_an_unsampled_parent_keeps_a_sampled_one_and_a_malformed_one_at_the_ratio(
+    exported: InMemorySpanExporter,
+) -> None:
+    traced = tracing(exported, "parentbased_traceidratio", "0.01")
+    unsampled = f"00-{TRACE}-{PARENT}-00".encode()
+    malformed = f"00-{TRACE.upper()}-{PARENT}-00".encode()  # the shape of an unsampled one, not valid
+    records = [
+        record(b"s", b"{}", index, headers=[("traceparent", value)])
+        for index, value in enumerate([unsampled, PARENT_HEADER, malformed])
+    ]
+    assert [index for index, _ in traced.kept_records(records, 1000, draw=lambda: 0.5)] == [1]
+    kept = traced.kept_records(records, 1000, draw=lambda: 0.001)
+    assert [(index, decision) for index, (decision, _) in kept] == [(1, "parent"), (2, "root")]
     # Another spelling first: the full reading decides (here: that header's sampled parent is followed).
-    first = [("TraceParent", PARENT_HEADER), ("traceparent", f"00-{TRACE}-{PARENT}-00".encode())]
+    first = [("TraceParent", PARENT_HEADER), ("traceparent", unsampled)]
     assert traced.record_sampling(first, None, 1000) is not None
     assert exported.get_finished_spans() == ()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import time
 import traceback
 from collections import Counter as Tally
@@ -27,12 +26,10 @@ from consumers.progress import PartitionProgress
 from consumers.records import Decoded, Rejected, Skipped, StatusUpdate, Tombstone, decode_record
 from consumers.settings import RecordSettings
 from consumers.store import Outcome, SessionStore
-from consumers.tracing.sampling import ROOT
 
 if TYPE_CHECKING:
-    from consumers.tracing.otel import RecordSampling, Tracing
+    from consumers.tracing.otel import Tracing
 
-ROOT_SAMPLING = (ROOT, None)  # a record the sampler keeps as a new trace (``consumers.tracing.sampling``)
 
 HANDLER_ERROR = "handler_error"  # the reject reason of a record whose handling raised
 REJECTED, IGNORED = "rejected", "ignored"  # a traced record's outcome besides the store's (with a reason)
@@ -177,19 +174,9 @@ class BatchApplier:
         records before it are applied, so it times that record only.
         """
         max_bytes = self._decoders[self._topic_index[topic]].max_value_bytes
-        ratio, draw = tracing.plan.root_ratio, random.random  # a record without headers can only start a trace
         pending = 0  # records[pending:index] are dropped by the sampler and not applied yet
-        for index, record in enumerate(records):
-            headers = record.headers
-            if not headers and ratio is not None:  # the common case, decided here: one draw
-                if draw() >= ratio:
-                    continue
-                sampling: RecordSampling = ROOT_SAMPLING
-            else:
-                found = tracing.record_sampling(headers, record.value, max_bytes)
-                if found is None:
-                    continue
-                sampling = found
+        for index, sampling in tracing.kept_records(records, max_bytes):
+            record = records[index]
             if pending < index:
                 self._apply(topic, records[pending:index])
             pending = index + 1

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -29,7 +31,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from consumers.records import StatusUpdate
 from consumers.tracing import PROTOCOLS, TENANT_ATTRIBUTE, configuration_problem
 from consumers.tracing.carrier import Headers, record_carrier
-from consumers.tracing.sampling import DROP, ROOT, SamplingPlan, decide, plan_from, unsampled_parent
+from consumers.tracing.sampling import DROP, ROOT, SamplingPlan, decide, plan_from, unsampled_shape
 
 log = logging.getLogger("gateway.tracing")
 
@@ -58,6 +60,11 @@ A_REQUEST_ID = "gateway.request_id"
 
 # A record's sampling decision (``consumers.tracing.sampling``) and its trace context, if any.
 RecordSampling = tuple[str, "Mapping[str, str] | None"]
+ROOT_SAMPLING: RecordSampling = (ROOT, None)  # a record the sampler keeps as a new trace
+
+
+def _KEEP_ROOT() -> float:
+    return 0.0
 
 
 def session_hash(session_id: str) -> str:
@@ -128,7 +135,7 @@ class Tracing:
         processors = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]
         processors.add_span_processor(processor)
         self.plan = plan
-        # A standard parent-based sampler: a producer's unsampled context is dropped before any reading.
+        # A standard parent-based sampler: a producer's unsampled context may be dropped before any reading.
         self._follows_parents = plan.parent_based and plan.root_ratio is not None
         self.endpoint = self.protocol = ""  # where spans go (from_environment), for the start-up line
         self.provider = TracerProvider(
@@ -185,12 +192,41 @@ class Tracing:
         return span if span.is_recording() else None
 
     # A record ----------------------------------------------------------------------------------
-    def record_sampling(self, headers: Headers, value: bytes | None, max_bytes: int) -> RecordSampling | None:
+    def kept_records(
+        self, records: Sequence[Any], max_bytes: int, draw: Callable[[], float] | None = None
+    ) -> list[tuple[int, RecordSampling]]:
+        """The records of a fetched batch the sampler keeps, with their decision: one call per batch.
+
+        A record without headers can only start a new trace: one draw. Under a parent-based sampler a
+        record shaped like a producer's unsampled context is dropped on a draw that would not keep a new
+        trace (``sampling.unsampled_shape``); the rest are read in full (``record_sampling``). No span
+        exists yet for any of them.
+        """
+        kept: list[tuple[int, RecordSampling]] = []
+        draw = draw or random.random
+        ratio, follows, full = self.plan.root_ratio, self._follows_parents, self.record_sampling
+        for index, record in enumerate(records):
+            headers = record.headers
+            if not headers and ratio is not None:
+                if draw() < ratio:
+                    kept.append((index, ROOT_SAMPLING))
+                continue
+            if follows and ratio is not None and unsampled_shape(headers):
+                if draw() >= ratio:
+                    continue  # dropped: a valid unsampled parent, or a new trace this draw does not keep
+                found = full(headers, record.value, max_bytes, _KEEP_ROOT)  # the draw is taken: keep if new
+            else:
+                found = full(headers, record.value, max_bytes, draw)
+            if found is not None:
+                kept.append((index, found))
+        return kept
+
+    def record_sampling(
+        self, headers: Headers, value: bytes | None, max_bytes: int, draw: Callable[[], float] | None = None
+    ) -> RecordSampling | None:
         """Whether a record may be traced (None: dropped, nothing more to do); no span exists yet."""
-        if self._follows_parents and unsampled_parent(headers):
-            return None  # the producer did not sample it, and a parent-based sampler follows that
         carrier = record_carrier(headers, value, max_bytes) if headers else None
-        decision = decide(self.plan, carrier)
+        decision = decide(self.plan, carrier, draw)
         return None if decision == DROP else (decision, carrier)
 
     def record_span(self, sampling: RecordSampling, topic: str, partition: int, offset: int) -> Span | None:

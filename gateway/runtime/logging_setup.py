@@ -63,9 +63,8 @@ _MIN_HEADER, _MIN_CLAIMS = 20, 12
 # plain JWT and the per-run pass is skipped (one linear search of a bounded pattern instead).
 _JWT_HEAD = re.compile(r"e[wy][A-Za-z0-9_-]{18}")
 # ``_SUSPECT`` and ``_BEARER`` for ASCII text without their case-insensitive scans (Unicode case folding is
-# what makes them slow; on ASCII it is ``str.lower``): a JWT head in any case, and the words to look for.
+# what makes them slow; on ASCII it is ``str.lower``): a JWT head in any case (``_suspect`` has the words).
 _JWT_HEAD_ANY_CASE = re.compile(r"[eE][wWyY][A-Za-z0-9_-]{18}")
-_SUSPECT_WORDS = ("token", "ticket", "bearer", "v1.")
 REDACTED = "[REDACTED]"
 # Ids and request targets in log lines are cut to this many characters (``log_value``), after redaction;
 # any other value interpolated into a line to ``MAX_LOGGED_ARGUMENT``. See docs/security.md#logs.
@@ -113,7 +112,13 @@ def _decodings(text: str) -> list[str]:
 
 def _redact_param(match: re.Match[str]) -> str:
     name = match.group("name")
-    if any(form.lower() in _SECRET_NAMES for form in _decodings(name)):
+    # Without a "%" the only decodings are the name and the name with "+" as spaces, which no secret name has.
+    secret = (
+        name.lower() in _SECRET_NAMES
+        if "%" not in name
+        else any(form.lower() in _SECRET_NAMES for form in _decodings(name))
+    )
+    if secret:
         return f"{match.group('lead')}{name}={REDACTED}"
     return match.group(0)
 
@@ -179,10 +184,16 @@ def _suspect(text: str) -> bool:
     verdict, ASCII case folding being ``str.lower``), else the pattern itself."""
     if not text.isascii():
         return _SUSPECT.search(text) is not None
-    if "%" in text or _JWT_HEAD_ANY_CASE.search(text):
+    if "%" in text:
         return True
     lower = text.lower()
-    return any(word in lower for word in _SUSPECT_WORDS)
+    return (
+        "token" in lower
+        or "ticket" in lower
+        or "bearer" in lower
+        or "v1." in lower
+        or _JWT_HEAD_ANY_CASE.search(text) is not None
+    )
 
 
 def redact(text: str) -> str:
@@ -221,8 +232,10 @@ def log_value(value: str) -> str:
 def _log_args(args: Any) -> Any:
     """A record's arguments with very long strings redacted, then clipped: no value makes a line huge."""
     limit = MAX_LOGGED_ARGUMENT
-    if isinstance(args, tuple) and any(isinstance(arg, str) and len(arg) > limit for arg in args):
-        return tuple(clip(redact(arg), limit) if isinstance(arg, str) else arg for arg in args)
+    if isinstance(args, tuple):
+        for arg in args:  # a loop, not any(): this runs for every record
+            if isinstance(arg, str) and len(arg) > limit:
+                return tuple(clip(redact(arg), limit) if isinstance(arg, str) else arg for arg in args)
     return args
 
 

@@ -29,16 +29,31 @@ class ClientAddresses:
     """
 
     MAX_HOPS = 32  # a chain longer than this names no client
+    MAX_PEERS = 4096  # peers whose key is kept (``peer``)
 
     def __init__(self, trusted: Sequence[str], header: str) -> None:
         networks = [ipaddress.ip_network(network, strict=False) for network in trusted]
         self._trusted4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
         self._trusted6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
         self.header = header.strip().lower()
+        # Peers seen lately and their answers: a connection costs a dict lookup, not an address parse. Bounded:
+        # emptied when full (a client choosing many source addresses only makes us parse again).
+        self._peers: dict[str, tuple[str | None, bool]] = {}
 
     def peer(self, host: str | None) -> tuple[str | None, bool]:
         """The key of a TCP peer (None when it is not an IP address) and whether it is a trusted proxy."""
-        address = _ip(host) if host else None
+        if not host:
+            return None, False
+        known = self._peers.get(host)
+        if known is None:
+            known = self._parse_peer(host)
+            if len(self._peers) >= self.MAX_PEERS:
+                self._peers.clear()
+            self._peers[host] = known
+        return known
+
+    def _parse_peer(self, host: str) -> tuple[str | None, bool]:
+        address = _ip(host)
         if address is None:
             return None, False
         return _key(address), self._is_trusted(address)

@@ -151,8 +151,7 @@ class EventsEndpoint:
             principal = await self._authenticate(request.query, headers)
             if span is not None and principal.tenant is not None:  # also on a refusal after this point
                 span.set_attribute(TENANT_ATTRIBUTE, principal.tenant)
-            query = dict(parse_qsl(request.query.decode("latin-1"), keep_blank_values=True))
-            last_seen = parse_event_id(headers.get("last-event-id") or query.get("lastEventId"))
+            last_seen = parse_event_id(headers.get("last-event-id") or _query_last_event_id(request.query))
             snapshot, ticket = await self.sessions.find(request.session_id, principal, last_seen, request.client)
         except StreamRefused as refused:
             metrics.REQUESTS_REFUSED.labels(str(refused.status)).inc()
@@ -251,6 +250,17 @@ class EventsEndpoint:
                 after,
                 extra=fields(session_hash=session_hash(session_id), reason=reason, seconds=round(after, 1)),
             )
+
+
+def _query_last_event_id(raw: bytes) -> str | None:
+    """``?lastEventId=`` (the last one, names percent-decoded, as ``parse_qsl``), or None.
+
+    Without a ``%`` a decoded name is the name as sent (``+`` only turns into a space), so a query that does
+    not hold ``lastEventId`` as such (the usual one: a long token and nothing else) is not parsed at all."""
+    text = raw.decode("latin-1")
+    if "%" not in text and "lastEventId" not in text:
+        return None
+    return dict(parse_qsl(text, keep_blank_values=True)).get("lastEventId")
 
 
 def _initial_transitions(snapshot: SessionSnapshot, last_seen: EventPosition | None) -> list[Transition]:

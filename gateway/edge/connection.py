@@ -52,6 +52,8 @@ log = logging.getLogger("gateway.edge")
 _LINGER_SECONDS = 2.0
 _MAX_TRAILING_BYTES = 64 * 1024  # what a stream's client may send after its request before it is cut
 _RETRY_LATER = [(b"retry-after", b"5")]
+_ACCESS_LINE = '%s - "%s %s HTTP/%s" %d'
+_NO_FILE, _NO_FUNCTION = "(unknown file)", "(unknown function)"  # what logging records without a caller lookup
 
 
 class EdgeProtocol(asyncio.Protocol):
@@ -512,7 +514,13 @@ class EdgeProtocol(asyncio.Protocol):
             path = log_value(target[0])
             verb = method.decode("ascii", errors="replace")
             if not reason:
-                access_log.info('%s - "%s %s HTTP/%s" %d', client, verb, path, target[1], status, extra=extra)
+                # ``access_log.info`` without its caller lookup (a walk up the stack): no format prints the line.
+                args = (client, verb, path, target[1], status)
+                access_log.handle(
+                    access_log.makeRecord(
+                        access_log.name, logging.INFO, _NO_FILE, 0, _ACCESS_LINE, args, None, _NO_FUNCTION, extra
+                    )
+                )
                 return
             self.state.events.refusal_log.log(
                 logging.INFO,

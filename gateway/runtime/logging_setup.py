@@ -62,6 +62,9 @@ _MIN_HEADER, _MIN_CLAIMS = 20, 12
 # What every header segment ``_jwt_spans`` finds starts with (case as is): without one, a text has no
 # plain JWT and the per-run pass is skipped (one linear search of a bounded pattern instead).
 _JWT_HEAD = re.compile(r"e[wy][A-Za-z0-9_-]{18}")
+# ``_SUSPECT`` and ``_BEARER`` for ASCII text without their case-insensitive scans (Unicode case folding is
+# what makes them slow; on ASCII it is ``str.lower``): a JWT head in any case (``_suspect`` has the words).
+_JWT_HEAD_ANY_CASE = re.compile(r"[eE][wWyY][A-Za-z0-9_-]{18}")
 REDACTED = "[REDACTED]"
 # Ids and request targets in log lines are cut to this many characters (``log_value``), after redaction;
 # any other value interpolated into a line to ``MAX_LOGGED_ARGUMENT``. See docs/security.md#logs.
@@ -77,7 +80,7 @@ def _field_value(value: object) -> object:
     if isinstance(value, bool | int | float) or value is None:
         return value
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    return clip(redact(text)) if len(text) > MAX_LOGGED_VALUE or _SUSPECT.search(text) else text
+    return clip(redact(text)) if len(text) > MAX_LOGGED_VALUE or _suspect(text) else text
 
 
 def record_fields(record: logging.LogRecord) -> dict[str, object]:
@@ -109,7 +112,13 @@ def _decodings(text: str) -> list[str]:
 
 def _redact_param(match: re.Match[str]) -> str:
     name = match.group("name")
-    if any(form.lower() in _SECRET_NAMES for form in _decodings(name)):
+    # Without a "%" the only decodings are the name and the name with "+" as spaces, which no secret name has.
+    secret = (
+        name.lower() in _SECRET_NAMES
+        if "%" not in name
+        else any(form.lower() in _SECRET_NAMES for form in _decodings(name))
+    )
+    if secret:
         return f"{match.group('lead')}{name}={REDACTED}"
     return match.group(0)
 
@@ -170,13 +179,39 @@ def _redact_encoded_jwt(match: re.Match[str]) -> str:
     return REDACTED if any(_has_jwt(form) or _TICKET.search(form) for form in _decodings(run)[1:]) else run
 
 
+def _suspect(text: str) -> bool:
+    """``_SUSPECT.search(text)``: on ASCII text as substring checks and one case-sensitive search (the same
+    verdict, ASCII case folding being ``str.lower``), else the pattern itself."""
+    if not text.isascii():
+        return _SUSPECT.search(text) is not None
+    if "%" in text:
+        return True
+    lower = text.lower()
+    return (
+        "token" in lower
+        or "ticket" in lower
+        or "bearer" in lower
+        or "v1." in lower
+        or _JWT_HEAD_ANY_CASE.search(text) is not None
+    )
+
+
 def redact(text: str) -> str:
-    """``text`` with every token it may carry replaced by ``[REDACTED]``; linear in its length."""
-    if not _SUSPECT.search(text):
+    """``text`` with every token it may carry replaced by ``[REDACTED]``; linear in its length.
+
+    On ASCII text a substitution is skipped where it cannot match (which the unit tests of issue 24 check
+    against running every one): a parameter needs a secret name (each holds "token" or "ticket") or a
+    ``%`` to hide one, ``Bearer`` itself, a ticket ``v1.``."""
+    if not _suspect(text):
         return text  # the common case, without running the substitutions
-    text = _PARAM.sub(_redact_param, text)
-    text = _BEARER.sub(r"\1" + REDACTED, text)
-    text = _TICKET.sub(REDACTED, text)
+    ascii_text = text.isascii()
+    lower = text.lower() if ascii_text else ""
+    if not ascii_text or "%" in text or "token" in lower or "ticket" in lower:
+        text = _PARAM.sub(_redact_param, text)
+    if not ascii_text or "bearer" in lower:
+        text = _BEARER.sub(r"\1" + REDACTED, text)
+    if "v1." in text:
+        text = _TICKET.sub(REDACTED, text)
     if "%" in text:
         text = _URL_RUN.sub(_redact_encoded_jwt, text)
     return _redact_jwts(text) if _JWT_HEAD.search(text) else text
@@ -197,8 +232,10 @@ def log_value(value: str) -> str:
 def _log_args(args: Any) -> Any:
     """A record's arguments with very long strings redacted, then clipped: no value makes a line huge."""
     limit = MAX_LOGGED_ARGUMENT
-    if isinstance(args, tuple) and any(isinstance(arg, str) and len(arg) > limit for arg in args):
-        return tuple(clip(redact(arg), limit) if isinstance(arg, str) else arg for arg in args)
+    if isinstance(args, tuple):
+        for arg in args:  # a loop, not any(): this runs for every record
+            if isinstance(arg, str) and len(arg) > limit:
+                return tuple(clip(redact(arg), limit) if isinstance(arg, str) else arg for arg in args)
     return args
 
 
@@ -237,14 +274,26 @@ def _json_escape(match: re.Match[str]) -> str:
     return f"\\u{ord(match.group(0)):04x}"
 
 
+# json.dumps(..., ensure_ascii=False) builds an encoder per call; this one writes the same text.
+_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, instance: str = "") -> None:
         super().__init__()
         self.instance = instance
+        self._second: tuple[int, str] = (-1, "")  # the last second formatted, and its text (one tuple: atomic)
+
+    def _time(self, created: float) -> str:
+        second = int(created)  # as time.gmtime(created): created is never negative
+        cached = self._second
+        if cached[0] != second:
+            cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return cached[1]
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "time": self._time(record.created) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": render_message(record),
@@ -257,7 +306,7 @@ class JsonFormatter(logging.Formatter):
             entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exception"] = redact(self.formatException(record.exc_info))
-        line = json.dumps(entry, ensure_ascii=False)
+        line = _JSON.encode(entry)
         return _JSON_RAW.sub(_json_escape, line) if _JSON_RAW.search(line) else line
 
 

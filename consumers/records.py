@@ -33,8 +33,8 @@ _TYPE_BY_NAME = {kind.value: kind for kind in SessionType}
 _MAX_ID = 256
 # The common RFC 3339 shapes; rarer ones (lower-case separators, 7+ fraction digits) go to the model.
 _FAST_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})", re.ASCII)
-# What the model's JSON parser (jiter) refuses but msgspec would skip over in a field it ignores: longer
-# values (a number past Python's 4,300 digits), deeper nesting than this, and lone surrogate escapes.
+# Bounds of the fast path for values with fields the model ignores (``_with_extras``): the model's JSON parser
+# (jiter) refuses a number past Python's 4,300 digits and nesting deeper than 200.
 _FAST_MAX_BYTES = 4096
 _MAX_NESTING = 200
 
@@ -120,10 +120,11 @@ def decode_record(key: bytes | None, value: bytes | None, max_value_bytes: int) 
     return update
 
 
-class _PlainValue(msgspec.Struct, frozen=True, gc=False):
+class _PlainValue(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
     """The model's fields as msgspec checks them in C; ``updatedAt`` is checked below, as in ``fast_from_object``.
 
-    Unknown fields are ignored, as by the model; a repeated field counts with its last value, as in the model.
+    A repeated field counts with its last value, as in the model. No other field may be present: then every
+    byte of the value is in a string msgspec decodes (and checks: UTF-8, surrogates) or in JSON's syntax.
     """
 
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_ID)]
@@ -133,26 +134,26 @@ class _PlainValue(msgspec.Struct, frozen=True, gc=False):
     type: SessionType | None = None
 
 
+class _PlainValueWithExtras(_PlainValue, frozen=True, gc=False, forbid_unknown_fields=False):
+    """``_PlainValue`` with unknown fields ignored, as by the model; see the checks before it is used."""
+
+
 _decode_plain = msgspec.json.Decoder(_PlainValue).decode
+_decode_with_extras = msgspec.json.Decoder(_PlainValueWithExtras).decode
+# msgspec's errors, and what it lets through from Python's UTF-8 decoder (UnicodeDecodeError is a ValueError)
+_NOT_PLAIN = (msgspec.MsgspecError, ValueError, RecursionError)
+_new_tuple = tuple.__new__  # a NamedTuple built from a tuple, without its Python-level __new__
 
 
 def fast_decode(value: bytes) -> StatusUpdate | None:
     """The common well-formed value, or None to let the pydantic model decide."""
-    if len(value) > _FAST_MAX_BYTES:
-        return None
-    if not value.isascii():  # msgspec does not check the UTF-8 of a field it skips; the model does
-        try:
-            value.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    if b"\\" in value and (b"\\ud" in value or b"\\uD" in value):
-        return None  # maybe a lone surrogate, which the model refuses even in a field it ignores
-    if len(value) > 2 * _MAX_NESTING and value.count(b"[") + value.count(b"{") > _MAX_NESTING:
-        return None
     try:
-        plain = _decode_plain(value)
-    except (msgspec.MsgspecError, RecursionError):
-        return None
+        plain: _PlainValue = _decode_plain(value)
+    except _NOT_PLAIN:
+        plain_or_none = _with_extras(value)
+        if plain_or_none is None:
+            return None
+        plain = plain_or_none
     updated_at = plain.updatedAt
     if not _FAST_TIME.fullmatch(updated_at):
         return None
@@ -162,7 +163,29 @@ def fast_decode(value: bytes) -> StatusUpdate | None:
         return None
     if not MIN_UPDATED_MS <= updated_ms <= MAX_UPDATED_MS:
         return None  # the model explains why
-    return StatusUpdate(plain.id, plain.tenantId, plain.status, updated_ms, plain.type)
+    return _new_tuple(StatusUpdate, (plain.id, plain.tenantId, plain.status, updated_ms, plain.type))
+
+
+def _with_extras(value: bytes) -> _PlainValue | None:
+    """A value with fields the model ignores: msgspec skips them without the checks the model's parser (jiter)
+    makes, so the values that would differ there go to the model: longer ones (a number past Python's 4,300
+    digits), invalid UTF-8, maybe a lone surrogate escape, deeper nesting than jiter's limit."""
+    if len(value) > _FAST_MAX_BYTES:
+        return None
+    if not value.isascii():
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if b"\\" in value and (b"\\ud" in value or b"\\uD" in value):
+        return None
+    if len(value) > 2 * _MAX_NESTING and value.count(b"[") + value.count(b"{") > _MAX_NESTING:
+        return None
+    try:
+        plain: _PlainValue = _decode_with_extras(value)
+    except _NOT_PLAIN:
+        return None
+    return plain
 
 
 def fast_from_object(data: dict[str, object]) -> StatusUpdate | None:

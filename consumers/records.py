@@ -4,10 +4,10 @@ Never raises: a bad record is classified and skipped by the caller, never allowe
 the consumer. The payload itself is never put into an error, so it cannot reach a log line.
 
 The pydantic model in ``schemas`` is the contract. Replay speed is a budget (target 200,000 records/s,
-issue 24; docs/event-bus.md, "Decoding speed"), and the model costs about 10 us a record, so well-formed
-records take a fast path (msgspec's compiled decoder and plain checks, under 1 us) that accepts only values
-the model accepts, read the same way; anything else, including every malformed record, goes through the
-model, which decides and explains. Tests check the two agree on edge cases and on generated hostile values
+issue 24; benchmarks/replay.py, benchmarks/replay_parts.py), and the model costs about 10 us a record, so
+well-formed records take a fast path (msgspec's compiled decoder and plain checks, about 1 us) that accepts
+only values the model accepts, read the same way; anything else, including every malformed record, goes
+through the model, which decides and explains. Tests check the two agree on edge cases and on generated hostile values
 (tests/test_records.py, tests/test_records_fast_path.py).
 """
 

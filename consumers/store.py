@@ -45,6 +45,7 @@ _TYPE_CODE = {kind: code for code, kind in enumerate(_TYPES)}
 
 _HEADER = struct.Struct("<IB")  # tenant index, type code (| _CLAMPED)
 _TRANSITION = struct.Struct("<BIqq")  # status code, partition, offset, updatedAt ms
+_FIRST = struct.Struct("<IBBIqq")  # a new session's bytes in one pack: _HEADER then _TRANSITION (no padding)
 _EXPIRY = struct.Struct("<q")  # after the header when _CLAMPED: the time the last update counts from, ms
 _H = _HEADER.size
 _T = _TRANSITION.size
@@ -92,6 +93,7 @@ class Transition(NamedTuple):
 
 
 APPLIED = Outcome.APPLIED
+_new_tuple = tuple.__new__  # a NamedTuple built from a tuple, without its Python-level __new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,26 +145,37 @@ class SessionStore:
     def apply(
         self, update: StatusUpdate, partition: int, offset: int, now_ms: int | None = None
     ) -> tuple[Outcome, Transition | None]:
-        """Applies one update; only a forward move of the status changes the store."""
+        """Applies one update; only a forward move of the status changes the store.
+
+        The replay's hot path (docs/operations.md, "Start-up"): a new session, the common case, is one dict
+        look-up, one ``struct`` pack of its header and first transition, and one insert.
+        """
         session_id, tenant_id, status, updated_ms, kind = update
         code = _STATUS_CODE[status]
-        terminal = code in _TERMINAL_CODES
         sessions = self._sessions
         data = sessions.get(session_id)
         if now_ms is None:
             now_ms = self.clock()
         if data is None:
+            terminal = code in _TERMINAL_CODES
             if updated_ms < now_ms - (self.terminal_retention_ms if terminal else self.session_ttl_ms):
                 return Outcome.STALE, None
-            record = _TRANSITION.pack(code, partition, offset, updated_ms)
             latest = now_ms + self.max_clock_skew_ms  # the latest time an update may count from for expiry
+            tenant = self._tenant_codes.get(tenant_id)
+            if tenant is None:
+                tenant = self._new_tenant_code(tenant_id)
+            self._tenant_refs[tenant] += 1
             if updated_ms > latest:
-                header = _HEADER.pack(self._tenant_code(tenant_id), _TYPE_CODE[kind] | _CLAMPED) + _EXPIRY.pack(latest)
+                sessions[session_id] = (
+                    _HEADER.pack(tenant, _TYPE_CODE[kind] | _CLAMPED)
+                    + _EXPIRY.pack(latest)
+                    + _TRANSITION.pack(code, partition, offset, updated_ms)
+                )
             else:
-                header = _HEADER.pack(self._tenant_code(tenant_id), _TYPE_CODE[kind])
-            sessions[session_id] = header + record
+                sessions[session_id] = _FIRST.pack(tenant, _TYPE_CODE[kind], code, partition, offset, updated_ms)
             count = len(sessions)
-            self._peak = max(self._peak, count)
+            if count > self._peak:  # noqa: PLR1730 (no call to max(): the replay's hot path)
+                self._peak = count
             if count > self.max_sessions:
                 self._evict_for_capacity(session_id)
         else:
@@ -175,6 +188,7 @@ class SessionStore:
                 return Outcome.DUPLICATE, None
             if _RANK_BY_CODE[code] < _RANK_BY_CODE[last]:
                 return Outcome.BACKWARD, None
+            terminal = code in _TERMINAL_CODES
             del sessions[session_id]  # re-inserted at the end: the dict stays in update order
             latest = now_ms + self.max_clock_skew_ms
             if updated_ms > latest or data[_TYPE_AT] & _CLAMPED:
@@ -183,7 +197,7 @@ class SessionStore:
         if terminal:
             self._terminal[session_id] = None
             self._terminal_peak = max(self._terminal_peak, len(self._terminal))
-        return APPLIED, Transition(session_id, status, updated_ms, partition, offset)
+        return APPLIED, _new_tuple(Transition, (session_id, status, updated_ms, partition, offset))
 
     def delete(self, session_id: str) -> Outcome:
         data = self._sessions.get(session_id)
@@ -307,19 +321,17 @@ class SessionStore:
         self._tenants, self._tenant_refs, self._free_codes = tenants, refs, []
         self._tenant_codes = {tenant: code for code, tenant in enumerate(tenants)}
 
-    def _tenant_code(self, tenant_id: str) -> int:
-        code = self._tenant_codes.get(tenant_id)
-        if code is None:
-            if self._free_codes:
-                code = self._free_codes.pop()
-                self._tenants[code] = tenant_id
-                self._tenant_refs[code] = 0
-            else:
-                code = len(self._tenants)
-                self._tenants.append(tenant_id)
-                self._tenant_refs.append(0)
-            self._tenant_codes[tenant_id] = code
-        self._tenant_refs[code] += 1
+    def _new_tenant_code(self, tenant_id: str) -> int:
+        """A code for a tenant the store holds no session of (a freed one if any); its count starts at 0."""
+        if self._free_codes:
+            code = self._free_codes.pop()
+            self._tenants[code] = tenant_id
+            self._tenant_refs[code] = 0
+        else:
+            code = len(self._tenants)
+            self._tenants.append(tenant_id)
+            self._tenant_refs.append(0)
+        self._tenant_codes[tenant_id] = code
         return code
 
 

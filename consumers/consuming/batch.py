@@ -23,7 +23,7 @@ from consumers.log_aggregation import ReasonFolding
 from consumers.log_fields import fields
 from consumers.partitions import global_partition
 from consumers.progress import PartitionProgress
-from consumers.records import Decoded, Rejected, Skipped, StatusUpdate, Tombstone, decode_record
+from consumers.records import Decoded, Rejected, Skipped, StatusUpdate, decode_record, fast_decode
 from consumers.settings import RecordSettings
 from consumers.store import Outcome, SessionStore
 
@@ -87,65 +87,48 @@ class BatchApplier:
             self._apply_traced(self.tracing, topic, records)
 
     def _apply(self, topic: str, records: Sequence[Any]) -> LastRecord:
-        store, hub = self.store, self.hub
+        store_apply, publish = self.store.apply, self.hub.publish
         index = self._topic_index[topic]
         decoder = self._decoders[index]
-        decode, plain, max_bytes = decoder.decode, decoder.mapper is None, decoder.max_value_bytes
-        dead_letters = self.dead_letters
-        record_log = self.record_log
+        plain, max_bytes = decoder.mapper is None, decoder.max_value_bytes
         now_ms = int(time.time() * 1000)
         applied = 0
         ignored: Tally[str] = Tally()
         rejected: Tally[str] = Tally()
         last: LastRecord = (IGNORED, "", None, 0)
+        partition, number = -1, 0  # a record's partition, and its number for the store (consumers.partitions)
         for record in records:
             try:
-                headers = record.headers
-                if plain and not headers:  # the replay-speed path: a plain record, no headers to look at
-                    decoded: Decoded | Skipped = decode_record(record.key, record.value, max_bytes)
-                else:
-                    decoded = decode(record.key, record.value, headers, record.timestamp)
-                if isinstance(decoded, Rejected):
-                    rejected[decoded.reason] += 1
-                    last = (REJECTED, decoded.reason, None, 0)
-                    if dead_letters is not None:
-                        self._dead_letter(dead_letters, topic, index, record, decoded.reason.value, decoded.detail)
-                    record_log.log(
-                        logging.WARNING,
-                        decoded.reason,
-                        "skipped malformed record: %s",
-                        decoded.detail,
-                        extra=fields(
-                            topic=topic, partition=record.partition, offset=record.offset, reason=decoded.reason.value
-                        ),
-                    )
-                    continue
-                if isinstance(decoded, Skipped):
-                    ignored[decoded.reason] += 1
-                    last = (IGNORED, decoded.reason, None, 0)
-                    continue
-                if isinstance(decoded, Tombstone):
-                    outcome = store.delete(decoded.session_id)
-                    last = (outcome, "", decoded.session_id, 0)
-                    if outcome is Outcome.DELETED:
-                        metrics.SESSIONS_DELETED.inc()
-                        hub.session_deleted(decoded.session_id)
-                    else:
-                        ignored[outcome] += 1
-                    continue
-                outcome, transition = store.apply(
-                    decoded, global_partition(index, record.partition), record.offset, now_ms
-                )
+                if record.partition != partition:
+                    partition = record.partition
+                    number = global_partition(index, partition)
+                value = record.value
+                # The replay-speed path: a plain record, no headers, its value well-formed and its key the
+                # value's id; then ``decode_record`` would return this very update (tests/test_batch_fast_path.py).
+                if not (
+                    plain
+                    and value is not None
+                    and not record.headers
+                    and len(value) <= max_bytes
+                    and (update := fast_decode(value)) is not None
+                    and record.key == update.session_id.encode()
+                ):
+                    found = self._decode_one(topic, index, decoder, record, ignored, rejected)
+                    if not isinstance(found, StatusUpdate):
+                        last = found
+                        continue
+                    update = found
+                outcome, transition = store_apply(update, number, record.offset, now_ms)
                 if transition is None:
                     ignored[outcome] += 1
-                    last = (outcome, "", decoded, 0)
+                    last = (outcome, "", update, 0)
                     continue
                 applied += 1
-                last = (outcome, "", decoded, hub.publish(transition, record.timestamp, decoded.tenant_id))
+                last = (outcome, "", update, publish(transition, record.timestamp, update.tenant_id))
             except Exception as error:  # one record must never stop the consumer of every replica
                 rejected[HANDLER_ERROR] += 1
                 last = (REJECTED, HANDLER_ERROR, None, 0)
-                record_log.log(
+                self.record_log.log(
                     logging.ERROR,
                     HANDLER_ERROR,
                     "skipped record: %s raised at %s",
@@ -153,10 +136,10 @@ class BatchApplier:
                     where_raised(error),
                     extra=fields(topic=topic, partition=record.partition, offset=record.offset, reason=HANDLER_ERROR),
                 )
-                if dead_letters is not None:
+                if self.dead_letters is not None:
                     with contextlib.suppress(Exception):
                         detail = f"{type(error).__name__} raised at {where_raised(error)}"
-                        self._dead_letter(dead_letters, topic, index, record, HANDLER_ERROR, detail)
+                        self._dead_letter(self.dead_letters, topic, index, record, HANDLER_ERROR, detail)
         metrics.RECORDS_CONSUMED.inc(len(records))
         if applied:
             metrics.RECORDS_APPLIED.inc(applied)
@@ -165,6 +148,48 @@ class BatchApplier:
         for reason, count in rejected.items():
             metrics.RECORDS_REJECTED.labels(reason).inc(count)
         return last
+
+    def _decode_one(
+        self,
+        topic: str,
+        index: int,
+        decoder: RecordDecoder,
+        record: Any,
+        ignored: Tally[str],
+        rejected: Tally[str],
+    ) -> StatusUpdate | LastRecord:
+        """One record by the general path (any format, headers, rejects, tombstones): its update for the store,
+        or what became of it (counted into the tallies, rejects dead-lettered and logged)."""
+        headers = record.headers
+        if decoder.mapper is None and not headers:
+            decoded: Decoded | Skipped = decode_record(record.key, record.value, decoder.max_value_bytes)
+        else:
+            decoded = decoder.decode(record.key, record.value, headers, record.timestamp)
+        if isinstance(decoded, StatusUpdate):
+            return decoded
+        if isinstance(decoded, Rejected):
+            reason = decoded.reason
+            rejected[reason] += 1
+            if self.dead_letters is not None:
+                self._dead_letter(self.dead_letters, topic, index, record, reason.value, decoded.detail)
+            self.record_log.log(
+                logging.WARNING,
+                reason,
+                "skipped malformed record: %s",
+                decoded.detail,
+                extra=fields(topic=topic, partition=record.partition, offset=record.offset, reason=reason.value),
+            )
+            return (REJECTED, reason, None, 0)
+        if isinstance(decoded, Skipped):
+            ignored[decoded.reason] += 1
+            return (IGNORED, decoded.reason, None, 0)
+        outcome = self.store.delete(decoded.session_id)  # a tombstone
+        if outcome is Outcome.DELETED:
+            metrics.SESSIONS_DELETED.inc()
+            self.hub.session_deleted(decoded.session_id)
+        else:
+            ignored[outcome] += 1
+        return (outcome, "", decoded.session_id, 0)
 
     def _apply_traced(self, tracing: Tracing, topic: str, records: Sequence[Any]) -> None:
         """``_apply``, with each record the sampler keeps applied alone inside its span (consumers/tracing/).

@@ -54,7 +54,8 @@ async def fetch_all(bootstrap: str, topic: str) -> tuple[list[tuple[str, list[An
         batches: list[tuple[str, list[Any]]] = []
         wall, cpu = time.perf_counter(), time.process_time()
         while remaining:
-            fetched = await consumer.getmany(timeout_ms=200, max_records=int(os.environ.get("BENCH_MAX_RECORDS", "5000")))
+            most = int(os.environ.get("BENCH_MAX_RECORDS", "5000"))
+            fetched = await consumer.getmany(timeout_ms=200, max_records=most)
             for tp, records in fetched.items():
                 batches.append((tp.topic, records))
                 if await consumer.position(tp) >= end[tp]:

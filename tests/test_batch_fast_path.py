@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from consumers.consuming import batch as batch_module
-from consumers.records import StatusUpdate
+from consumers.records import StatusUpdate, fast_decode
 from schemas import SessionStatus
 from tests.kafka_support import RecordingSubscriber, event_bytes, metric
 from tests.test_batch_apply import FIRST, SECOND, Applying, applying, record
@@ -45,13 +45,14 @@ def mixed_batch(seed: int, count: int = 400, topic: str = FIRST) -> list[Any]:
     for offset in range(count):
         session = rng.choice(sessions)
         when = NOW + timedelta(milliseconds=rng.choice((0, -5, 5, 10**6, -(10**11))))
-        value: bytes | None = event_bytes(
+        plain = event_bytes(
             session,
             rng.choice(("tenant-a", "tenant-a", "tenant-a", "tenant-b")),
             rng.choice(("active", "active", "fetched", "completed", "failed")),
             when.isoformat(timespec=rng.choice(("milliseconds", "seconds", "microseconds"))),
             **rng.choice(({}, {}, {"type": "issuance"}, {"extra": [1, 2]})),
         )
+        value: bytes | None = plain
         key: bytes | None = session.encode()
         headers: list[tuple[str, bytes]] = []
         kind = rng.randrange(20)
@@ -62,25 +63,25 @@ def mixed_batch(seed: int, count: int = 400, topic: str = FIRST) -> list[Any]:
         elif kind == 2:
             value = b'{"id": "' + session.encode() + b'", not json'
         elif kind == 3:
-            value = value[:-1] + b',"status":"nope"}'
+            value = plain[:-1] + b',"status":"nope"}'
         elif kind == 4:  # headers: read by the topic's format (a CloudEvents header is refused here)
             headers = rng.choice(([("trace", b"x")], [("ce_specversion", b"1.0"), ("ce_specversion", b"1.0")]))
         elif kind == 5:
-            value = value[:-1] + b',"pad":"' + b"x" * 70_000 + b'"}'  # over GATEWAY_MAX_RECORD_BYTES
+            value = plain[:-1] + b',"pad":"' + b"x" * 70_000 + b'"}'  # over GATEWAY_MAX_RECORD_BYTES
         elif kind == 6:
-            value = value.replace(b"Z", b"z").replace(b"+00:00", b"z")  # only the model reads it
+            value = plain.replace(b"Z", b"z").replace(b"+00:00", b"z")  # only the model reads it
         batch.append(record(key, value, offset, topic=topic, partition=rng.randrange(3), headers=headers))
     return batch
 
 
 @contextmanager
 def general_path_only() -> Iterator[None]:
-    original = batch_module.fast_decode
-    batch_module.fast_decode = lambda value: None
+    original = fast_decode
+    setattr(batch_module, "fast_decode", lambda value: None)  # noqa: B010 (not re-exported by the module)
     try:
         yield
     finally:
-        batch_module.fast_decode = original
+        setattr(batch_module, "fast_decode", original)  # noqa: B010
 
 
 def run(batches: list[tuple[str, list[Any]]], caplog: pytest.LogCaptureFixture) -> dict[str, Any]:
@@ -154,7 +155,7 @@ def test_a_fast_path_that_reads_differently_is_caught(
     breakage: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The comparison above notices a fast path whose updates differ from the general path's."""
-    real, change = batch_module.fast_decode, BROKEN_FAST[breakage]
+    real, change = fast_decode, BROKEN_FAST[breakage]
 
     def broken(value: bytes) -> StatusUpdate | None:
         update = real(value)

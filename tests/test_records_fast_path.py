@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -19,6 +20,7 @@ import pytest
 
 from consumers import records
 from consumers.records import Decoded, StatusUpdate, decode_record, fast_decode
+from schemas import SessionStatus, SessionType
 
 LIMIT = 64 * 1024
 
@@ -119,8 +121,8 @@ def generated(count: int, seed: int = 2026) -> Iterator[tuple[bytes | None, byte
             elif kind == 5 and fields:  # a field missing
                 fields.pop(rng.randrange(len(fields)))
             elif kind == 6:  # a field repeated, the last one counts
-                name, value = rng.choice(fields) if fields else ("id", '"s"')
-                fields.append((name, rng.choice([value, *STRINGS[:3], *STATUSES[:2], "null"])))
+                name, repeated = rng.choice(fields) if fields else ("id", '"s"')
+                fields.append((name, rng.choice([repeated, *STRINGS[:3], *STATUSES[:2], "null"])))
             elif kind == 7:
                 raw_tail = rng.choice(RAW_EXTRAS)
             else:
@@ -194,7 +196,7 @@ def outcome(key: bytes | None, value: bytes) -> Decoded | str:
 
 
 def disagreements(corpus: list[tuple[bytes | None, bytes]]) -> list[tuple[bytes | None, bytes, object, object]]:
-    found = []
+    found: list[tuple[bytes | None, bytes, object, object]] = []
     for key, value in corpus:
         fast = outcome(key, value)
         with model_only():
@@ -242,9 +244,9 @@ def test_the_common_shape_takes_the_fast_path() -> None:
 class _Lenient(msgspec.Struct, frozen=True, gc=False):
     id: str
     tenantId: str
-    status: records.SessionStatus
+    status: SessionStatus
     updatedAt: str
-    type: records.SessionType | None = None
+    type: SessionType | None = None
 
 
 def _unguarded_extras(value: bytes) -> object:
@@ -258,7 +260,7 @@ BROKEN: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "no nesting bound": lambda mp: mp.setattr(records, "_MAX_NESTING", 10**9),
     "no size bound": lambda mp: mp.setattr(records, "_FAST_MAX_BYTES", 10**9),
     "no checks before skipping fields": lambda mp: mp.setattr(records, "_with_extras", _unguarded_extras),
-    "any time shape": lambda mp: mp.setattr(records, "_FAST_TIME", records.re.compile(r".*[zZ]|.*[+-]\d\d:?\d\d")),
+    "any time shape": lambda mp: mp.setattr(records, "_FAST_TIME", re.compile(r".*[zZ]|.*[+-]\d\d:?\d\d")),
     "no length limits": lambda mp: mp.setattr(records, "_decode_plain", msgspec.json.Decoder(_Lenient).decode),
     "no time range": lambda mp: mp.setattr(records, "MAX_UPDATED_MS", 10**18),
 }

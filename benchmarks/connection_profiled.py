@@ -49,6 +49,7 @@ def _gc(out: Path) -> int:
     counts = [0, 0, 0]
     seconds = [0.0, 0.0, 0.0]
     started: list[float] = [0.0]
+    long_pauses: list[str] = []
 
     def timed(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -56,7 +57,12 @@ def _gc(out: Path) -> int:
         else:
             generation = info["generation"]
             counts[generation] += 1
-            seconds[generation] += time.thread_time() - started[0]
+            spent = time.thread_time() - started[0]
+            seconds[generation] += spent
+            if spent >= 0.002:  # the pauses that show in a delay tail, with their wall-clock time
+                long_pauses.append(
+                    f"{time.strftime('%H:%M:%S', time.localtime())} generation {generation} {spent * 1e3:.1f} ms"
+                )
 
     gc.callbacks.append(timed)
     try:
@@ -67,6 +73,7 @@ def _gc(out: Path) -> int:
         lines = [f"process CPU {cpu:.3f} s; in collections {sum(seconds):.3f} s ({sum(seconds) / cpu:.1%})"]
         lines += [f"generation {n}: {counts[n]} collections, {seconds[n]:.3f} s" for n in range(3)]
         lines.append(f"frozen objects {gc.get_freeze_count()}")
+        lines += ["collections of 2 ms or more:", *long_pauses]
         Path(f"{out}.txt").write_text("\n".join(lines) + "\n")
 
 

@@ -13,6 +13,12 @@ import time
 
 log = logging.getLogger("gateway.consumer")
 
+# CPython's thresholds, but a full collection after 100 middle ones instead of 10: every full collection walks
+# every open stream's objects (25-75 ms at 6,000-10,000 streams), and a reconnect storm triggered one every
+# few hundred streams (7% of the server's CPU, ~24 µs a stream: benchmarks/README.md, "Connection cost").
+# Young cycles are still collected as often as before; the streams break theirs when they close.
+_YOUNG, _MIDDLE, _FULL = 700, 10, 100
+
 
 def freeze_heap() -> None:
     """Moves every object alive after the replay (the store, modules, caches) out of the collector's reach.
@@ -28,6 +34,7 @@ def freeze_heap() -> None:
     started = time.perf_counter()
     gc.collect()
     gc.freeze()
+    gc.set_threshold(_YOUNG, _MIDDLE, _FULL)
     log.info(
         "froze %d objects after the replay for the garbage collector (%.0f ms)",
         gc.get_freeze_count(),

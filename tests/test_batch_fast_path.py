@@ -65,13 +65,29 @@ def mixed_batch(seed: int, count: int = 400, topic: str = FIRST) -> list[Any]:
         elif kind == 3:
             value = plain[:-1] + b',"status":"nope"}'
         elif kind == 4:  # headers: read by the topic's format (a CloudEvents header is refused here)
-            headers = rng.choice(([("trace", b"x")], [("ce_specversion", b"1.0"), ("ce_specversion", b"1.0")]))
+            headers = rng.choice(HEADER_SETS)
         elif kind == 5:
             value = plain[:-1] + b',"pad":"' + b"x" * 70_000 + b'"}'  # over GATEWAY_MAX_RECORD_BYTES
         elif kind == 6:
             value = plain.replace(b"Z", b"z").replace(b"+00:00", b"z")  # only the model reads it
         batch.append(record(key, value, offset, topic=topic, partition=rng.randrange(3), headers=headers))
     return batch
+
+
+# Headers a plain topic reads past (a producer's trace context), refuses (a CloudEvents header twice, headers
+# over the record size limit, a content-type that is not UTF-8) or reads as a CloudEvent (binary or structured).
+HEADER_SETS: list[list[tuple[str, bytes]]] = [
+    [("trace", b"x")],
+    [("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")],
+    [("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"), ("tracestate", b"a=b")],
+    [("empty", b""), ("Content-Type", b"application/json")],
+    [("ce_specversion", b"1.0"), ("ce_specversion", b"1.0")],
+    [("CE_SpecVersion", b"1.0")],
+    [("pad", b"x" * 70_000)],
+    [("content-type", b"\xff")],
+    [("content-type", b"application/cloudevents+json; charset=utf-8")],
+    [("content-type", b"application/cloudevents-batch+json")],
+]
 
 
 @contextmanager

@@ -90,7 +90,7 @@ class BatchApplier:
         store_apply, publish = self.store.apply, self.hub.publish
         index = self._topic_index[topic]
         decoder = self._decoders[index]
-        plain, max_bytes = decoder.mapper is None, decoder.max_value_bytes
+        plain, max_bytes, read_as_plain = decoder.mapper is None, decoder.max_value_bytes, decoder.read_as_plain
         now_ms = int(time.time() * 1000)
         applied = 0
         ignored: Tally[str] = Tally()
@@ -103,13 +103,14 @@ class BatchApplier:
                     partition = record.partition
                     number = global_partition(index, partition)
                 value = record.value
-                # The replay-speed path: a plain record, no headers, its value well-formed and its key the
-                # value's id; then ``decode_record`` would return this very update (tests/test_batch_fast_path.py).
+                # The replay-speed path: a plain record (its headers, if any, without CloudEvents), its value
+                # well-formed and its key the value's id; then ``decode_record`` would return this very update
+                # (tests/test_batch_fast_path.py).
                 if not (
                     plain
                     and value is not None
-                    and not record.headers
                     and len(value) <= max_bytes
+                    and (not record.headers or read_as_plain(record.headers))
                     and (update := fast_decode(value)) is not None
                     and record.key == update.session_id.encode()
                 ):

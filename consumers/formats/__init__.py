@@ -60,6 +60,12 @@ class RecordDecoder:
         self.cloudevents_types = frozenset(cloudevents_types)
         self.mapper = None if mapping is None else Mapper(mapping)
 
+    def read_as_plain(self, headers: Headers) -> bool:
+        """Whether a record with these headers is read as a plain record (``decode`` then reads it as it reads
+        one without headers): a topic without a mapping, no CloudEvents headers, nothing to refuse in them.
+        Producers that trace put a ``traceparent`` on every record; the batch's fast path takes those too."""
+        return self.mapper is None and _scan(headers, self.max_value_bytes) is None
+
     def decode(
         self, key: bytes | None, value: bytes | None, headers: Headers = (), timestamp: int | None = None
     ) -> Decoded | Skipped:

@@ -46,6 +46,12 @@ class RecordingTransport:
     def abort(self) -> None:
         self.aborted = True
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # every write is taken at once
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default  # no socket: nothing to cork
+
 
 def _wire() -> tuple[Wire, RecordingTransport]:
     transport = RecordingTransport()

@@ -123,19 +123,21 @@ def _gc(out: Path) -> int:
         Path(f"{out}.txt").write_text("\n".join(lines) + "\n")
 
 
-def _thread_cpu(out: Path) -> int:
-    profiler = cProfile.Profile(time.thread_time)
+def _cprofile(out: Path, thread_time: bool = False) -> int:
+    """cProfile stats in ``OUT``; timed with the thread's CPU time (and the top of them in ``OUT.txt``) or not."""
+    profiler = cProfile.Profile(time.thread_time) if thread_time else cProfile.Profile()
     profiler.enable()
     try:
         return _serve()
     finally:
         profiler.disable()
         profiler.dump_stats(out)
-        text = io.StringIO()
-        stats = pstats.Stats(str(out), stream=text)
-        stats.sort_stats("tottime").print_stats(50)
-        stats.sort_stats("cumulative").print_stats(90)
-        Path(f"{out}.txt").write_text(text.getvalue())
+        if thread_time:
+            text = io.StringIO()
+            stats = pstats.Stats(str(out), stream=text)
+            stats.sort_stats("tottime").print_stats(50)
+            stats.sort_stats("cumulative").print_stats(90)
+            Path(f"{out}.txt").write_text(text.getvalue())
 
 
 def main(argv: list[str]) -> int:
@@ -145,17 +147,9 @@ def main(argv: list[str]) -> int:
     if mode == "gc":
         return _gc(out)
     if mode == "thread-cpu":
-        return _thread_cpu(out)
+        return _cprofile(out, thread_time=True)
     code = _pyinstrument(out)
-    if code is not None:
-        return code
-    profiler = cProfile.Profile()
-    profiler.enable()
-    try:
-        return _serve()
-    finally:
-        profiler.disable()
-        profiler.dump_stats(out)
+    return _cprofile(out) if code is None else code
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from consumers.log_aggregation import ReasonFolding
 from consumers.log_fields import fields
 from consumers.partitions import global_partition
 from consumers.progress import PartitionProgress
-from consumers.records import Decoded, Rejected, Skipped, StatusUpdate, decode_record, fast_decode
+from consumers.records import Rejected, Skipped, StatusUpdate, fast_decode
 from consumers.settings import RecordSettings
 from consumers.store import Outcome, SessionStore
 
@@ -161,11 +161,7 @@ class BatchApplier:
     ) -> StatusUpdate | LastRecord:
         """One record by the general path (any format, headers, rejects, tombstones): its update for the store,
         or what became of it (counted into the tallies, rejects dead-lettered and logged)."""
-        headers = record.headers
-        if decoder.mapper is None and not headers:
-            decoded: Decoded | Skipped = decode_record(record.key, record.value, decoder.max_value_bytes)
-        else:
-            decoded = decoder.decode(record.key, record.value, headers, record.timestamp)
+        decoded = decoder.decode(record.key, record.value, record.headers, record.timestamp)
         if isinstance(decoded, StatusUpdate):
             return decoded
         if isinstance(decoded, Rejected):

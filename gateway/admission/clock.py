@@ -5,8 +5,8 @@ wave never wakes every connection at once) and cuts those that stopped reading o
 away; once a second it closes the streams whose token expired, found by the second they expire in
 (visiting only those: a pass over every stream blocked the loop for milliseconds at 10,000 streams,
 the tail of the delivery delay); during a drain it closes the next share of streams, so clients move
-to other replicas gradually. A failure on one stream closes that
-stream only. See docs/operations.md (Rolling restarts, Slow clients, Failure boundaries).
+to other replicas gradually. A failure on one stream closes that stream only. See docs/operations.md
+(Rolling restarts, Slow clients, Failure boundaries).
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ class StreamClock:
         self._slots[stream.slot].add(stream)
         self._count += 1
         metrics.OPEN_STREAMS.inc()
-        if self._settings.close_on_token_expiry and math.isfinite(stream.expires_at):
-            second = int(stream.expires_at)
+        second = self._expiry_second(stream)
+        if second is not None:
             expiring = self._expiring.get(second)
             if expiring is None:
                 expiring = self._expiring[second] = set()
@@ -92,19 +92,24 @@ class StreamClock:
             return
         slot.discard(stream)
         self._count -= 1
-        if self._settings.close_on_token_expiry and math.isfinite(stream.expires_at):
-            second = int(stream.expires_at)
-            expiring = self._expiring.get(second)
-            if expiring is not None:
-                expiring.discard(stream)
-                if not expiring:
-                    del self._expiring[second]
-                    if len(self._expiry_seconds) > 2 * len(self._expiring) + 64:
-                        self._expiry_seconds = list(self._expiring)
-                        heapq.heapify(self._expiry_seconds)
+        second = self._expiry_second(stream)
+        expiring = None if second is None else self._expiring.get(second)
+        if expiring is not None and second is not None:
+            expiring.discard(stream)
+            if not expiring:
+                del self._expiring[second]
+                if len(self._expiry_seconds) > 2 * len(self._expiring) + 64:
+                    self._expiry_seconds = list(self._expiring)
+                    heapq.heapify(self._expiry_seconds)
         metrics.OPEN_STREAMS.dec()
         if self.draining and not self._count:
             self.drained.set()
+
+    def _expiry_second(self, stream: OpenStream) -> int | None:
+        """The second a stream's token expires in, when the clock closes it then (else None)."""
+        if self._settings.close_on_token_expiry and math.isfinite(stream.expires_at):
+            return int(stream.expires_at)
+        return None
 
     def start_drain(self, seconds: float) -> None:
         """Refuses new streams from now on and closes open ones spread over ``seconds``."""

@@ -52,15 +52,8 @@ from gateway.auth.jws import check_header, parse_compact
 from gateway.auth.token_cache import VerifiedTokenCache
 from gateway.auth.token_sources import find_token, locate_token
 from gateway.auth.verifier import TokenVerifier
-from gateway.runtime.logging_setup import (
-    MAX_LOGGED_ARGUMENT,
-    MAX_LOGGED_VALUE,
-    REDACTED,
-    JsonFormatter,
-    TextFormatter,
-    escape_controls,
-    redact,
-)
+from gateway.runtime.logging_setup import JsonFormatter, TextFormatter, escape_controls
+from gateway.runtime.redaction import MAX_LOGGED_ARGUMENT, MAX_LOGGED_VALUE, REDACTED, redact
 from gateway.settings import GatewaySettings
 from tests.gateway_support import (
     AUDIENCE,

@@ -6,7 +6,7 @@ case folding differs from ASCII (Kelvin sign, long s, dotted I), percent-encoded
 short, control characters.
 
 - ``redact`` skips substitutions that cannot match on ASCII text, and ``_suspect`` replaces the
-  case-insensitive pre-check: same output as running every substitution (``gateway.runtime.logging_setup``).
+  case-insensitive pre-check: same output as running every substitution (``gateway.runtime.redaction``).
 - ``JsonFormatter`` caches the formatted second and shares one JSON encoder: same line.
 - The access line is logged without the caller lookup of ``Logger.info``: same record, same JSON line.
 - ``ClientAddresses.peer`` caches its answers per peer, bounded: same answers as parsing every time.
@@ -33,8 +33,9 @@ from consumers.log_fields import FIELDS_ATTRIBUTE
 from gateway.admission.client_address import ClientAddresses, _ip, _key
 from gateway.admission.endpoint import _query_last_event_id
 from gateway.edge.connection import EdgeProtocol, access_log
-from gateway.runtime import logging_setup
-from gateway.runtime.logging_setup import REDACTED, JsonFormatter, redact
+from gateway.runtime import logging_setup, redaction
+from gateway.runtime.logging_setup import JsonFormatter
+from gateway.runtime.redaction import REDACTED, redact
 
 _JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0xxxx.c2lnbmF0dXJl"
 _TICKET = "v1.AAAAAAAAAAAA.BBBBBBBBBBBBBBBBBBBBBB"
@@ -42,14 +43,14 @@ _TICKET = "v1.AAAAAAAAAAAA.BBBBBBBBBBBBBBBBBBBBBB"
 
 def _reference_redact(text: str) -> str:
     """``redact`` before this change: the case-insensitive pre-check, then every substitution."""
-    if not logging_setup._SUSPECT.search(text):
+    if not redaction._SUSPECT.search(text):
         return text
-    text = logging_setup._PARAM.sub(logging_setup._redact_param, text)
-    text = logging_setup._BEARER.sub(r"\1" + REDACTED, text)
-    text = logging_setup._TICKET.sub(REDACTED, text)
+    text = redaction._PARAM.sub(redaction._redact_param, text)
+    text = redaction._BEARER.sub(r"\1" + REDACTED, text)
+    text = redaction._TICKET.sub(REDACTED, text)
     if "%" in text:
-        text = logging_setup._URL_RUN.sub(logging_setup._redact_encoded_jwt, text)
-    return logging_setup._redact_jwts(text) if logging_setup._JWT_HEAD.search(text) else text
+        text = redaction._URL_RUN.sub(redaction._redact_encoded_jwt, text)
+    return redaction._redact_jwts(text) if redaction._JWT_HEAD.search(text) else text
 
 
 _FRAGMENTS = st.sampled_from(
@@ -130,7 +131,7 @@ def test_redact_agrees_with_every_substitution(text: str) -> None:
 @hypothesis_settings(max_examples=4000, deadline=None)
 @given(_HOSTILE_TEXT | st.text(max_size=40))
 def test_the_suspect_check_agrees_with_the_case_insensitive_pattern(text: str) -> None:
-    assert logging_setup._suspect(text) == (logging_setup._SUSPECT.search(text) is not None)
+    assert redaction._suspect(text) == (redaction._SUSPECT.search(text) is not None)
 
 
 @pytest.mark.parametrize(
@@ -233,7 +234,7 @@ def test_the_access_record_without_caller_lookup_is_the_same_line(target: str) -
     protocol.transport = cast(asyncio.Transport, _Transport())
     fields = {"status": 200, "session_hash": "0123abcd", "tenant": "t-1"}
     fast = _access_lines(lambda: protocol._log_access((target, "1.1"), 200, fields=fields))
-    path = logging_setup.log_value(target)
+    path = redaction.log_value(target)
     reference = _access_lines(
         lambda: access_log.info(
             '%s - "%s %s HTTP/%s" %d', "10.1.2.3:40123", "GET", path, "1.1", 200, extra={FIELDS_ATTRIBUTE: fields}

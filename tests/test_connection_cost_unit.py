@@ -5,7 +5,7 @@
   before (``gateway.edge.wire``).
 - The canonical base64url check of ``gateway.auth.jws`` accepts and refuses exactly what decoding and
   re-encoding did (the implementation it replaced, kept here as the reference).
-- Redaction's skip of the per-run JWT pass changes no line (``gateway.runtime.logging_setup``).
+- Redaction's skip of the per-run JWT pass changes no line (``gateway.runtime.redaction``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from gateway.auth.jws import _b64url_decode
 from gateway.edge.wire import LAST_CHUNK, Wire
-from gateway.runtime import logging_setup
-from gateway.runtime.logging_setup import REDACTED, redact
+from gateway.runtime import redaction
+from gateway.runtime.redaction import REDACTED, redact
 
 
 class RecordingTransport:
@@ -181,13 +181,13 @@ def test_canonical_base64url_agrees_with_decoding_and_reencoding(segment: bytes)
 
 def _reference_redact(text: str) -> str:
     """``redact`` before issue 24: the per-run JWT pass on every suspect line."""
-    if not logging_setup._SUSPECT.search(text):
+    if not redaction._SUSPECT.search(text):
         return text
-    text = logging_setup._PARAM.sub(logging_setup._redact_param, text)
-    text = logging_setup._BEARER.sub(r"\1" + REDACTED, text)
+    text = redaction._PARAM.sub(redaction._redact_param, text)
+    text = redaction._BEARER.sub(r"\1" + REDACTED, text)
     if "%" in text:
-        text = logging_setup._URL_RUN.sub(logging_setup._redact_encoded_jwt, text)
-    return logging_setup._redact_jwts(text)
+        text = redaction._URL_RUN.sub(redaction._redact_encoded_jwt, text)
+    return redaction._redact_jwts(text)
 
 
 _TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0xxxx.c2lnbmF0dXJl"

@@ -22,7 +22,7 @@ from gateway.auth.claims import AuthenticationError
 from gateway.auth.ticket_keys import TicketKey, parse_ticket_keys
 from gateway.auth.tickets import Grant, TicketCodec
 from gateway.edge.errors import StreamRefused
-from gateway.runtime.logging_setup import REDACTED, redact
+from gateway.runtime.redaction import REDACTED, redact
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
 NOW = 1_800_000_000.0

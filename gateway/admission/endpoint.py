@@ -37,7 +37,8 @@ from gateway.auth.tickets import TicketCodec
 from gateway.auth.verifier import TokenVerifier
 from gateway.edge.cors import CorsPolicy, RefusedOrigins
 from gateway.edge.errors import StreamRefused, error_headers
-from gateway.runtime.logging_setup import log_value, request_id_var
+from gateway.runtime.logging_setup import request_id_var
+from gateway.runtime.redaction import log_value
 from gateway.settings import GatewaySettings
 from gateway.streams.sse import EventPosition, encode_retry, encode_transition, parse_event_id
 

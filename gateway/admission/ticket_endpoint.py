@@ -28,7 +28,8 @@ from gateway.auth.tickets import Grant, TicketCodec, expiry
 from gateway.edge.cors import CorsPolicy
 from gateway.edge.errors import StreamRefused, not_found_message
 from gateway.edge.route import MAX_SESSION_ID_LENGTH, match, openapi_error
-from gateway.runtime.logging_setup import log_value, request_id_var
+from gateway.runtime.logging_setup import request_id_var
+from gateway.runtime.redaction import log_value
 from gateway.settings import AuthSettings
 
 log = logging.getLogger("gateway.tickets")

@@ -10,7 +10,7 @@ a key). Other parameters are ignored, as §4 asks of a recipient that does not u
 providers add ``x5t`` or their own). ``crit`` names extensions a recipient MUST understand and we
 implement none, so it is refused (``unsupported_crit``), as is ``b64`` other than ``true`` (RFC 7797,
 ``unsupported_header``). The header must start with ``{``: with the compact form, every acceptable
-token then has the JWT shape that log redaction looks for (``gateway.runtime.logging_setup``).
+token then has the JWT shape that log redaction looks for (``gateway.runtime.redaction``).
 See docs/security.md (Tokens).
 """
 

@@ -43,7 +43,7 @@ from gateway.edge.state import EdgeState
 from gateway.edge.tenant_route import match_tenant
 from gateway.edge.wire import Headers, Wire, closing_answer, response_head
 from gateway.reads.status import StatusRead
-from gateway.runtime.logging_setup import log_value
+from gateway.runtime.redaction import log_value
 from gateway.streams.stream import NativeStream
 
 access_log = logging.getLogger("uvicorn.access")

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message
 from gateway import metrics
 from gateway.edge.head import Head
 from gateway.edge.wire import LAST_CHUNK, Headers, Wire, response_head, with_length
-from gateway.runtime.logging_setup import log_value
+from gateway.runtime.redaction import log_value
 
 log = logging.getLogger("gateway.edge")
 

@@ -27,7 +27,8 @@ from gateway.auth.claims import Principal
 from gateway.edge.errors import StreamRefused, error_headers, not_found_message
 from gateway.edge.route import MAX_SESSION_ID_LENGTH
 from gateway.reads.etag import entity_tag, none_match
-from gateway.runtime.logging_setup import log_value, request_id_var
+from gateway.runtime.logging_setup import request_id_var
+from gateway.runtime.redaction import log_value
 from gateway.streams.sse import encode_payload
 
 log = logging.getLogger("gateway.status")

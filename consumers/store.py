@@ -34,6 +34,7 @@ from itertools import islice
 from typing import NamedTuple
 
 from consumers.records import StatusUpdate
+from consumers.tenant_codes import TenantCodes
 from schemas import STATUS_RANK, TERMINAL_STATUSES, SessionStatus, SessionType
 
 _STATUSES: tuple[SessionStatus, ...] = tuple(SessionStatus)
@@ -126,10 +127,7 @@ class SessionStore:
         self._terminal: dict[str, None] = {}  # terminal sessions, in the order they ended
         self._peak = 0
         self._terminal_peak = 0
-        self._tenants: list[str] = []
-        self._tenant_codes: dict[str, int] = {}
-        self._tenant_refs: list[int] = []
-        self._free_codes: list[int] = []
+        self._tenants = TenantCodes()
         self.evicted = {"terminal_retention": 0, "ttl": 0, "max_sessions": 0}
 
     def __len__(self) -> int:
@@ -140,7 +138,7 @@ class SessionStore:
 
     @property
     def tenant_count(self) -> int:
-        return len(self._tenant_codes)
+        return len(self._tenants)
 
     def apply(
         self, update: StatusUpdate, partition: int, offset: int, now_ms: int | None = None
@@ -161,10 +159,7 @@ class SessionStore:
             if updated_ms < now_ms - (self.terminal_retention_ms if terminal else self.session_ttl_ms):
                 return Outcome.STALE, None
             latest = now_ms + self.max_clock_skew_ms  # the latest time an update may count from for expiry
-            tenant = self._tenant_codes.get(tenant_id)
-            if tenant is None:
-                tenant = self._new_tenant_code(tenant_id)
-            self._tenant_refs[tenant] += 1
+            tenant = self._tenants.acquire(tenant_id)
             if updated_ms > latest:
                 sessions[session_id] = (
                     _HEADER.pack(tenant, _TYPE_CODE[kind] | _CLAMPED)
@@ -179,7 +174,7 @@ class SessionStore:
             if count > self.max_sessions:
                 self._evict_for_capacity(session_id)
         else:
-            if self._tenants[_HEADER.unpack_from(data)[0]] != tenant_id:
+            if self._tenants.names[_HEADER.unpack_from(data)[0]] != tenant_id:
                 return Outcome.TENANT_CHANGED, None
             last = data[-_T]
             if last in _TERMINAL_CODES:
@@ -220,7 +215,7 @@ class SessionStore:
             Transition(session_id, _STATUSES[code], updated_ms, partition, offset)
             for code, partition, offset, updated_ms in _TRANSITION.iter_unpack(data[start:])
         )
-        return SessionSnapshot(session_id, self._tenants[tenant], _TYPES[kind], transitions)
+        return SessionSnapshot(session_id, self._tenants.names[tenant], _TYPES[kind], transitions)
 
     def tenant_sessions(self, tenant_id: str, now_ms: int | None = None) -> list[SessionSnapshot]:
         """The tenant's sessions a client may see, least recently updated first (a tenant stream's snapshot).
@@ -228,7 +223,7 @@ class SessionStore:
         One pass over the store comparing a 4-byte prefix per session: no per-tenant index is kept, so a
         session costs no more memory; a tenant stream pays this once when it opens (docs/http-api.md).
         """
-        code = self._tenant_codes.get(tenant_id)
+        code = self._tenants.codes.get(tenant_id)
         if code is None:
             return []
         prefix = code.to_bytes(4, "little")
@@ -285,13 +280,7 @@ class SessionStore:
         del self._sessions[session_id]
         if data[-_T] in _TERMINAL_CODES:
             self._terminal.pop(session_id, None)
-        code = _HEADER.unpack_from(data)[0]
-        refs = self._tenant_refs[code] - 1
-        self._tenant_refs[code] = refs
-        if not refs:
-            del self._tenant_codes[self._tenants[code]]
-            self._tenants[code] = ""
-            self._free_codes.append(code)
+        self._tenants.release(_HEADER.unpack_from(data)[0])
 
     def _compact(self) -> None:
         """Rebuilds the dicts once they hold a fraction of their peak (a dict never shrinks by itself)."""
@@ -301,38 +290,17 @@ class SessionStore:
         if self._terminal_peak >= _SHRINK_MIN_PEAK and len(self._terminal) * _SHRINK_FACTOR < self._terminal_peak:
             self._terminal = dict(self._terminal.items())
             self._terminal_peak = len(self._terminal)
-        if len(self._tenants) >= _SHRINK_MIN_PEAK and len(self._tenant_codes) * _SHRINK_FACTOR < len(self._tenants):
+        if self._tenants.sparse(_SHRINK_MIN_PEAK, _SHRINK_FACTOR):
             self._renumber_tenants()
 
     def _renumber_tenants(self) -> None:
-        """Gives the live tenants dense codes again; costs one pass over the live sessions."""
-        remap: dict[int, int] = {}
-        tenants: list[str] = []
-        refs: list[int] = []
-        for tenant, old in self._tenant_codes.items():
-            remap[old] = len(tenants)
-            tenants.append(tenant)
-            refs.append(self._tenant_refs[old])
+        """Gives the live tenants dense codes again (``TenantCodes.renumber``); one pass over the sessions."""
+        remap = self._tenants.renumber()
         sessions = self._sessions
         for session_id, data in sessions.items():
             old, kind = _HEADER.unpack_from(data)
             if remap[old] != old:
                 sessions[session_id] = _HEADER.pack(remap[old], kind) + data[_H:]
-        self._tenants, self._tenant_refs, self._free_codes = tenants, refs, []
-        self._tenant_codes = {tenant: code for code, tenant in enumerate(tenants)}
-
-    def _new_tenant_code(self, tenant_id: str) -> int:
-        """A code for a tenant the store holds no session of (a freed one if any); its count starts at 0."""
-        if self._free_codes:
-            code = self._free_codes.pop()
-            self._tenants[code] = tenant_id
-            self._tenant_refs[code] = 0
-        else:
-            code = len(self._tenants)
-            self._tenants.append(tenant_id)
-            self._tenant_refs.append(0)
-        self._tenant_codes[tenant_id] = code
-        return code
 
 
 def _counts_from(data: bytes) -> int:

@@ -487,8 +487,9 @@ def _container_bytes(store: SessionStore) -> int:
     """Bytes of the store's own tables (dicts and lists are malloc'ed, outside Python's block count)."""
     import sys
 
-    tables = (store._sessions, store._terminal, store._tenants, store._tenant_codes, store._tenant_refs)
-    return sum(sys.getsizeof(table) for table in (*tables, store._free_codes))
+    tenants = store._tenants
+    tables = (store._sessions, store._terminal, tenants.names, tenants.codes, tenants.refs, tenants.free)
+    return sum(sys.getsizeof(table) for table in tables)
 
 
 def test_memory_returns_to_its_baseline_after_a_flood_of_300000_sessions() -> None:

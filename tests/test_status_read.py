@@ -118,7 +118,19 @@ async def test_the_latest_state_is_the_streams_event_data_with_an_etag_and_304(w
             assert not_modified.content == b""
             assert not_modified.headers["etag"] == etag
             assert not_modified.headers["cache-control"] == "no-store"
-        # Another replica that read as far computes the same tag: a poller may land on either.
+        # Another replica that read as far computes the same tag: a poller may land on either. Each replica
+        # consumes on its own, so this one is read from until it has applied the same record (404, then 200 with
+        # "active" before that); its tag must then be this one's.
+        replica_b: list[httpx.Response] = []
+
+        async def replica_b_caught_up() -> bool:
+            replica_b.append(await client.get(f"{world['replica-b'].url}/session/{session}", params={"token": token}))
+            return replica_b[-1].status_code == 200 and replica_b[-1].json()["status"] == "fetched"
+
+        await wait_until(
+            replica_b_caught_up, 30, lambda: f"replica-b: {replica_b[-1].status_code} {replica_b[-1].text}"
+        )
+        assert replica_b[-1].headers["etag"] == etag and replica_b[-1].content == answer.content
         other_replica = await client.get(
             f"{world['replica-b'].url}/session/{session}", params={"token": token}, headers={"if-none-match": etag}
         )

@@ -7,7 +7,7 @@ short, control characters.
 
 - ``redact`` skips substitutions that cannot match on ASCII text, and ``_suspect`` replaces the
   case-insensitive pre-check: same output as running every substitution (``gateway.runtime.redaction``).
-- ``JsonFormatter`` caches the formatted second and shares one JSON encoder: same line.
+- ``JsonFormatter`` caches the formatted second and encodes with msgspec: the line ``json.dumps`` writes (compact).
 - The access line is logged without the caller lookup of ``Logger.info``: same record, same JSON line.
 - ``ClientAddresses.peer`` caches its answers per peer, bounded: same answers as parsing every time.
 - ``?lastEventId=`` is read without parsing a query that cannot hold it: same value as ``parse_qsl``.
@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import time
-from types import SimpleNamespace
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
@@ -29,10 +28,11 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from consumers.log_aggregation import ReasonFolding
 from consumers.log_fields import FIELDS_ATTRIBUTE
 from gateway.admission.client_address import ClientAddresses, _ip, _key
 from gateway.admission.endpoint import _query_last_event_id
-from gateway.edge.connection import EdgeProtocol, access_log
+from gateway.edge.access_line import access_log, log_access
 from gateway.runtime import logging_setup, redaction
 from gateway.runtime.logging_setup import JsonFormatter
 from gateway.runtime.redaction import REDACTED, redact
@@ -184,7 +184,7 @@ def test_the_cached_second_is_the_formatted_second(created: list[float]) -> None
 def test_the_shared_encoder_writes_what_json_dumps_wrote(message: str, fields: dict[str, object]) -> None:
     line = JsonFormatter("inst").format(_record(1_765_000_000.25, message, fields))
     entry = json.loads(line)
-    reference = json.dumps(entry, ensure_ascii=False)
+    reference = json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
     reference = logging_setup._JSON_RAW.sub(logging_setup._json_escape, reference)
     assert line == reference
 
@@ -229,11 +229,10 @@ def _without_time(line: str) -> dict[str, Any]:
     ],
 )
 def test_the_access_record_without_caller_lookup_is_the_same_line(target: str) -> None:
-    protocol = EdgeProtocol.__new__(EdgeProtocol)
-    protocol.state = cast(Any, SimpleNamespace(limits=SimpleNamespace(access_log=True)))
-    protocol.transport = cast(asyncio.Transport, _Transport())
+    refusals = ReasonFolding(access_log, 10)
     fields = {"status": 200, "session_hash": "0123abcd", "tenant": "t-1"}
-    fast = _access_lines(lambda: protocol._log_access((target, "1.1"), 200, fields=fields))
+    transport = cast(asyncio.Transport, _Transport())
+    fast = _access_lines(lambda: log_access(transport, refusals, (target, "1.1"), 200, fields=fields))
     path = redaction.log_value(target)
     reference = _access_lines(
         lambda: access_log.info(

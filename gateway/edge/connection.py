@@ -30,12 +30,13 @@ import time
 from collections.abc import Mapping
 from typing import Any, cast
 
-from consumers.log_fields import FIELDS_ATTRIBUTE, session_hash
+from consumers.log_fields import session_hash
 from gateway import metrics
 from gateway.admission.endpoint import STREAM_HEADERS, Admission, Answer, StreamRequest
 from gateway.admission.tenant import TenantAdmission
 from gateway.admission.ticket_endpoint import MAX_BODY as MAX_TICKET_BODY
 from gateway.admission.ticket_endpoint import SUFFIX as TICKET
+from gateway.edge.access_line import log_access
 from gateway.edge.head import Head, parse_head
 from gateway.edge.request import Request
 from gateway.edge.route import match, match_status
@@ -46,14 +47,11 @@ from gateway.reads.status import StatusRead
 from gateway.runtime.redaction import log_value
 from gateway.streams.stream import NativeStream
 
-access_log = logging.getLogger("uvicorn.access")
 log = logging.getLogger("gateway.edge")
 
 _LINGER_SECONDS = 2.0
 _MAX_TRAILING_BYTES = 64 * 1024  # what a stream's client may send after its request before it is cut
 _RETRY_LATER = [(b"retry-after", b"5")]
-_ACCESS_LINE = '%s - "%s %s HTTP/%s" %d'
-_NO_FILE, _NO_FUNCTION = "(unknown file)", "(unknown function)"  # what logging records without a caller lookup
 
 
 class EdgeProtocol(asyncio.Protocol):
@@ -503,35 +501,6 @@ class EdgeProtocol(asyncio.Protocol):
         method: bytes = b"GET",
         fields: Mapping[str, object] | None = None,
     ) -> None:
-        """The access line; a refused request's names its reason and is folded per reason (its only line).
-
-        A stream request's line carries ``fields`` (status, reason, session hash, tenant, a wrong claim's
-        expected and received values)."""
-        extra = None if fields is None else {FIELDS_ATTRIBUTE: fields}
-        if self.state.limits.access_log and access_log.isEnabledFor(logging.INFO):
-            peer = self.transport.get_extra_info("peername") if self.transport is not None else None
-            client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
-            path = log_value(target[0])
-            verb = method.decode("ascii", errors="replace")
-            if not reason:
-                # ``access_log.info`` without its caller lookup (a walk up the stack): no format prints the line.
-                args = (client, verb, path, target[1], status)
-                access_log.handle(
-                    access_log.makeRecord(
-                        access_log.name, logging.INFO, _NO_FILE, 0, _ACCESS_LINE, args, None, _NO_FUNCTION, extra
-                    )
-                )
-                return
-            self.state.events.refusal_log.log(
-                logging.INFO,
-                reason,
-                '%s - "%s %s HTTP/%s" %d reason=%s',
-                client,
-                verb,
-                path,
-                target[1],
-                status,
-                reason,
-                logger=access_log,
-                extra=extra,
-            )
+        """The access line (``gateway.edge.access_line``), unless GATEWAY_ACCESS_LOG=false."""
+        if self.state.limits.access_log:
+            log_access(self.transport, self.state.events.refusal_log, target, status, reason, method, fields)

@@ -29,6 +29,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 from consumers.log_fields import FIELDS_ATTRIBUTE
 from consumers.tracing import current_ids
 from gateway.runtime.redaction import MAX_LOGGED_ARGUMENT, clip, redact
@@ -105,8 +107,18 @@ def _json_escape(match: re.Match[str]) -> str:
     return f"\\u{ord(match.group(0)):04x}"
 
 
-# json.dumps(..., ensure_ascii=False) builds an encoder per call; this one writes the same text.
-_JSON = json.JSONEncoder(ensure_ascii=False)
+# A line is encoded by msgspec (C; a tenth of the standard encoder's time, issue 24), compact, non-ASCII as
+# it is, like ``json.dumps(ensure_ascii=False)``; what msgspec refuses (a lone surrogate, an unknown type) is
+# left to the standard encoder, which writes any text.
+_ENCODE = msgspec.json.Encoder().encode
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _json_text(entry: dict[str, Any]) -> str:
+    try:
+        return _ENCODE(entry).decode()
+    except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
+        return _JSON.encode(entry)
 
 
 class JsonFormatter(logging.Formatter):
@@ -137,7 +149,7 @@ class JsonFormatter(logging.Formatter):
             entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exception"] = redact(self.formatException(record.exc_info))
-        line = _JSON.encode(entry)
+        line = _json_text(entry)
         return _JSON_RAW.sub(_json_escape, line) if _JSON_RAW.search(line) else line
 
 
@@ -199,4 +211,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json", instance: str = ""
         },
     }
     logging.config.dictConfig(config)
+    # No format prints the thread, process or multiprocessing names: a record need not look them up
+    # (the logging module's documented switches; an os.getpid() call per record among them).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     return config

@@ -514,6 +514,14 @@ def test_iso_millis_matches_javascript_at_the_range_ends() -> None:
     assert iso_millis((moment - EPOCH) // timedelta(milliseconds=1)) == "0999-05-01T12:00:00.000Z"
 
 
+@settings(max_examples=3000, deadline=None)
+@given(st.integers(min_value=MIN_UPDATED_MS, max_value=MAX_UPDATED_MS) | st.integers(-86_400_001, 86_400_001))
+def test_iso_millis_is_what_datetime_prints(updated_ms: int) -> None:
+    """The day-cached form (issue 24) against the datetime arithmetic it replaced, over the store's whole range."""
+    moment = EPOCH + timedelta(milliseconds=updated_ms)
+    assert iso_millis(updated_ms) == moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 async def test_a_record_the_kafka_client_cannot_parse_is_skipped_alone(kafka_bootstrap: str) -> None:
     """One batch: a good record, an unparseable one, a good one. The consumer survives and goes on.
 

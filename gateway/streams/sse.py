@@ -8,9 +8,10 @@ than the first is written ``t<index>.<partition>`` (``t1.3-42``; see ``consumers
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import date, timedelta
 
 import orjson
 from sse_starlette import ServerSentEvent
@@ -21,7 +22,7 @@ from consumers.store import Transition
 HEARTBEAT = b":\n\n"
 _EVENT_ID = re.compile(r"((?:t\d{1,4}\.)?\d{1,7})-(\d{1,19})(-end)?", re.ASCII)
 _MAX_OFFSET = 2**63 - 1
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_DAY = date(1970, 1, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +56,19 @@ def iso_millis(updated_ms: int) -> str:
     """UTC with milliseconds and 'Z': JavaScript's ``Date.prototype.toISOString()`` form.
 
     Integer arithmetic (no float rounding) and a zero-padded year (``strftime`` prints year 999 as
-    ``999``); the store only holds times in years 0001-9999 (see ``consumers.records``).
+    ``999``); the store only holds times in years 0001-9999 (see ``consumers.records``). The date part
+    is computed once per day (a record's, a stream's first event's, a status read's time: issue 24).
     """
-    m = _EPOCH + timedelta(milliseconds=updated_ms)
-    return (
-        f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}."
-        f"{m.microsecond // 1000:03d}Z"
-    )
+    seconds, millis = divmod(updated_ms, 1000)
+    days, second = divmod(seconds, 86_400)
+    minutes, second = divmod(second, 60)
+    return f"{_iso_date(days)}T{minutes // 60:02d}:{minutes % 60:02d}:{second:02d}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_date(days: int) -> str:
+    """``YYYY-MM-DD`` of the day ``days`` after 1970-01-01 (``date.isoformat`` pads the year to four digits)."""
+    return (_EPOCH_DAY + timedelta(days=days)).isoformat()
 
 
 # Line breaks that JSON leaves raw but line-splitting clients (Python's str.splitlines, some SSE

@@ -29,7 +29,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from tests.kafka_support import create_topic, produce, unique_topic
-from tests.support import free_port
+from tests.support import free_port, wait_until
 
 __all__ = ["free_port"]  # re-exported: one definition, in tests/support.py
 
@@ -344,6 +344,24 @@ async def sse(
         else:
             await response.aread()
         yield stream
+
+
+async def wait_applied(gateway: GatewayProcess, session_id: str, token: str, timeout: float = 30.0) -> None:
+    """Waits until ``gateway`` has applied ``session_id`` (the consumer is asynchronous to the producer).
+
+    Asks the status read (``GET /session/{id}``, the token as a bearer header) until it answers 200: it answers
+    an unknown session at once, and adds no stream request to the access log. For a client that must not meet
+    the unknown-session wait's 404 (an EventSource gives up for good on it).
+    """
+    url = f"{gateway.url}/session/{session_id}"
+    answers: list[int] = []
+    async with httpx.AsyncClient(timeout=10.0, headers={"authorization": f"Bearer {token}"}) as client:
+
+        async def applied() -> bool:
+            answers.append((await client.get(url)).status_code)
+            return answers[-1] == 200
+
+        await wait_until(applied, timeout, lambda: f"{url} answered {answers[-1:]}", interval=0.1)
 
 
 # --- dev token issuer process ----------------------------------------------------------------------

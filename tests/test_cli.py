@@ -146,7 +146,8 @@ async def watch_world(
         topic=topic,
         create=False,
         keys=[rsa_key("cli-key")],
-        GATEWAY_UNKNOWN_SESSION_WAIT="0.5",
+        # `watch` starts right after its record is written: a few seconds for the gateway to apply it.
+        GATEWAY_UNKNOWN_SESSION_WAIT="3",
         GATEWAY_TICKET_KEYS=f"cli:{secrets.token_urlsafe(32)}",
     ) as world:
         yield WatchWorld(world.jwks, world.key, world.gateway)

@@ -754,10 +754,11 @@ async def test_other_tenant_cannot_tell_existence_from_timing(world: World, clie
     started = time.monotonic()
     assert_not_found(await ask(client, world.main, world.session_a, token=token), world.session_a)
     foreign_seconds = time.monotonic() - started
-    assert unknown_seconds >= UNKNOWN_SESSION_WAIT * 0.8
-    assert foreign_seconds >= unknown_seconds * 0.7, (
-        f"another tenant's session is refused in {foreign_seconds:.2f}s, an unknown one in {unknown_seconds:.2f}s"
-    )
+    # Both against the configured wait, not one against the other: a delay on the first request alone (a connection
+    # set-up, a busy CPU) would make a relative comparison fail although both waited the whole wait.
+    timings = f"another tenant's session is refused in {foreign_seconds:.2f}s, an unknown one in {unknown_seconds:.2f}s"
+    assert unknown_seconds >= UNKNOWN_SESSION_WAIT * 0.8, timings
+    assert foreign_seconds >= UNKNOWN_SESSION_WAIT * 0.8, timings
 
 
 async def test_other_tenant_cannot_tell_existence_from_a_terminal_last_event_id(

@@ -35,7 +35,7 @@ from tests.gateway_support import (
     mint,
     sse,
 )
-from tests.kafka_support import create_topic, event_bytes, produce, wait_until
+from tests.kafka_support import create_topic, event_bytes, produce, send, started_producer, wait_until
 from tests.support import event_id, new_session
 
 pytestmark = pytest.mark.timeout(90)
@@ -263,13 +263,16 @@ async def test_subscribe_before_the_session_is_created(world: World, client: htt
             return stream.status, first, answered
 
     await wait_waiting(client, world.main, 0, "requests of an earlier test still wait")
-    started = time.monotonic()
-    task = asyncio.create_task(subscribe())
-    await wait_waiting(client, world.main, 1, "the request never waited for its session")
-    assert not task.done(), "the gateway answered before the session existed"
-    publishing = time.monotonic()
-    [position] = await world.publish((session_id, "active", None))
-    status, first, answered = await task
+    # The producer is started beforehand: a fresh one's start-up could take the rest of the wait on a loaded machine.
+    async with started_producer(world.bootstrap) as producer:
+        started = time.monotonic()
+        task = asyncio.create_task(subscribe())
+        await wait_waiting(client, world.main, 1, "the request never waited for its session")
+        assert not task.done(), "the gateway answered before the session existed"
+        publishing = time.monotonic()
+        record = (session_id.encode(), event_bytes(session_id, TENANT, "active"))
+        [position] = await send(producer, world.topic, [record])
+        status, first, answered = await task
     assert status == 200
     assert first is not None and first.id == event_id(position)
     assert first.json()["status"] == "active"

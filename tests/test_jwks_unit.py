@@ -203,7 +203,9 @@ async def test_a_refresh_that_brings_the_kid_ends_the_wait_without_another_fetch
 
 async def test_waiting_for_the_deferred_refetch_is_bounded() -> None:
     idp = FakeIdp([rsa_key("rsa")])
-    async with cache_for(idp, jwks_min_refresh=0.3, jwks_max_waiting=5) as cache:
+    # The lookups wait only inside the min refresh since the load's start (which includes a parse in a thread):
+    # 1 s, so that a starved loop or thread cannot let them refetch instead.
+    async with cache_for(idp, jwks_min_refresh=1.0, jwks_max_waiting=5) as cache:
         await cache.load()
         lookups = [asyncio.create_task(cache.key_for(f"forged-{n}", "RS256")) for n in range(20)]
         await asyncio.sleep(0)  # each lookup ran up to its wait, or to its refusal

@@ -54,6 +54,7 @@ from tests.gateway_support import (
     sample,
     scrape,
     sse,
+    wait_applied,
 )
 from tests.kafka_support import (
     create_topic,
@@ -124,12 +125,20 @@ async def publish(
     return [event_id((p, o), status in TERMINAL) for (p, o), status in zip(positions, statuses, strict=True)]
 
 
-async def publish_many(bootstrap: str, topic: str, transitions: list[tuple[str, str]]) -> dict[str, list[str]]:
-    """Writes ``(session, status)`` records with one producer; returns the event ids by session."""
+async def publish_many(
+    bootstrap: str, topic: str, transitions: list[tuple[str, str]], producer: AIOKafkaProducer | None = None
+) -> dict[str, list[str]]:
+    """Writes ``(session, status)`` records with one producer; returns the event ids by session.
+
+    With ``producer`` (started beforehand), the call takes only the send, as ``publish``.
+    """
     records: list[tuple[bytes | None, bytes | None]] = [
         (sid.encode(), event_bytes(sid, TENANT, status)) for sid, status in transitions
     ]
-    positions = await produce(bootstrap, topic, records)
+    if producer is None:
+        positions = await produce(bootstrap, topic, records)
+    else:
+        positions = await send(producer, topic, records)
     ids: dict[str, list[str]] = {}
     for (sid, status), (p, o) in zip(transitions, positions, strict=True):
         ids.setdefault(sid, []).append(event_id((p, o), status in TERMINAL))
@@ -529,6 +538,10 @@ async def test_malformed_or_foreign_last_event_id_is_treated_as_absent(pair: Pai
     ids = await publish_many(
         pair.bootstrap, pair.topic, [(sid, status) for sid in sessions.values() for status in ("active", "fetched")]
     )
+    # Every session applied before the first request: one still on its way would wait for it, for the consumer's lag.
+    token = pair.token(sub="garbage-probe")
+    for session in sessions.values():
+        await wait_applied(pair.first, session, token)
     failures: list[str] = []
     async with http_client() as client:
         for (via, index), session in sessions.items():
@@ -844,7 +857,8 @@ async def test_stream_ends_when_its_token_expires_unless_disabled(pair: Pair) ->
         after = sample(await scrape(client, pair.first), "gateway_streams_closed_total", reason="token_expired")
     print(f"\ntoken expiry: stream closed {ended_wall - exp:+.2f}s after exp")
     assert closing.error is None, f"the stream was not ended cleanly: {closing.error!r}"
-    assert -0.5 <= ended_wall - exp <= 2.0
+    # The expiry sweep runs once a second: up to 1 s of the bound is by design, the rest for a loaded machine.
+    assert -0.5 <= ended_wall - exp <= 3.0
     assert closing.statuses == ["active"]
     assert staying.ids[-1] == fetched
     assert after - before == 1
@@ -936,7 +950,8 @@ async def test_requests_waiting_for_their_session_cannot_exceed_the_subject_limi
     gateway = limited.gateway
     token = mint(limited.key, sub="burst")
     sessions = [new_session(f"burst{i}") for i in range(5)]
-    async with http_client() as client:
+    # Started beforehand: a fresh producer's start-up could take the rest of the wait on a loaded machine.
+    async with http_client() as client, started_producer(limited.bootstrap) as producer:
         await wait_open_streams(client, gateway, 0)
         watches = [asyncio.create_task(open_watch(client, gateway, s, token, timeout=10)) for s in sessions]
 
@@ -944,7 +959,7 @@ async def test_requests_waiting_for_their_session_cannot_exceed_the_subject_limi
             return await waiting_requests(client, gateway) + sum(watch.done() for watch in watches) == len(watches)
 
         await wait_until(all_arrived, 10, "the requests never reached the gateway")
-        await publish_many(limited.bootstrap, limited.topic, [(s, "active") for s in sessions])
+        await publish_many(limited.bootstrap, limited.topic, [(s, "active") for s in sessions], producer)
         opened = await asyncio.gather(*watches)
         try:
             admitted = [w for w in opened if w.status == 200]

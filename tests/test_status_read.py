@@ -194,12 +194,16 @@ async def test_tenants_and_unknown_sessions_answer_like_the_stream(world: Gatewa
 async def test_wait_for_an_unknown_session_and_bad_wait_values(world: GatewayWorld) -> None:
     token = world.token(TENANT)
     async with httpx.AsyncClient(timeout=30) as client:
-        # It appears while the read waits: answered with its state.
+        # It appears while the read waits: answered with its state. The producer is started beforehand: a fresh
+        # one's start-up could take the rest of the read's wait on a loaded machine.
         session = new_session("appears")
-        waiting = asyncio.ensure_future(client.get(status_url(world, session), params={"token": token, "wait": "3.5"}))
-        await wait_until(lambda: _some_waiting(world), 10, "the read to wait (counted)")
-        await publish(world, session, "active")
-        answer = await waiting
+        async with started_producer(world.bootstrap) as producer:
+            waiting = asyncio.ensure_future(
+                client.get(status_url(world, session), params={"token": token, "wait": "3.5"})
+            )
+            await wait_until(lambda: _some_waiting(world), 10, "the read to wait (counted)")
+            await send(producer, world.topic, [(session.encode(), event_bytes(session, TENANT, "active"))])
+            answer = await waiting
         assert answer.status_code == 200 and answer.json()["status"] == "active"
         # A wait beyond GATEWAY_UNKNOWN_SESSION_WAIT is cut to it: 404 after that wait, not after 100000 s.
         started = time.monotonic()
@@ -233,23 +237,26 @@ async def test_a_long_poll_answers_when_the_state_changes_or_304_after_its_wait(
         )
         assert quiet.status_code == 304 and quiet.headers["etag"] == etag
         assert time.monotonic() - started >= 0.9
-        # A transition while it waits: 200 with the new state, soon after the producer's acknowledgement.
+        # A transition while it waits: 200 with the new state, soon after the producer's acknowledgement. The
+        # producer is started before the polls: its start-up inside a poll's wait could outlast the wait.
         delays = []
-        for status in ("fetched", "completed"):
-            poll = asyncio.ensure_future(
-                client.get(
-                    status_url(world, session), params={"token": token, "wait": "4"}, headers={"if-none-match": etag}
+        async with started_producer(world.bootstrap) as producer:
+            for status in ("fetched", "completed"):
+                poll = asyncio.ensure_future(
+                    client.get(
+                        status_url(world, session),
+                        params={"token": token, "wait": "4"},
+                        headers={"if-none-match": etag},
+                    )
                 )
-            )
-            await wait_until(lambda: _some_waiting(world), 10, "the long poll to wait")
-            async with started_producer(world.bootstrap) as producer:
+                await wait_until(lambda: _some_waiting(world), 10, "the long poll to wait")
                 await send(producer, world.topic, [(session.encode(), event_bytes(session, TENANT, status))])
                 acknowledged = time.monotonic()
                 answer = await poll
                 delays.append(time.monotonic() - acknowledged)
-            assert answer.status_code == 200 and answer.json()["status"] == status
-            assert answer.headers["etag"] != etag
-            etag = answer.headers["etag"]
+                assert answer.status_code == 200 and answer.json()["status"] == status
+                assert answer.headers["etag"] != etag
+                etag = answer.headers["etag"]
         print(f"long poll answered after the producer's ack (s): {[round(d, 4) for d in delays]}")
         assert await waiting_requests(world) == 0
 

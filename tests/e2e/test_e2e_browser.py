@@ -24,7 +24,7 @@ import pytest_asyncio
 
 from tests.e2e.conftest import PageServer
 from tests.e2e.support import publish, stream_requests
-from tests.gateway_support import GatewayProcess, JwksServer, clean_env, gateway_env, mint, rsa_key
+from tests.gateway_support import GatewayProcess, JwksServer, clean_env, gateway_env, mint, rsa_key, wait_applied
 from tests.kafka_support import create_topic, unique_topic
 from tests.support import wait_until
 
@@ -166,8 +166,11 @@ def session_id() -> Iterator[str]:
 async def test_three_events_in_order_then_closed_without_a_reconnect_loop(
     stack: Stack, gateway: GatewayProcess, page_server: PageServer, chromium: Any, session_id: str
 ) -> None:
+    token = stack.token()
     await publish(stack.bootstrap, stack.topic, session_id, TENANT, "active")
-    context, client = await open_client(chromium, page_server.client_url(gateway.url, session_id, stack.token()))
+    # The gateway waits 1 s for an unknown session, and its 404 would end the EventSource for good.
+    await wait_applied(gateway, session_id, token)
+    context, client = await open_client(chromium, page_server.client_url(gateway.url, session_id, token))
     try:
         await client.wait_events(1)
         await publish(stack.bootstrap, stack.topic, session_id, TENANT, "fetched")
@@ -185,8 +188,9 @@ async def test_three_events_in_order_then_closed_without_a_reconnect_loop(
     assert seen["events"][-1]["eventId"].endswith("-end"), seen
     assert seen["states"][0] == "open" and seen["states"][-1] == "closed", seen
     # The stream ended after `completed`; the browser reconnected once with that event's id and got 204, which
-    # stops EventSource for good: exactly two requests, however long one waits.
-    assert stream_requests(gateway, session_id) == [200, 204], gateway.logs()[-3000:]
+    # stops EventSource for good: exactly two requests, however long one waits. The access line is written as
+    # the answer goes out: wait for it rather than race it.
+    await wait_until(lambda: stream_requests(gateway, session_id) == [200, 204], 10, lambda: gateway.logs()[-3000:])
     assert [request["status"] for request in client.requests] == [200, 204], client.requests
     assert client.requests[1]["last_event_id"] == seen["events"][-1]["eventId"], client.requests
 
@@ -214,7 +218,8 @@ async def test_an_error_status_ends_in_closed_after_exactly_one_request(
     finally:
         await context.close()
     assert seen["events"] == [] and seen["states"] == ["closed"], seen
-    assert stream_requests(gateway, session_id) == [expected], gateway.logs()[-3000:]
+    # The access line is written as the answer goes out: wait for it rather than race it.
+    await wait_until(lambda: stream_requests(gateway, session_id) == [expected], 10, lambda: gateway.logs()[-3000:])
     assert [request["status"] for request in client.requests] == [expected], client.requests
 
 
@@ -247,6 +252,8 @@ async def test_gateway_restart_mid_stream_browser_resumes_by_itself(
         await first.wait_ready(timeout=90)
         await publish(stack.bootstrap, stack.topic, session_id, TENANT, "active")
         tenant_token = stack.token()
+        # The gateway waits 1 s for an unknown session, and its 404 would end the EventSource for good.
+        await wait_applied(first, session_id, tenant_token)
         given = tenant_token
         if credential == "ticket":  # the backend's part: its token stays here, the page gets a ticket
             async with httpx.AsyncClient(timeout=30) as http:

@@ -22,7 +22,7 @@ import pytest_asyncio
 
 from tests.e2e.conftest import PageServer
 from tests.e2e.support import publish, stream_requests
-from tests.gateway_support import GatewayProcess, JwksServer, clean_env, gateway_env, mint, rsa_key
+from tests.gateway_support import GatewayProcess, JwksServer, clean_env, gateway_env, mint, rsa_key, wait_applied
 from tests.kafka_support import create_topic, unique_topic
 from tests.support import wait_until
 
@@ -95,6 +95,8 @@ async def test_fetch_with_a_bearer_header_from_another_origin_reads_the_session_
     session_id = f"e2e-fetch-{uuid.uuid4()}"
     token = mint(jwks.keys[0], tenant=TENANT)
     await publish(kafka_bootstrap, topic, session_id, TENANT, "active")
+    # The gateway waits 1 s for an unknown session: a 404 would end the page's reading for good.
+    await wait_applied(gateway, session_id, token)
     context = await chromium.new_context()
     urls: list[str] = []
     try:

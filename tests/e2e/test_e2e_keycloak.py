@@ -203,7 +203,8 @@ async def test_key_rotation_needs_no_restart_and_removed_keys_are_refused(
     session_id = f"kc-rot-{uuid.uuid4()}"
     await publish(kafka_bootstrap, topic, session_id, "tenant-a", "active")
     old_token = await keycloak.token("wallet-backend")
-    assert await open_status(gateway, session_id, old_token) == (200, ["active"])
+    # The gateway waits 1 s for an unknown session: poll until it consumed the record.
+    assert await open_status_within(gateway, session_id, old_token, 30) == (200, ["active"])
     fetches_before = sample(await metrics_text(gateway), "gateway_jwks_fetches_total")
 
     old_kid, new_kid = await rotate_keys(keycloak)

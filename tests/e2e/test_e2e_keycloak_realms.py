@@ -209,10 +209,13 @@ async def sessions(kafka_bootstrap: str, topic: str, gateway: GatewayProcess, re
     await publish(kafka_bootstrap, topic, session_a, "tenant-a", "active")
     await publish(kafka_bootstrap, topic, session_b, "tenant-b", "fetched")
     token_a = await realms.token(REALM_A, "backend-a")
+    token_b = await realms.token(REALM_B, "backend-b")
+    # The topic has two partitions, so the sessions may be applied in either order: wait for each of them.
     deadline = time.monotonic() + 30
-    while (await open_status(gateway, session_a, token_a))[0] == 404:
-        assert time.monotonic() < deadline, "the gateway did not consume the sessions within 30 s"
-        await asyncio.sleep(0.2)
+    for session, token in ((session_a, token_a), (session_b, token_b)):
+        while (await open_status(gateway, session, token))[0] == 404:
+            assert time.monotonic() < deadline, f"the gateway did not consume {session} within 30 s"
+            await asyncio.sleep(0.2)
     return session_a, session_b
 
 

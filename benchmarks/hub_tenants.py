@@ -42,6 +42,9 @@ class Watching:
     def transition(self, transition: Transition, record_timestamp_ms: int) -> None:
         raise AssertionError("a tenant subscriber got another tenant's record")
 
+    def deleted(self, session_id: str, partition: int, offset: int, record_timestamp_ms: int) -> None:
+        raise AssertionError("a tenant subscriber got another tenant's deletion")
+
     def close(self, reason: str) -> None:
         return None
 

@@ -4,7 +4,7 @@ Lookup is one dict access, a session nobody watches costs nothing beyond the sto
 each event is encoded once (by the injected encoder) however many subscribers receive it. Tenant
 subscribers (``GET /tenant/events``) are indexed by tenant: a record costs one more dict lookup,
 whatever the number of tenant streams, and a tenant subscriber encodes its own frame (its event id is
-its own cursor, ``gateway.streams.cursor``).
+its own cursor, ``gateway.streams.cursor``); a deleted session's tenant subscribers are told of it.
 
 A subscriber that raises is a failure of that subscriber only: it is unsubscribed and told to
 close, the error is logged and counted, and the others still get the event. An event that cannot be
@@ -37,6 +37,9 @@ class Subscriber(Protocol):
 class TenantSubscriber(Protocol):
     def transition(self, transition: Transition, record_timestamp_ms: int) -> None:
         """Queues one transition of the tenant's sessions; must not block."""
+
+    def deleted(self, session_id: str, partition: int, offset: int, record_timestamp_ms: int) -> None:
+        """Queues the deletion (tombstone at ``partition``/``offset``) of one of the tenant's sessions."""
 
     def close(self, reason: str) -> None:
         """Ends the subscriber's stream (called when it failed)."""
@@ -115,20 +118,38 @@ class Hub:
             try:
                 watcher.transition(transition, record_timestamp_ms)
             except Exception as error:
-                metrics.SUBSCRIBER_ERRORS.inc()
-                log.error("a tenant subscriber raised %s; closing it", type(error).__name__, exc_info=error)
-                self.unsubscribe_tenant(tenant_id, watcher)
-                try:
-                    watcher.close("subscriber_error")
-                except Exception:
-                    log.exception("closing a failed tenant subscriber raised too")
+                self._fail_tenant(tenant_id, watcher, error)
 
-    def session_deleted(self, session_id: str) -> None:
+    def _fail_tenant(self, tenant_id: str, watcher: TenantSubscriber, error: Exception) -> None:
+        metrics.SUBSCRIBER_ERRORS.inc()
+        log.error("a tenant subscriber raised %s; closing it", type(error).__name__, exc_info=error)
+        self.unsubscribe_tenant(tenant_id, watcher)
+        try:
+            watcher.close("subscriber_error")
+        except Exception:
+            log.exception("closing a failed tenant subscriber raised too")
+
+    def session_deleted(
+        self,
+        session_id: str,
+        tenant_id: str | None = None,
+        partition: int = -1,
+        offset: int = -1,
+        timestamp_ms: int = 0,
+    ) -> None:
+        """A tombstone deleted the session: its streams end, its tenant's streams are told (at the tombstone's
+        ``partition`` and ``offset``)."""
         for subscriber in tuple(self._subscribers.get(session_id, ())):
             try:
                 subscriber.session_deleted()
             except Exception as error:
                 self._fail(session_id, subscriber, error)
+        watchers = self._tenants.get(tenant_id) if tenant_id is not None else None
+        for watcher in tuple(watchers or ()):
+            try:
+                watcher.deleted(session_id, partition, offset, timestamp_ms)
+            except Exception as error:
+                self._fail_tenant(tenant_id or "", watcher, error)
 
     def _fail(self, session_id: str, subscriber: Subscriber, error: Exception) -> None:
         metrics.SUBSCRIBER_ERRORS.inc()

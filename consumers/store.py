@@ -194,6 +194,11 @@ class SessionStore:
             self._terminal_peak = max(self._terminal_peak, len(self._terminal))
         return APPLIED, _new_tuple(Transition, (session_id, status, updated_ms, partition, offset))
 
+    def tenant_of(self, session_id: str) -> str | None:
+        """The tenant of a held session (expired or not), else None."""
+        data = self._sessions.get(session_id)
+        return None if data is None else self._tenants.names[_HEADER.unpack_from(data)[0]]
+
     def delete(self, session_id: str) -> Outcome:
         data = self._sessions.get(session_id)
         if data is None:

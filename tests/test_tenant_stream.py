@@ -175,6 +175,41 @@ async def test_starts_with_the_live_sessions_and_filters(world: World, client: h
         assert pairs([event]) == [(newer, "active")]
 
 
+async def test_a_deleted_session_is_announced_to_its_tenant_only(world: World, client: httpx.AsyncClient) -> None:
+    """A tombstone takes the session out of its tenant's view: ``event: deleted`` with ``{"id"}``, whatever the
+    stream's status filter, its id the cursor at the tombstone's position; another tenant hears nothing, a resume
+    from that id neither repeats the deletion nor brings the session back."""
+    tenant, other = new_tenant(), new_tenant()
+    gone, later, theirs = new_session("gone"), new_session("later"), new_session("theirs")
+    params = {"token": world.token(tenant), "status": "completed"}  # the filter does not hold deletions back
+    async with (
+        sse(client, world.url(), params=params) as filtered,
+        sse(client, world.url(), params={"token": world.token(other)}) as foreign,
+    ):
+        assert filtered.status == foreign.status == 200
+        await world.publish(tenant, (gone, "active"))
+        await world.publish(other, (theirs, "active"))
+        assert pairs(await events_for(foreign, 1)) == [(theirs, "active")]
+        await wait_until(lambda: snapshot_size(world, client, tenant, "main", 1), 20, "the session never arrived")
+        # A tombstone of a session no replica ever held tells nobody (no tenant is known for it); then the real one.
+        [_, (partition, offset)] = await produce(
+            world.made.bootstrap, world.made.topic, [(new_session("never").encode(), None), (gone.encode(), None)]
+        )
+        (deleted,) = await events_for(filtered, 1)
+        assert (deleted.event, deleted.json()) == ("deleted", {"id": gone})
+        assert deleted.id is not None and (parse_cursor(deleted.id) or {}).get(partition) == offset
+        # The other tenant's stream got nothing of it: its next event is its own next transition.
+        await world.publish(other, (theirs, "fetched"))
+        assert pairs(await events_for(foreign, 1)) == [(theirs, "fetched")]
+    # Resumed from the deletion's id: no repeat, no deleted session; the next event is the next transition.
+    resume = {"Last-Event-ID": deleted.id}
+    async with sse(client, world.url(), params={"token": world.token(tenant)}, headers=resume) as resumed:
+        assert resumed.status == 200
+        await world.publish(tenant, (later, "active"))
+        (event,) = await events_for(resumed, 1)
+        assert (event.event, pairs([event])) == ("message", [(later, "active")])
+
+
 async def test_snapshot_bound_says_what_it_left_out(world: World, client: httpx.AsyncClient) -> None:
     tenant = new_tenant()
     sessions = [new_session("b") for _ in range(5)]

@@ -4,6 +4,7 @@ the store's tenant listing and the roles claim. The processes are in tests/test_
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from typing import Any
 
@@ -198,6 +199,28 @@ def test_feed_advances_its_cursor_and_filters() -> None:
     assert feed.cursor == {0: 8}
 
 
+def test_feed_tells_a_deletion_whatever_its_filter_once() -> None:
+    stream = Recorder()
+    feed = TenantFeed(stream, "t", {0: 5}, frozenset({COMPLETED}))  # type: ignore[arg-type]
+    feed.deleted("x", 0, 5, 0)  # a position the opening already covers: not again
+    feed.deleted("x\u2028y", 0, 9, 0)
+    assert len(stream.frames) == 1 and feed.cursor == {0: 9}
+    frame = stream.frames[0].decode()
+    assert "\nevent: deleted\n" in frame and frame.endswith("\n\n") and "\n\n" not in frame[:-2]
+    assert json.loads(frame.split("data: ", 1)[1].split("\n", 1)[0]) == {"id": "x\u2028y"}
+    assert parse_cursor(ids(stream.frames)[0]) == {0: 9}
+
+
+def test_hub_tells_a_deletion_to_its_sessions_tenant_only() -> None:
+    hub = Hub(encode_transition)
+    mine, theirs = Recorder(), Recorder()
+    hub.subscribe_tenant("t1", TenantFeed(mine, "t1", {}, None))  # type: ignore[arg-type]
+    hub.subscribe_tenant("t2", TenantFeed(theirs, "t2", {}, None))  # type: ignore[arg-type]
+    hub.session_deleted("s1", "t1", 3, 7)
+    hub.session_deleted("s2", None, 3, 8)  # a session the store did not hold: no tenant to tell
+    assert len(mine.frames) == 1 and theirs.frames == []
+
+
 def test_hub_hands_a_tenants_transitions_to_its_subscribers_only() -> None:
     hub = Hub(encode_transition)
     mine, theirs, session = Recorder(), Recorder(), Recorder()
@@ -224,6 +247,9 @@ def test_hub_closes_a_failing_tenant_subscriber_and_serves_the_rest() -> None:
         def transition(self, transition: Transition, record_timestamp_ms: int) -> None:
             raise RuntimeError("boom")
 
+        def deleted(self, session_id: str, partition: int, offset: int, record_timestamp_ms: int) -> None:
+            raise RuntimeError("boom")
+
         def close(self, reason: str) -> None:
             self.closed = reason
 
@@ -232,6 +258,12 @@ def test_hub_closes_a_failing_tenant_subscriber_and_serves_the_rest() -> None:
     hub.subscribe_tenant("t", TenantFeed(healthy, "t", {}, None))  # type: ignore[arg-type]
     hub.publish(Transition("s", ACTIVE, 1, 0, 1), 0, "t")
     assert failing.closed == "subscriber_error" and len(healthy.frames) == 1
+    assert hub.tenant_count("t") == 1
+    # The same for a deletion: the failing one is closed, the others are told.
+    failing.closed = ""
+    hub.subscribe_tenant("t", failing)
+    hub.session_deleted("s", "t", 0, 2)
+    assert failing.closed == "subscriber_error" and len(healthy.frames) == 2
     assert hub.tenant_count("t") == 1
 
 

@@ -180,10 +180,12 @@ class BatchApplier:
         if isinstance(decoded, Skipped):
             ignored[decoded.reason] += 1
             return (IGNORED, decoded.reason, None, 0)
+        tenant_id = self.store.tenant_of(decoded.session_id)
         outcome = self.store.delete(decoded.session_id)  # a tombstone
         if outcome is Outcome.DELETED:
             metrics.SESSIONS_DELETED.inc()
-            self.hub.session_deleted(decoded.session_id)
+            number = global_partition(index, record.partition)
+            self.hub.session_deleted(decoded.session_id, tenant_id, number, record.offset, record.timestamp)
         else:
             ignored[outcome] += 1
         return (outcome, "", decoded.session_id, 0)

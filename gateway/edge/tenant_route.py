@@ -42,7 +42,9 @@ def openapi_operation() -> dict[str, Any]:
             '`{"leftOut", "sent"}` before them), then every later transition of the tenant. Each event is '
             '`event: message` with `data` `{"id", "status", "updatedAt"}` (as a session stream\'s) and an `id` '
             "that is a cursor over the tenant's partitions: send it back as `Last-Event-ID` to resume on any "
-            "replica without loss or duplicates. The stream does not end when a session ends."
+            "replica without loss or duplicates. A tombstone deleting one of the tenant's sessions is "
+            '`event: deleted` with `{"id"}` (whatever `status` keeps). The stream does not end when a session '
+            "ends."
         ),
         "parameters": [
             _query("token", "JWT access token for authentication"),

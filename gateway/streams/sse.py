@@ -78,9 +78,14 @@ _UNICODE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85
 
 def encode_payload(transition: Transition) -> str:
     """The event's data, ``{"id","status","updatedAt"}``: also the body of a status read (``gateway.reads``)."""
-    data = orjson.dumps(
+    return json_data(
         {"id": transition.session_id, "status": transition.status.value, "updatedAt": iso_millis(transition.updated_ms)}
-    ).decode()
+    )
+
+
+def json_data(value: dict[str, str]) -> str:
+    """``value`` as an event's one-line JSON data."""
+    data = orjson.dumps(value).decode()
     if not data.isascii():
         data = data.translate(_UNICODE_BREAKS)
     return data

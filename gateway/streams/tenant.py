@@ -2,8 +2,9 @@
 
 The stream itself is the session streams' ``NativeStream`` (heartbeats, slow clients, token expiry and
 drain come with it); ``TenantFeed`` sits between it and the hub, keeps the stream's cursor
-(``gateway.streams.cursor``) and writes each transition with the cursor as its event id. It never
-ends the stream on a terminal status: a tenant's view outlives its sessions.
+(``gateway.streams.cursor``) and writes each transition, and each deletion of a session (``event: deleted``),
+with the cursor as its event id. It never ends the stream on a terminal status: a tenant's view outlives its
+sessions.
 
 The opening (``opening``) is the tenant's sessions' current states, or after a ``Last-Event-ID`` the
 transitions the cursor has not seen, sorted by partition and offset so that every event's id is exact
@@ -22,7 +23,7 @@ from sse_starlette import ServerSentEvent
 
 from consumers.store import SessionSnapshot, Transition
 from gateway.streams.cursor import encode_cursor
-from gateway.streams.sse import encode_payload
+from gateway.streams.sse import encode_payload, json_data
 from gateway.streams.stream import NativeStream
 from schemas import SessionStatus
 
@@ -32,6 +33,13 @@ Statuses = frozenset[SessionStatus] | None  # None: every status
 def encode_event(transition: Transition, cursor: dict[int, int]) -> bytes:
     data = encode_payload(transition)
     return ServerSentEvent(data=data, event="message", id=encode_cursor(cursor), sep="\n").encode()
+
+
+def encode_deleted(session_id: str, cursor: dict[int, int]) -> bytes:
+    """A tombstone deleted one of the tenant's sessions: ``event: deleted``, ``{"id"}``."""
+    return ServerSentEvent(
+        data=json_data({"id": session_id}), event="deleted", id=encode_cursor(cursor), sep="\n"
+    ).encode()
 
 
 def encode_truncated(left_out: int, sent: int, cursor: dict[int, int] | None) -> bytes:
@@ -107,6 +115,14 @@ class TenantFeed:
         if statuses is not None and transition.status not in statuses:
             return
         self.stream.deliver(encode_event(transition, cursor), record_timestamp_ms, False)
+
+    def deleted(self, session_id: str, partition: int, offset: int, record_timestamp_ms: int) -> None:
+        """Whatever the status filter: a client's list must lose the session."""
+        cursor = self.cursor
+        if cursor.get(partition, -1) >= offset:
+            return  # (a resumed opening already covers this position)
+        cursor[partition] = offset
+        self.stream.deliver(encode_deleted(session_id, cursor), record_timestamp_ms, False)
 
     def close(self, reason: str) -> None:
         self.stream.close(reason)

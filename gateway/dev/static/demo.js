@@ -223,6 +223,12 @@
         // not an event of ours
       }
     };
+    mine.addEventListener("deleted", (event) => {
+      if (mine !== tenantSource) return;
+      const id = JSON.parse(event.data).id;
+      const row = Array.from(ui.tenantSessions.rows).find((r) => r.dataset.id === id);
+      if (row) row.remove();
+    });
     mine.addEventListener("truncated", (event) => {
       const counts = JSON.parse(event.data);
       ui.tenantState.textContent = `showing the ${counts.sent} most recent; ${counts.leftOut} older left out`;
